@@ -1,0 +1,28 @@
+use serde::Deserialize;
+use serde::Serialize;
+use storage::model::GroupId;
+use thiserror::Error;
+
+use crate::NodeId;
+
+/// Why a group could not serve a request. `NotLeader` and `Overloaded` mean
+/// the command was definitely not applied by this call; `Unavailable` means
+/// its outcome is unknown (retry with the same id); `Fatal` stops the group.
+#[derive(Debug, Clone, Error, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GroupError {
+    #[error("node is not the leader of group {group}")]
+    NotLeader { group: GroupId, leader: Option<(NodeId, String)> },
+    #[error("group {group} has too many proposals queued")]
+    Overloaded { group: GroupId },
+    #[error("group {group} is unavailable: {reason}")]
+    Unavailable { group: GroupId, reason: String },
+    #[error("group {group} stopped: {reason}")]
+    Fatal { group: GroupId, reason: String },
+}
+
+impl GroupError {
+    /// True when the command was certainly not applied.
+    pub fn definitely_not_applied(&self) -> bool {
+        matches!(self, GroupError::Overloaded { .. })
+    }
+}

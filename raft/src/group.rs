@@ -1,0 +1,314 @@
+//! One Raft group: its openraft instance, the proposer that batches
+//! concurrent commands into shared entries (group commit), the clock ticker
+//! that carries leader time into the log, and its reads.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::SystemTime;
+use std::time::UNIX_EPOCH;
+
+use openraft::error::CheckIsLeaderError;
+use openraft::error::ClientWriteError;
+use openraft::error::ForwardToLeader;
+use openraft::error::RaftError;
+use openraft::BasicNode;
+use openraft::ServerState;
+use openraft::SnapshotPolicy;
+use storage::model::Batch;
+use storage::model::Command;
+use storage::model::CommandResult;
+use storage::model::GroupId;
+use storage::model::Limits;
+use storage::Engine;
+use tokio::sync::mpsc;
+use tokio::sync::oneshot;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+use crate::log_store::LogStore;
+use crate::network::GroupNetwork;
+use crate::network::PeerRpc;
+use crate::network::PeerTransport;
+use crate::state_machine::GroupState;
+use crate::state_machine::StateMachineStore;
+use crate::types::Raft;
+use crate::wire;
+use crate::GroupError;
+use crate::NodeId;
+
+/// Per-group settings. Cluster-wide: every replica uses the same values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupConfig {
+    /// Most commands carried by one Raft entry.
+    pub batch_commands_max: usize,
+    /// Most Raft entries proposed and not yet applied, per group.
+    pub proposals_inflight_max: usize,
+    /// Most commands waiting for a batch; beyond, requests are refused as
+    /// overloaded (definitely not applied).
+    pub proposal_queue_max: usize,
+    /// The leader proposes its clock at least this often (expiry, staleness).
+    pub clock_tick_ms: u64,
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many entries since the last one.
+    pub snapshot_logs_since_last: u64,
+    /// Entries kept behind a snapshot for lagging followers.
+    pub logs_to_keep_after_snapshot: u64,
+    pub limits: Limits,
+}
+
+impl Default for GroupConfig {
+    fn default() -> Self {
+        Self {
+            batch_commands_max: 1024,
+            proposals_inflight_max: 8,
+            proposal_queue_max: 65_536,
+            clock_tick_ms: 250,
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 800,
+            election_timeout_max_ms: 1600,
+            snapshot_logs_since_last: 20_000,
+            logs_to_keep_after_snapshot: 2_000,
+            limits: Limits::default(),
+        }
+    }
+}
+
+struct Proposal {
+    command: Command,
+    reply: oneshot::Sender<Result<(u64, CommandResult), GroupError>>,
+}
+
+/// Role and progress of a group as seen from this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupProgress {
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub role: &'static str,
+    pub last_log_index: u64,
+    pub committed_index: u64,
+    pub applied_index: u64,
+    /// (follower, matched index), when this node leads.
+    pub replication: Vec<(NodeId, u64)>,
+    pub voters: Vec<NodeId>,
+}
+
+pub struct Group {
+    pub id: GroupId,
+    pub node_id: NodeId,
+    raft: Raft,
+    state: Arc<GroupState>,
+    proposals: mpsc::Sender<Proposal>,
+    committed: Arc<AtomicU64>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+pub fn wall_clock_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn not_leader(group: GroupId, f: ForwardToLeader<NodeId, BasicNode>) -> GroupError {
+    let leader = match (f.leader_id, f.leader_node) {
+        (Some(id), Some(node)) => Some((id, node.addr)),
+        _ => None,
+    };
+    GroupError::NotLeader { group, leader }
+}
+
+impl Group {
+    /// Opens the group's storage and starts its Raft instance and tasks.
+    pub async fn start(node_id: NodeId, id: GroupId, engine: Arc<dyn Engine>, transport: Arc<dyn PeerTransport>, config: &GroupConfig) -> Result<Group, GroupError> {
+        let fatal = |reason: String| GroupError::Fatal { group: id, reason };
+        let raft_config = openraft::Config {
+            cluster_name: format!("stockd-group-{id}"),
+            heartbeat_interval: config.heartbeat_ms,
+            election_timeout_min: config.election_timeout_min_ms,
+            election_timeout_max: config.election_timeout_max_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_logs_since_last),
+            max_in_snapshot_log_to_keep: config.logs_to_keep_after_snapshot,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| fatal(format!("invalid raft config: {e}")))?;
+        let log_store = LogStore::new(engine.clone(), id);
+        let committed = log_store.committed_index();
+        let sm = StateMachineStore::open(engine, id, config.limits.clone()).map_err(|e| fatal(format!("cannot open the state machine: {e}")))?;
+        let state = sm.state();
+        let raft = Raft::new(node_id, Arc::new(raft_config), GroupNetwork::new(transport, id), log_store, sm).await.map_err(|e| fatal(format!("cannot start raft: {e}")))?;
+        let (tx, rx) = mpsc::channel(config.proposal_queue_max);
+        let last_proposed = Arc::new(AtomicU64::new(0));
+        let proposer = tokio::spawn(run_proposer(id, raft.clone(), rx, config.clone(), last_proposed.clone()));
+        let ticker = tokio::spawn(run_ticker(id, raft.clone(), config.clock_tick_ms, last_proposed));
+        Ok(Group { id, node_id, raft, state, proposals: tx, committed, tasks: vec![proposer, ticker] })
+    }
+
+    /// Makes `members` the group's voters if the group has never been
+    /// initialised (anywhere); a no-op otherwise.
+    pub async fn initialize(&self, members: BTreeMap<NodeId, BasicNode>) -> Result<(), GroupError> {
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(_not_allowed)) => Ok(()),
+            Err(RaftError::Fatal(f)) => Err(GroupError::Fatal { group: self.id, reason: f.to_string() }),
+        }
+    }
+
+    /// Proposes `command` and waits until it is committed and applied here.
+    /// Returns the log index of the entry and the command's result.
+    pub async fn propose(&self, command: Command) -> Result<(u64, CommandResult), GroupError> {
+        let (reply, rx) = oneshot::channel();
+        self.proposals.try_send(Proposal { command, reply }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => GroupError::Overloaded { group: self.id },
+            mpsc::error::TrySendError::Closed(_) => GroupError::Fatal { group: self.id, reason: "proposer stopped".into() },
+        })?;
+        rx.await.map_err(|_| GroupError::Unavailable { group: self.id, reason: "proposal dropped before its outcome was known".into() })?
+    }
+
+    /// Waits until this node, as leader, has confirmed its leadership with a
+    /// quorum and applied everything committed before the call (read index).
+    pub async fn ensure_linearizable(&self) -> Result<(), GroupError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(not_leader(self.id, f)),
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => Err(GroupError::Unavailable { group: self.id, reason: q.to_string() }),
+            Err(RaftError::Fatal(f)) => Err(GroupError::Fatal { group: self.id, reason: f.to_string() }),
+        }
+    }
+
+    pub fn state(&self) -> &GroupState {
+        &self.state
+    }
+
+    /// Upper bound, in ms, on how far this replica's state trails the
+    /// leader: entries proposed before the last applied log time are here.
+    pub fn staleness_ms(&self) -> u64 {
+        wall_clock_ms().saturating_sub(self.state.log_time_ms())
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// The leader this node knows of, with its address.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let id = m.current_leader?;
+        let addr = m.membership_config.membership().get_node(&id).map(|n| n.addr.clone())?;
+        Some((id, addr))
+    }
+
+    pub fn progress(&self) -> GroupProgress {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let role = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        let replication = m.replication.as_ref().map(|r| r.iter().map(|(id, log)| (*id, log.map(|l| l.index).unwrap_or(0))).collect()).unwrap_or_default();
+        GroupProgress {
+            leader: m.current_leader,
+            term: m.current_term,
+            role,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            committed_index: self.committed.load(Ordering::Relaxed).max(m.last_applied.map(|l| l.index).unwrap_or(0)),
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            replication,
+            voters: m.membership_config.membership().voter_ids().collect(),
+        }
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// Serves one peer RPC addressed to this group.
+    pub async fn handle_peer_rpc(&self, rpc: PeerRpc, payload: &[u8]) -> Result<Vec<u8>, String> {
+        Ok(match rpc {
+            PeerRpc::AppendEntries => wire::encode(&self.raft.append_entries(wire::decode(payload)?).await),
+            PeerRpc::Vote => wire::encode(&self.raft.vote(wire::decode(payload)?).await),
+            PeerRpc::InstallSnapshot => wire::encode(&self.raft.install_snapshot(wire::decode(payload)?).await),
+        })
+    }
+
+    pub async fn shutdown(&self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(group = self.id, error = %e, "raft shutdown failed");
+        }
+    }
+}
+
+async fn run_proposer(group: GroupId, raft: Raft, mut rx: mpsc::Receiver<Proposal>, config: GroupConfig, last_proposed: Arc<AtomicU64>) {
+    let inflight = Arc::new(Semaphore::new(config.proposals_inflight_max));
+    while let Some(first) = rx.recv().await {
+        // Wait for a free slot first: while earlier entries are being
+        // replicated and fsynced, new commands accumulate into this batch.
+        let Ok(permit) = inflight.clone().acquire_owned().await else { return };
+        let mut proposals = vec![first];
+        while proposals.len() < config.batch_commands_max {
+            match rx.try_recv() {
+                Ok(p) => proposals.push(p),
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        let now = wall_clock_ms();
+        last_proposed.store(now, Ordering::Relaxed);
+        tokio::spawn(async move {
+            let (commands, replies): (Vec<Command>, Vec<_>) = proposals.into_iter().map(|p| (p.command, p.reply)).unzip();
+            let count = commands.len();
+            let outcome = raft.client_write(Batch { proposed_at_ms: now, commands }).await;
+            drop(permit);
+            match outcome {
+                Ok(response) => {
+                    let index = response.log_id.index;
+                    debug_assert_eq!(response.data.results.len(), count, "one result per command");
+                    for (reply, result) in replies.into_iter().zip(response.data.results) {
+                        let _ = reply.send(Ok((index, result)));
+                    }
+                }
+                Err(e) => {
+                    let error = match e {
+                        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => not_leader(group, f),
+                        RaftError::APIError(other) => GroupError::Unavailable { group, reason: other.to_string() },
+                        RaftError::Fatal(f) => GroupError::Unavailable { group, reason: f.to_string() },
+                    };
+                    for reply in replies {
+                        let _ = reply.send(Err(error.clone()));
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn run_ticker(group: GroupId, raft: Raft, tick_ms: u64, last_proposed: Arc<AtomicU64>) {
+    let mut interval = tokio::time::interval(Duration::from_millis(tick_ms));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        if raft.metrics().borrow().state != ServerState::Leader {
+            continue;
+        }
+        let now = wall_clock_ms();
+        if now.saturating_sub(last_proposed.load(Ordering::Relaxed)) < tick_ms {
+            continue;
+        }
+        last_proposed.store(now, Ordering::Relaxed);
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            if let Err(e) = raft.client_write(Batch { proposed_at_ms: now, commands: Vec::new() }).await {
+                tracing::debug!(group, error = %e, "clock tick not committed");
+            }
+        });
+    }
+}

@@ -1,0 +1,23 @@
+//! stockd Raft layer: openraft type configuration, the RocksDB-backed log
+//! store and state machine adapters, the transport-agnostic network adapter,
+//! and the per-group proposer that batches concurrent commands into shared
+//! Raft entries (group commit).
+//!
+//! Invariant: every mutation of a position goes through a group's Raft log;
+//! apply is driven only by committed entries. Boundary: no tonic here — the
+//! node's peer transport (gRPC, in the root crate) implements
+//! [`network::PeerTransport`].
+
+pub mod error;
+pub mod group;
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+pub mod types;
+pub mod wire;
+
+pub use error::GroupError;
+pub use group::Group;
+pub use group::GroupConfig;
+pub use types::NodeId;
+pub use types::TypeConfig;

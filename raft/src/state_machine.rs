@@ -1,0 +1,284 @@
+//! The openraft state machine adapter: applies committed batches to the
+//! group's [`Inventory`], persists what changed, builds and installs
+//! snapshots.
+//!
+//! The in-memory `Inventory` is the serving copy; the `state` table is its
+//! durable image, written (buffered) in the same batch as the applied log id,
+//! so a restarted node resumes from a consistent state and re-applies the
+//! rest of its log. Snapshots are written with fsync, which also makes every
+//! earlier buffered state write durable before the log can be purged.
+
+use std::io::Cursor;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::RwLock;
+use std::sync::RwLockReadGuard;
+use std::sync::RwLockWriteGuard;
+
+use openraft::storage::RaftStateMachine;
+use openraft::storage::Snapshot;
+use openraft::EntryPayload;
+use openraft::ErrorSubject;
+use openraft::ErrorVerb;
+use openraft::OptionalSend;
+use openraft::RaftSnapshotBuilder;
+use openraft::SnapshotMeta;
+use serde::Deserialize;
+use serde::Serialize;
+use storage::codec;
+use storage::inventory::Inventory;
+use storage::inventory::InventorySnapshot;
+use storage::keys;
+use storage::model::GroupId;
+use storage::model::Limits;
+use storage::Durability;
+use storage::Engine;
+use storage::Table;
+use storage::WriteBatch;
+
+use crate::log_store::io_err;
+use crate::types::BatchResponse;
+use crate::types::Entry;
+use crate::types::LogId;
+use crate::types::StorageError;
+use crate::types::StoredMembership;
+use crate::NodeId;
+use crate::TypeConfig;
+
+const APPLIED: &str = "applied";
+const SNAPSHOT: &str = "snapshot";
+
+/// State shared between the state machine (writer) and the request path
+/// (readers).
+pub struct GroupState {
+    inventory: RwLock<Inventory>,
+    applied_index: AtomicU64,
+    /// Log time of the last applied entry (leader-proposed wall time).
+    log_time_ms: AtomicU64,
+}
+
+impl GroupState {
+    pub fn read(&self) -> RwLockReadGuard<'_, Inventory> {
+        self.inventory.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Inventory> {
+        self.inventory.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index.load(Ordering::Acquire)
+    }
+
+    pub fn log_time_ms(&self) -> u64 {
+        self.log_time_ms.load(Ordering::Acquire)
+    }
+}
+
+/// What a snapshot carries.
+#[derive(Serialize, Deserialize)]
+struct SnapshotPayload {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    inventory: InventorySnapshot,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, openraft::BasicNode>,
+    data: Vec<u8>,
+}
+
+#[derive(Clone)]
+pub struct StateMachineStore {
+    engine: Arc<dyn Engine>,
+    group: GroupId,
+    limits: Limits,
+    state: Arc<GroupState>,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    snapshot_seq: Arc<AtomicU64>,
+}
+
+impl StateMachineStore {
+    /// Loads the group's state machine from the engine (empty if new).
+    pub fn open(engine: Arc<dyn Engine>, group: GroupId, limits: Limits) -> Result<Self, StorageError> {
+        let read_err = |e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e);
+        let scan = |tag: u8| engine.scan(Table::State, &keys::state_prefix(group, tag), &keys::state_prefix_end(group, tag), usize::MAX).map_err(read_err);
+        let (last_applied, membership, log_time_ms): (Option<LogId>, StoredMembership, u64) =
+            match engine.get(Table::State, &keys::state_meta_key(group, APPLIED)).map_err(read_err)? {
+                Some(bytes) => codec::decode(&bytes, "applied state").map_err(read_err)?,
+                None => (None, StoredMembership::default(), 0),
+            };
+        let mut positions = Vec::new();
+        for (_, value) in scan(keys::STATE_POSITION)? {
+            positions.push(codec::decode(&value, "position").map_err(read_err)?);
+        }
+        let mut reservations = Vec::new();
+        for (_, value) in scan(keys::STATE_RESERVATION)? {
+            let r: storage::model::Reservation = codec::decode(&value, "reservation").map_err(read_err)?;
+            reservations.push((r.id.clone(), r));
+        }
+        let mut events = Vec::new();
+        for (_, value) in scan(keys::STATE_EVENT)? {
+            events.push(codec::decode(&value, "event record").map_err(read_err)?);
+        }
+        let applied_index = last_applied.map(|l| l.index).unwrap_or(0);
+        let inventory = Inventory::load(limits.clone(), log_time_ms, applied_index, positions, reservations, events);
+        let state = Arc::new(GroupState { inventory: RwLock::new(inventory), applied_index: AtomicU64::new(applied_index), log_time_ms: AtomicU64::new(log_time_ms) });
+        Ok(Self { engine, group, limits, state, last_applied, membership, snapshot_seq: Arc::new(AtomicU64::new(0)) })
+    }
+
+    pub fn state(&self) -> Arc<GroupState> {
+        self.state.clone()
+    }
+
+    /// Writes every record the inventory changed, plus the applied log id,
+    /// in one atomic batch.
+    fn persist(&self, inventory: &mut Inventory) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::new();
+        self.add_dirty(inventory, &mut batch);
+        self.engine.write(batch, Durability::Buffered).map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))
+    }
+
+    fn add_dirty(&self, inventory: &mut Inventory, batch: &mut WriteBatch) {
+        let dirty = inventory.take_dirty();
+        for (key, position) in dirty.positions {
+            let k = keys::position_key(self.group, &key);
+            match position {
+                Some(p) => batch.put(Table::State, k, codec::encode(&(key, p))),
+                None => batch.delete(Table::State, k),
+            }
+        }
+        for (id, reservation) in dirty.reservations {
+            let k = keys::reservation_key(self.group, &id);
+            match reservation {
+                Some(r) => batch.put(Table::State, k, codec::encode(&r)),
+                None => batch.delete(Table::State, k),
+            }
+        }
+        for (id, event) in dirty.events {
+            let k = keys::event_key(self.group, &id);
+            match event {
+                Some(e) => batch.put(Table::State, k, codec::encode(&(id, e))),
+                None => batch.delete(Table::State, k),
+            }
+        }
+        batch.put(Table::State, keys::state_meta_key(self.group, APPLIED), codec::encode(&(self.last_applied, &self.membership, inventory.log_time_ms())));
+    }
+
+    fn publish(&self, inventory: &Inventory) {
+        self.state.log_time_ms.store(inventory.log_time_ms(), Ordering::Release);
+        self.state.applied_index.store(self.last_applied.map(|l| l.index).unwrap_or(0), Ordering::Release);
+    }
+
+    fn read_snapshot(&self) -> Result<Option<StoredSnapshot>, StorageError> {
+        let read_err = |e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e);
+        match self.engine.get(Table::Meta, &keys::meta_key(self.group, SNAPSHOT)).map_err(read_err)? {
+            Some(bytes) => Ok(Some(codec::decode(&bytes, "snapshot").map_err(read_err)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let payload = {
+            let inventory = self.state.read();
+            SnapshotPayload { last_applied: self.last_applied, membership: self.membership.clone(), inventory: inventory.to_snapshot() }
+        };
+        let data = codec::encode(&payload);
+        let seq = self.snapshot_seq.fetch_add(1, Ordering::Relaxed);
+        let snapshot_id = match self.last_applied {
+            Some(l) => format!("g{}-{}-{}-{}", self.group, l.leader_id, l.index, seq),
+            None => format!("g{}-0-{}", self.group, seq),
+        };
+        let meta = SnapshotMeta { last_log_id: self.last_applied, last_membership: self.membership.clone(), snapshot_id };
+        let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
+        let mut batch = WriteBatch::new();
+        batch.put(Table::Meta, keys::meta_key(self.group, SNAPSHOT), codec::encode(&stored));
+        // Synced: also makes the buffered state writes up to here durable,
+        // which must hold before openraft purges the log behind the snapshot.
+        self.engine.write(batch, Durability::Sync).map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok((self.last_applied, self.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<BatchResponse>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let state = self.state.clone();
+        let mut inventory = state.write();
+        let mut responses = Vec::new();
+        for entry in entries {
+            let index = entry.log_id.index;
+            self.last_applied = Some(entry.log_id);
+            let results = match entry.payload {
+                EntryPayload::Blank => Vec::new(),
+                EntryPayload::Normal(batch) => inventory.apply_batch(index, &batch),
+                EntryPayload::Membership(membership) => {
+                    self.membership = StoredMembership::new(Some(entry.log_id), membership);
+                    Vec::new()
+                }
+            };
+            responses.push(BatchResponse { log_index: index, results });
+        }
+        self.persist(&mut inventory)?;
+        self.publish(&inventory);
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta<NodeId, openraft::BasicNode>, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+        let read_err = |e| io_err(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Read, e);
+        let data = snapshot.into_inner();
+        let payload: SnapshotPayload = codec::decode(&data, "received snapshot").map_err(read_err)?;
+        let state = self.state.clone();
+        let mut inventory = state.write();
+        let mut fresh = Inventory::from_snapshot(self.limits.clone(), payload.inventory);
+        // Replace the group's durable state wholesale in one atomic, synced
+        // batch: drop every record, write the snapshot's records and keep
+        // the snapshot itself.
+        let mut batch = WriteBatch::new();
+        batch.delete_range(Table::State, keys::group_prefix(self.group), keys::group_end(self.group));
+        self.last_applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        for (key, p) in fresh.positions() {
+            batch.put(Table::State, keys::position_key(self.group, key), codec::encode(&(key, p)));
+        }
+        for (id, r) in fresh.reservations() {
+            batch.put(Table::State, keys::reservation_key(self.group, id), codec::encode(r));
+        }
+        for (id, e) in fresh.events() {
+            batch.put(Table::State, keys::event_key(self.group, id), codec::encode(&(id, e)));
+        }
+        self.add_dirty(&mut fresh, &mut batch);
+        let stored = StoredSnapshot { meta: meta.clone(), data };
+        batch.put(Table::Meta, keys::meta_key(self.group, SNAPSHOT), codec::encode(&stored));
+        self.engine.write(batch, Durability::Sync).map_err(|e| io_err(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write, e))?;
+        *inventory = fresh;
+        self.publish(&inventory);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        Ok(self.read_snapshot()?.map(|s| Snapshot { meta: s.meta, snapshot: Box::new(Cursor::new(s.data)) }))
+    }
+}

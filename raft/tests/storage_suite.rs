@@ -1,0 +1,49 @@
+//! openraft's storage conformance suite on our log store and state machine,
+//! over both engines.
+
+use std::sync::Arc;
+
+use openraft::testing::StoreBuilder;
+use openraft::testing::Suite;
+use raft::log_store::LogStore;
+use raft::state_machine::StateMachineStore;
+use raft::types::StorageError;
+use raft::TypeConfig;
+use storage::model::Limits;
+use storage::Engine;
+use storage::MemEngine;
+use storage::RocksEngine;
+
+struct MemBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, ()> for MemBuilder {
+    async fn build(&self) -> Result<((), LogStore, StateMachineStore), StorageError> {
+        let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+        let sm = StateMachineStore::open(engine.clone(), 7, Limits::default())?;
+        Ok(((), LogStore::new(engine, 7), sm))
+    }
+}
+
+struct RocksBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for RocksBuilder {
+    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine: Arc<dyn Engine> = Arc::new(RocksEngine::open(dir.path()).expect("open rocksdb"));
+        // Another group in the same engine must not disturb the one tested.
+        let neighbour = LogStore::new(engine.clone(), 8);
+        drop(neighbour);
+        let sm = StateMachineStore::open(engine.clone(), 7, Limits::default())?;
+        Ok((dir, LogStore::new(engine, 7), sm))
+    }
+}
+
+#[test]
+fn memory_engine_passes_openraft_suite() -> Result<(), StorageError> {
+    Suite::test_all(MemBuilder)
+}
+
+#[test]
+fn rocksdb_engine_passes_openraft_suite() -> Result<(), StorageError> {
+    Suite::test_all(RocksBuilder)
+}

@@ -1,0 +1,532 @@
+//! `stockctl bench`: stock SKUs, load the cluster with 1-unit reservations
+//! from concurrent clients, then check that no unit was created or lost.
+//!
+//! Invariants checked at the end, on every stocked SKU, with STRONG reads:
+//! - `on_hand` equals what was stocked (reservations never touch it);
+//! - `ok_units <= reserved <= ok_units + unknown_units`, where unknown units
+//!   are those of calls whose outcome is unknown (may or may not be applied);
+//! - `reserved + committed <= on_hand` (nothing oversold).
+//!
+//! SKU names are unique per run (a run id) and start with a hex digit taken
+//! from a hash of their index, so they spread over shard ranges split on the
+//! first character.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::stream::{self, StreamExt};
+use hdrhistogram::Histogram;
+use tokio::time::Instant;
+
+use crate::client::{Client, ClientError};
+use crate::proto::v1::{
+    AdjustRequest, AdjustmentKind, BatchReserveRequest, Consistency, GetPositionRequest, Line, Outcome,
+    ReserveRequest, ReserveResponse,
+};
+
+/// Units stocked on the one SKU of the hot workload.
+pub const HOT_STOCK_UNITS: u64 = 50_000_000;
+/// Units stocked on every SKU of the uniform workload, at least.
+pub const UNIFORM_STOCK_UNITS_MIN: u64 = 100_000;
+/// Units of one receipt event; larger stocks take several events.
+pub const RECEIPT_UNITS_MAX: u64 = 1_000_000;
+/// TTL of benchmark reservations: long enough that none expires before the check.
+pub const RESERVATION_TTL_MS: u64 = 3_600_000;
+/// Concurrent requests while stocking and checking.
+pub const SETUP_CONCURRENCY: usize = 32;
+/// Largest latency the histograms hold, in µs (anything slower is clamped).
+pub const LATENCY_US_MAX: u64 = 3_600_000_000;
+/// Feed source of the stocking receipts.
+pub const STOCK_SOURCE: &str = "stockctl-bench";
+
+/// Which SKUs the reservations go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    /// Every reservation on one SKU (a flash sale).
+    Hot,
+    /// Reservations spread uniformly over many SKUs.
+    Uniform,
+}
+
+/// What to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BenchConfig {
+    pub workload: Workload,
+    /// SKUs of the uniform workload (the hot workload uses one).
+    pub skus: u32,
+    pub clients: u32,
+    pub duration: Duration,
+    pub location: String,
+    /// Reservations per BatchReserve call; 1 sends plain Reserve calls.
+    pub batch: u32,
+}
+
+impl BenchConfig {
+    /// Number of SKUs this run stocks and loads.
+    pub fn sku_count(&self) -> u32 {
+        match self.workload {
+            Workload::Hot => 1,
+            Workload::Uniform => self.skus.max(1),
+        }
+    }
+
+    /// Units stocked on each SKU.
+    pub fn stock_per_sku(&self) -> u64 {
+        match self.workload {
+            Workload::Hot => HOT_STOCK_UNITS,
+            Workload::Uniform => UNIFORM_STOCK_UNITS_MIN.max(HOT_STOCK_UNITS / u64::from(self.sku_count())),
+        }
+    }
+}
+
+/// What a run measured and found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchReport {
+    pub workload: Workload,
+    pub clients: u32,
+    pub batch: u32,
+    pub skus: u32,
+    /// Measured length of the load phase.
+    pub duration: Duration,
+    /// Calls answered (latency recorded).
+    pub calls: u64,
+    /// Reservations made.
+    pub ok: u64,
+    /// Reservations refused by a business rule.
+    pub refused: u64,
+    /// Reservations without an answer (including those with unknown outcome).
+    pub errors: u64,
+    /// Reservations whose outcome is unknown (a subset of `errors`).
+    pub unknown: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+    /// Conservation violations found by the final check; empty when conserved.
+    pub violations: Vec<String>,
+}
+
+impl BenchReport {
+    pub fn conserved(&self) -> bool {
+        self.violations.is_empty()
+    }
+
+    /// Reservations answered (made or refused) per second.
+    pub fn ops_per_s(&self) -> f64 {
+        per_second(self.ok + self.refused, self.duration)
+    }
+
+    /// Calls answered per second.
+    pub fn calls_per_s(&self) -> f64 {
+        per_second(self.calls, self.duration)
+    }
+}
+
+fn per_second(count: u64, duration: Duration) -> f64 {
+    let secs = duration.as_secs_f64();
+    if secs > 0.0 {
+        count as f64 / secs
+    } else {
+        0.0
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("failed to stock {sku}: {source}")]
+    Stock { sku: String, source: ClientError },
+    #[error("stocking {sku} was refused: {outcome}")]
+    StockRefused { sku: String, outcome: String },
+    #[error("reserve was refused as invalid: {0}")]
+    InvalidArgument(String),
+    #[error("failed to check {sku}: {source}")]
+    Check { sku: String, source: ClientError },
+    #[error("a client task failed: {0}")]
+    Task(String),
+}
+
+impl BenchError {
+    /// The error of the cluster behind this failure, if any.
+    pub fn client_error(&self) -> Option<&ClientError> {
+        match self {
+            BenchError::Stock { source, .. } | BenchError::Check { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// A run id: the current time in ms since the epoch, in hex.
+pub fn run_id() -> String {
+    format!("{:x}", now_ms())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// SplitMix64: a fixed, well mixed hash of a 64-bit value.
+pub fn splitmix64(value: u64) -> u64 {
+    let mut z = value.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Name of SKU `index` of run `run`: a leading hex digit from a hash of the
+/// index (so SKUs spread over shard ranges), 7 more hash digits, the run id
+/// and the index (so names are unique).
+pub fn sku_name(run: &str, index: u32) -> String {
+    let hash = splitmix64(u64::from(index));
+    format!("{:x}{:07x}-b{run}-{index}", hash >> 60, (hash >> 32) & 0x0fff_ffff)
+}
+
+/// Stocks, loads and checks; see the module documentation.
+pub async fn run(client: &Client, config: &BenchConfig) -> Result<BenchReport, BenchError> {
+    let run = run_id();
+    let skus: Arc<Vec<String>> = Arc::new((0..config.sku_count()).map(|index| sku_name(&run, index)).collect());
+    let stock = config.stock_per_sku();
+    tracing::info!(run, skus = skus.len(), stock, "stocking");
+    stock_all(client, &run, &skus, &config.location, stock).await?;
+
+    let tally = Arc::new(Tally::new(skus.len()));
+    let end = Instant::now() + config.duration;
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(config.clients as usize);
+    for task in 0..config.clients {
+        let load = Load {
+            client: client.clone(),
+            run: run.clone(),
+            task,
+            skus: Arc::clone(&skus),
+            location: config.location.clone(),
+            batch: config.batch,
+            tally: Arc::clone(&tally),
+            end,
+        };
+        tasks.push(tokio::spawn(load.run()));
+    }
+    let mut latency = new_histogram();
+    for task in tasks {
+        let histogram = task.await.map_err(|error| BenchError::Task(error.to_string()))?;
+        latency.add(&histogram).expect("histograms share their bounds");
+    }
+    let duration = started.elapsed();
+    if let Some(message) = tally.fatal_message() {
+        return Err(BenchError::InvalidArgument(message));
+    }
+
+    let violations = check_all(client, &skus, &config.location, stock, &tally).await?;
+    Ok(BenchReport {
+        workload: config.workload,
+        clients: config.clients,
+        batch: config.batch,
+        skus: config.sku_count(),
+        duration,
+        calls: latency.len(),
+        ok: tally.ok.load(Ordering::Relaxed),
+        refused: tally.refused.load(Ordering::Relaxed),
+        errors: tally.errors.load(Ordering::Relaxed),
+        unknown: tally.unknown.load(Ordering::Relaxed),
+        p50_us: latency.value_at_quantile(0.50),
+        p99_us: latency.value_at_quantile(0.99),
+        p999_us: latency.value_at_quantile(0.999),
+        max_us: latency.max(),
+        violations,
+    })
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("constant histogram bounds are valid")
+}
+
+/// Receipts `stock` units on every SKU, in events of at most
+/// [`RECEIPT_UNITS_MAX`] sent in order per SKU (increasing `source_seq`).
+async fn stock_all(client: &Client, run: &str, skus: &[String], location: &str, stock: u64) -> Result<(), BenchError> {
+    let results: Vec<Result<(), BenchError>> = stream::iter(skus.iter().enumerate())
+        .map(|(index, sku)| async move {
+            let mut left = stock;
+            let mut seq: u64 = 0;
+            while left > 0 {
+                let quantity = left.min(RECEIPT_UNITS_MAX);
+                seq += 1;
+                let request = AdjustRequest {
+                    event_id: format!("bench-{run}-{index}-{seq}"),
+                    sku: sku.clone(),
+                    location: location.to_owned(),
+                    kind: AdjustmentKind::Receipt as i32,
+                    quantity,
+                    reason: format!("stockctl bench {run}"),
+                    source: STOCK_SOURCE.to_owned(),
+                    source_seq: seq,
+                };
+                let response = client
+                    .adjust(request)
+                    .await
+                    .map_err(|source| BenchError::Stock { sku: sku.clone(), source })?;
+                if response.outcome() != Outcome::Ok {
+                    return Err(BenchError::StockRefused {
+                        sku: sku.clone(),
+                        outcome: response.outcome().as_str_name().to_ascii_lowercase(),
+                    });
+                }
+                left -= quantity;
+            }
+            Ok(())
+        })
+        .buffer_unordered(SETUP_CONCURRENCY)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+/// Reads every SKU with STRONG consistency and lists conservation violations.
+async fn check_all(
+    client: &Client,
+    skus: &[String],
+    location: &str,
+    stock: u64,
+    tally: &Tally,
+) -> Result<Vec<String>, BenchError> {
+    let results: Vec<Result<Option<String>, BenchError>> = stream::iter(skus.iter().enumerate())
+        .map(|(index, sku)| async move {
+            let request = GetPositionRequest {
+                sku: sku.clone(),
+                location: location.to_owned(),
+                consistency: Consistency::Strong as i32,
+                max_staleness_ms: 0,
+            };
+            let response = client
+                .get_position(request)
+                .await
+                .map_err(|source| BenchError::Check { sku: sku.clone(), source })?;
+            let position = response.position.unwrap_or_default();
+            let ok = tally.ok_units[index].load(Ordering::Relaxed);
+            let unknown = tally.unknown_units[index].load(Ordering::Relaxed);
+            Ok(conservation_violation(sku, stock, ok, unknown, position.on_hand, position.reserved, position.committed))
+        })
+        .buffer_unordered(SETUP_CONCURRENCY)
+        .collect()
+        .await;
+    let mut violations = Vec::new();
+    for result in results {
+        if let Some(violation) = result? {
+            violations.push(violation);
+        }
+    }
+    violations.sort();
+    Ok(violations)
+}
+
+/// Why a position breaks conservation, or `None` when it holds.
+pub fn conservation_violation(
+    sku: &str,
+    stocked: u64,
+    ok_units: u64,
+    unknown_units: u64,
+    on_hand: u64,
+    reserved: u64,
+    committed: u64,
+) -> Option<String> {
+    let mut broken = Vec::new();
+    if on_hand != stocked {
+        broken.push(format!("on_hand {on_hand} != stocked {stocked}"));
+    }
+    let reserved_max = ok_units.saturating_add(unknown_units);
+    if reserved < ok_units || reserved > reserved_max {
+        broken.push(format!("reserved {reserved} outside [{ok_units}, {reserved_max}]"));
+    }
+    if reserved.saturating_add(committed) > on_hand {
+        broken.push(format!("reserved {reserved} + committed {committed} > on_hand {on_hand}"));
+    }
+    if broken.is_empty() {
+        None
+    } else {
+        Some(format!("{sku}: {}", broken.join("; ")))
+    }
+}
+
+/// Counters shared by the client tasks.
+struct Tally {
+    ok: AtomicU64,
+    refused: AtomicU64,
+    errors: AtomicU64,
+    unknown: AtomicU64,
+    /// Per SKU: units reserved (outcome OK).
+    ok_units: Vec<AtomicU64>,
+    /// Per SKU: units of calls whose outcome is unknown.
+    unknown_units: Vec<AtomicU64>,
+    /// Set when the server refused the input: every task stops.
+    fatal: AtomicBool,
+    fatal_message: Mutex<Option<String>>,
+}
+
+impl Tally {
+    fn new(skus: usize) -> Self {
+        Self {
+            ok: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            unknown: AtomicU64::new(0),
+            ok_units: (0..skus).map(|_| AtomicU64::new(0)).collect(),
+            unknown_units: (0..skus).map(|_| AtomicU64::new(0)).collect(),
+            fatal: AtomicBool::new(false),
+            fatal_message: Mutex::new(None),
+        }
+    }
+
+    fn record_response(&self, sku_index: usize, response: &ReserveResponse) {
+        if response.outcome() == Outcome::Ok {
+            self.ok.fetch_add(1, Ordering::Relaxed);
+            self.ok_units[sku_index].fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn record_error(&self, sku_indexes: &[usize], error: &ClientError) {
+        self.errors.fetch_add(sku_indexes.len() as u64, Ordering::Relaxed);
+        match error {
+            ClientError::InvalidArgument(message) => {
+                let mut fatal = self.fatal_message.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                fatal.get_or_insert_with(|| message.clone());
+                self.fatal.store(true, Ordering::Relaxed);
+            }
+            ClientError::InvalidAddress { .. }
+            | ClientError::InvalidConfig(_)
+            | ClientError::Unavailable { outcome_unknown: false, .. } => {}
+            // The write may have been applied: count its units as unknown.
+            ClientError::Unavailable { outcome_unknown: true, .. } | ClientError::Rpc { .. } => {
+                self.unknown.fetch_add(sku_indexes.len() as u64, Ordering::Relaxed);
+                for &index in sku_indexes {
+                    self.unknown_units[index].fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn fatal_message(&self) -> Option<String> {
+        self.fatal_message.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+}
+
+/// One client task of the load phase.
+struct Load {
+    client: Client,
+    run: String,
+    task: u32,
+    skus: Arc<Vec<String>>,
+    location: String,
+    batch: u32,
+    tally: Arc<Tally>,
+    end: Instant,
+}
+
+impl Load {
+    /// Reserves until `end`; returns the latency (µs) of every answered call.
+    async fn run(self) -> Histogram<u64> {
+        let mut latency = new_histogram();
+        let mut random = splitmix64(now_ms() ^ (u64::from(self.task) << 32));
+        let mut sequence: u64 = 0;
+        let batch = self.batch.max(1) as usize;
+        let mut sku_indexes: Vec<usize> = Vec::with_capacity(batch);
+        let mut requests: Vec<ReserveRequest> = Vec::with_capacity(batch);
+        while Instant::now() < self.end && !self.tally.fatal.load(Ordering::Relaxed) {
+            sku_indexes.clear();
+            requests.clear();
+            for _ in 0..batch {
+                random = splitmix64(random);
+                let index = (random % self.skus.len() as u64) as usize;
+                sequence += 1;
+                sku_indexes.push(index);
+                requests.push(ReserveRequest {
+                    reservation_id: format!("b{}-c{}-{sequence}", self.run, self.task),
+                    lines: vec![Line { sku: self.skus[index].clone(), location: self.location.clone(), quantity: 1 }],
+                    ttl_ms: RESERVATION_TTL_MS,
+                });
+            }
+            let started = Instant::now();
+            if batch == 1 {
+                let request = requests.pop().expect("one request per call when batch is 1");
+                match self.client.reserve(request).await {
+                    Ok(response) => {
+                        latency.saturating_record(elapsed_us(started));
+                        self.tally.record_response(sku_indexes[0], &response);
+                    }
+                    Err(error) => self.tally.record_error(&sku_indexes, &error),
+                }
+            } else {
+                let request = BatchReserveRequest { reservations: std::mem::take(&mut requests) };
+                match self.client.batch_reserve(request).await {
+                    Ok(response) if response.results.len() == sku_indexes.len() => {
+                        latency.saturating_record(elapsed_us(started));
+                        for (index, result) in sku_indexes.iter().zip(&response.results) {
+                            self.tally.record_response(*index, result);
+                        }
+                    }
+                    Ok(response) => {
+                        let message = format!(
+                            "BatchReserve answered {} results for {} reservations",
+                            response.results.len(),
+                            sku_indexes.len()
+                        );
+                        tracing::warn!(%message, "counting the batch as unknown");
+                        let error = ClientError::Rpc { code: tonic::Code::Internal, message };
+                        self.tally.record_error(&sku_indexes, &error);
+                    }
+                    Err(error) => self.tally.record_error(&sku_indexes, &error),
+                }
+            }
+        }
+        latency
+    }
+}
+
+fn elapsed_us(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sku_names_are_unique_per_run_and_spread_over_leading_digits() {
+        let names: Vec<String> = (0..256).map(|i| sku_name("18c2f", i)).collect();
+        let unique: std::collections::HashSet<&String> = names.iter().collect();
+        assert_eq!(unique.len(), names.len());
+        let leading: std::collections::HashSet<char> = names.iter().filter_map(|n| n.chars().next()).collect();
+        assert_eq!(leading.len(), 16, "all 16 hex digits lead some SKU: {leading:?}");
+        assert!(names[7].ends_with("-b18c2f-7"), "{}", names[7]);
+        assert_ne!(sku_name("a", 1), sku_name("b", 1));
+    }
+
+    #[test]
+    fn conservation_allows_unknown_units_only() {
+        assert_eq!(conservation_violation("s", 100, 10, 0, 100, 10, 0), None);
+        assert_eq!(conservation_violation("s", 100, 10, 3, 100, 12, 0), None);
+        assert!(conservation_violation("s", 100, 10, 3, 100, 14, 0).is_some());
+        assert!(conservation_violation("s", 100, 10, 0, 100, 9, 0).is_some());
+        assert!(conservation_violation("s", 100, 10, 0, 99, 10, 0).is_some());
+        assert!(conservation_violation("s", 10, 10, 0, 10, 10, 1).is_some());
+    }
+
+    #[test]
+    fn stock_covers_the_run() {
+        let hot = BenchConfig {
+            workload: Workload::Hot,
+            skus: 1000,
+            clients: 64,
+            duration: Duration::from_secs(10),
+            location: "bench".to_owned(),
+            batch: 1,
+        };
+        assert_eq!(hot.sku_count(), 1);
+        assert_eq!(hot.stock_per_sku(), HOT_STOCK_UNITS);
+        let uniform = BenchConfig { workload: Workload::Uniform, ..hot.clone() };
+        assert_eq!(uniform.sku_count(), 1000);
+        assert_eq!(uniform.stock_per_sku(), UNIFORM_STOCK_UNITS_MIN);
+        let few = BenchConfig { workload: Workload::Uniform, skus: 2, ..hot };
+        assert_eq!(few.stock_per_sku(), HOT_STOCK_UNITS / 2);
+    }
+}

@@ -1,0 +1,203 @@
+//! `stockctl`: the operator CLI of stockd. Parsing, exit codes and output
+//! formats live in `stockd::cli`; this file wires them to the client.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use serde_json::Value;
+
+use stockd::bench::{self, BenchConfig};
+use stockd::cli::{self, Cli, Command, Transition};
+use stockd::client::{Client, ClientConfig, ClientError};
+use stockd::proto::v1::{AdjustRequest, AdjustmentKind, GetPositionRequest, ReserveRequest};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    // Usage errors exit 2 (clap's default); --help and --version exit 0.
+    let cli = Cli::parse();
+    init_tracing();
+    ExitCode::from(run(cli).await)
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+async fn run(cli: Cli) -> u8 {
+    let env_addr = std::env::var(cli::ADDR_ENV).ok();
+    let addrs = match cli::resolve_addrs(&cli.addr, env_addr.as_deref()) {
+        Ok(addrs) => addrs,
+        Err(message) => return fail_usage(&message),
+    };
+    let config = ClientConfig {
+        connect_timeout: cli.timeout.min(Duration::from_secs(1)),
+        request_timeout: cli.timeout,
+        total_deadline: cli.timeout.saturating_mul(2),
+        ..ClientConfig::default()
+    };
+    let client = match Client::with_config(&addrs, config) {
+        Ok(client) => client,
+        Err(error) => return fail(&error),
+    };
+    let json = cli.json;
+    match cli.command {
+        Command::Status => {
+            let reports = client.status_all().await;
+            if json {
+                emit_json(&cli::status_json(&reports));
+            } else {
+                emit(&cli::status_human(&reports));
+            }
+            cli::status_exit_code(&reports)
+        }
+        Command::Adjust(args) => {
+            let kind = AdjustmentKind::from(args.kind);
+            let request = AdjustRequest {
+                event_id: args.event_id.clone(),
+                sku: args.sku,
+                location: args.location,
+                kind: kind as i32,
+                quantity: args.qty,
+                reason: args.reason,
+                source: args.source,
+                source_seq: args.seq.unwrap_or_else(now_ms),
+            };
+            match client.adjust(request).await {
+                Ok(response) => {
+                    if json {
+                        emit_json(&cli::adjust_json(&response));
+                    } else {
+                        emit(&cli::adjust_human(&args.event_id, kind, args.qty, &response));
+                    }
+                    cli::exit_code_for_outcome(response.outcome())
+                }
+                Err(error) => fail(&error),
+            }
+        }
+        Command::Reserve(args) => {
+            if args.lines.len() > cli::LINES_MAX {
+                return fail_usage(&format!("invalid --line: at most {} lines per reservation", cli::LINES_MAX));
+            }
+            let ttl_ms = u64::try_from(args.ttl.as_millis()).unwrap_or(u64::MAX);
+            let request = ReserveRequest { reservation_id: args.id.clone(), lines: args.lines, ttl_ms };
+            match client.reserve(request).await {
+                Ok(response) => {
+                    if json {
+                        emit_json(&cli::reserve_json(&response));
+                    } else {
+                        emit(&cli::reserve_human(&args.id, &response));
+                    }
+                    cli::exit_code_for_outcome(response.outcome())
+                }
+                Err(error) => fail(&error),
+            }
+        }
+        Command::Commit(args) => transition(&client, Transition::Commit, &args.id, json).await,
+        Command::Release(args) => transition(&client, Transition::Release, &args.id, json).await,
+        Command::Fulfill(args) => transition(&client, Transition::Fulfill, &args.id, json).await,
+        Command::Cancel(args) => transition(&client, Transition::Cancel, &args.id, json).await,
+        Command::Reservation(args) => match client.get_reservation(&args.id).await {
+            Ok(response) => {
+                if json {
+                    emit_json(&cli::get_reservation_json(&args.id, &response));
+                } else {
+                    emit(&cli::get_reservation_human(&args.id, &response));
+                }
+                cli::get_reservation_exit_code(&response)
+            }
+            Err(error) => fail(&error),
+        },
+        Command::Get(args) => {
+            let request = GetPositionRequest {
+                sku: args.sku.clone(),
+                location: args.location.clone(),
+                consistency: args.consistency.consistency as i32,
+                max_staleness_ms: args.consistency.max_staleness_ms,
+            };
+            match client.get_position(request).await {
+                Ok(response) => {
+                    if json {
+                        emit_json(&cli::position_json(&args.sku, &args.location, &response));
+                    } else {
+                        emit(&cli::position_human(&args.sku, &args.location, &response));
+                    }
+                    cli::EXIT_DONE
+                }
+                Err(error) => fail(&error),
+            }
+        }
+        Command::Bench(args) => {
+            let config = BenchConfig {
+                workload: args.workload,
+                skus: args.skus,
+                clients: args.clients,
+                duration: args.duration,
+                location: args.location,
+                batch: args.batch,
+            };
+            match bench::run(&client, &config).await {
+                Ok(report) => {
+                    if json {
+                        emit_json(&cli::bench_json(&report));
+                    } else {
+                        emit(&cli::bench_human(&report));
+                    }
+                    cli::bench_exit_code(&report)
+                }
+                Err(error) => {
+                    eprintln!("{}", cli::bench_error_line(&error));
+                    cli::bench_error_exit_code(&error)
+                }
+            }
+        }
+    }
+}
+
+async fn transition(client: &Client, transition: Transition, reservation_id: &str, json: bool) -> u8 {
+    let answer = match transition {
+        Transition::Commit => client.commit(reservation_id).await,
+        Transition::Release => client.release(reservation_id).await,
+        Transition::Fulfill => client.fulfill(reservation_id).await,
+        Transition::Cancel => client.cancel(reservation_id).await,
+    };
+    match answer {
+        Ok(response) => {
+            if json {
+                emit_json(&cli::reservation_response_json(&response));
+            } else {
+                emit(&cli::transition_human(transition, reservation_id, &response));
+            }
+            cli::exit_code_for_outcome(response.outcome())
+        }
+        Err(error) => fail(&error),
+    }
+}
+
+fn fail(error: &ClientError) -> u8 {
+    eprintln!("{}", cli::error_line(error));
+    cli::exit_code_for_error(error)
+}
+
+fn fail_usage(message: &str) -> u8 {
+    eprintln!("error: {message}");
+    cli::EXIT_USAGE
+}
+
+/// Writes to stdout, ignoring a closed pipe (`stockctl status | head`).
+fn emit(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
+}
+
+fn emit_json(value: &Value) {
+    emit(&format!("{value}\n"));
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
+}

@@ -1,0 +1,1055 @@
+//! `stockctl`: command-line surface, input parsers, exit codes and output
+//! formatting. The binary (`src/bin/stockctl.rs`) only wires these to a
+//! [`crate::client::Client`].
+//!
+//! Invariants:
+//! - Exit codes: [`EXIT_DONE`] done as asked (replays of a success included),
+//!   [`EXIT_REFUSED`] refused by a business rule, [`EXIT_USAGE`] bad usage or
+//!   invalid input, [`EXIT_UNAVAILABLE`] unavailable or outcome unknown.
+//! - Formatting functions are pure: they return the text, callers print it.
+//! - Words are the proto's in lower case ("pending", "insufficient_stock").
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{json, Value};
+
+use crate::bench::{BenchError, BenchReport, Workload};
+use crate::client::{ClientError, NodeStatusReport};
+use crate::proto::v1::{
+    AdjustResponse, AdjustmentKind, Change, Consistency, GroupStatus, Line, Outcome, Position,
+    PositionResponse, Reservation, ReservationResponse, ReservationState, ReserveResponse,
+    Shortfall, StatusResponse,
+};
+
+/// Done as asked, including the replay of an earlier success.
+pub const EXIT_DONE: u8 = 0;
+/// Refused by a business rule (any outcome other than OK).
+pub const EXIT_REFUSED: u8 = 1;
+/// Bad usage or invalid input (clap errors and INVALID_ARGUMENT).
+pub const EXIT_USAGE: u8 = 2;
+/// Unavailable, or the outcome of a write is unknown.
+pub const EXIT_UNAVAILABLE: u8 = 3;
+
+/// Addresses of the cluster `stockd dev` starts.
+pub const DEFAULT_ADDRS: &str = "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103";
+/// Environment variable read when `--addr` is not given.
+pub const ADDR_ENV: &str = "STOCKCTL_ADDR";
+/// Longest duration accepted anywhere on the command line.
+pub const DURATION_MAX: Duration = Duration::from_secs(366 * 24 * 60 * 60);
+/// Most `--line` values of one reservation.
+pub const LINES_MAX: usize = 1000;
+
+/// Operate a stockd cluster.
+#[derive(Debug, Parser)]
+#[command(name = "stockctl", version, about, disable_help_subcommand = true)]
+pub struct Cli {
+    /// Node addresses (host:port), comma separated or repeated.
+    /// Default: $STOCKCTL_ADDR, else 127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103.
+    #[arg(long, global = true, value_delimiter = ',', value_name = "HOST:PORT")]
+    pub addr: Vec<String>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Time allowed for one attempt of a request (e.g. 500ms, 5s); a command
+    /// retries on other nodes for at most twice this long.
+    #[arg(long, global = true, default_value = "5s", value_parser = parse_timeout, value_name = "DURATION")]
+    pub timeout: Duration,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Status of every node and of the groups each one hosts.
+    Status,
+    /// Apply a warehouse or seller feed event to a position.
+    Adjust(AdjustArgs),
+    /// Hold units for a checkout (all lines or none).
+    Reserve(ReserveArgs),
+    /// Order placed: reserved -> committed.
+    Commit(IdArgs),
+    /// Checkout abandoned: reserved units return to ATP.
+    Release(IdArgs),
+    /// Committed order shipped: committed units leave on_hand.
+    Fulfill(IdArgs),
+    /// Committed order cancelled before shipping.
+    Cancel(IdArgs),
+    /// Show one reservation.
+    Reservation(IdArgs),
+    /// Show one position.
+    Get(GetArgs),
+    /// Load the cluster with reservations, then check conservation.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct IdArgs {
+    /// Reservation id.
+    #[arg(long)]
+    pub id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct AdjustArgs {
+    /// Idempotency key of the feed event.
+    #[arg(long)]
+    pub event_id: String,
+    #[arg(long)]
+    pub sku: String,
+    #[arg(long)]
+    pub location: String,
+    #[arg(long, value_enum)]
+    pub kind: AdjustKindArg,
+    /// Quantity (a delta, or the absolute value for count and safety-stock).
+    #[arg(long)]
+    pub qty: u64,
+    /// Feed that produced the event.
+    #[arg(long, default_value = "stockctl")]
+    pub source: String,
+    /// Sequence number of the event in its source (default: now, in ms since the epoch).
+    #[arg(long)]
+    pub seq: Option<u64>,
+    /// Why (kept on the audit trail).
+    #[arg(long, default_value = "")]
+    pub reason: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ReserveArgs {
+    /// Reservation id (idempotency key).
+    #[arg(long)]
+    pub id: String,
+    /// A line SKU:LOCATION:QTY; repeat for several lines.
+    #[arg(long = "line", required = true, value_parser = parse_line, value_name = "SKU:LOC:QTY")]
+    pub lines: Vec<Line>,
+    /// Time to live (e.g. 30s, 15m); 0 means the cluster default.
+    #[arg(long, default_value = "0", value_parser = parse_duration, value_name = "DURATION")]
+    pub ttl: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    #[arg(long)]
+    pub sku: String,
+    #[arg(long)]
+    pub location: String,
+    /// strong, bounded:MS (e.g. bounded:500) or any.
+    #[arg(long, default_value = "strong", value_parser = parse_consistency, value_name = "CONSISTENCY")]
+    pub consistency: ReadConsistency,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// hot: every reservation on one SKU; uniform: spread over --skus SKUs.
+    #[arg(long, value_enum)]
+    pub workload: Workload,
+    /// SKUs of the uniform workload.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub skus: u32,
+    /// Concurrent client tasks.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub clients: u32,
+    /// How long to load the cluster (e.g. 10s, 2m).
+    #[arg(long, default_value = "10s", value_parser = parse_bench_duration, value_name = "DURATION")]
+    pub duration: Duration,
+    /// Location of the benchmark positions.
+    #[arg(long, default_value = "bench")]
+    pub location: String,
+    /// Reservations per BatchReserve call; 1 sends plain Reserve calls.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub batch: u32,
+}
+
+/// `--kind` of `stockctl adjust`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AdjustKindArg {
+    Receipt,
+    Return,
+    Damage,
+    Shrink,
+    Count,
+    Hold,
+    Unhold,
+    SafetyStock,
+}
+
+impl From<AdjustKindArg> for AdjustmentKind {
+    fn from(kind: AdjustKindArg) -> Self {
+        match kind {
+            AdjustKindArg::Receipt => AdjustmentKind::Receipt,
+            AdjustKindArg::Return => AdjustmentKind::Return,
+            AdjustKindArg::Damage => AdjustmentKind::Damage,
+            AdjustKindArg::Shrink => AdjustmentKind::Shrink,
+            AdjustKindArg::Count => AdjustmentKind::Count,
+            AdjustKindArg::Hold => AdjustmentKind::Hold,
+            AdjustKindArg::Unhold => AdjustmentKind::Unhold,
+            AdjustKindArg::SafetyStock => AdjustmentKind::SafetyStock,
+        }
+    }
+}
+
+/// `--consistency` of `stockctl get`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadConsistency {
+    pub consistency: Consistency,
+    /// Bound of a BOUNDED read; 0 otherwise.
+    pub max_staleness_ms: u64,
+}
+
+// ---------------------------------------------------------------------------
+// Parsers
+// ---------------------------------------------------------------------------
+
+/// Parses `500ms`, `30s`, `2m`, `1h` (whole numbers only); a bare `0` is zero.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let digits_end = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(digits_end);
+    if digits.is_empty() {
+        return Err(format!("expected a whole number with a unit (ms, s, m, h), e.g. 30s; got {text:?}"));
+    }
+    let value: u64 = digits.parse().map_err(|_| format!("{digits:?} is too large"))?;
+    let unit_ms: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "" => return Err(format!("missing unit in {text:?}: use ms, s, m or h (e.g. {value}s)")),
+        other => return Err(format!("unknown unit {other:?} in {text:?}: use ms, s, m or h")),
+    };
+    let ms = value.checked_mul(unit_ms).ok_or_else(|| format!("{text:?} is too large"))?;
+    let duration = Duration::from_millis(ms);
+    if duration > DURATION_MAX {
+        return Err(format!("{text:?} is longer than {} days", DURATION_MAX.as_secs() / 86_400));
+    }
+    Ok(duration)
+}
+
+/// A duration that must not be zero (`--timeout`).
+pub fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration.is_zero() {
+        return Err("must be greater than 0".to_owned());
+    }
+    Ok(duration)
+}
+
+/// `--duration` of the benchmark: between 1 s and 1 h.
+pub fn parse_bench_duration(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration < Duration::from_secs(1) || duration > Duration::from_secs(3600) {
+        return Err("must be between 1s and 1h".to_owned());
+    }
+    Ok(duration)
+}
+
+/// Parses `SKU:LOCATION:QTY` into a reservation line. The quantity must be a
+/// whole number; its range is checked by the server.
+pub fn parse_line(text: &str) -> Result<Line, String> {
+    let parts: Vec<&str> = text.split(':').collect();
+    let [sku, location, quantity] = parts.as_slice() else {
+        return Err(format!("expected SKU:LOC:QTY, got {text:?}"));
+    };
+    if sku.is_empty() {
+        return Err(format!("empty SKU in {text:?}"));
+    }
+    if location.is_empty() {
+        return Err(format!("empty location in {text:?}"));
+    }
+    let quantity: u64 = quantity
+        .parse()
+        .map_err(|_| format!("quantity {quantity:?} in {text:?} is not a whole number"))?;
+    Ok(Line { sku: (*sku).to_owned(), location: (*location).to_owned(), quantity })
+}
+
+/// Parses `strong`, `bounded:MS` (milliseconds, or a duration such as
+/// `bounded:2s`) or `any`.
+pub fn parse_consistency(text: &str) -> Result<ReadConsistency, String> {
+    let lower = text.trim().to_ascii_lowercase();
+    match lower.as_str() {
+        "strong" => return Ok(ReadConsistency { consistency: Consistency::Strong, max_staleness_ms: 0 }),
+        "any" => return Ok(ReadConsistency { consistency: Consistency::Any, max_staleness_ms: 0 }),
+        _ => {}
+    }
+    let Some(bound) = lower.strip_prefix("bounded:") else {
+        return Err(format!("expected strong, bounded:MS or any, got {text:?}"));
+    };
+    let max_staleness_ms = match bound.parse::<u64>() {
+        Ok(ms) => ms,
+        Err(_) => parse_duration(bound)
+            .map_err(|error| format!("invalid bound in {text:?}: {error}"))?
+            .as_millis()
+            .try_into()
+            .map_err(|_| format!("bound in {text:?} is too large"))?,
+    };
+    if max_staleness_ms == 0 {
+        return Err(format!("the bound of {text:?} must be greater than 0 ms"));
+    }
+    Ok(ReadConsistency { consistency: Consistency::Bounded, max_staleness_ms })
+}
+
+/// The node addresses to use: `--addr` when given, else `env` (the value of
+/// `$STOCKCTL_ADDR`) when set and not blank, else [`DEFAULT_ADDRS`].
+pub fn resolve_addrs(flag: &[String], env: Option<&str>) -> Result<Vec<String>, String> {
+    let addrs: Vec<String> = if !flag.is_empty() {
+        flag.iter().map(|a| a.trim().to_owned()).collect()
+    } else {
+        let source = env.filter(|e| !e.trim().is_empty()).unwrap_or(DEFAULT_ADDRS);
+        source.split(',').map(|a| a.trim().to_owned()).collect()
+    };
+    if let Some(index) = addrs.iter().position(|a| a.is_empty()) {
+        return Err(format!("invalid --addr: address #{} is empty", index + 1));
+    }
+    Ok(addrs)
+}
+
+// ---------------------------------------------------------------------------
+// Exit codes and errors
+// ---------------------------------------------------------------------------
+
+/// Exit code of a request that reached the state machine.
+pub fn exit_code_for_outcome(outcome: Outcome) -> u8 {
+    match outcome {
+        Outcome::Ok => EXIT_DONE,
+        _ => EXIT_REFUSED,
+    }
+}
+
+/// Exit code of a request that did not produce a response.
+pub fn exit_code_for_error(error: &ClientError) -> u8 {
+    match error {
+        ClientError::InvalidAddress { .. } | ClientError::InvalidConfig(_) | ClientError::InvalidArgument(_) => {
+            EXIT_USAGE
+        }
+        ClientError::Unavailable { .. } | ClientError::Rpc { .. } => EXIT_UNAVAILABLE,
+    }
+}
+
+/// The one line printed on stderr for `error`, starting with "error: ".
+pub fn error_line(error: &ClientError) -> String {
+    let text = match error {
+        ClientError::InvalidAddress { addr, message } => format!("invalid --addr {addr:?}: {message}"),
+        ClientError::InvalidConfig(message) => format!("invalid --timeout: {message}"),
+        ClientError::InvalidArgument(message) if message.starts_with("invalid") => message.clone(),
+        ClientError::InvalidArgument(message) => format!("invalid argument: {message}"),
+        ClientError::Unavailable { outcome_unknown: true, message } => {
+            format!("outcome unknown, retry with the same id: {message}")
+        }
+        ClientError::Unavailable { outcome_unknown: false, message } => format!("unavailable: {message}"),
+        ClientError::Rpc { code, message } => format!("server answered {code:?}: {message}"),
+    };
+    format!("error: {}", one_line(&text))
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+// ---------------------------------------------------------------------------
+// Words
+// ---------------------------------------------------------------------------
+
+pub fn outcome_word(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Unspecified => "unspecified",
+        Outcome::Ok => "ok",
+        Outcome::InsufficientStock => "insufficient_stock",
+        Outcome::IdempotencyConflict => "idempotency_conflict",
+        Outcome::NotFound => "not_found",
+        Outcome::InvalidState => "invalid_state",
+        Outcome::StaleEvent => "stale_event",
+        Outcome::InsufficientQuantity => "insufficient_quantity",
+    }
+}
+
+pub fn state_word(state: ReservationState) -> &'static str {
+    match state {
+        ReservationState::Unspecified => "unspecified",
+        ReservationState::Pending => "pending",
+        ReservationState::Committed => "committed",
+        ReservationState::Released => "released",
+        ReservationState::Expired => "expired",
+        ReservationState::Fulfilled => "fulfilled",
+        ReservationState::Cancelled => "cancelled",
+    }
+}
+
+pub fn kind_word(kind: AdjustmentKind) -> &'static str {
+    match kind {
+        AdjustmentKind::Unspecified => "unspecified",
+        AdjustmentKind::Receipt => "receipt",
+        AdjustmentKind::Return => "return",
+        AdjustmentKind::Damage => "damage",
+        AdjustmentKind::Shrink => "shrink",
+        AdjustmentKind::Count => "count",
+        AdjustmentKind::Hold => "hold",
+        AdjustmentKind::Unhold => "unhold",
+        AdjustmentKind::SafetyStock => "safety-stock",
+    }
+}
+
+/// "ok", or "ok (replay)" for the stored answer of an earlier request.
+pub fn outcome_label(outcome: Outcome, replay: bool) -> String {
+    if replay {
+        format!("{} (replay)", outcome_word(outcome))
+    } else {
+        outcome_word(outcome).to_owned()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Layout helpers
+// ---------------------------------------------------------------------------
+
+/// Columns aligned on the widest cell; every line ends with '\n' and carries
+/// no trailing spaces.
+pub fn render_table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (column, cell) in row.iter().enumerate() {
+            if column < widths.len() {
+                widths[column] = widths[column].max(cell.chars().count());
+            } else {
+                widths.push(cell.chars().count());
+            }
+        }
+    }
+    let mut out = String::new();
+    let header_cells: Vec<String> = headers.iter().map(|h| (*h).to_owned()).collect();
+    for cells in std::iter::once(&header_cells).chain(rows.iter()) {
+        let mut line = String::new();
+        for (column, cell) in cells.iter().enumerate() {
+            if column > 0 {
+                line.push_str("  ");
+            }
+            line.push_str(cell);
+            let pad = widths[column].saturating_sub(cell.chars().count());
+            line.extend(std::iter::repeat_n(' ', pad));
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `key  value` lines with the values aligned.
+pub fn render_key_values(pairs: &[(&str, String)]) -> String {
+    let width = pairs.iter().map(|(key, _)| key.chars().count()).max().unwrap_or(0);
+    let mut out = String::new();
+    for (key, value) in pairs {
+        let line = format!("{key:<width$}  {value}");
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `1700000000000` -> `2023-11-14T22:13:20.000Z`; 0 -> `-`.
+pub fn format_ms_utc(ms: u64) -> String {
+    if ms == 0 {
+        return "-".to_owned();
+    }
+    let secs = ms / 1000;
+    let millis = ms % 1000;
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
+/// (Howard Hinnant's `civil_from_days`, for days >= 0).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+fn ms_with_time(ms: u64) -> String {
+    if ms == 0 {
+        "-".to_owned()
+    } else {
+        format!("{ms} ({})", format_ms_utc(ms))
+    }
+}
+
+fn explain_refusal(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Ok => "done",
+        Outcome::InsufficientStock => "at least one line does not fit in ATP",
+        Outcome::IdempotencyConflict => "the id was used before with another payload",
+        Outcome::NotFound => "no reservation with this id (never made, or past the retention window)",
+        Outcome::InvalidState => "the reservation is in a state that does not allow this",
+        Outcome::StaleEvent => "an event at least as new from this source was already applied to this position",
+        Outcome::InsufficientQuantity => "the decrease is larger than the quantity it decreases",
+        Outcome::Unspecified => "the server gave no outcome",
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Reservations
+// ---------------------------------------------------------------------------
+
+pub fn line_json(line: &Line) -> Value {
+    json!({ "sku": line.sku, "location": line.location, "quantity": line.quantity })
+}
+
+/// `{id, state, lines: [{sku, location, quantity}], expires_at_ms, created_at_ms, finished_at_ms}`.
+pub fn reservation_json(reservation: &Reservation) -> Value {
+    json!({
+        "id": reservation.id,
+        "state": state_word(reservation.state()),
+        "lines": reservation.lines.iter().map(line_json).collect::<Vec<_>>(),
+        "expires_at_ms": reservation.expires_at_ms,
+        "created_at_ms": reservation.created_at_ms,
+        "finished_at_ms": reservation.finished_at_ms,
+    })
+}
+
+/// A short aligned block: id, state, times, then the lines as a table.
+pub fn reservation_human(reservation: &Reservation) -> String {
+    let mut out = render_key_values(&[
+        ("id", reservation.id.clone()),
+        ("state", state_word(reservation.state()).to_owned()),
+        ("created_at_ms", ms_with_time(reservation.created_at_ms)),
+        ("expires_at_ms", ms_with_time(reservation.expires_at_ms)),
+        ("finished_at_ms", ms_with_time(reservation.finished_at_ms)),
+    ]);
+    let rows: Vec<Vec<String>> = reservation
+        .lines
+        .iter()
+        .map(|line| vec![line.sku.clone(), line.location.clone(), line.quantity.to_string()])
+        .collect();
+    out.push_str(&render_table(&["SKU", "LOCATION", "QUANTITY"], &rows));
+    out
+}
+
+pub fn shortfall_json(shortfall: &Shortfall) -> Value {
+    json!({
+        "sku": shortfall.sku,
+        "location": shortfall.location,
+        "requested": shortfall.requested,
+        "atp": shortfall.atp,
+    })
+}
+
+pub fn shortfalls_table(shortfalls: &[Shortfall]) -> String {
+    let rows: Vec<Vec<String>> = shortfalls
+        .iter()
+        .map(|s| vec![s.sku.clone(), s.location.clone(), s.requested.to_string(), s.atp.to_string()])
+        .collect();
+    render_table(&["SKU", "LOCATION", "REQUESTED", "ATP"], &rows)
+}
+
+pub fn reserve_json(response: &ReserveResponse) -> Value {
+    json!({
+        "outcome": outcome_word(response.outcome()),
+        "replay": response.replay,
+        "applied_index": response.applied_index,
+        "reservation": response.reservation.as_ref().map(reservation_json),
+        "shortfalls": response.shortfalls.iter().map(shortfall_json).collect::<Vec<_>>(),
+    })
+}
+
+pub fn reserve_human(reservation_id: &str, response: &ReserveResponse) -> String {
+    let outcome = response.outcome();
+    let label = outcome_label(outcome, response.replay);
+    let mut out = match outcome {
+        Outcome::Ok => format!("{label}: reserved {reservation_id}\n"),
+        Outcome::InsufficientStock => {
+            let mut text = format!("{label}: reservation {reservation_id} not made, short on:\n");
+            text.push_str(&shortfalls_table(&response.shortfalls));
+            text
+        }
+        other => format!("{label}: reservation {reservation_id} not made: {}\n", explain_refusal(other)),
+    };
+    if outcome == Outcome::Ok {
+        if let Some(reservation) = &response.reservation {
+            out.push_str(&reservation_human(reservation));
+        }
+    }
+    out
+}
+
+/// A reservation state change asked by an operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    Commit,
+    Release,
+    Fulfill,
+    Cancel,
+}
+
+impl Transition {
+    /// The command word ("commit").
+    pub fn verb(self) -> &'static str {
+        match self {
+            Transition::Commit => "commit",
+            Transition::Release => "release",
+            Transition::Fulfill => "fulfill",
+            Transition::Cancel => "cancel",
+        }
+    }
+
+    /// The past tense ("committed").
+    pub fn past(self) -> &'static str {
+        match self {
+            Transition::Commit => "committed",
+            Transition::Release => "released",
+            Transition::Fulfill => "fulfilled",
+            Transition::Cancel => "cancelled",
+        }
+    }
+}
+
+pub fn reservation_response_json(response: &ReservationResponse) -> Value {
+    json!({
+        "outcome": outcome_word(response.outcome()),
+        "replay": response.replay,
+        "applied_index": response.applied_index,
+        "reservation": response.reservation.as_ref().map(reservation_json),
+    })
+}
+
+/// Human answer of commit / release / fulfill / cancel.
+pub fn transition_human(transition: Transition, reservation_id: &str, response: &ReservationResponse) -> String {
+    let verb = transition.verb();
+    let outcome = response.outcome();
+    let label = outcome_label(outcome, response.replay);
+    let mut out = match (outcome, &response.reservation) {
+        (Outcome::Ok, _) => format!("{label}: {} {reservation_id}\n", transition.past()),
+        (Outcome::InvalidState, Some(reservation)) => format!(
+            "{label}: cannot {verb} {reservation_id}: it is {}\n",
+            state_word(reservation.state())
+        ),
+        (other, _) => format!("{label}: cannot {verb} {reservation_id}: {}\n", explain_refusal(other)),
+    };
+    if let Some(reservation) = &response.reservation {
+        out.push_str(&reservation_human(reservation));
+    }
+    out
+}
+
+/// JSON of `stockctl reservation`: the reservation itself when found, else
+/// `{outcome, id}`.
+pub fn get_reservation_json(reservation_id: &str, response: &ReservationResponse) -> Value {
+    match (response.outcome(), &response.reservation) {
+        (Outcome::Ok, Some(reservation)) => reservation_json(reservation),
+        (outcome, _) => json!({ "outcome": outcome_word(outcome), "id": reservation_id }),
+    }
+}
+
+pub fn get_reservation_human(reservation_id: &str, response: &ReservationResponse) -> String {
+    match (response.outcome(), &response.reservation) {
+        (Outcome::Ok, Some(reservation)) => reservation_human(reservation),
+        (Outcome::Ok, None) => format!("unspecified: reservation {reservation_id}: the server sent no reservation\n"),
+        (outcome, _) => {
+            format!("{}: reservation {reservation_id}: {}\n", outcome_word(outcome), explain_refusal(outcome))
+        }
+    }
+}
+
+/// Exit code of `stockctl reservation`: found with any state is success.
+pub fn get_reservation_exit_code(response: &ReservationResponse) -> u8 {
+    match (response.outcome(), &response.reservation) {
+        (Outcome::Ok, Some(_)) => EXIT_DONE,
+        _ => EXIT_REFUSED,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Positions
+// ---------------------------------------------------------------------------
+
+pub fn position_quantities_json(position: &Position) -> Value {
+    json!({
+        "region": position.region,
+        "sku": position.sku,
+        "location": position.location,
+        "on_hand": position.on_hand,
+        "reserved": position.reserved,
+        "committed": position.committed,
+        "safety_stock": position.safety_stock,
+        "held": position.held,
+        "atp": position.atp,
+        "short": position.short,
+    })
+}
+
+fn position_quantity_pairs(position: &Position) -> Vec<(&'static str, String)> {
+    vec![
+        ("on_hand", position.on_hand.to_string()),
+        ("reserved", position.reserved.to_string()),
+        ("committed", position.committed.to_string()),
+        ("safety_stock", position.safety_stock.to_string()),
+        ("held", position.held.to_string()),
+        ("atp", position.atp.to_string()),
+        ("short", position.short.to_string()),
+    ]
+}
+
+pub fn adjust_json(response: &AdjustResponse) -> Value {
+    json!({
+        "outcome": outcome_word(response.outcome()),
+        "replay": response.replay,
+        "applied_index": response.applied_index,
+        "position": response.position.as_ref().map(position_quantities_json),
+    })
+}
+
+pub fn adjust_human(event_id: &str, kind: AdjustmentKind, quantity: u64, response: &AdjustResponse) -> String {
+    let outcome = response.outcome();
+    let label = outcome_label(outcome, response.replay);
+    let mut out = match outcome {
+        Outcome::Ok => format!("{label}: event {event_id} applied ({} {quantity})\n", kind_word(kind)),
+        other => format!("{label}: event {event_id} not applied: {}\n", explain_refusal(other)),
+    };
+    if let Some(position) = &response.position {
+        let mut pairs = vec![("sku", position.sku.clone()), ("location", position.location.clone())];
+        pairs.extend(position_quantity_pairs(position));
+        pairs.push(("applied_index", response.applied_index.to_string()));
+        out.push_str(&render_key_values(&pairs));
+    }
+    out
+}
+
+/// JSON of `stockctl get`, keys exactly: sku, location, group, on_hand,
+/// reserved, committed, safety_stock, held, atp, short, applied_index,
+/// staleness_ms, served_by, leader (null when unknown).
+pub fn position_json(sku: &str, location: &str, response: &PositionResponse) -> Value {
+    let position = response.position.clone().unwrap_or_default();
+    json!({
+        "sku": if position.sku.is_empty() { sku } else { position.sku.as_str() },
+        "location": if position.location.is_empty() { location } else { position.location.as_str() },
+        "group": response.group_id,
+        "on_hand": position.on_hand,
+        "reserved": position.reserved,
+        "committed": position.committed,
+        "safety_stock": position.safety_stock,
+        "held": position.held,
+        "atp": position.atp,
+        "short": position.short,
+        "applied_index": response.applied_index,
+        "staleness_ms": response.staleness_ms,
+        "served_by": response.served_by,
+        "leader": if response.leader == 0 { Value::Null } else { json!(response.leader) },
+    })
+}
+
+/// Human answer of `stockctl get`: the same keys as JSON, then the recent
+/// changes when the server sent some.
+pub fn position_human(sku: &str, location: &str, response: &PositionResponse) -> String {
+    let position = response.position.clone().unwrap_or_default();
+    let mut pairs = vec![
+        ("sku", if position.sku.is_empty() { sku.to_owned() } else { position.sku.clone() }),
+        ("location", if position.location.is_empty() { location.to_owned() } else { position.location.clone() }),
+        ("group", response.group_id.to_string()),
+    ];
+    if !position.region.is_empty() {
+        pairs.push(("region", position.region.clone()));
+    }
+    pairs.extend(position_quantity_pairs(&position));
+    pairs.push(("applied_index", response.applied_index.to_string()));
+    pairs.push(("staleness_ms", response.staleness_ms.to_string()));
+    pairs.push(("served_by", response.served_by.to_string()));
+    pairs.push(("leader", if response.leader == 0 { "unknown".to_owned() } else { response.leader.to_string() }));
+    let mut out = render_key_values(&pairs);
+    if response.unknown_position {
+        out.push_str("(never written: all quantities are 0)\n");
+    }
+    if !position.recent_changes.is_empty() {
+        out.push_str("recent changes:\n");
+        out.push_str(&changes_table(&position.recent_changes));
+    }
+    out
+}
+
+pub fn changes_table(changes: &[Change]) -> String {
+    let delta = |d: i64| if d == 0 { String::new() } else { format!("{d:+}") };
+    let rows: Vec<Vec<String>> = changes
+        .iter()
+        .map(|c| {
+            vec![
+                c.log_index.to_string(),
+                format_ms_utc(c.at_ms),
+                c.kind.clone(),
+                c.reference.clone(),
+                delta(c.on_hand_delta),
+                delta(c.reserved_delta),
+                delta(c.committed_delta),
+                delta(c.held_delta),
+                delta(c.safety_stock_delta),
+                c.reason.clone(),
+            ]
+        })
+        .collect();
+    render_table(
+        &["INDEX", "AT", "KIND", "REFERENCE", "ON_HAND", "RESERVED", "COMMITTED", "HELD", "SAFETY", "REASON"],
+        &rows,
+    )
+}
+
+// ---------------------------------------------------------------------------
+// Status
+// ---------------------------------------------------------------------------
+
+pub fn status_response_json(status: &StatusResponse) -> Value {
+    json!({
+        "node_id": status.node_id,
+        "region": status.region,
+        "version": status.version,
+        "nodes": status.nodes.iter().map(|n| json!({ "id": n.id, "addr": n.addr, "region": n.region })).collect::<Vec<_>>(),
+        "groups": status.groups.iter().map(group_status_json).collect::<Vec<_>>(),
+    })
+}
+
+fn group_status_json(group: &GroupStatus) -> Value {
+    json!({
+        "group_id": group.group_id,
+        "region": group.region,
+        "start_sku": group.start_sku,
+        "end_sku": group.end_sku,
+        "replicas": group.replicas,
+        "leader": group.leader,
+        "term": group.term,
+        "role": group.role,
+        "last_log_index": group.last_log_index,
+        "committed_index": group.committed_index,
+        "applied_index": group.applied_index,
+        "replication": group.replication.iter().map(|r| json!({
+            "node_id": r.node_id,
+            "matched_index": r.matched_index,
+            "lag": r.lag,
+        })).collect::<Vec<_>>(),
+        "pending_reservations": group.pending_reservations,
+        "positions": group.positions,
+    })
+}
+
+/// `{"responses": [{"addr", "status": {...} | null, "error": "..." | null}]}`.
+pub fn status_json(reports: &[NodeStatusReport]) -> Value {
+    let responses: Vec<Value> = reports
+        .iter()
+        .map(|report| match &report.result {
+            Ok(status) => json!({ "addr": report.addr, "status": status_response_json(status), "error": null }),
+            Err(error) => json!({ "addr": report.addr, "status": null, "error": error.to_string() }),
+        })
+        .collect();
+    json!({ "responses": responses })
+}
+
+/// `[start..end)` of a group, `..` sides empty when unbounded.
+pub fn range_text(start_sku: &str, end_sku: &str) -> String {
+    format!("{start_sku}..{end_sku}")
+}
+
+/// A nodes table (one row per address asked) then a groups table (one row
+/// per group and answering node, as that node sees it).
+pub fn status_human(reports: &[NodeStatusReport]) -> String {
+    let node_rows: Vec<Vec<String>> = reports
+        .iter()
+        .map(|report| match &report.result {
+            Ok(status) => {
+                let leads = status.groups.iter().filter(|g| g.leader == status.node_id && g.leader != 0).count();
+                vec![
+                    strip_scheme(&report.addr).to_owned(),
+                    status.node_id.to_string(),
+                    dash_if_empty(&status.region),
+                    dash_if_empty(&status.version),
+                    status.groups.len().to_string(),
+                    leads.to_string(),
+                    "up".to_owned(),
+                ]
+            }
+            Err(error) => vec![
+                strip_scheme(&report.addr).to_owned(),
+                "-".to_owned(),
+                "-".to_owned(),
+                "-".to_owned(),
+                "-".to_owned(),
+                "-".to_owned(),
+                format!("down: {}", one_line(&error.to_string())),
+            ],
+        })
+        .collect();
+    let mut out = String::from("nodes:\n");
+    out.push_str(&render_table(&["ADDR", "NODE", "REGION", "VERSION", "GROUPS", "LEADS", "STATE"], &node_rows));
+
+    let mut groups: Vec<(u64, &GroupStatus)> = reports
+        .iter()
+        .filter_map(|report| report.result.as_ref().ok())
+        .flat_map(|status| status.groups.iter().map(move |group| (status.node_id, group)))
+        .collect();
+    groups.sort_by_key(|(node, group)| (group.group_id, *node));
+    let group_rows: Vec<Vec<String>> = groups
+        .iter()
+        .map(|(node, group)| {
+            let lag = if group.replication.is_empty() {
+                "-".to_owned()
+            } else {
+                group.replication.iter().map(|r| format!("{}:{}", r.node_id, r.lag)).collect::<Vec<_>>().join(",")
+            };
+            let replicas = group.replicas.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+            vec![
+                group.group_id.to_string(),
+                dash_if_empty(&group.region),
+                range_text(&group.start_sku, &group.end_sku),
+                dash_if_empty(&replicas),
+                if group.leader == 0 { "-".to_owned() } else { group.leader.to_string() },
+                group.term.to_string(),
+                node.to_string(),
+                dash_if_empty(&group.role),
+                group.last_log_index.to_string(),
+                group.committed_index.to_string(),
+                group.applied_index.to_string(),
+                lag,
+                group.pending_reservations.to_string(),
+                group.positions.to_string(),
+            ]
+        })
+        .collect();
+    out.push_str("\ngroups:\n");
+    out.push_str(&render_table(
+        &[
+            "GROUP",
+            "REGION",
+            "RANGE",
+            "REPLICAS",
+            "LEADER",
+            "TERM",
+            "NODE",
+            "ROLE",
+            "LAST_LOG",
+            "COMMITTED",
+            "APPLIED",
+            "LAG",
+            "PENDING",
+            "POSITIONS",
+        ],
+        &group_rows,
+    ));
+    out
+}
+
+/// Exit code of `stockctl status`: done when at least one node answered.
+pub fn status_exit_code(reports: &[NodeStatusReport]) -> u8 {
+    if reports.iter().any(|report| report.result.is_ok()) {
+        EXIT_DONE
+    } else {
+        EXIT_UNAVAILABLE
+    }
+}
+
+fn strip_scheme(addr: &str) -> &str {
+    addr.strip_prefix("http://").or_else(|| addr.strip_prefix("https://")).unwrap_or(addr)
+}
+
+fn dash_if_empty(text: &str) -> String {
+    if text.is_empty() {
+        "-".to_owned()
+    } else {
+        text.to_owned()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Bench
+// ---------------------------------------------------------------------------
+
+/// One object with `ops_per_s`, `p50_us`, `p99_us`, `p999_us`, `conserved`,
+/// `ok`, `refused`, `errors`, `clients`, `workload`, `duration_s` and details.
+pub fn bench_json(report: &BenchReport) -> Value {
+    json!({
+        "workload": workload_word(report.workload),
+        "clients": report.clients,
+        "batch": report.batch,
+        "skus": report.skus,
+        "duration_s": report.duration.as_secs_f64(),
+        "ops_per_s": report.ops_per_s(),
+        "calls_per_s": report.calls_per_s(),
+        "p50_us": report.p50_us,
+        "p99_us": report.p99_us,
+        "p999_us": report.p999_us,
+        "max_us": report.max_us,
+        "ok": report.ok,
+        "refused": report.refused,
+        "errors": report.errors,
+        "unknown": report.unknown,
+        "conserved": report.conserved(),
+        "violations": report.violations,
+    })
+}
+
+pub fn bench_human(report: &BenchReport) -> String {
+    let mut out = render_key_values(&[
+        ("workload", workload_word(report.workload).to_owned()),
+        ("clients", report.clients.to_string()),
+        ("batch", report.batch.to_string()),
+        ("skus", report.skus.to_string()),
+        ("duration_s", format!("{:.2}", report.duration.as_secs_f64())),
+        ("ops_per_s", format!("{:.1}", report.ops_per_s())),
+        ("calls_per_s", format!("{:.1}", report.calls_per_s())),
+        ("latency_us", format!(
+            "p50 {}  p99 {}  p999 {}  max {}",
+            report.p50_us, report.p99_us, report.p999_us, report.max_us
+        )),
+        ("ok", report.ok.to_string()),
+        ("refused", report.refused.to_string()),
+        ("errors", format!("{} ({} with unknown outcome)", report.errors, report.unknown)),
+        ("conserved", report.conserved().to_string()),
+    ]);
+    for violation in &report.violations {
+        out.push_str(&format!("violation: {violation}\n"));
+    }
+    out
+}
+
+pub fn workload_word(workload: Workload) -> &'static str {
+    match workload {
+        Workload::Hot => "hot",
+        Workload::Uniform => "uniform",
+    }
+}
+
+/// Exit code of a finished benchmark: done when conserved, else refused.
+pub fn bench_exit_code(report: &BenchReport) -> u8 {
+    if report.conserved() {
+        EXIT_DONE
+    } else {
+        EXIT_REFUSED
+    }
+}
+
+/// Exit code of a benchmark that could not finish.
+pub fn bench_error_exit_code(error: &BenchError) -> u8 {
+    match error {
+        BenchError::Stock { source, .. } | BenchError::Check { source, .. } => exit_code_for_error(source),
+        BenchError::InvalidArgument(_) => EXIT_USAGE,
+        BenchError::StockRefused { .. } => EXIT_REFUSED,
+        BenchError::Task(_) => EXIT_UNAVAILABLE,
+    }
+}
+
+/// The one stderr line of a benchmark that could not finish.
+pub fn bench_error_line(error: &BenchError) -> String {
+    match error {
+        BenchError::InvalidArgument(message) => format!("error: bench reservations refused as invalid: {}", one_line(message)),
+        other => format!("error: bench: {}", one_line(&other.to_string())),
+    }
+}

@@ -1,0 +1,574 @@
+//! The stockd client library: one lazily connected gRPC channel per node,
+//! leader hints followed, unavailable nodes skipped, idempotent retries.
+//!
+//! Invariants:
+//! - A request is retried only with the very same message, so its idempotency
+//!   key (`reservation_id`, `event_id`) travels with every attempt.
+//! - Every call is bounded: by `request_timeout` per attempt, by
+//!   `total_deadline` overall, by `attempts_max` attempts and by
+//!   `leader_hops_max` "not leader" redirections.
+//! - UNAVAILABLE, DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED are retried on the
+//!   next node after a backoff; a "not leader" answer is retried at once on
+//!   the hinted leader, or after a backoff on the next node without a hint.
+//! - Business refusals are not errors: they come back in the response's
+//!   `outcome`. Only transport and input failures become [`ClientError`].
+//!
+//! Boundary: this module knows tonic; callers see prost messages and
+//! [`ClientError`].
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::future::join_all;
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+
+use crate::proto::v1::admin_client::AdminClient;
+use crate::proto::v1::inventory_client::InventoryClient;
+use crate::proto::v1::{
+    AdjustRequest, AdjustResponse, BatchReserveRequest, BatchReserveResponse, GetPositionRequest,
+    PositionResponse, ReservationRef, ReservationResponse, ReserveRequest, ReserveResponse,
+    StatusRequest, StatusResponse,
+};
+
+/// gRPC metadata key carrying the address (`host:port`) of the group leader.
+pub const LEADER_ADDR_METADATA: &str = "stockd-leader-addr";
+/// gRPC metadata key carrying the node id of the group leader.
+pub const LEADER_ID_METADATA: &str = "stockd-leader-id";
+/// Prefix of the FAILED_PRECONDITION message of a node that is not the leader.
+pub const NOT_LEADER_PREFIX: &str = "not leader";
+
+/// Limits of a [`Client`]. Every field is a bound; see [`ClientConfig::validate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// Time allowed to open a TCP connection to one node.
+    pub connect_timeout: Duration,
+    /// Time allowed for one attempt of one request (sent as `grpc-timeout`).
+    pub request_timeout: Duration,
+    /// Time allowed for one call, all attempts and backoffs included.
+    pub total_deadline: Duration,
+    /// Most "not leader" redirections followed by one call.
+    pub leader_hops_max: u32,
+    /// Most attempts of one call, redirections included.
+    pub attempts_max: u32,
+    /// First pause before retrying on another node; doubles each time.
+    pub backoff_initial: Duration,
+    /// Longest pause between two attempts.
+    pub backoff_max: Duration,
+    /// Most node addresses known (configured plus learned from leader hints).
+    pub nodes_max: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(5),
+            total_deadline: Duration::from_secs(10),
+            leader_hops_max: 5,
+            attempts_max: 32,
+            backoff_initial: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(1),
+            nodes_max: 64,
+        }
+    }
+}
+
+impl ClientConfig {
+    /// Checks the relations between the limits.
+    pub fn validate(&self) -> Result<(), ClientError> {
+        let invalid = |message: &str| Err(ClientError::InvalidConfig(message.to_owned()));
+        if self.connect_timeout.is_zero() {
+            return invalid("connect_timeout must be > 0");
+        }
+        if self.request_timeout.is_zero() {
+            return invalid("request_timeout must be > 0");
+        }
+        if self.total_deadline < self.request_timeout {
+            return invalid("total_deadline must be >= request_timeout");
+        }
+        if self.attempts_max == 0 {
+            return invalid("attempts_max must be >= 1");
+        }
+        if self.backoff_max < self.backoff_initial {
+            return invalid("backoff_max must be >= backoff_initial");
+        }
+        if self.nodes_max == 0 {
+            return invalid("nodes_max must be >= 1");
+        }
+        Ok(())
+    }
+}
+
+/// Why a call did not produce a response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// A node address could not be parsed.
+    #[error("invalid address {addr:?}: {message}")]
+    InvalidAddress { addr: String, message: String },
+    /// The client limits are inconsistent.
+    #[error("invalid client config: {0}")]
+    InvalidConfig(String),
+    /// The server refused the input (INVALID_ARGUMENT); the message names the
+    /// field. Never retried.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// No node gave an answer within the limits. When `outcome_unknown` is
+    /// true the write may have been applied: retry it with the same id.
+    #[error("unavailable{}: {message}", unknown_suffix(.outcome_unknown))]
+    Unavailable { outcome_unknown: bool, message: String },
+    /// Any other gRPC status.
+    #[error("{code:?}: {message}")]
+    Rpc { code: Code, message: String },
+}
+
+fn unknown_suffix(outcome_unknown: &bool) -> &'static str {
+    if *outcome_unknown {
+        " (outcome unknown)"
+    } else {
+        ""
+    }
+}
+
+impl ClientError {
+    /// True when a write may have been applied although no answer came back.
+    pub fn is_outcome_unknown(&self) -> bool {
+        matches!(self, ClientError::Unavailable { outcome_unknown: true, .. })
+    }
+}
+
+/// Whether a request changes state: a write whose answer is lost has an
+/// unknown outcome, a read never has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Effect {
+    Read,
+    Write,
+}
+
+/// The answer of one node to `Admin.Status`, for [`Client::status_all`].
+#[derive(Debug)]
+pub struct NodeStatusReport {
+    /// Address as configured (`http://host:port`).
+    pub addr: String,
+    pub result: Result<StatusResponse, ClientError>,
+}
+
+struct Node {
+    /// Normalized URI, `http://host:port`.
+    addr: String,
+    channel: Channel,
+}
+
+struct Inner {
+    config: ClientConfig,
+    nodes: RwLock<Vec<Node>>,
+    /// Index of the node that answered last; calls start there.
+    preferred: AtomicUsize,
+}
+
+/// A stockd client. Cheap to clone: clones share channels.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("addrs", &self.addrs()).finish()
+    }
+}
+
+/// Turns `host:port` into `http://host:port`; keeps an explicit scheme.
+pub fn normalize_addr(addr: &str) -> String {
+    let addr = addr.trim().trim_end_matches('/');
+    if addr.starts_with("http://") || addr.starts_with("https://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+impl Client {
+    /// A client with the default limits. Channels connect lazily, so this
+    /// never touches the network, but it must run inside a tokio runtime.
+    pub fn new<S: AsRef<str>>(addrs: &[S]) -> Result<Client, ClientError> {
+        Client::with_config(addrs, ClientConfig::default())
+    }
+
+    /// A client with the given limits; see [`Client::new`].
+    pub fn with_config<S: AsRef<str>>(addrs: &[S], config: ClientConfig) -> Result<Client, ClientError> {
+        config.validate()?;
+        if addrs.is_empty() {
+            return Err(ClientError::InvalidAddress { addr: String::new(), message: "no node address given".to_owned() });
+        }
+        if addrs.len() > config.nodes_max {
+            return Err(ClientError::InvalidAddress {
+                addr: addrs.len().to_string(),
+                message: format!("more than nodes_max={} addresses", config.nodes_max),
+            });
+        }
+        let mut nodes: Vec<Node> = Vec::with_capacity(addrs.len());
+        for addr in addrs {
+            let addr = normalize_addr(addr.as_ref());
+            if nodes.iter().any(|node| node.addr == addr) {
+                continue;
+            }
+            let channel = open_channel(&addr, &config)?;
+            nodes.push(Node { addr, channel });
+        }
+        Ok(Client { inner: Arc::new(Inner { config, nodes: RwLock::new(nodes), preferred: AtomicUsize::new(0) }) })
+    }
+
+    /// The limits of this client.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// Known node addresses (`http://host:port`), configured ones first.
+    pub fn addrs(&self) -> Vec<String> {
+        self.read_nodes().iter().map(|node| node.addr.clone()).collect()
+    }
+
+    pub async fn reserve(&self, request: ReserveRequest) -> Result<ReserveResponse, ClientError> {
+        self.call("Reserve", Effect::Write, request, |channel, request| async move {
+            InventoryClient::new(channel).reserve(request).await
+        })
+        .await
+    }
+
+    pub async fn batch_reserve(&self, request: BatchReserveRequest) -> Result<BatchReserveResponse, ClientError> {
+        self.call("BatchReserve", Effect::Write, request, |channel, request| async move {
+            InventoryClient::new(channel).batch_reserve(request).await
+        })
+        .await
+    }
+
+    pub async fn commit(&self, reservation_id: &str) -> Result<ReservationResponse, ClientError> {
+        self.call("Commit", Effect::Write, reservation_ref(reservation_id), |channel, request| async move {
+            InventoryClient::new(channel).commit(request).await
+        })
+        .await
+    }
+
+    pub async fn release(&self, reservation_id: &str) -> Result<ReservationResponse, ClientError> {
+        self.call("Release", Effect::Write, reservation_ref(reservation_id), |channel, request| async move {
+            InventoryClient::new(channel).release(request).await
+        })
+        .await
+    }
+
+    pub async fn fulfill(&self, reservation_id: &str) -> Result<ReservationResponse, ClientError> {
+        self.call("Fulfill", Effect::Write, reservation_ref(reservation_id), |channel, request| async move {
+            InventoryClient::new(channel).fulfill(request).await
+        })
+        .await
+    }
+
+    pub async fn cancel(&self, reservation_id: &str) -> Result<ReservationResponse, ClientError> {
+        self.call("Cancel", Effect::Write, reservation_ref(reservation_id), |channel, request| async move {
+            InventoryClient::new(channel).cancel(request).await
+        })
+        .await
+    }
+
+    pub async fn get_reservation(&self, reservation_id: &str) -> Result<ReservationResponse, ClientError> {
+        self.call("GetReservation", Effect::Read, reservation_ref(reservation_id), |channel, request| async move {
+            InventoryClient::new(channel).get_reservation(request).await
+        })
+        .await
+    }
+
+    pub async fn adjust(&self, request: AdjustRequest) -> Result<AdjustResponse, ClientError> {
+        self.call("Adjust", Effect::Write, request, |channel, request| async move {
+            InventoryClient::new(channel).adjust(request).await
+        })
+        .await
+    }
+
+    pub async fn get_position(&self, request: GetPositionRequest) -> Result<PositionResponse, ClientError> {
+        self.call("GetPosition", Effect::Read, request, |channel, request| async move {
+            InventoryClient::new(channel).get_position(request).await
+        })
+        .await
+    }
+
+    /// `Admin.Status` of one node: the first that answers, starting with the
+    /// preferred one.
+    pub async fn status(&self) -> Result<StatusResponse, ClientError> {
+        self.call("Status", Effect::Read, StatusRequest {}, |channel, request| async move {
+            AdminClient::new(channel).status(request).await
+        })
+        .await
+    }
+
+    /// `Admin.Status` of the node at `addr` only (one attempt, no failover).
+    pub async fn status_of(&self, addr: &str) -> Result<StatusResponse, ClientError> {
+        let index = self.index_of_or_add(addr)?;
+        let (addr, channel) = self.node(index);
+        let timeout = self.inner.config.request_timeout;
+        let mut request = tonic::Request::new(StatusRequest {});
+        request.set_timeout(timeout);
+        let answer = tokio::time::timeout(timeout, AdminClient::new(channel).status(request)).await;
+        match answer {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(match status.code() {
+                Code::InvalidArgument => ClientError::InvalidArgument(status.message().to_owned()),
+                Code::Unavailable | Code::DeadlineExceeded => ClientError::Unavailable {
+                    outcome_unknown: false,
+                    message: format!("{addr}: {}", describe(&status)),
+                },
+                code => ClientError::Rpc { code, message: status.message().to_owned() },
+            }),
+            Err(_elapsed) => Err(ClientError::Unavailable {
+                outcome_unknown: false,
+                message: format!("{addr}: no answer within {timeout:?}"),
+            }),
+        }
+    }
+
+    /// `Admin.Status` of every known node, concurrently; a down node gives an
+    /// error in its report instead of failing the whole call. Reports come in
+    /// the order of [`Client::addrs`].
+    pub async fn status_all(&self) -> Vec<NodeStatusReport> {
+        let addrs = self.addrs();
+        let answers = join_all(addrs.iter().map(|addr| self.status_of(addr))).await;
+        addrs.into_iter().zip(answers).map(|(addr, result)| NodeStatusReport { addr, result }).collect()
+    }
+
+    /// Sends `request` until a node answers, following leader hints and
+    /// skipping unavailable nodes, within the limits of the config.
+    async fn call<Req, Resp, F, Fut>(
+        &self,
+        rpc: &'static str,
+        effect: Effect,
+        request: Req,
+        send: F,
+    ) -> Result<Resp, ClientError>
+    where
+        Req: Clone,
+        F: Fn(Channel, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        let config = &self.inner.config;
+        let started = Instant::now();
+        let deadline = started + config.total_deadline;
+        let mut index = self.inner.preferred.load(Ordering::Relaxed);
+        let mut backoff = config.backoff_initial;
+        let mut attempts: u32 = 0;
+        let mut hops: u32 = 0;
+        let mut maybe_applied = false;
+        let mut last_failure = String::from("no attempt made");
+
+        while attempts < config.attempts_max {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            attempts += 1;
+            let (addr, channel) = self.node(index);
+            let timeout = config.request_timeout.min(remaining);
+            let mut attempt = tonic::Request::new(request.clone());
+            attempt.set_timeout(timeout);
+            let status = match tokio::time::timeout(timeout, send(channel, attempt)).await {
+                Ok(Ok(response)) => {
+                    self.inner.preferred.store(index, Ordering::Relaxed);
+                    return Ok(response.into_inner());
+                }
+                Ok(Err(status)) => status,
+                Err(_elapsed) => tonic::Status::deadline_exceeded(format!("no answer within {timeout:?}")),
+            };
+            match status.code() {
+                Code::InvalidArgument => return Err(ClientError::InvalidArgument(status.message().to_owned())),
+                Code::FailedPrecondition if status.message().starts_with(NOT_LEADER_PREFIX) => {
+                    // Definitely not applied: the node neither served nor forwarded it.
+                    hops += 1;
+                    last_failure = format!("{addr}: {}{}", status.message(), leader_hint_suffix(&status));
+                    if hops > config.leader_hops_max {
+                        last_failure = format!("gave up after {} leader hops; last: {last_failure}", hops - 1);
+                        break;
+                    }
+                    match self.leader_hint(&status) {
+                        Some(hinted) if hinted != index => {
+                            tracing::debug!(rpc, from = %addr, hops, "following leader hint");
+                            index = hinted;
+                            continue;
+                        }
+                        // No leader known yet (election under way): wait and try elsewhere.
+                        _ => {}
+                    }
+                }
+                // The server refused to queue it (overloaded): not applied, back off.
+                Code::ResourceExhausted => last_failure = format!("{addr}: {}", describe(&status)),
+                Code::Unavailable | Code::DeadlineExceeded => {
+                    if effect == Effect::Write && !never_sent(&status) {
+                        maybe_applied = true;
+                    }
+                    last_failure = format!("{addr}: {}", describe(&status));
+                }
+                code => return Err(ClientError::Rpc { code, message: status.message().to_owned() }),
+            }
+            tracing::debug!(rpc, addr = %addr, attempts, failure = %last_failure, "retrying on the next node");
+            let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
+            tokio::time::sleep(pause).await;
+            backoff = (backoff * 2).min(config.backoff_max);
+            index = (index + 1) % self.node_count();
+        }
+        Err(ClientError::Unavailable {
+            outcome_unknown: maybe_applied,
+            message: format!(
+                "{rpc} got no answer after {attempts} attempts in {} ms: {last_failure}",
+                started.elapsed().as_millis()
+            ),
+        })
+    }
+
+    /// The node a leader hint points to, added to the known nodes if new.
+    fn leader_hint(&self, status: &tonic::Status) -> Option<usize> {
+        let hint = status.metadata().get(LEADER_ADDR_METADATA)?.to_str().ok()?.trim();
+        if hint.is_empty() {
+            return None;
+        }
+        match self.index_of_or_add(hint) {
+            Ok(index) => Some(index),
+            Err(error) => {
+                tracing::debug!(%error, hint, "ignoring leader hint");
+                None
+            }
+        }
+    }
+
+    fn index_of_or_add(&self, addr: &str) -> Result<usize, ClientError> {
+        let addr = normalize_addr(addr);
+        if let Some(index) = self.read_nodes().iter().position(|node| node.addr == addr) {
+            return Ok(index);
+        }
+        let mut nodes = self.inner.nodes.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(index) = nodes.iter().position(|node| node.addr == addr) {
+            return Ok(index);
+        }
+        if nodes.len() >= self.inner.config.nodes_max {
+            return Err(ClientError::InvalidAddress {
+                addr,
+                message: format!("already {} nodes known (nodes_max)", nodes.len()),
+            });
+        }
+        let channel = open_channel(&addr, &self.inner.config)?;
+        nodes.push(Node { addr, channel });
+        Ok(nodes.len() - 1)
+    }
+
+    fn read_nodes(&self) -> std::sync::RwLockReadGuard<'_, Vec<Node>> {
+        self.inner.nodes.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn node_count(&self) -> usize {
+        self.read_nodes().len()
+    }
+
+    /// Address and channel of node `index` (taken modulo the node count).
+    fn node(&self, index: usize) -> (String, Channel) {
+        let nodes = self.read_nodes();
+        assert!(!nodes.is_empty(), "a client always knows at least one node");
+        let node = &nodes[index % nodes.len()];
+        (node.addr.clone(), node.channel.clone())
+    }
+}
+
+fn open_channel(addr: &str, config: &ClientConfig) -> Result<Channel, ClientError> {
+    let endpoint = Endpoint::from_shared(addr.to_owned())
+        .map_err(|error| ClientError::InvalidAddress { addr: addr.to_owned(), message: error.to_string() })?;
+    Ok(endpoint.connect_timeout(config.connect_timeout).tcp_nodelay(true).connect_lazy())
+}
+
+fn reservation_ref(reservation_id: &str) -> ReservationRef {
+    ReservationRef { reservation_id: reservation_id.to_owned() }
+}
+
+/// True when `status` was made by the client because no connection could be
+/// opened: the request never left this process, so it cannot have been
+/// applied. A status from a server always carries response headers.
+fn never_sent(status: &tonic::Status) -> bool {
+    status.code() == Code::Unavailable
+        && status.metadata().is_empty()
+        && is_connect_failure_message(status.message())
+}
+
+/// Messages tonic/hyper give to a failed connection attempt ("tcp connect
+/// error", "client error (Connect)", "connection refused"...).
+fn is_connect_failure_message(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    message.contains("connect error") || message.contains("(connect)") || message.contains("connection refused")
+}
+
+fn describe(status: &tonic::Status) -> String {
+    let message = status.message();
+    if message.is_empty() {
+        format!("{:?}", status.code())
+    } else {
+        format!("{:?}: {message}", status.code())
+    }
+}
+
+fn leader_hint_suffix(status: &tonic::Status) -> String {
+    let metadata = status.metadata();
+    let id = metadata.get(LEADER_ID_METADATA).and_then(|v| v.to_str().ok());
+    let addr = metadata.get(LEADER_ADDR_METADATA).and_then(|v| v.to_str().ok());
+    match (id, addr) {
+        (Some(id), Some(addr)) => format!(" (leader {id} at {addr})"),
+        (None, Some(addr)) => format!(" (leader at {addr})"),
+        (Some(id), None) => format!(" (leader {id})"),
+        (None, None) => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_get_a_scheme_once() {
+        assert_eq!(normalize_addr("127.0.0.1:7101"), "http://127.0.0.1:7101");
+        assert_eq!(normalize_addr(" http://h:1/ "), "http://h:1");
+        assert_eq!(normalize_addr("https://h:1"), "https://h:1");
+    }
+
+    #[test]
+    fn default_config_is_valid_and_inconsistent_ones_are_not() {
+        assert_eq!(ClientConfig::default().validate(), Ok(()));
+        let short_deadline = ClientConfig { total_deadline: Duration::from_secs(1), ..ClientConfig::default() };
+        assert!(matches!(short_deadline.validate(), Err(ClientError::InvalidConfig(_))));
+        let no_attempts = ClientConfig { attempts_max: 0, ..ClientConfig::default() };
+        assert!(matches!(no_attempts.validate(), Err(ClientError::InvalidConfig(_))));
+    }
+
+    #[test]
+    fn connect_failures_made_locally_are_never_sent() {
+        assert!(never_sent(&tonic::Status::unavailable("tcp connect error")));
+        assert!(!never_sent(&tonic::Status::unavailable("raft group unavailable")));
+        assert!(!never_sent(&tonic::Status::deadline_exceeded("tcp connect error")));
+        let mut from_server = tonic::Status::unavailable("tcp connect error");
+        from_server.metadata_mut().insert("content-type", tonic::metadata::MetadataValue::from_static("application/grpc"));
+        assert!(!never_sent(&from_server));
+    }
+
+    #[tokio::test]
+    async fn hinted_addresses_are_added_once_and_bounded() {
+        let config = ClientConfig { nodes_max: 2, ..ClientConfig::default() };
+        let client = Client::with_config(&["127.0.0.1:1"], config).expect("valid client");
+        assert_eq!(client.index_of_or_add("127.0.0.1:1").expect("known"), 0);
+        assert_eq!(client.index_of_or_add("127.0.0.1:2").expect("added"), 1);
+        assert_eq!(client.index_of_or_add("http://127.0.0.1:2").expect("known"), 1);
+        assert!(client.index_of_or_add("127.0.0.1:3").is_err());
+        assert_eq!(client.addrs(), vec!["http://127.0.0.1:1", "http://127.0.0.1:2"]);
+    }
+
+    #[tokio::test]
+    async fn empty_address_list_is_refused() {
+        let none: [&str; 0] = [];
+        assert!(matches!(Client::new(&none), Err(ClientError::InvalidAddress { .. })));
+        assert!(matches!(Client::new(&["http://bad host:1"]), Err(ClientError::InvalidAddress { .. })));
+    }
+}

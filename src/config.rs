@@ -1,0 +1,298 @@
+//! Configuration: a TOML file (kebab-case keys, unknown keys rejected) whose
+//! values command-line flags override, validated into [`Config`].
+//!
+//! `[cluster]` settings must be identical on every node (they shape the shard
+//! map and the state machine); `[node]` settings are this process's own.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::path::PathBuf;
+
+use raft::GroupConfig;
+use raft::NodeId;
+use serde::Deserialize;
+use serde::Serialize;
+use storage::model::Limits;
+use storage::validate::InputLimits;
+
+use crate::shard_map::ShardMap;
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileConfig {
+    #[serde(default)]
+    pub cluster: ClusterFile,
+    #[serde(default)]
+    pub node: NodeFile,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ClusterFile {
+    /// Every node: id, address and region.
+    #[serde(default)]
+    pub nodes: Vec<NodeEntry>,
+    /// Raft groups (SKU ranges) per region.
+    pub groups_per_region: u32,
+    /// Explicit SKU split points (groups_per_region - 1 of them, ascending);
+    /// default: spread over the first hex digit of the SKU.
+    #[serde(default)]
+    pub split_points: Option<Vec<String>>,
+    /// Replicas per group (3 or 5), all in the group's region.
+    pub replication_factor: usize,
+    pub reservation_ttl_ms_default: u64,
+    pub reservation_ttl_ms_max: u64,
+    pub reservation_lines_max: usize,
+    pub line_quantity_max: u64,
+    pub adjust_quantity_max: u64,
+    pub idempotency_retention_ms: u64,
+    pub recent_changes_max: usize,
+    pub batch_commands_max: usize,
+    pub proposals_inflight_max: usize,
+    pub proposal_queue_max: usize,
+    pub clock_tick_ms: u64,
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    pub snapshot_logs_since_last: u64,
+    pub logs_to_keep_after_snapshot: u64,
+}
+
+impl Default for ClusterFile {
+    fn default() -> Self {
+        let input = InputLimits::default();
+        let group = GroupConfig::default();
+        Self {
+            nodes: Vec::new(),
+            groups_per_region: 8,
+            split_points: None,
+            replication_factor: 3,
+            reservation_ttl_ms_default: input.ttl_ms_default,
+            reservation_ttl_ms_max: input.ttl_ms_max,
+            reservation_lines_max: input.lines_max,
+            line_quantity_max: input.line_quantity_max,
+            adjust_quantity_max: input.adjust_quantity_max,
+            idempotency_retention_ms: group.limits.idempotency_retention_ms,
+            recent_changes_max: group.limits.recent_changes_max,
+            batch_commands_max: group.batch_commands_max,
+            proposals_inflight_max: group.proposals_inflight_max,
+            proposal_queue_max: group.proposal_queue_max,
+            clock_tick_ms: group.clock_tick_ms,
+            heartbeat_ms: group.heartbeat_ms,
+            election_timeout_min_ms: group.election_timeout_min_ms,
+            election_timeout_max_ms: group.election_timeout_max_ms,
+            snapshot_logs_since_last: group.snapshot_logs_since_last,
+            logs_to_keep_after_snapshot: group.logs_to_keep_after_snapshot,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct NodeEntry {
+    pub id: NodeId,
+    pub addr: String,
+    #[serde(default = "default_region")]
+    pub region: String,
+}
+
+fn default_region() -> String {
+    "local".to_string()
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct NodeFile {
+    pub id: Option<NodeId>,
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub region: Option<String>,
+    /// Deadline for a forwarded client request or a peer RPC.
+    pub rpc_timeout_ms: u64,
+}
+
+impl Default for NodeFile {
+    fn default() -> Self {
+        Self { id: None, listen: None, data_dir: None, region: None, rpc_timeout_ms: 5_000 }
+    }
+}
+
+/// Command-line overrides (all optional).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub node_id: Option<NodeId>,
+    pub listen: Option<String>,
+    pub peers: Option<Vec<(NodeId, String)>>,
+    pub data_dir: Option<PathBuf>,
+    pub region: Option<String>,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node_id: NodeId,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub region: String,
+    pub rpc_timeout_ms: u64,
+    pub nodes: BTreeMap<NodeId, NodeEntry>,
+    pub shard_map: ShardMap,
+    pub input_limits: InputLimits,
+    pub group: GroupConfig,
+}
+
+/// Parses `1=host:port,2=host:port`.
+pub fn parse_peers(text: &str) -> Result<Vec<(NodeId, String)>, String> {
+    text.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|pair| {
+            let (id, addr) = pair.split_once('=').ok_or_else(|| format!("--peers: `{pair}` is not ID=HOST:PORT"))?;
+            let id: NodeId = id.trim().parse().map_err(|_| format!("--peers: `{id}` is not a node id"))?;
+            Ok((id, addr.trim().to_string()))
+        })
+        .collect()
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("invalid config {}: {e}", path.display()))
+    }
+
+    /// Applies overrides and checks every value and every relation between
+    /// values.
+    pub fn validate(mut self, o: Overrides) -> Result<Config, String> {
+        if let Some(v) = o.node_id {
+            self.node.id = Some(v);
+        }
+        if let Some(v) = o.listen {
+            self.node.listen = Some(v);
+        }
+        if let Some(v) = o.data_dir {
+            self.node.data_dir = Some(v);
+        }
+        if let Some(v) = o.region {
+            self.node.region = Some(v);
+        }
+        let region = self.node.region.clone().unwrap_or_else(default_region);
+        if let Some(peers) = o.peers {
+            self.cluster.nodes = peers.into_iter().map(|(id, addr)| NodeEntry { id, addr, region: region.clone() }).collect();
+        }
+        let c = &self.cluster;
+        let node_id = self.node.id.ok_or("node id is required (--node-id or [node] id)")?;
+        let data_dir = self.node.data_dir.clone().ok_or("data dir is required (--data-dir or [node] data-dir)")?;
+        let mut nodes = BTreeMap::new();
+        for n in &c.nodes {
+            if n.id == 0 {
+                return Err("node ids start at 1 (0 means unknown in the API)".into());
+            }
+            if nodes.insert(n.id, n.clone()).is_some() {
+                return Err(format!("node {} is listed twice in peers", n.id));
+            }
+        }
+        let me = nodes.get(&node_id).ok_or_else(|| format!("node {node_id} is not among the peers"))?.clone();
+        if me.region != region {
+            return Err(format!("node {node_id} is in region {} in the peer list but --region is {region}", me.region));
+        }
+        let listen_text = self.node.listen.clone().unwrap_or_else(|| me.addr.clone());
+        let listen: SocketAddr = listen_text.parse().map_err(|e| format!("listen address `{listen_text}`: {e}"))?;
+        if !(c.replication_factor == 1 || c.replication_factor == 3 || c.replication_factor == 5) {
+            return Err(format!("replication-factor must be 1, 3 or 5, not {}", c.replication_factor));
+        }
+        let input_limits = InputLimits {
+            lines_max: c.reservation_lines_max,
+            line_quantity_max: c.line_quantity_max,
+            adjust_quantity_max: c.adjust_quantity_max,
+            ttl_ms_default: c.reservation_ttl_ms_default,
+            ttl_ms_max: c.reservation_ttl_ms_max,
+            ..InputLimits::default()
+        };
+        input_limits.validate().map_err(|e| format!("invalid limits: {e}"))?;
+        if c.adjust_quantity_max > (1u64 << 40) {
+            return Err("adjust-quantity-max must be at most 2^40 so quantities never overflow".into());
+        }
+        let group = GroupConfig {
+            batch_commands_max: c.batch_commands_max,
+            proposals_inflight_max: c.proposals_inflight_max,
+            proposal_queue_max: c.proposal_queue_max,
+            clock_tick_ms: c.clock_tick_ms,
+            heartbeat_ms: c.heartbeat_ms,
+            election_timeout_min_ms: c.election_timeout_min_ms,
+            election_timeout_max_ms: c.election_timeout_max_ms,
+            snapshot_logs_since_last: c.snapshot_logs_since_last,
+            logs_to_keep_after_snapshot: c.logs_to_keep_after_snapshot,
+            limits: Limits { idempotency_retention_ms: c.idempotency_retention_ms, recent_changes_max: c.recent_changes_max },
+        };
+        for (name, v) in [
+            ("batch-commands-max", group.batch_commands_max as u64),
+            ("proposals-inflight-max", group.proposals_inflight_max as u64),
+            ("proposal-queue-max", group.proposal_queue_max as u64),
+            ("clock-tick-ms", group.clock_tick_ms),
+            ("heartbeat-ms", group.heartbeat_ms),
+            ("snapshot-logs-since-last", group.snapshot_logs_since_last),
+            ("recent-changes-max", group.limits.recent_changes_max as u64),
+        ] {
+            if v == 0 {
+                return Err(format!("{name} must be greater than 0"));
+            }
+        }
+        if group.election_timeout_min_ms <= 2 * group.heartbeat_ms || group.election_timeout_max_ms <= group.election_timeout_min_ms {
+            return Err("need heartbeat-ms * 2 < election-timeout-min-ms < election-timeout-max-ms".into());
+        }
+        if group.limits.idempotency_retention_ms < input_limits.ttl_ms_max {
+            return Err("idempotency-retention-ms must be at least reservation-ttl-ms-max, or a retry could outlive its record".into());
+        }
+        if self.node.rpc_timeout_ms < group.election_timeout_max_ms {
+            return Err("rpc-timeout-ms must be at least election-timeout-max-ms so a forwarded request can outlive a leader change".into());
+        }
+        let shard_map = ShardMap::build(&nodes, c.groups_per_region, c.split_points.clone(), c.replication_factor)?;
+        Ok(Config { node_id, listen, data_dir, region, rpc_timeout_ms: self.node.rpc_timeout_ms, nodes, shard_map, input_limits, group })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peers() -> Overrides {
+        Overrides { node_id: Some(1), peers: Some(parse_peers("1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103").expect("peers")), data_dir: Some("d".into()), ..Default::default() }
+    }
+
+    #[test]
+    fn defaults_with_peers_validate() {
+        let c = FileConfig::default().validate(peers()).expect("valid");
+        assert_eq!(c.listen.port(), 7101);
+        assert_eq!(c.shard_map.ranges.len(), 8);
+        assert_eq!(c.region, "local");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = toml::from_str::<FileConfig>("[node]\nid = 1\nlisten-adress = \"x\"\n").expect_err("typo must fail");
+        assert!(err.to_string().contains("listen-adress"), "{err}");
+    }
+
+    #[test]
+    fn file_values_are_overridden_by_flags() {
+        let f: FileConfig = toml::from_str("[node]\nid = 2\ndata-dir = \"/tmp/x\"\n[cluster]\ngroups-per-region = 4\n").expect("parses");
+        assert_eq!(f.cluster.replication_factor, 3, "unset keys keep defaults");
+        let c = f.validate(peers()).expect("valid");
+        assert_eq!(c.node_id, 1);
+        assert_eq!(c.shard_map.ranges.len(), 4);
+    }
+
+    #[test]
+    fn relations_between_limits_are_checked() {
+        let mut f = FileConfig::default();
+        f.cluster.idempotency_retention_ms = 10;
+        assert!(f.validate(peers()).expect_err("retention < ttl").contains("idempotency-retention-ms"));
+        let mut f = FileConfig::default();
+        f.cluster.election_timeout_min_ms = 150;
+        assert!(f.validate(peers()).is_err());
+        assert!(parse_peers("1=a,x=b").is_err());
+        let mut o = peers();
+        o.node_id = Some(9);
+        assert!(FileConfig::default().validate(o).expect_err("not a peer").contains("not among the peers"));
+    }
+}

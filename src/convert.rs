@@ -1,0 +1,112 @@
+//! Conversions between the public API (proto) and the domain model.
+
+use storage::model as m;
+use storage::validate::InvalidInput;
+
+use crate::proto::v1 as pb;
+
+fn invalid(field: &str, reason: &str) -> InvalidInput {
+    InvalidInput { field: field.to_string(), reason: reason.to_string() }
+}
+
+pub fn line_from_pb(l: &pb::Line) -> m::Line {
+    m::Line { sku: l.sku.clone(), location: l.location.clone(), quantity: l.quantity }
+}
+
+pub fn line_to_pb(l: &m::Line) -> pb::Line {
+    pb::Line { sku: l.sku.clone(), location: l.location.clone(), quantity: l.quantity }
+}
+
+pub fn kind_from_pb(kind: i32) -> Result<m::AdjustmentKind, InvalidInput> {
+    use pb::AdjustmentKind as K;
+    Ok(match K::try_from(kind).map_err(|_| invalid("kind", "unknown adjustment kind"))? {
+        K::Unspecified => return Err(invalid("kind", "must be set (receipt, return, damage, shrink, count, hold, unhold, safety-stock)")),
+        K::Receipt => m::AdjustmentKind::Receipt,
+        K::Return => m::AdjustmentKind::Return,
+        K::Damage => m::AdjustmentKind::Damage,
+        K::Shrink => m::AdjustmentKind::Shrink,
+        K::Count => m::AdjustmentKind::Count,
+        K::Hold => m::AdjustmentKind::Hold,
+        K::Unhold => m::AdjustmentKind::Unhold,
+        K::SafetyStock => m::AdjustmentKind::SafetyStock,
+    })
+}
+
+pub fn outcome_to_pb(o: m::Outcome) -> pb::Outcome {
+    match o {
+        m::Outcome::Ok => pb::Outcome::Ok,
+        m::Outcome::InsufficientStock => pb::Outcome::InsufficientStock,
+        m::Outcome::IdempotencyConflict => pb::Outcome::IdempotencyConflict,
+        m::Outcome::NotFound => pb::Outcome::NotFound,
+        m::Outcome::InvalidState => pb::Outcome::InvalidState,
+        m::Outcome::StaleEvent => pb::Outcome::StaleEvent,
+        m::Outcome::InsufficientQuantity => pb::Outcome::InsufficientQuantity,
+    }
+}
+
+pub fn state_to_pb(s: m::ReservationState) -> pb::ReservationState {
+    match s {
+        m::ReservationState::Pending => pb::ReservationState::Pending,
+        m::ReservationState::Committed => pb::ReservationState::Committed,
+        m::ReservationState::Released => pb::ReservationState::Released,
+        m::ReservationState::Expired => pb::ReservationState::Expired,
+        m::ReservationState::Fulfilled => pb::ReservationState::Fulfilled,
+        m::ReservationState::Cancelled => pb::ReservationState::Cancelled,
+    }
+}
+
+pub fn reservation_to_pb(r: &m::Reservation) -> pb::Reservation {
+    pb::Reservation {
+        id: r.id.clone(),
+        state: state_to_pb(r.state) as i32,
+        lines: r.lines.iter().map(line_to_pb).collect(),
+        created_at_ms: r.created_at_ms,
+        expires_at_ms: r.expires_at_ms,
+        finished_at_ms: r.finished_at_ms.unwrap_or(0),
+    }
+}
+
+pub fn position_to_pb(region: &str, key: &m::PositionKey, p: &m::Position) -> pb::Position {
+    pb::Position {
+        region: region.to_string(),
+        sku: key.sku.clone(),
+        location: key.location.clone(),
+        on_hand: p.on_hand,
+        reserved: p.reserved,
+        committed: p.committed,
+        safety_stock: p.safety_stock,
+        held: p.held,
+        atp: p.atp(),
+        short: p.is_short(),
+        recent_changes: p
+            .recent_changes
+            .iter()
+            .map(|c| pb::Change {
+                log_index: c.log_index,
+                at_ms: c.at_ms,
+                kind: c.kind.clone(),
+                reference: c.reference.clone(),
+                reason: c.reason.clone(),
+                on_hand_delta: c.on_hand_delta,
+                reserved_delta: c.reserved_delta,
+                committed_delta: c.committed_delta,
+                held_delta: c.held_delta,
+                safety_stock_delta: c.safety_stock_delta,
+            })
+            .collect(),
+    }
+}
+
+pub fn reserve_response(index: u64, r: &m::CommandResult) -> pb::ReserveResponse {
+    pb::ReserveResponse {
+        outcome: outcome_to_pb(r.outcome) as i32,
+        replay: r.replay,
+        reservation: r.reservation.as_ref().map(reservation_to_pb),
+        shortfalls: r.shortfalls.iter().map(|s| pb::Shortfall { sku: s.sku.clone(), location: s.location.clone(), requested: s.requested, atp: s.atp }).collect(),
+        applied_index: index,
+    }
+}
+
+pub fn reservation_response(index: u64, r: &m::CommandResult) -> pb::ReservationResponse {
+    pb::ReservationResponse { outcome: outcome_to_pb(r.outcome) as i32, replay: r.replay, reservation: r.reservation.as_ref().map(reservation_to_pb), applied_index: index }
+}

@@ -1,0 +1,318 @@
+//! A stockd node: the groups it replicates, and the routing that lets any
+//! node accept any request. A command goes to its group's leader: locally
+//! when this node leads, otherwise forwarded over the peer connection
+//! (following at most a few leader hints); reads are served by the replica
+//! the requested consistency allows.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use openraft::BasicNode;
+use raft::network::PeerTransport;
+use raft::Group;
+use raft::GroupError;
+use raft::NodeId;
+use serde::Deserialize;
+use serde::Serialize;
+use storage::codec;
+use storage::keys;
+use storage::model::Command;
+use storage::model::CommandResult;
+use storage::model::GroupId;
+use storage::model::Position;
+use storage::model::PositionKey;
+use storage::model::Reservation;
+use storage::Durability;
+use storage::Engine;
+use storage::RocksEngine;
+use storage::Table;
+use storage::WriteBatch;
+use thiserror::Error;
+
+use crate::config::Config;
+use crate::peer::PeerNetwork;
+use crate::shard_map::ShardMap;
+
+const SHARD_MAP_KEY: &str = "shard-map";
+/// Most nodes one request visits while looking for its leader.
+const FORWARD_HOPS_MAX: usize = 4;
+/// Pause before retrying while a group elects a leader.
+const ELECTION_BACKOFF: Duration = Duration::from_millis(50);
+
+#[derive(Debug, Error)]
+pub enum NodeError {
+    #[error("failed to open storage in {dir}: {reason}")]
+    Storage { dir: String, reason: String },
+    #[error("shard map stored in {dir} differs from the configured one; ranges cannot change by configuration")]
+    ShardMapChanged { dir: String },
+    #[error("failed to start group {group}: {source}")]
+    Group { group: GroupId, source: GroupError },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Consistency {
+    Strong,
+    Bounded { max_staleness_ms: u64 },
+    Any,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadQuery {
+    Position(PositionKey),
+    Reservation(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadAnswer {
+    pub position: Option<Position>,
+    pub reservation: Option<Reservation>,
+    pub applied_index: u64,
+    pub staleness_ms: u64,
+    pub served_by: NodeId,
+    pub leader: Option<NodeId>,
+}
+
+pub struct Node {
+    pub config: Config,
+    groups: BTreeMap<GroupId, Arc<Group>>,
+    peers: Arc<PeerNetwork>,
+}
+
+impl Node {
+    /// Opens the node's database, checks the shard map and starts every
+    /// group this node replicates.
+    pub async fn start(config: Config) -> Result<Arc<Node>, NodeError> {
+        let dir = config.data_dir.display().to_string();
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| NodeError::Storage { dir: dir.clone(), reason: e.to_string() })?;
+        let engine: Arc<dyn Engine> = Arc::new(RocksEngine::open(&config.data_dir.join("db")).map_err(|e| NodeError::Storage { dir: dir.clone(), reason: e.to_string() })?);
+        check_shard_map(engine.as_ref(), &config.shard_map, &dir)?;
+        let peers = Arc::new(PeerNetwork::new(config.rpc_timeout_ms));
+        let transport: Arc<dyn PeerTransport> = peers.clone();
+        let mut groups = BTreeMap::new();
+        for range in config.shard_map.hosted_by(config.node_id) {
+            let group = Group::start(config.node_id, range.group, engine.clone(), transport.clone(), &config.group).await.map_err(|source| NodeError::Group { group: range.group, source })?;
+            groups.insert(range.group, Arc::new(group));
+        }
+        let node = Arc::new(Node { config, groups, peers });
+        node.initialize_groups().await?;
+        Ok(node)
+    }
+
+    /// The lowest-numbered replica of each group makes the replicas its
+    /// voters when the group is new; openraft refuses (harmlessly) when the
+    /// group already has a membership.
+    async fn initialize_groups(&self) -> Result<(), NodeError> {
+        for range in self.config.shard_map.hosted_by(self.config.node_id) {
+            if range.replicas.iter().min() != Some(&self.config.node_id) {
+                continue;
+            }
+            let Some(group) = self.groups.get(&range.group) else { continue };
+            let members: BTreeMap<NodeId, BasicNode> = range.replicas.iter().filter_map(|id| self.config.nodes.get(id).map(|n| (*id, BasicNode::new(n.addr.clone())))).collect();
+            group.initialize(members).await.map_err(|source| NodeError::Group { group: range.group, source })?;
+        }
+        Ok(())
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.config.node_id
+    }
+
+    pub fn shard_map(&self) -> &ShardMap {
+        &self.config.shard_map
+    }
+
+    pub fn group(&self, id: GroupId) -> Option<&Arc<Group>> {
+        self.groups.get(&id)
+    }
+
+    pub fn groups(&self) -> impl Iterator<Item = &Arc<Group>> {
+        self.groups.values()
+    }
+
+    fn deadline(&self) -> Instant {
+        Instant::now() + Duration::from_millis(self.config.rpc_timeout_ms)
+    }
+
+    fn addr_of(&self, node: NodeId) -> Option<String> {
+        self.config.nodes.get(&node).map(|n| n.addr.clone())
+    }
+
+    /// Where to send a request for `group` next: the hinted leader, else the
+    /// known leader, else replicas in turn.
+    fn next_target(&self, group: GroupId, hint: Option<NodeId>, attempt: usize) -> Option<NodeId> {
+        if hint.is_some() {
+            return hint;
+        }
+        if let Some((leader, _)) = self.groups.get(&group).and_then(|g| g.leader()) {
+            return Some(leader);
+        }
+        let replicas = &self.config.shard_map.range(group)?.replicas;
+        replicas.get(attempt % replicas.len().max(1)).copied()
+    }
+
+    /// Proposes `command` to `group`'s leader, wherever it is, and returns
+    /// the applied log index with the command's result.
+    pub async fn propose(&self, group: GroupId, command: Command) -> Result<(u64, CommandResult), GroupError> {
+        let deadline = self.deadline();
+        let mut hint = None;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let target = self.next_target(group, hint.take(), attempt);
+            let result = match target {
+                Some(t) if t == self.id() => match self.groups.get(&group) {
+                    Some(g) => g.propose(command.clone()).await,
+                    None => Err(GroupError::Unavailable { group, reason: "group not hosted here".into() }),
+                },
+                Some(t) => match self.addr_of(t) {
+                    Some(addr) => self.peers.propose(t, &addr, group, &command).await,
+                    None => Err(GroupError::Unavailable { group, reason: format!("node {t} has no address") }),
+                },
+                None => Err(GroupError::NotLeader { group, leader: None }),
+            };
+            match result {
+                Err(GroupError::NotLeader { leader, .. }) if attempt < FORWARD_HOPS_MAX + 8 && Instant::now() < deadline => {
+                    hint = leader.map(|(id, _)| id).filter(|id| Some(*id) != target);
+                    if hint.is_none() {
+                        tokio::time::sleep(ELECTION_BACKOFF).await;
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Serves a command forwarded by a peer: only on this node, no further
+    /// forwarding (the peer follows the hint in a refusal).
+    pub async fn propose_local(&self, group: GroupId, command: Command) -> Result<(u64, CommandResult), GroupError> {
+        match self.groups.get(&group) {
+            Some(g) => g.propose(command).await,
+            None => Err(GroupError::NotLeader { group, leader: None }),
+        }
+    }
+
+    /// Reads on this node only, as `consistency` allows.
+    pub async fn read_local(&self, group: GroupId, query: &ReadQuery, consistency: Consistency) -> Result<ReadAnswer, GroupError> {
+        let g = self.groups.get(&group).ok_or(GroupError::NotLeader { group, leader: None })?;
+        let staleness_ms = match consistency {
+            Consistency::Strong => {
+                g.ensure_linearizable().await?;
+                0
+            }
+            Consistency::Bounded { max_staleness_ms } => {
+                let staleness = g.staleness_ms();
+                if staleness > max_staleness_ms {
+                    // Only the leader can serve fresher data.
+                    g.ensure_linearizable().await?;
+                    0
+                } else {
+                    staleness
+                }
+            }
+            Consistency::Any => g.staleness_ms(),
+        };
+        let inventory = g.state().read();
+        let (position, reservation) = match query {
+            ReadQuery::Position(key) => (inventory.position(key).cloned(), None),
+            ReadQuery::Reservation(id) => (None, inventory.reservation(id).cloned()),
+        };
+        Ok(ReadAnswer { position, reservation, applied_index: g.state().applied_index(), staleness_ms, served_by: self.id(), leader: g.leader().map(|(id, _)| id) })
+    }
+
+    /// Reads `query` from `group` with the requested consistency, here when
+    /// this node can, else from a replica that can.
+    pub async fn read(&self, group: GroupId, query: ReadQuery, consistency: Consistency) -> Result<ReadAnswer, GroupError> {
+        let local_ok = match (consistency, self.groups.get(&group)) {
+            (_, None) => false,
+            (Consistency::Any, Some(_)) => true,
+            (Consistency::Bounded { max_staleness_ms }, Some(g)) => g.staleness_ms() <= max_staleness_ms || g.is_leader(),
+            (Consistency::Strong, Some(g)) => g.is_leader(),
+        };
+        if local_ok {
+            match self.read_local(group, &query, consistency).await {
+                Err(GroupError::NotLeader { .. }) => {}
+                other => return other,
+            }
+        }
+        let deadline = self.deadline();
+        let mut hint = None;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let target = self.next_target(group, hint.take(), attempt);
+            let result = match target {
+                Some(t) if t == self.id() => self.read_local(group, &query, consistency).await,
+                Some(t) => match self.addr_of(t) {
+                    Some(addr) => self.peers.read(t, &addr, group, &query, consistency).await,
+                    None => Err(GroupError::Unavailable { group, reason: format!("node {t} has no address") }),
+                },
+                None => Err(GroupError::NotLeader { group, leader: None }),
+            };
+            match result {
+                Err(GroupError::NotLeader { leader, .. }) if attempt < FORWARD_HOPS_MAX + 8 && Instant::now() < deadline => {
+                    hint = leader.map(|(id, _)| id).filter(|id| Some(*id) != target);
+                    if hint.is_none() {
+                        tokio::time::sleep(ELECTION_BACKOFF).await;
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The group of this node's region that holds reservation `id`: first
+    /// from the local replicas, then by strong reads of every group.
+    pub async fn locate_reservation(&self, id: &str) -> Result<Option<GroupId>, GroupError> {
+        if let Some(g) = self.locate_locally(id, None) {
+            return Ok(Some(g));
+        }
+        let groups: Vec<GroupId> = self.config.shard_map.groups_in(&self.config.region).map(|r| r.group).collect();
+        let reads = groups.iter().map(|g| self.read(*g, ReadQuery::Reservation(id.to_string()), Consistency::Strong));
+        let answers = futures::future::join_all(reads).await;
+        let mut first_error = None;
+        for (group, answer) in groups.iter().zip(answers) {
+            match answer {
+                Ok(a) if a.reservation.is_some() => return Ok(Some(*group)),
+                Ok(_) => {}
+                Err(e) => first_error = first_error.or(Some(e)),
+            }
+        }
+        // A group we could not ask might hold it: the answer is unknown.
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(None),
+        }
+    }
+
+    /// A local replica that holds reservation `id`, other than `except`.
+    pub fn locate_locally(&self, id: &str, except: Option<GroupId>) -> Option<GroupId> {
+        self.groups.iter().filter(|(g, _)| Some(**g) != except).find(|(_, g)| g.state().read().reservation(id).is_some()).map(|(id, _)| *id)
+    }
+
+    pub async fn shutdown(&self) {
+        for g in self.groups.values() {
+            g.shutdown().await;
+        }
+    }
+}
+
+fn check_shard_map(engine: &dyn Engine, map: &ShardMap, dir: &str) -> Result<(), NodeError> {
+    let key = keys::meta_key(keys::NODE_GROUP, SHARD_MAP_KEY);
+    let storage_err = |e: storage::StorageError| NodeError::Storage { dir: dir.to_string(), reason: e.to_string() };
+    match engine.get(Table::Meta, &key).map_err(storage_err)? {
+        Some(bytes) => {
+            let stored: ShardMap = codec::decode(&bytes, "shard map").map_err(storage_err)?;
+            if &stored != map {
+                return Err(NodeError::ShardMapChanged { dir: dir.to_string() });
+            }
+        }
+        None => {
+            let mut batch = WriteBatch::new();
+            batch.put(Table::Meta, key, codec::encode(map));
+            engine.write(batch, Durability::Sync).map_err(storage_err)?;
+        }
+    }
+    Ok(())
+}

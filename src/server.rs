@@ -1,0 +1,281 @@
+//! The public gRPC services (`Inventory`, `Admin`), gRPC health and
+//! reflection, and the peer service, all on the node's one listen address.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use storage::model as m;
+use storage::validate::validate_command;
+use tonic::Request;
+use tonic::Response;
+use tonic::Status;
+
+use crate::convert;
+use crate::node::Consistency;
+use crate::node::Node;
+use crate::node::ReadQuery;
+use crate::peer::PeerService;
+use crate::peer::PEER_MESSAGE_BYTES_MAX;
+use crate::proto::peer::raft_peer_server::RaftPeerServer;
+use crate::proto::v1 as pb;
+use crate::proto::v1::admin_server::Admin;
+use crate::proto::v1::admin_server::AdminServer;
+use crate::proto::v1::inventory_server::Inventory;
+use crate::proto::v1::inventory_server::InventoryServer;
+use crate::status;
+
+/// Most reservations in one `BatchReserve` call.
+pub const BATCH_RESERVATIONS_MAX: usize = 1024;
+
+#[derive(Clone)]
+pub struct InventoryService {
+    node: Arc<Node>,
+}
+
+impl InventoryService {
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+
+    /// Validates a reserve request; `prefix` qualifies field names inside a
+    /// batch (`reservations[3].`).
+    fn reserve_command(&self, r: &pb::ReserveRequest, prefix: &str) -> Result<(m::GroupId, m::Command), Status> {
+        let limits = &self.node.config.input_limits;
+        let ttl_ms = if r.ttl_ms == 0 { limits.ttl_ms_default } else { r.ttl_ms };
+        let command = m::Command::Reserve { reservation_id: r.reservation_id.clone(), lines: r.lines.iter().map(convert::line_from_pb).collect(), ttl_ms };
+        validate_command(&command, limits).map_err(|mut e| {
+            e.field = format!("{prefix}{}", e.field);
+            status::invalid(e)
+        })?;
+        let mut group = None;
+        for (i, line) in r.lines.iter().enumerate() {
+            let g = self.group_of(&line.sku, &format!("{prefix}lines[{i}].sku"))?;
+            match group {
+                None => group = Some(g),
+                Some(first) if first != g => {
+                    return Err(status::invalid_field(
+                        &format!("{prefix}lines"),
+                        format!("lines fall in shard groups {first} and {g}; a reservation must stay within one SKU range (cross-range reservations are not supported yet)"),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        let group = group.ok_or_else(|| status::invalid_field(&format!("{prefix}lines"), "must not be empty"))?;
+        Ok((group, command))
+    }
+
+    fn group_of(&self, sku: &str, field: &str) -> Result<m::GroupId, Status> {
+        let region = &self.node.config.region;
+        self.node.shard_map().group_for(region, sku).map(|r| r.group).ok_or_else(|| status::invalid_field(field, format!("no shard of region {region} holds this sku")))
+    }
+
+    async fn reserve_one(&self, group: m::GroupId, command: m::Command) -> Result<pb::ReserveResponse, Status> {
+        if let m::Command::Reserve { reservation_id, .. } = &command {
+            // An id already used in another range is a reused id.
+            if let Some(other) = self.node.locate_locally(reservation_id, Some(group)) {
+                let existing = self.node.group(other).and_then(|g| g.state().read().reservation(reservation_id).cloned());
+                return Ok(pb::ReserveResponse { outcome: pb::Outcome::IdempotencyConflict as i32, reservation: existing.as_ref().map(convert::reservation_to_pb), ..Default::default() });
+            }
+        }
+        let (index, result) = self.node.propose(group, command).await.map_err(status::group_error)?;
+        Ok(convert::reserve_response(index, &result))
+    }
+
+    /// Commit, release, fulfill, cancel: find the reservation's group, then
+    /// propose there.
+    async fn transition(&self, r: pb::ReservationRef, make: fn(String) -> m::Command) -> Result<Response<pb::ReservationResponse>, Status> {
+        let command = make(r.reservation_id.clone());
+        validate_command(&command, &self.node.config.input_limits).map_err(status::invalid)?;
+        let Some(group) = self.node.locate_reservation(&r.reservation_id).await.map_err(status::group_error)? else {
+            return Ok(Response::new(pb::ReservationResponse { outcome: pb::Outcome::NotFound as i32, ..Default::default() }));
+        };
+        let (index, result) = self.node.propose(group, command).await.map_err(status::group_error)?;
+        Ok(Response::new(convert::reservation_response(index, &result)))
+    }
+}
+
+fn consistency_from_pb(r: &pb::GetPositionRequest) -> Result<Consistency, Status> {
+    Ok(match pb::Consistency::try_from(r.consistency).map_err(|_| status::invalid_field("consistency", "unknown value"))? {
+        pb::Consistency::Unspecified | pb::Consistency::Strong => Consistency::Strong,
+        pb::Consistency::Bounded => {
+            if r.max_staleness_ms == 0 {
+                return Err(status::invalid_field("max_staleness_ms", "must be > 0 with BOUNDED"));
+            }
+            Consistency::Bounded { max_staleness_ms: r.max_staleness_ms }
+        }
+        pb::Consistency::Any => Consistency::Any,
+    })
+}
+
+fn check_text(field: &str, value: &str, max: usize) -> Result<(), Status> {
+    if value.is_empty() {
+        return Err(status::invalid_field(field, "must not be empty"));
+    }
+    if value.len() > max {
+        return Err(status::invalid_field(field, format!("longer than {max} bytes")));
+    }
+    if value.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(status::invalid_field(field, "must not contain whitespace or control characters"));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Inventory for InventoryService {
+    #[tracing::instrument(skip_all, fields(node = self.node.id(), id = %request.get_ref().reservation_id))]
+    async fn reserve(&self, request: Request<pb::ReserveRequest>) -> Result<Response<pb::ReserveResponse>, Status> {
+        let (group, command) = self.reserve_command(request.get_ref(), "")?;
+        Ok(Response::new(self.reserve_one(group, command).await?))
+    }
+
+    #[tracing::instrument(skip_all, fields(node = self.node.id(), count = request.get_ref().reservations.len()))]
+    async fn batch_reserve(&self, request: Request<pb::BatchReserveRequest>) -> Result<Response<pb::BatchReserveResponse>, Status> {
+        let batch = request.into_inner().reservations;
+        if batch.is_empty() || batch.len() > BATCH_RESERVATIONS_MAX {
+            return Err(status::invalid_field("reservations", format!("must hold 1 to {BATCH_RESERVATIONS_MAX} reservations")));
+        }
+        // Validate everything first: an invalid batch applies nothing.
+        let mut commands = Vec::with_capacity(batch.len());
+        for (i, r) in batch.iter().enumerate() {
+            commands.push(self.reserve_command(r, &format!("reservations[{i}]."))?);
+        }
+        let results = futures::future::join_all(commands.into_iter().map(|(g, c)| self.reserve_one(g, c))).await;
+        let results = results.into_iter().collect::<Result<Vec<_>, Status>>()?;
+        Ok(Response::new(pb::BatchReserveResponse { results }))
+    }
+
+    #[tracing::instrument(skip_all, fields(node = self.node.id(), id = %request.get_ref().reservation_id))]
+    async fn commit(&self, request: Request<pb::ReservationRef>) -> Result<Response<pb::ReservationResponse>, Status> {
+        self.transition(request.into_inner(), |reservation_id| m::Command::Commit { reservation_id }).await
+    }
+
+    #[tracing::instrument(skip_all, fields(node = self.node.id(), id = %request.get_ref().reservation_id))]
+    async fn release(&self, request: Request<pb::ReservationRef>) -> Result<Response<pb::ReservationResponse>, Status> {
+        self.transition(request.into_inner(), |reservation_id| m::Command::Release { reservation_id }).await
+    }
+
+    #[tracing::instrument(skip_all, fields(node = self.node.id(), id = %request.get_ref().reservation_id))]
+    async fn fulfill(&self, request: Request<pb::ReservationRef>) -> Result<Response<pb::ReservationResponse>, Status> {
+        self.transition(request.into_inner(), |reservation_id| m::Command::Fulfill { reservation_id }).await
+    }
+
+    #[tracing::instrument(skip_all, fields(node = self.node.id(), id = %request.get_ref().reservation_id))]
+    async fn cancel(&self, request: Request<pb::ReservationRef>) -> Result<Response<pb::ReservationResponse>, Status> {
+        self.transition(request.into_inner(), |reservation_id| m::Command::Cancel { reservation_id }).await
+    }
+
+    #[tracing::instrument(skip_all, fields(node = self.node.id(), id = %request.get_ref().reservation_id))]
+    async fn get_reservation(&self, request: Request<pb::ReservationRef>) -> Result<Response<pb::ReservationResponse>, Status> {
+        let id = request.into_inner().reservation_id;
+        check_text("reservation_id", &id, self.node.config.input_limits.id_bytes_max)?;
+        let Some(group) = self.node.locate_reservation(&id).await.map_err(status::group_error)? else {
+            return Ok(Response::new(pb::ReservationResponse { outcome: pb::Outcome::NotFound as i32, ..Default::default() }));
+        };
+        let answer = self.node.read(group, ReadQuery::Reservation(id), Consistency::Strong).await.map_err(status::group_error)?;
+        let outcome = if answer.reservation.is_some() { pb::Outcome::Ok } else { pb::Outcome::NotFound };
+        Ok(Response::new(pb::ReservationResponse { outcome: outcome as i32, replay: false, reservation: answer.reservation.as_ref().map(convert::reservation_to_pb), applied_index: answer.applied_index }))
+    }
+
+    #[tracing::instrument(skip_all, fields(node = self.node.id(), event = %request.get_ref().event_id))]
+    async fn adjust(&self, request: Request<pb::AdjustRequest>) -> Result<Response<pb::AdjustResponse>, Status> {
+        let r = request.into_inner();
+        let kind = convert::kind_from_pb(r.kind).map_err(status::invalid)?;
+        let adjustment = m::Adjustment { event_id: r.event_id, sku: r.sku, location: r.location, kind, quantity: r.quantity, reason: r.reason, source: r.source, source_seq: r.source_seq };
+        let key = m::PositionKey::new(adjustment.sku.clone(), adjustment.location.clone());
+        let command = m::Command::Adjust(adjustment);
+        validate_command(&command, &self.node.config.input_limits).map_err(status::invalid)?;
+        let group = self.group_of(&key.sku, "sku")?;
+        let (index, result) = self.node.propose(group, command).await.map_err(status::group_error)?;
+        Ok(Response::new(pb::AdjustResponse {
+            outcome: convert::outcome_to_pb(result.outcome) as i32,
+            replay: result.replay,
+            position: result.position.as_ref().map(|p| convert::position_to_pb(&self.node.config.region, &key, p)),
+            applied_index: index,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(node = self.node.id(), sku = %request.get_ref().sku))]
+    async fn get_position(&self, request: Request<pb::GetPositionRequest>) -> Result<Response<pb::PositionResponse>, Status> {
+        let r = request.into_inner();
+        let limits = &self.node.config.input_limits;
+        check_text("sku", &r.sku, limits.sku_bytes_max)?;
+        check_text("location", &r.location, limits.location_bytes_max)?;
+        let consistency = consistency_from_pb(&r)?;
+        let group = self.group_of(&r.sku, "sku")?;
+        let key = m::PositionKey::new(r.sku, r.location);
+        let answer = self.node.read(group, ReadQuery::Position(key.clone()), consistency).await.map_err(status::group_error)?;
+        let unknown_position = answer.position.is_none();
+        let position = answer.position.unwrap_or_default();
+        Ok(Response::new(pb::PositionResponse {
+            position: Some(convert::position_to_pb(&self.node.config.region, &key, &position)),
+            applied_index: answer.applied_index,
+            staleness_ms: answer.staleness_ms,
+            served_by: answer.served_by,
+            leader: answer.leader.unwrap_or(0),
+            group_id: group,
+            unknown_position,
+        }))
+    }
+}
+
+pub struct AdminService {
+    node: Arc<Node>,
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn status(&self, _request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+        let node = &self.node;
+        let nodes = node.config.nodes.values().map(|n| pb::NodeStatus { id: n.id, addr: n.addr.clone(), region: n.region.clone() }).collect();
+        let mut groups = Vec::new();
+        for g in node.groups() {
+            let Some(range) = node.shard_map().range(g.id) else { continue };
+            let p = g.progress();
+            let (pending, positions) = {
+                let inv = g.state().read();
+                (inv.pending_count() as u64, inv.position_count() as u64)
+            };
+            groups.push(pb::GroupStatus {
+                group_id: g.id,
+                region: range.region.clone(),
+                start_sku: range.start_sku.clone(),
+                end_sku: range.end_sku.clone().unwrap_or_default(),
+                replicas: range.replicas.clone(),
+                leader: p.leader.unwrap_or(0),
+                term: p.term,
+                role: p.role.to_string(),
+                last_log_index: p.last_log_index,
+                committed_index: p.committed_index,
+                applied_index: p.applied_index,
+                replication: p.replication.iter().map(|(id, matched)| pb::Replication { node_id: *id, matched_index: *matched, lag: p.last_log_index.saturating_sub(*matched) }).collect(),
+                pending_reservations: pending,
+                positions,
+            });
+        }
+        Ok(Response::new(pb::StatusResponse { node_id: node.id(), region: node.config.region.clone(), nodes, groups, version: env!("CARGO_PKG_VERSION").to_string() }))
+    }
+}
+
+/// Serves every service on the node's listen address until `shutdown`
+/// resolves.
+pub async fn serve(node: Arc<Node>, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), tonic::transport::Error> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<InventoryServer<InventoryService>>().await;
+    health_reporter.set_serving::<AdminServer<AdminService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the embedded descriptor set is valid");
+    let listen = node.config.listen;
+    tracing::info!(node = node.id(), %listen, groups = node.groups().count(), "serving");
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(InventoryServer::new(InventoryService::new(node.clone())))
+        .add_service(AdminServer::new(AdminService { node: node.clone() }))
+        .add_service(RaftPeerServer::new(PeerService { node }).max_decoding_message_size(PEER_MESSAGE_BYTES_MAX).max_encoding_message_size(PEER_MESSAGE_BYTES_MAX))
+        .serve_with_shutdown(listen, shutdown)
+        .await
+}

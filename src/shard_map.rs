@@ -1,0 +1,132 @@
+//! The shard map: each region's key space split into contiguous SKU ranges,
+//! each range one Raft group replicated on nodes of that region only.
+//!
+//! Static in this version (from the cluster configuration) and stored in the
+//! node's database at first start; a node refuses to start if its stored map
+//! differs from the configured one.
+
+use std::collections::BTreeMap;
+
+use raft::NodeId;
+use serde::Deserialize;
+use serde::Serialize;
+use storage::model::GroupId;
+
+use crate::config::NodeEntry;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardRange {
+    pub group: GroupId,
+    pub region: String,
+    /// Inclusive; "" is the start of the key space.
+    pub start_sku: String,
+    /// Exclusive; `None` is unbounded.
+    pub end_sku: Option<String>,
+    pub replicas: Vec<NodeId>,
+}
+
+impl ShardRange {
+    pub fn contains(&self, sku: &str) -> bool {
+        sku >= self.start_sku.as_str() && self.end_sku.as_deref().is_none_or(|end| sku < end)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardMap {
+    pub ranges: Vec<ShardRange>,
+}
+
+const HEX: &[u8] = b"0123456789abcdef";
+
+fn default_split_points(groups: u32) -> Result<Vec<String>, String> {
+    if groups == 0 || groups > 16 {
+        return Err(format!("groups-per-region {groups} needs explicit split-points (default split points cover 1..=16 groups)"));
+    }
+    Ok((1..groups).map(|i| ((HEX[(i * 16 / groups) as usize]) as char).to_string()).collect())
+}
+
+impl ShardMap {
+    pub fn build(nodes: &BTreeMap<NodeId, NodeEntry>, groups_per_region: u32, split_points: Option<Vec<String>>, replication_factor: usize) -> Result<ShardMap, String> {
+        let splits = match split_points {
+            Some(s) => s,
+            None => default_split_points(groups_per_region)?,
+        };
+        if splits.len() + 1 != groups_per_region as usize {
+            return Err(format!("{} split points make {} groups, but groups-per-region is {groups_per_region}", splits.len(), splits.len() + 1));
+        }
+        if splits.iter().any(|s| s.is_empty()) || splits.windows(2).any(|w| w[0] >= w[1]) {
+            return Err("split-points must be non-empty and strictly ascending".into());
+        }
+        let mut regions: BTreeMap<&str, Vec<NodeId>> = BTreeMap::new();
+        for n in nodes.values() {
+            regions.entry(n.region.as_str()).or_default().push(n.id);
+        }
+        let mut ranges = Vec::new();
+        for (r, (region, members)) in regions.iter().enumerate() {
+            if members.len() < replication_factor {
+                return Err(format!("region {region} has {} nodes but replication-factor is {replication_factor}", members.len()));
+            }
+            for i in 0..groups_per_region as usize {
+                let start_sku = if i == 0 { String::new() } else { splits[i - 1].clone() };
+                let end_sku = splits.get(i).cloned();
+                // Rotate so that groups spread over the region's nodes when it
+                // has more nodes than replicas.
+                let replicas = (0..replication_factor).map(|k| members[(i + k) % members.len()]).collect();
+                ranges.push(ShardRange { group: (r * 1000 + i + 1) as GroupId, region: region.to_string(), start_sku, end_sku, replicas });
+            }
+        }
+        Ok(ShardMap { ranges })
+    }
+
+    /// The group of `sku` in `region`.
+    pub fn group_for(&self, region: &str, sku: &str) -> Option<&ShardRange> {
+        self.ranges.iter().find(|r| r.region == region && r.contains(sku))
+    }
+
+    pub fn range(&self, group: GroupId) -> Option<&ShardRange> {
+        self.ranges.iter().find(|r| r.group == group)
+    }
+
+    pub fn groups_in<'a>(&'a self, region: &'a str) -> impl Iterator<Item = &'a ShardRange> + 'a {
+        self.ranges.iter().filter(move |r| r.region == region)
+    }
+
+    /// Groups that `node` replicates.
+    pub fn hosted_by(&self, node: NodeId) -> impl Iterator<Item = &ShardRange> {
+        self.ranges.iter().filter(move |r| r.replicas.contains(&node))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes(n: u64) -> BTreeMap<NodeId, NodeEntry> {
+        (1..=n).map(|id| (id, NodeEntry { id, addr: format!("127.0.0.1:{}", 7100 + id), region: "local".into() })).collect()
+    }
+
+    #[test]
+    fn every_sku_has_exactly_one_group() {
+        let map = ShardMap::build(&nodes(3), 8, None, 3).expect("map");
+        assert_eq!(map.ranges.len(), 8);
+        for sku in ["", "0", "1zzz", "2", "7abc", "a", "dead", "e", "f0", "zzz", "SKU-1"] {
+            let owners = map.ranges.iter().filter(|r| r.contains(sku)).count();
+            assert_eq!(owners, 1, "sku {sku:?}");
+        }
+        assert_eq!(map.group_for("local", "1").map(|r| r.group), Some(1));
+        assert_eq!(map.group_for("local", "2").map(|r| r.group), Some(2));
+        assert_eq!(map.group_for("local", "ffff").map(|r| r.group), Some(8));
+        assert!(map.group_for("elsewhere", "1").is_none());
+    }
+
+    #[test]
+    fn replicas_spread_and_stay_in_region() {
+        let map = ShardMap::build(&nodes(5), 5, Some(vec!["b".into(), "d".into(), "f".into(), "h".into()]), 3).expect("map");
+        for r in &map.ranges {
+            assert_eq!(r.replicas.len(), 3);
+        }
+        assert_ne!(map.ranges[0].replicas, map.ranges[1].replicas);
+        assert!(ShardMap::build(&nodes(2), 8, None, 3).is_err(), "too few nodes");
+        assert!(ShardMap::build(&nodes(3), 3, Some(vec!["b".into(), "a".into()]), 3).is_err(), "unordered");
+    }
+}

@@ -1,0 +1,59 @@
+//! The one place where errors become `tonic::Status`.
+//!
+//! | error                         | code                | client should        |
+//! |-------------------------------|---------------------|----------------------|
+//! | invalid input                 | INVALID_ARGUMENT    | fix the request      |
+//! | not leader (hint in metadata) | FAILED_PRECONDITION | follow the hint      |
+//! | proposal queue full           | RESOURCE_EXHAUSTED  | back off, retry      |
+//! | outcome unknown / no leader   | UNAVAILABLE         | retry with same id   |
+//! | group stopped                 | UNAVAILABLE         | try another node     |
+
+use raft::GroupError;
+use storage::validate::InvalidInput;
+use tonic::metadata::MetadataValue;
+use tonic::Code;
+use tonic::Status;
+
+pub const LEADER_ID: &str = "stockd-leader-id";
+pub const LEADER_ADDR: &str = "stockd-leader-addr";
+
+pub fn invalid(e: InvalidInput) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+pub fn invalid_field(field: &str, reason: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("invalid {field}: {reason}"))
+}
+
+pub fn group_error(e: GroupError) -> Status {
+    match e {
+        GroupError::NotLeader { group, leader } => {
+            let mut status = Status::failed_precondition(format!("not leader for group {group}"));
+            if let Some((id, addr)) = leader {
+                if let Ok(v) = MetadataValue::try_from(id.to_string()) {
+                    status.metadata_mut().insert(LEADER_ID, v);
+                }
+                if let Ok(v) = MetadataValue::try_from(addr) {
+                    status.metadata_mut().insert(LEADER_ADDR, v);
+                }
+            }
+            status
+        }
+        GroupError::Overloaded { group } => Status::resource_exhausted(format!("group {group} is overloaded; not applied, retry later")),
+        GroupError::Unavailable { group, reason } => Status::unavailable(format!("group {group}: outcome unknown, retry with the same id: {reason}")),
+        GroupError::Fatal { group, reason } => Status::unavailable(format!("group {group} stopped on this node: {reason}")),
+    }
+}
+
+pub fn no_leader(group: u32) -> Status {
+    Status::unavailable(format!("group {group} has no known leader; retry"))
+}
+
+pub fn forward_failed(group: u32, target: u64, e: tonic::transport::Error) -> Status {
+    Status::unavailable(format!("cannot reach node {target} for group {group}: {e}"))
+}
+
+/// True for a status that says "not leader" (a redirect).
+pub fn is_not_leader(s: &Status) -> bool {
+    s.code() == Code::FailedPrecondition && s.message().starts_with("not leader")
+}

@@ -1,0 +1,194 @@
+//! A cluster of real stockd nodes on loopback, in this process: each node has
+//! its own RocksDB directory, gRPC server and Raft groups, and can be stopped
+//! and restarted from its directory.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use stockd::config::FileConfig;
+use stockd::config::Overrides;
+use stockd::node::Node;
+use stockd::proto::v1 as pb;
+use stockd::proto::v1::inventory_client::InventoryClient;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+/// Tests in one binary share the machine's two cores: run clusters one at a
+/// time.
+pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+struct Running {
+    node: Arc<Node>,
+    stop: oneshot::Sender<()>,
+    server: JoinHandle<()>,
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub file: FileConfig,
+    pub addrs: Vec<String>,
+    running: Vec<Option<Running>>,
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Cluster settings for tests: quick elections, quick clock ticks.
+pub fn test_config() -> FileConfig {
+    let mut f = FileConfig::default();
+    f.cluster.groups_per_region = 2;
+    f.cluster.split_points = Some(vec!["8".into()]);
+    f.cluster.heartbeat_ms = 100;
+    f.cluster.election_timeout_min_ms = 700;
+    f.cluster.election_timeout_max_ms = 1400;
+    f.cluster.clock_tick_ms = 100;
+    f.node.rpc_timeout_ms = 5_000;
+    f
+}
+
+impl Cluster {
+    pub async fn start(nodes: usize, file: FileConfig) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let addrs: Vec<String> = (0..nodes).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+        let mut cluster = Cluster { dir, file, addrs, running: (0..nodes).map(|_| None).collect() };
+        for id in 1..=nodes as u64 {
+            cluster.start_node(id).await;
+        }
+        cluster.wait_for_leaders().await;
+        cluster
+    }
+
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node-{id}"))
+    }
+
+    pub async fn start_node(&mut self, id: u64) {
+        let peers = self.addrs.iter().enumerate().map(|(i, a)| (i as u64 + 1, a.clone())).collect();
+        let config = self
+            .file
+            .clone()
+            .validate(Overrides { node_id: Some(id), peers: Some(peers), data_dir: Some(self.data_dir(id)), ..Default::default() })
+            .expect("valid test config");
+        let node = Node::start(config).await.expect("node starts");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let serving = node.clone();
+        let server = tokio::spawn(async move {
+            let _ = stockd::server::serve(serving, async {
+                let _ = stopped.await;
+            })
+            .await;
+        });
+        self.running[id as usize - 1] = Some(Running { node, stop, server });
+    }
+
+    /// Stops a node: its server, its groups, and closes its database.
+    pub async fn stop_node(&mut self, id: u64) {
+        let Some(r) = self.running[id as usize - 1].take() else { return };
+        let _ = r.stop.send(());
+        let _ = r.server.await;
+        r.node.shutdown().await;
+        let node = r.node;
+        // Wait until every task has dropped the node, so the database closes.
+        poll("node to be dropped", Duration::from_secs(10), || {
+            let n = Arc::strong_count(&node);
+            async move { n == 1 }
+        })
+        .await;
+        drop(node);
+    }
+
+    pub fn node(&self, id: u64) -> &Arc<Node> {
+        &self.running[id as usize - 1].as_ref().expect("node is running").node
+    }
+
+    pub fn is_running(&self, id: u64) -> bool {
+        self.running[id as usize - 1].is_some()
+    }
+
+    pub async fn client(&self, id: u64) -> InventoryClient<Channel> {
+        let channel = Channel::from_shared(format!("http://{}", self.addrs[id as usize - 1])).expect("uri").connect_lazy();
+        InventoryClient::new(channel)
+    }
+
+    /// The leader of the group holding `sku`, as the running nodes see it.
+    pub fn leader_of_sku(&self, sku: &str) -> Option<u64> {
+        let running: Vec<&Running> = self.running.iter().flatten().collect();
+        let node = &running.first()?.node;
+        let group = node.shard_map().group_for("local", sku)?.group;
+        running.iter().filter_map(|r| r.node.group(group)).find(|g| g.is_leader()).map(|g| g.node_id)
+    }
+
+    pub async fn wait_for_leaders(&self) {
+        poll("every group to have a leader", Duration::from_secs(30), || {
+            let ok = self.running.iter().flatten().all(|r| r.node.groups().all(|g| g.leader().is_some()));
+            async move { ok }
+        })
+        .await;
+    }
+
+    pub async fn shutdown(mut self) {
+        for id in 1..=self.addrs.len() as u64 {
+            self.stop_node(id).await;
+        }
+    }
+}
+
+/// Polls `check` every 50 ms until it holds; panics after `limit`.
+pub async fn poll<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn line(sku: &str, location: &str, quantity: u64) -> pb::Line {
+    pb::Line { sku: sku.into(), location: location.into(), quantity }
+}
+
+pub async fn receive(client: &mut InventoryClient<Channel>, event_id: &str, sku: &str, location: &str, quantity: u64) -> pb::AdjustResponse {
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    client
+        .adjust(pb::AdjustRequest {
+            event_id: event_id.into(),
+            sku: sku.into(),
+            location: location.into(),
+            kind: pb::AdjustmentKind::Receipt as i32,
+            quantity,
+            reason: "test stock".into(),
+            source: "test".into(),
+            source_seq: seq,
+        })
+        .await
+        .expect("adjust")
+        .into_inner()
+}
+
+static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+pub async fn reserve(client: &mut InventoryClient<Channel>, id: &str, lines: Vec<pb::Line>, ttl_ms: u64) -> Result<pb::ReserveResponse, tonic::Status> {
+    client.reserve(pb::ReserveRequest { reservation_id: id.into(), lines, ttl_ms }).await.map(|r| r.into_inner())
+}
+
+pub async fn position(client: &mut InventoryClient<Channel>, sku: &str, location: &str, consistency: pb::Consistency) -> pb::PositionResponse {
+    client
+        .get_position(pb::GetPositionRequest { sku: sku.into(), location: location.into(), consistency: consistency as i32, max_staleness_ms: 0 })
+        .await
+        .expect("get position")
+        .into_inner()
+}

@@ -1,0 +1,563 @@
+//! `stockctl` without a server: argument parsing, exit codes, output formats,
+//! and the binary's behaviour on bad input and on an unreachable cluster.
+
+use std::process::Command as Process;
+use std::time::Duration;
+
+use clap::Parser;
+use serde_json::Value;
+
+use stockd::cli::{self, AdjustKindArg, Cli, Command, Transition};
+use stockd::client::{ClientError, NodeStatusReport};
+use stockd::proto::v1::{
+    AdjustResponse, AdjustmentKind, Consistency, GroupStatus, Line, NodeStatus, Outcome, Position, PositionResponse,
+    Replication, Reservation, ReservationResponse, ReservationState, ReserveResponse, Shortfall, StatusResponse,
+};
+
+fn line(sku: &str, location: &str, quantity: u64) -> Line {
+    Line { sku: sku.to_owned(), location: location.to_owned(), quantity }
+}
+
+fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+    Cli::try_parse_from(std::iter::once("stockctl").chain(args.iter().copied()))
+}
+
+// ---------------------------------------------------------------------------
+// Parsers
+// ---------------------------------------------------------------------------
+
+#[test]
+fn lines_parse_as_sku_location_quantity() {
+    assert_eq!(cli::parse_line("SKU-1:dc1:3"), Ok(line("SKU-1", "dc1", 3)));
+    assert_eq!(cli::parse_line("a:b:0"), Ok(line("a", "b", 0)), "the range is the server's to check");
+    for bad in ["a:b", "a:b:c:4", ":dc1:3", "sku::3", "sku:dc1:", "sku:dc1:x", "sku:dc1:-1", "sku:dc1:1.5", ""] {
+        let error = cli::parse_line(bad).expect_err(bad);
+        assert!(!error.is_empty(), "{bad:?} gives a message");
+    }
+    assert!(cli::parse_line("a:b").expect_err("2 parts").contains("SKU:LOC:QTY"));
+    assert!(cli::parse_line("a:b:x").expect_err("not a number").contains("whole number"));
+}
+
+#[test]
+fn durations_need_a_unit_except_zero() {
+    assert_eq!(cli::parse_duration("500ms"), Ok(Duration::from_millis(500)));
+    assert_eq!(cli::parse_duration("30s"), Ok(Duration::from_secs(30)));
+    assert_eq!(cli::parse_duration("2m"), Ok(Duration::from_secs(120)));
+    assert_eq!(cli::parse_duration("1h"), Ok(Duration::from_secs(3600)));
+    assert_eq!(cli::parse_duration("0"), Ok(Duration::ZERO));
+    assert_eq!(cli::parse_duration("0s"), Ok(Duration::ZERO));
+    for bad in ["30", "", "s", "5x", "1.5s", "-1s", "5 s", "99999999999999999999s", "18446744073709551615h", "9000h"] {
+        assert!(cli::parse_duration(bad).is_err(), "{bad:?} must be refused");
+    }
+    assert!(cli::parse_duration("30").expect_err("no unit").contains("unit"));
+    assert!(cli::parse_timeout("0").is_err(), "a zero timeout is refused");
+    assert!(cli::parse_bench_duration("500ms").is_err());
+    assert_eq!(cli::parse_bench_duration("10s"), Ok(Duration::from_secs(10)));
+}
+
+#[test]
+fn consistency_is_strong_bounded_or_any() {
+    let strong = cli::parse_consistency("strong").expect("strong");
+    assert_eq!((strong.consistency, strong.max_staleness_ms), (Consistency::Strong, 0));
+    let any = cli::parse_consistency("any").expect("any");
+    assert_eq!((any.consistency, any.max_staleness_ms), (Consistency::Any, 0));
+    let bounded = cli::parse_consistency("bounded:500").expect("bounded ms");
+    assert_eq!((bounded.consistency, bounded.max_staleness_ms), (Consistency::Bounded, 500));
+    let bounded = cli::parse_consistency("bounded:2s").expect("bounded duration");
+    assert_eq!(bounded.max_staleness_ms, 2000);
+    for bad in ["bounded", "bounded:", "bounded:0", "bounded:x", "weak", "", "strong:5"] {
+        assert!(cli::parse_consistency(bad).is_err(), "{bad:?} must be refused");
+    }
+}
+
+#[test]
+fn addresses_come_from_flag_then_env_then_default() {
+    let flag = vec!["h1:1".to_owned(), "h2:2".to_owned()];
+    assert_eq!(cli::resolve_addrs(&flag, Some("e:1")), Ok(flag.clone()));
+    assert_eq!(cli::resolve_addrs(&[], Some("e1:1, e2:2")), Ok(vec!["e1:1".to_owned(), "e2:2".to_owned()]));
+    let default = cli::resolve_addrs(&[], None).expect("default");
+    assert_eq!(default, vec!["127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103"]);
+    assert_eq!(cli::resolve_addrs(&[], Some("  ")), Ok(default));
+    assert!(cli::resolve_addrs(&[], Some("a:1,,b:2")).is_err());
+}
+
+// ---------------------------------------------------------------------------
+// Command line
+// ---------------------------------------------------------------------------
+
+#[test]
+fn reserve_takes_repeated_lines_and_a_ttl() {
+    let cli = parse(&["reserve", "--id", "r1", "--line", "a:dc1:2", "--line", "b:dc2:1", "--ttl", "30s"]).expect("valid");
+    let Command::Reserve(args) = cli.command else { panic!("reserve expected") };
+    assert_eq!(args.id, "r1");
+    assert_eq!(args.lines, vec![line("a", "dc1", 2), line("b", "dc2", 1)]);
+    assert_eq!(args.ttl, Duration::from_secs(30));
+    let cli = parse(&["reserve", "--id", "r1", "--line", "a:dc1:2"]).expect("valid");
+    let Command::Reserve(args) = cli.command else { panic!("reserve expected") };
+    assert_eq!(args.ttl, Duration::ZERO, "0 = server default");
+}
+
+#[test]
+fn global_flags_have_defaults_and_go_anywhere() {
+    let cli = parse(&["status"]).expect("valid");
+    assert!(cli.addr.is_empty() && !cli.json);
+    assert_eq!(cli.timeout, Duration::from_secs(5));
+    let cli = parse(&["get", "--sku", "a", "--location", "b", "--json", "--addr", "h1:1,h2:2", "--timeout", "250ms"])
+        .expect("valid");
+    assert!(cli.json);
+    assert_eq!(cli.addr, vec!["h1:1", "h2:2"]);
+    assert_eq!(cli.timeout, Duration::from_millis(250));
+    let Command::Get(args) = cli.command else { panic!("get expected") };
+    assert_eq!(args.consistency.consistency, Consistency::Strong);
+}
+
+#[test]
+fn adjust_kinds_map_to_the_proto() {
+    let cli = parse(&[
+        "adjust", "--event-id", "e1", "--sku", "a", "--location", "b", "--kind", "safety-stock", "--qty", "4",
+    ])
+    .expect("valid");
+    let Command::Adjust(args) = cli.command else { panic!("adjust expected") };
+    assert_eq!(args.kind, AdjustKindArg::SafetyStock);
+    assert_eq!(args.source, "stockctl");
+    assert_eq!(args.seq, None);
+    assert_eq!(args.reason, "");
+    let kinds = [
+        ("receipt", AdjustmentKind::Receipt),
+        ("return", AdjustmentKind::Return),
+        ("damage", AdjustmentKind::Damage),
+        ("shrink", AdjustmentKind::Shrink),
+        ("count", AdjustmentKind::Count),
+        ("hold", AdjustmentKind::Hold),
+        ("unhold", AdjustmentKind::Unhold),
+        ("safety-stock", AdjustmentKind::SafetyStock),
+    ];
+    for (word, kind) in kinds {
+        let cli = parse(&["adjust", "--event-id", "e", "--sku", "a", "--location", "b", "--kind", word, "--qty", "1"])
+            .expect(word);
+        let Command::Adjust(args) = cli.command else { panic!("adjust expected") };
+        assert_eq!(AdjustmentKind::from(args.kind), kind);
+        assert_eq!(cli::kind_word(kind), word);
+    }
+}
+
+#[test]
+fn bench_has_documented_defaults() {
+    let cli = parse(&["bench", "--workload", "hot"]).expect("valid");
+    let Command::Bench(args) = cli.command else { panic!("bench expected") };
+    assert_eq!(args.workload, stockd::bench::Workload::Hot);
+    assert_eq!((args.skus, args.clients, args.batch), (1000, 64, 1));
+    assert_eq!(args.duration, Duration::from_secs(10));
+    assert_eq!(args.location, "bench");
+    assert!(parse(&["bench", "--workload", "hot", "--clients", "0"]).is_err());
+    assert!(parse(&["bench", "--workload", "warm"]).is_err());
+}
+
+#[test]
+fn usage_errors_exit_2_and_name_the_flag() {
+    let cases: [(&[&str], &str); 6] = [
+        (&["reserve", "--id", "r", "--line", "a:b"], "--line"),
+        (&["reserve", "--id", "r", "--line", "a:b:1", "--ttl", "30"], "--ttl"),
+        (&["reserve", "--id", "r"], "--line"),
+        (&["get", "--sku", "a", "--location", "b", "--consistency", "weak"], "--consistency"),
+        (&["adjust", "--event-id", "e", "--sku", "a", "--location", "b", "--kind", "gift", "--qty", "1"], "--kind"),
+        (&["status", "--timeout", "0"], "--timeout"),
+    ];
+    for (args, flag) in cases {
+        let error = parse(args).expect_err(flag);
+        assert_eq!(error.exit_code(), i32::from(cli::EXIT_USAGE), "{args:?}");
+        assert!(error.to_string().contains(flag), "{args:?}: {error}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Exit codes and error lines
+// ---------------------------------------------------------------------------
+
+#[test]
+fn outcomes_and_errors_map_to_exit_codes() {
+    assert_eq!(cli::exit_code_for_outcome(Outcome::Ok), 0);
+    for refusal in [
+        Outcome::InsufficientStock,
+        Outcome::IdempotencyConflict,
+        Outcome::NotFound,
+        Outcome::InvalidState,
+        Outcome::StaleEvent,
+        Outcome::InsufficientQuantity,
+        Outcome::Unspecified,
+    ] {
+        assert_eq!(cli::exit_code_for_outcome(refusal), 1, "{refusal:?}");
+    }
+    assert_eq!(cli::exit_code_for_error(&ClientError::InvalidArgument("invalid sku: empty".into())), 2);
+    assert_eq!(cli::exit_code_for_error(&ClientError::InvalidAddress { addr: "x".into(), message: "bad".into() }), 2);
+    assert_eq!(cli::exit_code_for_error(&ClientError::Unavailable { outcome_unknown: true, message: "m".into() }), 3);
+    assert_eq!(cli::exit_code_for_error(&ClientError::Unavailable { outcome_unknown: false, message: "m".into() }), 3);
+    assert_eq!(cli::exit_code_for_error(&ClientError::Rpc { code: tonic::Code::Internal, message: "m".into() }), 3);
+}
+
+#[test]
+fn error_lines_are_one_line_and_keep_the_server_message() {
+    let error = ClientError::InvalidArgument("invalid lines[0].quantity: must be between 1 and 1000000".into());
+    assert_eq!(cli::error_line(&error), "error: invalid lines[0].quantity: must be between 1 and 1000000");
+    let error = ClientError::Unavailable { outcome_unknown: true, message: "node 1:\nconnection reset".into() };
+    let text = cli::error_line(&error);
+    assert!(!text.contains('\n'), "{text}");
+    assert!(text.starts_with("error: outcome unknown"), "{text}");
+    assert!(text.contains("same id"), "{text}");
+    let error = ClientError::Unavailable { outcome_unknown: false, message: "down".into() };
+    assert_eq!(cli::error_line(&error), "error: unavailable: down");
+}
+
+// ---------------------------------------------------------------------------
+// Output
+// ---------------------------------------------------------------------------
+
+fn reservation(state: ReservationState) -> Reservation {
+    Reservation {
+        id: "r1".into(),
+        state: state as i32,
+        lines: vec![line("sku-long-name", "dc1", 2), line("b", "dc22", 10)],
+        created_at_ms: 1_700_000_000_000,
+        expires_at_ms: 1_700_000_030_000,
+        finished_at_ms: 0,
+    }
+}
+
+#[test]
+fn words_are_lower_case_proto_names() {
+    assert_eq!(cli::outcome_word(Outcome::InsufficientStock), "insufficient_stock");
+    assert_eq!(cli::outcome_word(Outcome::IdempotencyConflict), "idempotency_conflict");
+    assert_eq!(cli::outcome_word(Outcome::InsufficientQuantity), "insufficient_quantity");
+    assert_eq!(cli::outcome_word(Outcome::StaleEvent), "stale_event");
+    assert_eq!(cli::state_word(ReservationState::Pending), "pending");
+    assert_eq!(cli::state_word(ReservationState::Cancelled), "cancelled");
+    assert_eq!(cli::outcome_label(Outcome::Ok, true), "ok (replay)");
+    assert_eq!(cli::outcome_label(Outcome::NotFound, false), "not_found");
+    assert_eq!(Transition::Commit.past(), "committed");
+    assert_eq!(Transition::Fulfill.verb(), "fulfill");
+}
+
+#[test]
+fn reservation_json_has_the_documented_shape() {
+    let value = cli::reservation_json(&reservation(ReservationState::Committed));
+    let keys: Vec<&str> = value.as_object().expect("object").keys().map(String::as_str).collect();
+    let mut expected = vec!["id", "state", "lines", "expires_at_ms", "created_at_ms", "finished_at_ms"];
+    expected.sort_unstable();
+    let mut keys_sorted = keys.clone();
+    keys_sorted.sort_unstable();
+    assert_eq!(keys_sorted, expected);
+    assert_eq!(value["state"], "committed");
+    assert_eq!(value["lines"][1], serde_json::json!({"sku": "b", "location": "dc22", "quantity": 10}));
+    assert_eq!(value["expires_at_ms"], 1_700_000_030_000u64);
+}
+
+#[test]
+fn reservation_human_is_aligned() {
+    let text = cli::reservation_human(&reservation(ReservationState::Pending));
+    assert!(text.contains("state           pending\n"), "{text}");
+    assert!(text.contains("created_at_ms   1700000000000 (2023-11-14T22:13:20.000Z)"), "{text}");
+    assert!(text.contains("finished_at_ms  -\n"), "{text}");
+    let table: Vec<&str> = text.lines().skip_while(|l| !l.starts_with("SKU")).collect();
+    assert_eq!(table.len(), 3, "{text}");
+    let column = table[0].find("LOCATION").expect("LOCATION header");
+    assert_eq!(table[1].find("dc1"), Some(column), "{text}");
+    assert_eq!(table[2].find("dc22"), Some(column), "{text}");
+    assert!(text.lines().all(|l| l == l.trim_end()), "no trailing spaces: {text:?}");
+}
+
+#[test]
+fn replays_are_flagged_in_both_formats() {
+    let response = ReserveResponse {
+        outcome: Outcome::Ok as i32,
+        replay: true,
+        reservation: Some(reservation(ReservationState::Pending)),
+        shortfalls: vec![],
+        applied_index: 12,
+    };
+    assert!(cli::reserve_human("r1", &response).starts_with("ok (replay): reserved r1\n"));
+    let value = cli::reserve_json(&response);
+    assert_eq!(value["outcome"], "ok");
+    assert_eq!(value["replay"], true);
+    assert_eq!(value["reservation"]["id"], "r1");
+    assert_eq!(cli::exit_code_for_outcome(response.outcome()), 0, "a replayed success is a success");
+}
+
+#[test]
+fn insufficient_stock_prints_the_shortfalls() {
+    let response = ReserveResponse {
+        outcome: Outcome::InsufficientStock as i32,
+        replay: false,
+        reservation: None,
+        shortfalls: vec![Shortfall { sku: "sku-a".into(), location: "dc1".into(), requested: 5, atp: 3 }],
+        applied_index: 7,
+    };
+    let text = cli::reserve_human("r9", &response);
+    let mut lines = text.lines();
+    assert!(lines.next().expect("first line").starts_with("insufficient_stock: reservation r9 not made"));
+    assert_eq!(lines.next(), Some("SKU    LOCATION  REQUESTED  ATP"));
+    assert_eq!(lines.next(), Some("sku-a  dc1       5          3"));
+    let value = cli::reserve_json(&response);
+    assert_eq!(value["outcome"], "insufficient_stock");
+    assert_eq!(value["reservation"], Value::Null);
+    assert_eq!(value["shortfalls"][0], serde_json::json!({"sku": "sku-a", "location": "dc1", "requested": 5, "atp": 3}));
+}
+
+#[test]
+fn transitions_explain_refusals() {
+    let response = ReservationResponse {
+        outcome: Outcome::InvalidState as i32,
+        replay: false,
+        reservation: Some(reservation(ReservationState::Released)),
+        applied_index: 3,
+    };
+    let text = cli::transition_human(Transition::Commit, "r1", &response);
+    assert!(text.starts_with("invalid_state: cannot commit r1: it is released\n"), "{text}");
+    let ok = ReservationResponse { outcome: Outcome::Ok as i32, replay: false, ..response.clone() };
+    assert!(cli::transition_human(Transition::Cancel, "r1", &ok).starts_with("ok: cancelled r1\n"));
+    let value = cli::reservation_response_json(&response);
+    assert_eq!(value["outcome"], "invalid_state");
+    assert_eq!(value["reservation"]["state"], "released");
+
+    let missing = ReservationResponse { outcome: Outcome::NotFound as i32, replay: false, reservation: None, applied_index: 0 };
+    assert_eq!(cli::get_reservation_exit_code(&missing), 1);
+    assert_eq!(cli::get_reservation_json("zz", &missing), serde_json::json!({"outcome": "not_found", "id": "zz"}));
+    assert_eq!(cli::get_reservation_exit_code(&response), 1);
+    assert_eq!(cli::get_reservation_exit_code(&ok), 0);
+    assert_eq!(cli::get_reservation_json("r1", &ok)["state"], "released");
+}
+
+fn position_response(leader: u64) -> PositionResponse {
+    PositionResponse {
+        position: Some(Position {
+            region: "eu".into(),
+            sku: "sku-a".into(),
+            location: "dc1".into(),
+            on_hand: 10,
+            reserved: 3,
+            committed: 2,
+            safety_stock: 1,
+            held: 1,
+            atp: 3,
+            short: false,
+            recent_changes: vec![],
+        }),
+        applied_index: 42,
+        staleness_ms: 120,
+        served_by: 2,
+        leader,
+        group_id: 4,
+        unknown_position: false,
+    }
+}
+
+#[test]
+fn get_json_has_exactly_the_documented_keys() {
+    let value = cli::position_json("sku-a", "dc1", &position_response(1));
+    let mut keys: Vec<&str> = value.as_object().expect("object").keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    let mut expected = vec![
+        "on_hand", "reserved", "committed", "safety_stock", "held", "atp", "short", "applied_index", "staleness_ms",
+        "served_by", "leader", "sku", "location", "group",
+    ];
+    expected.sort_unstable();
+    assert_eq!(keys, expected);
+    assert_eq!(value["on_hand"], 10);
+    assert_eq!(value["atp"], 3);
+    assert_eq!(value["short"], false);
+    assert_eq!(value["group"], 4);
+    assert_eq!(value["leader"], 1);
+    assert_eq!(value["served_by"], 2);
+    assert_eq!(cli::position_json("sku-a", "dc1", &position_response(0))["leader"], Value::Null);
+
+    let empty = PositionResponse { position: None, ..position_response(0) };
+    let value = cli::position_json("s", "l", &empty);
+    assert_eq!((value["sku"].as_str(), value["on_hand"].as_u64()), (Some("s"), Some(0)));
+}
+
+#[test]
+fn get_human_is_an_aligned_block() {
+    let text = cli::position_human("sku-a", "dc1", &position_response(0));
+    assert!(text.contains("\non_hand        10\n"), "{text}");
+    assert!(text.contains("\nstaleness_ms   120\n"), "{text}");
+    assert!(text.contains("\nleader         unknown\n"), "{text}");
+    let value_columns: std::collections::HashSet<usize> =
+        text.lines().map(|l| l.find("  ").map(|i| i + l[i..].len() - l[i..].trim_start().len()).unwrap_or(0)).collect();
+    assert_eq!(value_columns.len(), 1, "values share one column: {text}");
+}
+
+#[test]
+fn adjust_output_shows_the_position() {
+    let response = AdjustResponse {
+        outcome: Outcome::StaleEvent as i32,
+        replay: false,
+        position: position_response(1).position,
+        applied_index: 9,
+    };
+    let text = cli::adjust_human("e7", AdjustmentKind::Receipt, 5, &response);
+    assert!(text.starts_with("stale_event: event e7 not applied"), "{text}");
+    assert!(text.contains("on_hand"), "{text}");
+    let value = cli::adjust_json(&response);
+    assert_eq!(value["outcome"], "stale_event");
+    assert_eq!(value["position"]["atp"], 3);
+}
+
+fn status(node_id: u64, role: &str, leader: u64) -> StatusResponse {
+    StatusResponse {
+        node_id,
+        region: "eu".into(),
+        nodes: vec![NodeStatus { id: 1, addr: "127.0.0.1:7101".into(), region: "eu".into() }],
+        groups: vec![GroupStatus {
+            group_id: 1,
+            region: "eu".into(),
+            start_sku: "2".into(),
+            end_sku: "4".into(),
+            replicas: vec![1, 2, 3],
+            leader,
+            term: 3,
+            role: role.into(),
+            last_log_index: 100,
+            committed_index: 99,
+            applied_index: 98,
+            replication: if role == "leader" {
+                vec![Replication { node_id: 2, matched_index: 99, lag: 1 }, Replication { node_id: 3, matched_index: 90, lag: 10 }]
+            } else {
+                vec![]
+            },
+            pending_reservations: 5,
+            positions: 7,
+        }],
+        version: "0.1.0".into(),
+    }
+}
+
+#[test]
+fn status_tables_show_every_node_and_group() {
+    let reports = vec![
+        NodeStatusReport { addr: "http://127.0.0.1:7101".into(), result: Ok(status(1, "leader", 1)) },
+        NodeStatusReport { addr: "http://127.0.0.1:7102".into(), result: Ok(status(2, "follower", 1)) },
+        NodeStatusReport {
+            addr: "http://127.0.0.1:7103".into(),
+            result: Err(ClientError::Unavailable { outcome_unknown: false, message: "connection refused".into() }),
+        },
+    ];
+    let text = cli::status_human(&reports);
+    assert!(text.starts_with("nodes:\n"), "{text}");
+    assert!(text.contains("\ngroups:\n"), "{text}");
+    let node_lines: Vec<&str> = text.lines().skip(1).take(4).collect();
+    let state_column = node_lines[0].find("STATE").expect("STATE header");
+    assert_eq!(node_lines[1].find("up"), Some(state_column), "{text}");
+    assert_eq!(node_lines[3].find("down"), Some(state_column), "{text}");
+    assert!(node_lines[3].starts_with("127.0.0.1:7103"), "{text}");
+    let group_lines: Vec<&str> = text.lines().skip_while(|l| *l != "groups:").skip(1).collect();
+    assert_eq!(group_lines.len(), 3, "header + one row per (group, node): {text}");
+    let lag_column = group_lines[0].find("LAG").expect("LAG header");
+    assert_eq!(group_lines[1].find("2:1,3:10"), Some(lag_column), "{text}");
+    assert!(group_lines[1].contains("2..4"), "{text}");
+    assert!(group_lines[2].contains("follower"), "{text}");
+    assert_eq!(cli::status_exit_code(&reports), 0);
+    assert_eq!(cli::status_exit_code(&reports[2..]), 3, "no node answered");
+
+    let value = cli::status_json(&reports);
+    let responses = value["responses"].as_array().expect("responses");
+    assert_eq!(responses.len(), 3);
+    assert_eq!(responses[0]["status"]["groups"][0]["replication"][1]["lag"], 10);
+    assert_eq!(responses[1]["status"]["node_id"], 2);
+    assert_eq!(responses[2]["status"], Value::Null);
+    assert!(responses[2]["error"].as_str().expect("error text").contains("connection refused"));
+}
+
+#[test]
+fn tables_align_on_the_widest_cell() {
+    let text = cli::render_table(&["A", "LONGER"], &[vec!["wide-cell".into(), "x".into()], vec!["y".into(), "".into()]]);
+    assert_eq!(text, "A          LONGER\nwide-cell  x\ny\n");
+    assert_eq!(cli::render_key_values(&[("a", "1".into()), ("long", "2".into())]), "a     1\nlong  2\n");
+}
+
+#[test]
+fn times_render_in_utc() {
+    assert_eq!(cli::format_ms_utc(0), "-");
+    assert_eq!(cli::format_ms_utc(1_700_000_000_000), "2023-11-14T22:13:20.000Z");
+    assert_eq!(cli::format_ms_utc(951_782_400_123), "2000-02-29T00:00:00.123Z");
+    assert_eq!(cli::format_ms_utc(1_000), "1970-01-01T00:00:01.000Z");
+}
+
+#[test]
+fn bench_report_json_has_the_documented_keys() {
+    let report = stockd::bench::BenchReport {
+        workload: stockd::bench::Workload::Uniform,
+        clients: 64,
+        batch: 1,
+        skus: 1000,
+        duration: Duration::from_secs(2),
+        calls: 1000,
+        ok: 900,
+        refused: 100,
+        errors: 4,
+        unknown: 1,
+        p50_us: 800,
+        p99_us: 4000,
+        p999_us: 9000,
+        max_us: 12000,
+        violations: vec![],
+    };
+    let value = cli::bench_json(&report);
+    for key in ["ops_per_s", "p50_us", "p99_us", "p999_us", "conserved", "ok", "refused", "errors", "clients", "workload", "duration_s"] {
+        assert!(value.get(key).is_some(), "missing {key}: {value}");
+    }
+    assert_eq!(value["ops_per_s"], 500.0);
+    assert_eq!(value["workload"], "uniform");
+    assert_eq!(value["conserved"], true);
+    assert_eq!(cli::bench_exit_code(&report), 0);
+    let broken = stockd::bench::BenchReport { violations: vec!["x: reserved 3 outside [4, 4]".into()], ..report };
+    assert_eq!(cli::bench_json(&broken)["conserved"], false);
+    assert_eq!(cli::bench_exit_code(&broken), 1);
+    assert!(cli::bench_human(&broken).contains("violation: x: reserved 3 outside [4, 4]"));
+}
+
+// ---------------------------------------------------------------------------
+// The binary
+// ---------------------------------------------------------------------------
+
+fn stockctl(args: &[&str]) -> std::process::Output {
+    Process::new(env!("CARGO_BIN_EXE_stockctl"))
+        .args(args)
+        .env_remove("STOCKCTL_ADDR")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("stockctl runs")
+}
+
+/// An address where nothing listens: a port bound then released.
+fn closed_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    drop(listener);
+    addr.to_string()
+}
+
+#[test]
+fn binary_exits_2_on_a_malformed_line() {
+    let output = stockctl(&["--addr", &closed_addr(), "reserve", "--id", "r1", "--line", "sku-only"]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--line"), "{stderr}");
+    assert!(output.stdout.is_empty());
+}
+
+#[test]
+fn binary_exits_3_when_no_node_answers() {
+    let addr = closed_addr();
+    let started = std::time::Instant::now();
+    let output = stockctl(&["--addr", &addr, "--timeout", "200ms", "reserve", "--id", "r1", "--line", "a:b:1"]);
+    assert_eq!(output.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "one error line: {stderr}");
+    assert!(stderr.starts_with("error: unavailable:"), "a refused connection never sent the write: {stderr}");
+    assert!(started.elapsed() < Duration::from_secs(10), "bounded by the deadline");
+
+    let output = stockctl(&["--addr", &addr, "--timeout", "200ms", "--json", "status"]);
+    assert_eq!(output.status.code(), Some(3));
+    let value: Value = serde_json::from_slice(&output.stdout).expect("status JSON");
+    assert_eq!(value["responses"][0]["status"], Value::Null);
+    assert!(value["responses"][0]["error"].is_string());
+}
