@@ -20,10 +20,7 @@ use hdrhistogram::Histogram;
 use tokio::time::Instant;
 
 use crate::client::{Client, ClientError};
-use crate::proto::v1::{
-    AdjustRequest, AdjustmentKind, BatchReserveRequest, Consistency, GetPositionRequest, Line, Outcome,
-    ReserveRequest, ReserveResponse,
-};
+use crate::proto::v1::{AdjustRequest, AdjustmentKind, BatchReserveRequest, Consistency, GetPositionRequest, Line, Outcome, ReserveRequest, ReserveResponse};
 
 /// Units stocked on the one SKU of the hot workload.
 pub const HOT_STOCK_UNITS: u64 = 50_000_000;
@@ -260,15 +257,9 @@ async fn stock_all(client: &Client, run: &str, skus: &[String], location: &str, 
                     source: STOCK_SOURCE.to_owned(),
                     source_seq: seq,
                 };
-                let response = client
-                    .adjust(request)
-                    .await
-                    .map_err(|source| BenchError::Stock { sku: sku.clone(), source })?;
+                let response = client.adjust(request).await.map_err(|source| BenchError::Stock { sku: sku.clone(), source })?;
                 if response.outcome() != Outcome::Ok {
-                    return Err(BenchError::StockRefused {
-                        sku: sku.clone(),
-                        outcome: response.outcome().as_str_name().to_ascii_lowercase(),
-                    });
+                    return Err(BenchError::StockRefused { sku: sku.clone(), outcome: response.outcome().as_str_name().to_ascii_lowercase() });
                 }
                 left -= quantity;
             }
@@ -281,25 +272,11 @@ async fn stock_all(client: &Client, run: &str, skus: &[String], location: &str, 
 }
 
 /// Reads every SKU with STRONG consistency and lists conservation violations.
-async fn check_all(
-    client: &Client,
-    skus: &[String],
-    location: &str,
-    stock: u64,
-    tally: &Tally,
-) -> Result<Vec<String>, BenchError> {
+async fn check_all(client: &Client, skus: &[String], location: &str, stock: u64, tally: &Tally) -> Result<Vec<String>, BenchError> {
     let results: Vec<Result<Option<String>, BenchError>> = stream::iter(skus.iter().enumerate())
         .map(|(index, sku)| async move {
-            let request = GetPositionRequest {
-                sku: sku.clone(),
-                location: location.to_owned(),
-                consistency: Consistency::Strong as i32,
-                max_staleness_ms: 0,
-            };
-            let response = client
-                .get_position(request)
-                .await
-                .map_err(|source| BenchError::Check { sku: sku.clone(), source })?;
+            let request = GetPositionRequest { sku: sku.clone(), location: location.to_owned(), consistency: Consistency::Strong as i32, max_staleness_ms: 0 };
+            let response = client.get_position(request).await.map_err(|source| BenchError::Check { sku: sku.clone(), source })?;
             let position = response.position.unwrap_or_default();
             let ok = tally.ok_units[index].load(Ordering::Relaxed);
             let unknown = tally.unknown_units[index].load(Ordering::Relaxed);
@@ -319,15 +296,7 @@ async fn check_all(
 }
 
 /// Why a position breaks conservation, or `None` when it holds.
-pub fn conservation_violation(
-    sku: &str,
-    stocked: u64,
-    ok_units: u64,
-    unknown_units: u64,
-    on_hand: u64,
-    reserved: u64,
-    committed: u64,
-) -> Option<String> {
+pub fn conservation_violation(sku: &str, stocked: u64, ok_units: u64, unknown_units: u64, on_hand: u64, reserved: u64, committed: u64) -> Option<String> {
     let mut broken = Vec::new();
     if on_hand != stocked {
         broken.push(format!("on_hand {on_hand} != stocked {stocked}"));
@@ -392,9 +361,7 @@ impl Tally {
                 fatal.get_or_insert_with(|| message.clone());
                 self.fatal.store(true, Ordering::Relaxed);
             }
-            ClientError::InvalidAddress { .. }
-            | ClientError::InvalidConfig(_)
-            | ClientError::Unavailable { outcome_unknown: false, .. } => {}
+            ClientError::InvalidAddress { .. } | ClientError::InvalidConfig(_) | ClientError::Unavailable { outcome_unknown: false, .. } => {}
             // The write may have been applied: count its units as unknown.
             ClientError::Unavailable { outcome_unknown: true, .. } | ClientError::Rpc { .. } => {
                 self.unknown.fetch_add(sku_indexes.len() as u64, Ordering::Relaxed);
@@ -465,11 +432,7 @@ impl Load {
                         }
                     }
                     Ok(response) => {
-                        let message = format!(
-                            "BatchReserve answered {} results for {} reservations",
-                            response.results.len(),
-                            sku_indexes.len()
-                        );
+                        let message = format!("BatchReserve answered {} results for {} reservations", response.results.len(), sku_indexes.len());
                         tracing::warn!(%message, "counting the batch as unknown");
                         let error = ClientError::Rpc { code: tonic::Code::Internal, message };
                         self.tally.record_error(&sku_indexes, &error);
@@ -513,14 +476,7 @@ mod tests {
 
     #[test]
     fn stock_covers_the_run() {
-        let hot = BenchConfig {
-            workload: Workload::Hot,
-            skus: 1000,
-            clients: 64,
-            duration: Duration::from_secs(10),
-            location: "bench".to_owned(),
-            batch: 1,
-        };
+        let hot = BenchConfig { workload: Workload::Hot, skus: 1000, clients: 64, duration: Duration::from_secs(10), location: "bench".to_owned(), batch: 1 };
         assert_eq!(hot.sku_count(), 1);
         assert_eq!(hot.stock_per_sku(), HOT_STOCK_UNITS);
         let uniform = BenchConfig { workload: Workload::Uniform, ..hot.clone() };

@@ -17,9 +17,8 @@ use serde_json::{json, Value};
 use crate::bench::{BenchError, BenchReport, Workload};
 use crate::client::{ClientError, NodeStatusReport};
 use crate::proto::v1::{
-    AdjustResponse, AdjustmentKind, Change, Consistency, GroupStatus, Line, Outcome, Position,
-    PositionResponse, Reservation, ReservationResponse, ReservationState, ReserveResponse,
-    Shortfall, StatusResponse,
+    AdjustResponse, AdjustmentKind, Change, Consistency, GroupStatus, Line, Outcome, Position, PositionResponse, Reservation, ReservationResponse,
+    ReservationState, ReserveResponse, Shortfall, StatusResponse,
 };
 
 /// Done as asked, including the replay of an earlier success.
@@ -260,9 +259,7 @@ pub fn parse_line(text: &str) -> Result<Line, String> {
     if location.is_empty() {
         return Err(format!("empty location in {text:?}"));
     }
-    let quantity: u64 = quantity
-        .parse()
-        .map_err(|_| format!("quantity {quantity:?} in {text:?} is not a whole number"))?;
+    let quantity: u64 = quantity.parse().map_err(|_| format!("quantity {quantity:?} in {text:?} is not a whole number"))?;
     Ok(Line { sku: (*sku).to_owned(), location: (*location).to_owned(), quantity })
 }
 
@@ -322,9 +319,7 @@ pub fn exit_code_for_outcome(outcome: Outcome) -> u8 {
 /// Exit code of a request that did not produce a response.
 pub fn exit_code_for_error(error: &ClientError) -> u8 {
     match error {
-        ClientError::InvalidAddress { .. } | ClientError::InvalidConfig(_) | ClientError::InvalidArgument(_) => {
-            EXIT_USAGE
-        }
+        ClientError::InvalidAddress { .. } | ClientError::InvalidConfig(_) | ClientError::InvalidArgument(_) => EXIT_USAGE,
         ClientError::Unavailable { .. } | ClientError::Rpc { .. } => EXIT_UNAVAILABLE,
     }
 }
@@ -458,12 +453,7 @@ pub fn format_ms_utc(ms: u64) -> String {
     let days = secs / 86_400;
     let rem = secs % 86_400;
     let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z", rem / 3600, (rem % 3600) / 60, rem % 60)
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
@@ -531,11 +521,7 @@ pub fn reservation_human(reservation: &Reservation) -> String {
         ("expires_at_ms", ms_with_time(reservation.expires_at_ms)),
         ("finished_at_ms", ms_with_time(reservation.finished_at_ms)),
     ]);
-    let rows: Vec<Vec<String>> = reservation
-        .lines
-        .iter()
-        .map(|line| vec![line.sku.clone(), line.location.clone(), line.quantity.to_string()])
-        .collect();
+    let rows: Vec<Vec<String>> = reservation.lines.iter().map(|line| vec![line.sku.clone(), line.location.clone(), line.quantity.to_string()]).collect();
     out.push_str(&render_table(&["SKU", "LOCATION", "QUANTITY"], &rows));
     out
 }
@@ -550,10 +536,7 @@ pub fn shortfall_json(shortfall: &Shortfall) -> Value {
 }
 
 pub fn shortfalls_table(shortfalls: &[Shortfall]) -> String {
-    let rows: Vec<Vec<String>> = shortfalls
-        .iter()
-        .map(|s| vec![s.sku.clone(), s.location.clone(), s.requested.to_string(), s.atp.to_string()])
-        .collect();
+    let rows: Vec<Vec<String>> = shortfalls.iter().map(|s| vec![s.sku.clone(), s.location.clone(), s.requested.to_string(), s.atp.to_string()]).collect();
     render_table(&["SKU", "LOCATION", "REQUESTED", "ATP"], &rows)
 }
 
@@ -634,10 +617,7 @@ pub fn transition_human(transition: Transition, reservation_id: &str, response: 
     let label = outcome_label(outcome, response.replay);
     let mut out = match (outcome, &response.reservation) {
         (Outcome::Ok, _) => format!("{label}: {} {reservation_id}\n", transition.past()),
-        (Outcome::InvalidState, Some(reservation)) => format!(
-            "{label}: cannot {verb} {reservation_id}: it is {}\n",
-            state_word(reservation.state())
-        ),
+        (Outcome::InvalidState, Some(reservation)) => format!("{label}: cannot {verb} {reservation_id}: it is {}\n", state_word(reservation.state())),
         (other, _) => format!("{label}: cannot {verb} {reservation_id}: {}\n", explain_refusal(other)),
     };
     if let Some(reservation) = &response.reservation {
@@ -799,10 +779,7 @@ pub fn changes_table(changes: &[Change]) -> String {
             ]
         })
         .collect();
-    render_table(
-        &["INDEX", "AT", "KIND", "REFERENCE", "ON_HAND", "RESERVED", "COMMITTED", "HELD", "SAFETY", "REASON"],
-        &rows,
-    )
+    render_table(&["INDEX", "AT", "KIND", "REFERENCE", "ON_HAND", "RESERVED", "COMMITTED", "HELD", "SAFETY", "REASON"], &rows)
 }
 
 // ---------------------------------------------------------------------------
@@ -926,22 +903,7 @@ pub fn status_human(reports: &[NodeStatusReport]) -> String {
         .collect();
     out.push_str("\ngroups:\n");
     out.push_str(&render_table(
-        &[
-            "GROUP",
-            "REGION",
-            "RANGE",
-            "REPLICAS",
-            "LEADER",
-            "TERM",
-            "NODE",
-            "ROLE",
-            "LAST_LOG",
-            "COMMITTED",
-            "APPLIED",
-            "LAG",
-            "PENDING",
-            "POSITIONS",
-        ],
+        &["GROUP", "REGION", "RANGE", "REPLICAS", "LEADER", "TERM", "NODE", "ROLE", "LAST_LOG", "COMMITTED", "APPLIED", "LAG", "PENDING", "POSITIONS"],
         &group_rows,
     ));
     out
@@ -1005,10 +967,7 @@ pub fn bench_human(report: &BenchReport) -> String {
         ("duration_s", format!("{:.2}", report.duration.as_secs_f64())),
         ("ops_per_s", format!("{:.1}", report.ops_per_s())),
         ("calls_per_s", format!("{:.1}", report.calls_per_s())),
-        ("latency_us", format!(
-            "p50 {}  p99 {}  p999 {}  max {}",
-            report.p50_us, report.p99_us, report.p999_us, report.max_us
-        )),
+        ("latency_us", format!("p50 {}  p99 {}  p999 {}  max {}", report.p50_us, report.p99_us, report.p999_us, report.max_us)),
         ("ok", report.ok.to_string()),
         ("refused", report.refused.to_string()),
         ("errors", format!("{} ({} with unknown outcome)", report.errors, report.unknown)),

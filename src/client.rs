@@ -29,9 +29,8 @@ use tonic::Code;
 use crate::proto::v1::admin_client::AdminClient;
 use crate::proto::v1::inventory_client::InventoryClient;
 use crate::proto::v1::{
-    AdjustRequest, AdjustResponse, BatchReserveRequest, BatchReserveResponse, GetPositionRequest,
-    PositionResponse, ReservationRef, ReservationResponse, ReserveRequest, ReserveResponse,
-    StatusRequest, StatusResponse,
+    AdjustRequest, AdjustResponse, BatchReserveRequest, BatchReserveResponse, GetPositionRequest, PositionResponse, ReservationRef, ReservationResponse,
+    ReserveRequest, ReserveResponse, StatusRequest, StatusResponse,
 };
 
 /// gRPC metadata key carrying the address (`host:port`) of the group leader.
@@ -205,10 +204,7 @@ impl Client {
             return Err(ClientError::InvalidAddress { addr: String::new(), message: "no node address given".to_owned() });
         }
         if addrs.len() > config.nodes_max {
-            return Err(ClientError::InvalidAddress {
-                addr: addrs.len().to_string(),
-                message: format!("more than nodes_max={} addresses", config.nodes_max),
-            });
+            return Err(ClientError::InvalidAddress { addr: addrs.len().to_string(), message: format!("more than nodes_max={} addresses", config.nodes_max) });
         }
         let mut nodes: Vec<Node> = Vec::with_capacity(addrs.len());
         for addr in addrs {
@@ -233,44 +229,50 @@ impl Client {
     }
 
     pub async fn reserve(&self, request: ReserveRequest) -> Result<ReserveResponse, ClientError> {
-        self.call("Reserve", Effect::Write, request, |channel, request| async move {
-            InventoryClient::new(channel).reserve(request).await
-        })
-        .await
+        self.call("Reserve", Effect::Write, request, |channel, request| async move { InventoryClient::new(channel).reserve(request).await }).await
     }
 
     pub async fn batch_reserve(&self, request: BatchReserveRequest) -> Result<BatchReserveResponse, ClientError> {
-        self.call("BatchReserve", Effect::Write, request, |channel, request| async move {
-            InventoryClient::new(channel).batch_reserve(request).await
-        })
-        .await
+        self.call("BatchReserve", Effect::Write, request, |channel, request| async move { InventoryClient::new(channel).batch_reserve(request).await }).await
     }
 
     pub async fn commit(&self, reservation_id: &str) -> Result<ReservationResponse, ClientError> {
-        self.call("Commit", Effect::Write, reservation_ref(reservation_id), |channel, request| async move {
-            InventoryClient::new(channel).commit(request).await
-        })
+        self.call(
+            "Commit",
+            Effect::Write,
+            reservation_ref(reservation_id),
+            |channel, request| async move { InventoryClient::new(channel).commit(request).await },
+        )
         .await
     }
 
     pub async fn release(&self, reservation_id: &str) -> Result<ReservationResponse, ClientError> {
-        self.call("Release", Effect::Write, reservation_ref(reservation_id), |channel, request| async move {
-            InventoryClient::new(channel).release(request).await
-        })
+        self.call(
+            "Release",
+            Effect::Write,
+            reservation_ref(reservation_id),
+            |channel, request| async move { InventoryClient::new(channel).release(request).await },
+        )
         .await
     }
 
     pub async fn fulfill(&self, reservation_id: &str) -> Result<ReservationResponse, ClientError> {
-        self.call("Fulfill", Effect::Write, reservation_ref(reservation_id), |channel, request| async move {
-            InventoryClient::new(channel).fulfill(request).await
-        })
+        self.call(
+            "Fulfill",
+            Effect::Write,
+            reservation_ref(reservation_id),
+            |channel, request| async move { InventoryClient::new(channel).fulfill(request).await },
+        )
         .await
     }
 
     pub async fn cancel(&self, reservation_id: &str) -> Result<ReservationResponse, ClientError> {
-        self.call("Cancel", Effect::Write, reservation_ref(reservation_id), |channel, request| async move {
-            InventoryClient::new(channel).cancel(request).await
-        })
+        self.call(
+            "Cancel",
+            Effect::Write,
+            reservation_ref(reservation_id),
+            |channel, request| async move { InventoryClient::new(channel).cancel(request).await },
+        )
         .await
     }
 
@@ -282,32 +284,23 @@ impl Client {
     }
 
     pub async fn adjust(&self, request: AdjustRequest) -> Result<AdjustResponse, ClientError> {
-        self.call("Adjust", Effect::Write, request, |channel, request| async move {
-            InventoryClient::new(channel).adjust(request).await
-        })
-        .await
+        self.call("Adjust", Effect::Write, request, |channel, request| async move { InventoryClient::new(channel).adjust(request).await }).await
     }
 
     pub async fn get_position(&self, request: GetPositionRequest) -> Result<PositionResponse, ClientError> {
-        self.call("GetPosition", Effect::Read, request, |channel, request| async move {
-            InventoryClient::new(channel).get_position(request).await
-        })
-        .await
+        self.call("GetPosition", Effect::Read, request, |channel, request| async move { InventoryClient::new(channel).get_position(request).await }).await
     }
 
     /// `Admin.Status` of one node: the first that answers, starting with the
     /// preferred one.
     pub async fn status(&self) -> Result<StatusResponse, ClientError> {
-        self.call("Status", Effect::Read, StatusRequest {}, |channel, request| async move {
-            AdminClient::new(channel).status(request).await
-        })
-        .await
+        self.call("Status", Effect::Read, StatusRequest {}, |channel, request| async move { AdminClient::new(channel).status(request).await }).await
     }
 
     /// `Admin.Status` of the node at `addr` only (one attempt, no failover).
     pub async fn status_of(&self, addr: &str) -> Result<StatusResponse, ClientError> {
         let index = self.index_of_or_add(addr)?;
-        let (addr, channel) = self.node(index);
+        let (_, channel) = self.node(index);
         let timeout = self.inner.config.request_timeout;
         let mut request = tonic::Request::new(StatusRequest {});
         request.set_timeout(timeout);
@@ -316,16 +309,10 @@ impl Client {
             Ok(Ok(response)) => Ok(response.into_inner()),
             Ok(Err(status)) => Err(match status.code() {
                 Code::InvalidArgument => ClientError::InvalidArgument(status.message().to_owned()),
-                Code::Unavailable | Code::DeadlineExceeded => ClientError::Unavailable {
-                    outcome_unknown: false,
-                    message: format!("{addr}: {}", describe(&status)),
-                },
+                Code::Unavailable | Code::DeadlineExceeded => ClientError::Unavailable { outcome_unknown: false, message: message_or_code(&status) },
                 code => ClientError::Rpc { code, message: status.message().to_owned() },
             }),
-            Err(_elapsed) => Err(ClientError::Unavailable {
-                outcome_unknown: false,
-                message: format!("{addr}: no answer within {timeout:?}"),
-            }),
+            Err(_elapsed) => Err(ClientError::Unavailable { outcome_unknown: false, message: format!("no answer within {} ms", timeout.as_millis()) }),
         }
     }
 
@@ -340,13 +327,7 @@ impl Client {
 
     /// Sends `request` until a node answers, following leader hints and
     /// skipping unavailable nodes, within the limits of the config.
-    async fn call<Req, Resp, F, Fut>(
-        &self,
-        rpc: &'static str,
-        effect: Effect,
-        request: Req,
-        send: F,
-    ) -> Result<Resp, ClientError>
+    async fn call<Req, Resp, F, Fut>(&self, rpc: &'static str, effect: Effect, request: Req, send: F) -> Result<Resp, ClientError>
     where
         Req: Clone,
         F: Fn(Channel, tonic::Request<Req>) -> Fut,
@@ -378,7 +359,7 @@ impl Client {
                     return Ok(response.into_inner());
                 }
                 Ok(Err(status)) => status,
-                Err(_elapsed) => tonic::Status::deadline_exceeded(format!("no answer within {timeout:?}")),
+                Err(_elapsed) => tonic::Status::deadline_exceeded(format!("no answer within {} ms", timeout.as_millis())),
             };
             match status.code() {
                 Code::InvalidArgument => return Err(ClientError::InvalidArgument(status.message().to_owned())),
@@ -418,10 +399,7 @@ impl Client {
         }
         Err(ClientError::Unavailable {
             outcome_unknown: maybe_applied,
-            message: format!(
-                "{rpc} got no answer after {attempts} attempts in {} ms: {last_failure}",
-                started.elapsed().as_millis()
-            ),
+            message: format!("{rpc} got no answer after {attempts} attempts in {} ms: {last_failure}", started.elapsed().as_millis()),
         })
     }
 
@@ -450,10 +428,7 @@ impl Client {
             return Ok(index);
         }
         if nodes.len() >= self.inner.config.nodes_max {
-            return Err(ClientError::InvalidAddress {
-                addr,
-                message: format!("already {} nodes known (nodes_max)", nodes.len()),
-            });
+            return Err(ClientError::InvalidAddress { addr, message: format!("already {} nodes known (nodes_max)", nodes.len()) });
         }
         let channel = open_channel(&addr, &self.inner.config)?;
         nodes.push(Node { addr, channel });
@@ -478,8 +453,7 @@ impl Client {
 }
 
 fn open_channel(addr: &str, config: &ClientConfig) -> Result<Channel, ClientError> {
-    let endpoint = Endpoint::from_shared(addr.to_owned())
-        .map_err(|error| ClientError::InvalidAddress { addr: addr.to_owned(), message: error.to_string() })?;
+    let endpoint = Endpoint::from_shared(addr.to_owned()).map_err(|error| ClientError::InvalidAddress { addr: addr.to_owned(), message: error.to_string() })?;
     Ok(endpoint.connect_timeout(config.connect_timeout).tcp_nodelay(true).connect_lazy())
 }
 
@@ -491,9 +465,7 @@ fn reservation_ref(reservation_id: &str) -> ReservationRef {
 /// opened: the request never left this process, so it cannot have been
 /// applied. A status from a server always carries response headers.
 fn never_sent(status: &tonic::Status) -> bool {
-    status.code() == Code::Unavailable
-        && status.metadata().is_empty()
-        && is_connect_failure_message(status.message())
+    status.code() == Code::Unavailable && status.metadata().is_empty() && is_connect_failure_message(status.message())
 }
 
 /// Messages tonic/hyper give to a failed connection attempt ("tcp connect
@@ -509,6 +481,14 @@ fn describe(status: &tonic::Status) -> String {
         format!("{:?}", status.code())
     } else {
         format!("{:?}: {message}", status.code())
+    }
+}
+
+fn message_or_code(status: &tonic::Status) -> String {
+    if status.message().is_empty() {
+        format!("{:?}", status.code())
+    } else {
+        status.message().to_owned()
     }
 }
 

@@ -28,7 +28,7 @@ pub struct FileConfig {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ClusterFile {
     /// Every node: id, address and region.
     #[serde(default)]
@@ -102,7 +102,7 @@ fn default_region() -> String {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct NodeFile {
     pub id: Option<NodeId>,
     pub listen: Option<String>,
@@ -256,7 +256,12 @@ mod tests {
     use super::*;
 
     fn peers() -> Overrides {
-        Overrides { node_id: Some(1), peers: Some(parse_peers("1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103").expect("peers")), data_dir: Some("d".into()), ..Default::default() }
+        Overrides {
+            node_id: Some(1),
+            peers: Some(parse_peers("1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103").expect("peers")),
+            data_dir: Some("d".into()),
+            ..Default::default()
+        }
     }
 
     #[test]

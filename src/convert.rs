@@ -102,11 +102,20 @@ pub fn reserve_response(index: u64, r: &m::CommandResult) -> pb::ReserveResponse
         outcome: outcome_to_pb(r.outcome) as i32,
         replay: r.replay,
         reservation: r.reservation.as_ref().map(reservation_to_pb),
-        shortfalls: r.shortfalls.iter().map(|s| pb::Shortfall { sku: s.sku.clone(), location: s.location.clone(), requested: s.requested, atp: s.atp }).collect(),
+        shortfalls: r
+            .shortfalls
+            .iter()
+            .map(|s| pb::Shortfall { sku: s.sku.clone(), location: s.location.clone(), requested: s.requested, atp: s.atp })
+            .collect(),
         applied_index: index,
     }
 }
 
 pub fn reservation_response(index: u64, r: &m::CommandResult) -> pb::ReservationResponse {
-    pb::ReservationResponse { outcome: outcome_to_pb(r.outcome) as i32, replay: r.replay, reservation: r.reservation.as_ref().map(reservation_to_pb), applied_index: index }
+    pb::ReservationResponse {
+        outcome: outcome_to_pb(r.outcome) as i32,
+        replay: r.replay,
+        reservation: r.reservation.as_ref().map(reservation_to_pb),
+        applied_index: index,
+    }
 }

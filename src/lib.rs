@@ -2,6 +2,9 @@
 //! the node (routing, forwarding), the gRPC services, the client library and
 //! the binaries. It is the only crate that knows tonic.
 
+pub mod bench;
+pub mod cli;
+pub mod client;
 pub mod config;
 pub mod convert;
 pub mod node;
@@ -10,6 +13,3 @@ pub mod proto;
 pub mod server;
 pub mod shard_map;
 pub mod status;
-pub mod bench;
-pub mod cli;
-pub mod client;

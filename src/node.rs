@@ -86,13 +86,16 @@ impl Node {
     pub async fn start(config: Config) -> Result<Arc<Node>, NodeError> {
         let dir = config.data_dir.display().to_string();
         std::fs::create_dir_all(&config.data_dir).map_err(|e| NodeError::Storage { dir: dir.clone(), reason: e.to_string() })?;
-        let engine: Arc<dyn Engine> = Arc::new(RocksEngine::open(&config.data_dir.join("db")).map_err(|e| NodeError::Storage { dir: dir.clone(), reason: e.to_string() })?);
+        let engine: Arc<dyn Engine> =
+            Arc::new(RocksEngine::open(&config.data_dir.join("db")).map_err(|e| NodeError::Storage { dir: dir.clone(), reason: e.to_string() })?);
         check_shard_map(engine.as_ref(), &config.shard_map, &dir)?;
         let peers = Arc::new(PeerNetwork::new(config.rpc_timeout_ms));
         let transport: Arc<dyn PeerTransport> = peers.clone();
         let mut groups = BTreeMap::new();
         for range in config.shard_map.hosted_by(config.node_id) {
-            let group = Group::start(config.node_id, range.group, engine.clone(), transport.clone(), &config.group).await.map_err(|source| NodeError::Group { group: range.group, source })?;
+            let group = Group::start(config.node_id, range.group, engine.clone(), transport.clone(), &config.group)
+                .await
+                .map_err(|source| NodeError::Group { group: range.group, source })?;
             groups.insert(range.group, Arc::new(group));
         }
         let node = Arc::new(Node { config, groups, peers });
@@ -100,16 +103,18 @@ impl Node {
         Ok(node)
     }
 
-    /// The lowest-numbered replica of each group makes the replicas its
+    /// The first replica of each group (rotated per group, so leaders start
+    /// spread over the nodes) makes the replicas its
     /// voters when the group is new; openraft refuses (harmlessly) when the
     /// group already has a membership.
     async fn initialize_groups(&self) -> Result<(), NodeError> {
         for range in self.config.shard_map.hosted_by(self.config.node_id) {
-            if range.replicas.iter().min() != Some(&self.config.node_id) {
+            if range.replicas.first() != Some(&self.config.node_id) {
                 continue;
             }
             let Some(group) = self.groups.get(&range.group) else { continue };
-            let members: BTreeMap<NodeId, BasicNode> = range.replicas.iter().filter_map(|id| self.config.nodes.get(id).map(|n| (*id, BasicNode::new(n.addr.clone())))).collect();
+            let members: BTreeMap<NodeId, BasicNode> =
+                range.replicas.iter().filter_map(|id| self.config.nodes.get(id).map(|n| (*id, BasicNode::new(n.addr.clone())))).collect();
             group.initialize(members).await.map_err(|source| NodeError::Group { group: range.group, source })?;
         }
         Ok(())
@@ -218,7 +223,14 @@ impl Node {
             ReadQuery::Position(key) => (inventory.position(key).cloned(), None),
             ReadQuery::Reservation(id) => (None, inventory.reservation(id).cloned()),
         };
-        Ok(ReadAnswer { position, reservation, applied_index: g.state().applied_index(), staleness_ms, served_by: self.id(), leader: g.leader().map(|(id, _)| id) })
+        Ok(ReadAnswer {
+            position,
+            reservation,
+            applied_index: g.state().applied_index(),
+            staleness_ms,
+            served_by: self.id(),
+            leader: g.leader().map(|(id, _)| id),
+        })
     }
 
     /// Reads `query` from `group` with the requested consistency, here when

@@ -69,7 +69,10 @@ impl PeerNetwork {
 
     /// Forwards a command to `target` (believed to lead `group`).
     pub async fn propose(&self, target: NodeId, addr: &str, group: GroupId, command: &Command) -> Result<(u64, CommandResult), GroupError> {
-        let reply = self.call_raw(target, addr, group, Rpc::Propose, wire::encode(command), self.rpc_timeout).await.map_err(|e| GroupError::Unavailable { group, reason: e.to_string() })?;
+        let reply = self
+            .call_raw(target, addr, group, Rpc::Propose, wire::encode(command), self.rpc_timeout)
+            .await
+            .map_err(|e| GroupError::Unavailable { group, reason: e.to_string() })?;
         wire::decode::<Result<(u64, CommandResult), GroupError>>(&reply).map_err(|reason| GroupError::Unavailable { group, reason })?
     }
 
@@ -90,7 +93,15 @@ enum Rpc {
     Read,
 }
 
-async fn send(mut client: RaftPeerClient<Channel>, target: NodeId, addr: String, group: GroupId, rpc: Rpc, payload: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, TransportError> {
+async fn send(
+    mut client: RaftPeerClient<Channel>,
+    target: NodeId,
+    addr: String,
+    group: GroupId,
+    rpc: Rpc,
+    payload: Vec<u8>,
+    timeout: Duration,
+) -> Result<Vec<u8>, TransportError> {
     let mut request = Request::new(RaftMessage { group_id: group, payload });
     request.set_timeout(timeout);
     let reply = match rpc {

@@ -67,7 +67,11 @@ impl InventoryService {
 
     fn group_of(&self, sku: &str, field: &str) -> Result<m::GroupId, Status> {
         let region = &self.node.config.region;
-        self.node.shard_map().group_for(region, sku).map(|r| r.group).ok_or_else(|| status::invalid_field(field, format!("no shard of region {region} holds this sku")))
+        self.node
+            .shard_map()
+            .group_for(region, sku)
+            .map(|r| r.group)
+            .ok_or_else(|| status::invalid_field(field, format!("no shard of region {region} holds this sku")))
     }
 
     async fn reserve_one(&self, group: m::GroupId, command: m::Command) -> Result<pb::ReserveResponse, Status> {
@@ -75,7 +79,11 @@ impl InventoryService {
             // An id already used in another range is a reused id.
             if let Some(other) = self.node.locate_locally(reservation_id, Some(group)) {
                 let existing = self.node.group(other).and_then(|g| g.state().read().reservation(reservation_id).cloned());
-                return Ok(pb::ReserveResponse { outcome: pb::Outcome::IdempotencyConflict as i32, reservation: existing.as_ref().map(convert::reservation_to_pb), ..Default::default() });
+                return Ok(pb::ReserveResponse {
+                    outcome: pb::Outcome::IdempotencyConflict as i32,
+                    reservation: existing.as_ref().map(convert::reservation_to_pb),
+                    ..Default::default()
+                });
             }
         }
         let (index, result) = self.node.propose(group, command).await.map_err(status::group_error)?;
@@ -174,14 +182,28 @@ impl Inventory for InventoryService {
         };
         let answer = self.node.read(group, ReadQuery::Reservation(id), Consistency::Strong).await.map_err(status::group_error)?;
         let outcome = if answer.reservation.is_some() { pb::Outcome::Ok } else { pb::Outcome::NotFound };
-        Ok(Response::new(pb::ReservationResponse { outcome: outcome as i32, replay: false, reservation: answer.reservation.as_ref().map(convert::reservation_to_pb), applied_index: answer.applied_index }))
+        Ok(Response::new(pb::ReservationResponse {
+            outcome: outcome as i32,
+            replay: false,
+            reservation: answer.reservation.as_ref().map(convert::reservation_to_pb),
+            applied_index: answer.applied_index,
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(node = self.node.id(), event = %request.get_ref().event_id))]
     async fn adjust(&self, request: Request<pb::AdjustRequest>) -> Result<Response<pb::AdjustResponse>, Status> {
         let r = request.into_inner();
         let kind = convert::kind_from_pb(r.kind).map_err(status::invalid)?;
-        let adjustment = m::Adjustment { event_id: r.event_id, sku: r.sku, location: r.location, kind, quantity: r.quantity, reason: r.reason, source: r.source, source_seq: r.source_seq };
+        let adjustment = m::Adjustment {
+            event_id: r.event_id,
+            sku: r.sku,
+            location: r.location,
+            kind,
+            quantity: r.quantity,
+            reason: r.reason,
+            source: r.source,
+            source_seq: r.source_seq,
+        };
         let key = m::PositionKey::new(adjustment.sku.clone(), adjustment.location.clone());
         let command = m::Command::Adjust(adjustment);
         validate_command(&command, &self.node.config.input_limits).map_err(status::invalid)?;
@@ -248,12 +270,22 @@ impl Admin for AdminService {
                 last_log_index: p.last_log_index,
                 committed_index: p.committed_index,
                 applied_index: p.applied_index,
-                replication: p.replication.iter().map(|(id, matched)| pb::Replication { node_id: *id, matched_index: *matched, lag: p.last_log_index.saturating_sub(*matched) }).collect(),
+                replication: p
+                    .replication
+                    .iter()
+                    .map(|(id, matched)| pb::Replication { node_id: *id, matched_index: *matched, lag: p.last_log_index.saturating_sub(*matched) })
+                    .collect(),
                 pending_reservations: pending,
                 positions,
             });
         }
-        Ok(Response::new(pb::StatusResponse { node_id: node.id(), region: node.config.region.clone(), nodes, groups, version: env!("CARGO_PKG_VERSION").to_string() }))
+        Ok(Response::new(pb::StatusResponse {
+            node_id: node.id(),
+            region: node.config.region.clone(),
+            nodes,
+            groups,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }))
     }
 }
 
@@ -275,7 +307,9 @@ pub async fn serve(node: Arc<Node>, shutdown: impl Future<Output = ()> + Send + 
         .add_service(reflection)
         .add_service(InventoryServer::new(InventoryService::new(node.clone())))
         .add_service(AdminServer::new(AdminService { node: node.clone() }))
-        .add_service(RaftPeerServer::new(PeerService { node }).max_decoding_message_size(PEER_MESSAGE_BYTES_MAX).max_encoding_message_size(PEER_MESSAGE_BYTES_MAX))
+        .add_service(
+            RaftPeerServer::new(PeerService { node }).max_decoding_message_size(PEER_MESSAGE_BYTES_MAX).max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
+        )
         .serve_with_shutdown(listen, shutdown)
         .await
 }

@@ -46,7 +46,12 @@ fn default_split_points(groups: u32) -> Result<Vec<String>, String> {
 }
 
 impl ShardMap {
-    pub fn build(nodes: &BTreeMap<NodeId, NodeEntry>, groups_per_region: u32, split_points: Option<Vec<String>>, replication_factor: usize) -> Result<ShardMap, String> {
+    pub fn build(
+        nodes: &BTreeMap<NodeId, NodeEntry>,
+        groups_per_region: u32,
+        split_points: Option<Vec<String>>,
+        replication_factor: usize,
+    ) -> Result<ShardMap, String> {
         let splits = match split_points {
             Some(s) => s,
             None => default_split_points(groups_per_region)?,

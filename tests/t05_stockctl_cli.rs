@@ -10,8 +10,8 @@ use serde_json::Value;
 use stockd::cli::{self, AdjustKindArg, Cli, Command, Transition};
 use stockd::client::{ClientError, NodeStatusReport};
 use stockd::proto::v1::{
-    AdjustResponse, AdjustmentKind, Consistency, GroupStatus, Line, NodeStatus, Outcome, Position, PositionResponse,
-    Replication, Reservation, ReservationResponse, ReservationState, ReserveResponse, Shortfall, StatusResponse,
+    AdjustResponse, AdjustmentKind, Consistency, GroupStatus, Line, NodeStatus, Outcome, Position, PositionResponse, Replication, Reservation,
+    ReservationResponse, ReservationState, ReserveResponse, Shortfall, StatusResponse,
 };
 
 fn line(sku: &str, location: &str, quantity: u64) -> Line {
@@ -102,8 +102,7 @@ fn global_flags_have_defaults_and_go_anywhere() {
     let cli = parse(&["status"]).expect("valid");
     assert!(cli.addr.is_empty() && !cli.json);
     assert_eq!(cli.timeout, Duration::from_secs(5));
-    let cli = parse(&["get", "--sku", "a", "--location", "b", "--json", "--addr", "h1:1,h2:2", "--timeout", "250ms"])
-        .expect("valid");
+    let cli = parse(&["get", "--sku", "a", "--location", "b", "--json", "--addr", "h1:1,h2:2", "--timeout", "250ms"]).expect("valid");
     assert!(cli.json);
     assert_eq!(cli.addr, vec!["h1:1", "h2:2"]);
     assert_eq!(cli.timeout, Duration::from_millis(250));
@@ -113,10 +112,7 @@ fn global_flags_have_defaults_and_go_anywhere() {
 
 #[test]
 fn adjust_kinds_map_to_the_proto() {
-    let cli = parse(&[
-        "adjust", "--event-id", "e1", "--sku", "a", "--location", "b", "--kind", "safety-stock", "--qty", "4",
-    ])
-    .expect("valid");
+    let cli = parse(&["adjust", "--event-id", "e1", "--sku", "a", "--location", "b", "--kind", "safety-stock", "--qty", "4"]).expect("valid");
     let Command::Adjust(args) = cli.command else { panic!("adjust expected") };
     assert_eq!(args.kind, AdjustKindArg::SafetyStock);
     assert_eq!(args.source, "stockctl");
@@ -133,8 +129,7 @@ fn adjust_kinds_map_to_the_proto() {
         ("safety-stock", AdjustmentKind::SafetyStock),
     ];
     for (word, kind) in kinds {
-        let cli = parse(&["adjust", "--event-id", "e", "--sku", "a", "--location", "b", "--kind", word, "--qty", "1"])
-            .expect(word);
+        let cli = parse(&["adjust", "--event-id", "e", "--sku", "a", "--location", "b", "--kind", word, "--qty", "1"]).expect(word);
         let Command::Adjust(args) = cli.command else { panic!("adjust expected") };
         assert_eq!(AdjustmentKind::from(args.kind), kind);
         assert_eq!(cli::kind_word(kind), word);
@@ -356,8 +351,20 @@ fn get_json_has_exactly_the_documented_keys() {
     let mut keys: Vec<&str> = value.as_object().expect("object").keys().map(String::as_str).collect();
     keys.sort_unstable();
     let mut expected = vec![
-        "on_hand", "reserved", "committed", "safety_stock", "held", "atp", "short", "applied_index", "staleness_ms",
-        "served_by", "leader", "sku", "location", "group",
+        "on_hand",
+        "reserved",
+        "committed",
+        "safety_stock",
+        "held",
+        "atp",
+        "short",
+        "applied_index",
+        "staleness_ms",
+        "served_by",
+        "leader",
+        "sku",
+        "location",
+        "group",
     ];
     expected.sort_unstable();
     assert_eq!(keys, expected);
@@ -387,12 +394,7 @@ fn get_human_is_an_aligned_block() {
 
 #[test]
 fn adjust_output_shows_the_position() {
-    let response = AdjustResponse {
-        outcome: Outcome::StaleEvent as i32,
-        replay: false,
-        position: position_response(1).position,
-        applied_index: 9,
-    };
+    let response = AdjustResponse { outcome: Outcome::StaleEvent as i32, replay: false, position: position_response(1).position, applied_index: 9 };
     let text = cli::adjust_human("e7", AdjustmentKind::Receipt, 5, &response);
     assert!(text.starts_with("stale_event: event e7 not applied"), "{text}");
     assert!(text.contains("on_hand"), "{text}");
@@ -519,12 +521,7 @@ fn bench_report_json_has_the_documented_keys() {
 // ---------------------------------------------------------------------------
 
 fn stockctl(args: &[&str]) -> std::process::Output {
-    Process::new(env!("CARGO_BIN_EXE_stockctl"))
-        .args(args)
-        .env_remove("STOCKCTL_ADDR")
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("stockctl runs")
+    Process::new(env!("CARGO_BIN_EXE_stockctl")).args(args).env_remove("STOCKCTL_ADDR").env_remove("RUST_LOG").output().expect("stockctl runs")
 }
 
 /// An address where nothing listens: a port bound then released.

@@ -121,7 +121,13 @@ fn not_leader(group: GroupId, f: ForwardToLeader<NodeId, BasicNode>) -> GroupErr
 
 impl Group {
     /// Opens the group's storage and starts its Raft instance and tasks.
-    pub async fn start(node_id: NodeId, id: GroupId, engine: Arc<dyn Engine>, transport: Arc<dyn PeerTransport>, config: &GroupConfig) -> Result<Group, GroupError> {
+    pub async fn start(
+        node_id: NodeId,
+        id: GroupId,
+        engine: Arc<dyn Engine>,
+        transport: Arc<dyn PeerTransport>,
+        config: &GroupConfig,
+    ) -> Result<Group, GroupError> {
         let fatal = |reason: String| GroupError::Fatal { group: id, reason };
         let raft_config = openraft::Config {
             cluster_name: format!("stockd-group-{id}"),
@@ -138,7 +144,9 @@ impl Group {
         let committed = log_store.committed_index();
         let sm = StateMachineStore::open(engine, id, config.limits.clone()).map_err(|e| fatal(format!("cannot open the state machine: {e}")))?;
         let state = sm.state();
-        let raft = Raft::new(node_id, Arc::new(raft_config), GroupNetwork::new(transport, id), log_store, sm).await.map_err(|e| fatal(format!("cannot start raft: {e}")))?;
+        let raft = Raft::new(node_id, Arc::new(raft_config), GroupNetwork::new(transport, id), log_store, sm)
+            .await
+            .map_err(|e| fatal(format!("cannot start raft: {e}")))?;
         let (tx, rx) = mpsc::channel(config.proposal_queue_max);
         let last_proposed = Arc::new(AtomicU64::new(0));
         let proposer = tokio::spawn(run_proposer(id, raft.clone(), rx, config.clone(), last_proposed.clone()));

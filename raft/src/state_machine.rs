@@ -126,7 +126,8 @@ impl StateMachineStore {
         }
         let applied_index = last_applied.map(|l| l.index).unwrap_or(0);
         let inventory = Inventory::load(limits.clone(), log_time_ms, applied_index, positions, reservations, events);
-        let state = Arc::new(GroupState { inventory: RwLock::new(inventory), applied_index: AtomicU64::new(applied_index), log_time_ms: AtomicU64::new(log_time_ms) });
+        let state =
+            Arc::new(GroupState { inventory: RwLock::new(inventory), applied_index: AtomicU64::new(applied_index), log_time_ms: AtomicU64::new(log_time_ms) });
         Ok(Self { engine, group, limits, state, last_applied, membership, snapshot_seq: Arc::new(AtomicU64::new(0)) })
     }
 

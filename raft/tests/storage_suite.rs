@@ -1,6 +1,8 @@
 //! openraft's storage conformance suite on our log store and state machine,
 //! over both engines.
 
+#![allow(clippy::result_large_err)]
+
 use std::sync::Arc;
 
 use openraft::testing::StoreBuilder;

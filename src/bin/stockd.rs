@@ -82,7 +82,7 @@ fn main() -> ExitCode {
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init();
 }
 
 async fn shutdown_signal() {
@@ -100,7 +100,14 @@ async fn shutdown_signal() {
     }
 }
 
-async fn start(node_id: Option<u64>, listen: Option<String>, peers: Option<String>, data_dir: Option<PathBuf>, region: Option<String>, config: Option<PathBuf>) -> anyhow::Result<()> {
+async fn start(
+    node_id: Option<u64>,
+    listen: Option<String>,
+    peers: Option<String>,
+    data_dir: Option<PathBuf>,
+    region: Option<String>,
+    config: Option<PathBuf>,
+) -> anyhow::Result<()> {
     init_tracing();
     let file = match &config {
         Some(path) => FileConfig::load(path).map_err(anyhow::Error::msg)?,

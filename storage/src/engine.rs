@@ -3,6 +3,9 @@
 
 use crate::StorageError;
 
+/// A key and its value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
 /// The logical tables (RocksDB column families).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Table {
@@ -38,10 +41,21 @@ pub enum Durability {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteOp {
-    Put { table: Table, key: Vec<u8>, value: Vec<u8> },
-    Delete { table: Table, key: Vec<u8> },
+    Put {
+        table: Table,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        table: Table,
+        key: Vec<u8>,
+    },
     /// Deletes every key in `[start, end)`.
-    DeleteRange { table: Table, start: Vec<u8>, end: Vec<u8> },
+    DeleteRange {
+        table: Table,
+        start: Vec<u8>,
+        end: Vec<u8>,
+    },
 }
 
 /// Writes applied atomically: all or none.
@@ -85,8 +99,8 @@ pub trait Engine: Send + Sync + 'static {
     fn write(&self, batch: WriteBatch, durability: Durability) -> Result<(), StorageError>;
 
     /// Key-value pairs in `[start, end)` in key order, at most `limit`.
-    fn scan(&self, table: Table, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError>;
+    fn scan(&self, table: Table, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<KeyValue>, StorageError>;
 
     /// The greatest key in `[start, end)` with its value.
-    fn last(&self, table: Table, start: &[u8], end: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StorageError>;
+    fn last(&self, table: Table, start: &[u8], end: &[u8]) -> Result<Option<KeyValue>, StorageError>;
 }

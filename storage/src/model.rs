@@ -64,11 +64,7 @@ impl Position {
     /// Available to promise:
     /// `max(0, on_hand - reserved - committed - safety_stock - held)`.
     pub fn atp(&self) -> u64 {
-        self.on_hand
-            .saturating_sub(self.reserved)
-            .saturating_sub(self.committed)
-            .saturating_sub(self.safety_stock)
-            .saturating_sub(self.held)
+        self.on_hand.saturating_sub(self.reserved).saturating_sub(self.committed).saturating_sub(self.safety_stock).saturating_sub(self.held)
     }
 
     /// A count found fewer units than are promised: flagged, never hidden.
@@ -145,16 +141,7 @@ pub enum AdjustmentKind {
 }
 
 impl AdjustmentKind {
-    pub const ALL: [AdjustmentKind; 8] = [
-        Self::Receipt,
-        Self::Return,
-        Self::Damage,
-        Self::Shrink,
-        Self::Count,
-        Self::Hold,
-        Self::Unhold,
-        Self::SafetyStock,
-    ];
+    pub const ALL: [AdjustmentKind; 8] = [Self::Receipt, Self::Return, Self::Damage, Self::Shrink, Self::Count, Self::Hold, Self::Unhold, Self::SafetyStock];
 
     pub fn as_str(self) -> &'static str {
         match self {

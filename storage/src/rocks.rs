@@ -11,6 +11,7 @@ use rocksdb::ReadOptions;
 use rocksdb::WriteOptions;
 use rocksdb::DB;
 
+use crate::engine::KeyValue;
 use crate::engine::WriteOp;
 use crate::Durability;
 use crate::Engine;
@@ -75,7 +76,7 @@ impl Engine for RocksEngine {
         self.db.write_opt(wb, &options).map_err(io("write a batch"))
     }
 
-    fn scan(&self, table: Table, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    fn scan(&self, table: Table, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<KeyValue>, StorageError> {
         if start >= end {
             return Ok(Vec::new());
         }
@@ -90,7 +91,7 @@ impl Engine for RocksEngine {
         Ok(out)
     }
 
-    fn last(&self, table: Table, start: &[u8], end: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StorageError> {
+    fn last(&self, table: Table, start: &[u8], end: &[u8]) -> Result<Option<KeyValue>, StorageError> {
         if start >= end {
             return Ok(None);
         }

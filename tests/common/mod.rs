@@ -77,7 +77,15 @@ impl Cluster {
             .clone()
             .validate(Overrides { node_id: Some(id), peers: Some(peers), data_dir: Some(self.data_dir(id)), ..Default::default() })
             .expect("valid test config");
-        let node = Node::start(config).await.expect("node starts");
+        // A stopped node's database closes once its last task has ended.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let node = loop {
+            match Node::start(config.clone()).await {
+                Ok(node) => break node,
+                Err(e) if e.to_string().contains("lock") && Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(e) => panic!("node {id} does not start: {e}"),
+            }
+        };
         let (stop, stopped) = oneshot::channel::<()>();
         let serving = node.clone();
         let server = tokio::spawn(async move {
@@ -95,14 +103,6 @@ impl Cluster {
         let _ = r.stop.send(());
         let _ = r.server.await;
         r.node.shutdown().await;
-        let node = r.node;
-        // Wait until every task has dropped the node, so the database closes.
-        poll("node to be dropped", Duration::from_secs(10), || {
-            let n = Arc::strong_count(&node);
-            async move { n == 1 }
-        })
-        .await;
-        drop(node);
     }
 
     pub fn node(&self, id: u64) -> &Arc<Node> {
