@@ -100,6 +100,8 @@ pub struct BenchReport {
     pub p99_us: u64,
     pub p999_us: u64,
     pub max_us: u64,
+    /// The first call error seen, to tell what went wrong.
+    pub first_error: Option<String>,
     /// Conservation violations found by the final check; empty when conserved.
     pub violations: Vec<String>,
 }
@@ -229,6 +231,7 @@ pub async fn run(client: &Client, config: &BenchConfig) -> Result<BenchReport, B
         p99_us: latency.value_at_quantile(0.99),
         p999_us: latency.value_at_quantile(0.999),
         max_us: latency.max(),
+        first_error: tally.first_error(),
         violations,
     })
 }
@@ -328,6 +331,7 @@ struct Tally {
     /// Set when the server refused the input: every task stops.
     fatal: AtomicBool,
     fatal_message: Mutex<Option<String>>,
+    first_error: Mutex<Option<String>>,
 }
 
 impl Tally {
@@ -341,6 +345,7 @@ impl Tally {
             unknown_units: (0..skus).map(|_| AtomicU64::new(0)).collect(),
             fatal: AtomicBool::new(false),
             fatal_message: Mutex::new(None),
+            first_error: Mutex::new(None),
         }
     }
 
@@ -355,6 +360,7 @@ impl Tally {
 
     fn record_error(&self, sku_indexes: &[usize], error: &ClientError) {
         self.errors.fetch_add(sku_indexes.len() as u64, Ordering::Relaxed);
+        self.first_error.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get_or_insert_with(|| error.to_string());
         match error {
             ClientError::InvalidArgument(message) => {
                 let mut fatal = self.fatal_message.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -370,6 +376,10 @@ impl Tally {
                 }
             }
         }
+    }
+
+    fn first_error(&self) -> Option<String> {
+        self.first_error.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
     fn fatal_message(&self) -> Option<String> {

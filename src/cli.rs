@@ -954,6 +954,7 @@ pub fn bench_json(report: &BenchReport) -> Value {
         "errors": report.errors,
         "unknown": report.unknown,
         "conserved": report.conserved(),
+        "first_error": report.first_error,
         "violations": report.violations,
     })
 }
@@ -973,6 +974,9 @@ pub fn bench_human(report: &BenchReport) -> String {
         ("errors", format!("{} ({} with unknown outcome)", report.errors, report.unknown)),
         ("conserved", report.conserved().to_string()),
     ]);
+    if let Some(error) = &report.first_error {
+        out.push_str(&format!("first error: {}\n", one_line(error)));
+    }
     for violation in &report.violations {
         out.push_str(&format!("violation: {violation}\n"));
     }

@@ -7,8 +7,9 @@
 //! - Every call is bounded: by `request_timeout` per attempt, by
 //!   `total_deadline` overall, by `attempts_max` attempts and by
 //!   `leader_hops_max` "not leader" redirections.
-//! - UNAVAILABLE, DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED are retried on the
-//!   next node after a backoff; a "not leader" answer is retried at once on
+//! - UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED and broken
+//!   connections (a CANCELLED/UNKNOWN/INTERNAL status made by this client, not
+//!   by a server) are retried on the next node after a backoff; a "not leader" answer is retried at once on
 //!   the hinted leader, or after a backoff on the next node without a hint.
 //! - Business refusals are not errors: they come back in the response's
 //!   `outcome`. Only transport and input failures become [`ClientError`].
@@ -309,7 +310,9 @@ impl Client {
             Ok(Ok(response)) => Ok(response.into_inner()),
             Ok(Err(status)) => Err(match status.code() {
                 Code::InvalidArgument => ClientError::InvalidArgument(status.message().to_owned()),
-                Code::Unavailable | Code::DeadlineExceeded => ClientError::Unavailable { outcome_unknown: false, message: message_or_code(&status) },
+                code if is_retryable(code) || is_transport_failure(&status) => {
+                    ClientError::Unavailable { outcome_unknown: false, message: message_or_code(&status) }
+                }
                 code => ClientError::Rpc { code, message: status.message().to_owned() },
             }),
             Err(_elapsed) => Err(ClientError::Unavailable { outcome_unknown: false, message: format!("no answer within {} ms", timeout.as_millis()) }),
@@ -383,7 +386,7 @@ impl Client {
                 }
                 // The server refused to queue it (overloaded): not applied, back off.
                 Code::ResourceExhausted => last_failure = format!("{addr}: {}", describe(&status)),
-                Code::Unavailable | Code::DeadlineExceeded => {
+                code if is_retryable(code) || is_transport_failure(&status) => {
                     if effect == Effect::Write && !never_sent(&status) {
                         maybe_applied = true;
                     }
@@ -461,6 +464,20 @@ fn reservation_ref(reservation_id: &str) -> ReservationRef {
     ReservationRef { reservation_id: reservation_id.to_owned() }
 }
 
+/// Codes a server uses for "try again, maybe elsewhere" with an outcome it
+/// cannot vouch for.
+fn is_retryable(code: Code) -> bool {
+    matches!(code, Code::Unavailable | Code::DeadlineExceeded)
+}
+
+/// True when `status` was made by this client because the connection broke
+/// under the request (hyper: "operation was canceled", h2 resets): the server
+/// may or may not have applied it. A status from a server carries response
+/// headers (at least `content-type`) in its metadata; these carry none.
+fn is_transport_failure(status: &tonic::Status) -> bool {
+    matches!(status.code(), Code::Cancelled | Code::Unknown | Code::Internal) && status.metadata().is_empty()
+}
+
 /// True when `status` was made by the client because no connection could be
 /// opened: the request never left this process, so it cannot have been
 /// applied. A status from a server always carries response headers.
@@ -534,6 +551,16 @@ mod tests {
         assert!(!never_sent(&from_server));
     }
 
+    #[test]
+    fn broken_connections_are_told_apart_from_server_errors() {
+        assert!(is_transport_failure(&tonic::Status::cancelled("operation was canceled")));
+        assert!(is_transport_failure(&tonic::Status::unknown("transport error")));
+        let mut from_server = tonic::Status::internal("bug");
+        from_server.metadata_mut().insert("content-type", tonic::metadata::MetadataValue::from_static("application/grpc"));
+        assert!(!is_transport_failure(&from_server));
+        assert!(!is_transport_failure(&tonic::Status::not_found("x")));
+    }
+
     #[tokio::test]
     async fn hinted_addresses_are_added_once_and_bounded() {
         let config = ClientConfig { nodes_max: 2, ..ClientConfig::default() };
@@ -543,6 +570,210 @@ mod tests {
         assert_eq!(client.index_of_or_add("http://127.0.0.1:2").expect("known"), 1);
         assert!(client.index_of_or_add("127.0.0.1:3").is_err());
         assert_eq!(client.addrs(), vec!["http://127.0.0.1:1", "http://127.0.0.1:2"]);
+    }
+
+    /// In-process fake servers for the retry logic.
+    mod fake {
+        use std::sync::{Arc, Mutex};
+
+        use tonic::{Request, Response, Status};
+
+        use crate::proto::v1::inventory_server::{Inventory, InventoryServer};
+        use crate::proto::v1::*;
+
+        /// What a fake node answers to its n-th Reserve (the last one repeats).
+        #[derive(Clone, Debug)]
+        pub enum Reply {
+            Ok,
+            NotLeader(Option<String>),
+            Unavailable,
+            InvalidArgument,
+        }
+
+        #[derive(Clone, Default)]
+        struct State {
+            script: Arc<Mutex<Vec<Reply>>>,
+            seen: Arc<Mutex<Vec<String>>>,
+        }
+
+        /// A running fake node.
+        pub struct Node {
+            pub addr: String,
+            state: State,
+        }
+
+        impl Node {
+            pub fn set_script(&self, script: Vec<Reply>) {
+                *self.state.script.lock().expect("lock") = script;
+            }
+
+            /// Reservation ids received, in order.
+            pub fn seen(&self) -> Vec<String> {
+                self.state.seen.lock().expect("lock").clone()
+            }
+        }
+
+        /// Starts a node answering `script`.
+        pub async fn start(script: Vec<Reply>) -> Node {
+            let incoming = tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+            let addr = incoming.local_addr().expect("local addr").to_string();
+            let state = State::default();
+            *state.script.lock().expect("lock") = script;
+            let router = tonic::transport::Server::builder().add_service(InventoryServer::new(state.clone()));
+            tokio::spawn(router.serve_with_incoming(incoming));
+            Node { addr, state }
+        }
+
+        fn unimplemented<T>() -> Result<Response<T>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+
+        #[tonic::async_trait]
+        impl Inventory for State {
+            async fn reserve(&self, request: Request<ReserveRequest>) -> Result<Response<ReserveResponse>, Status> {
+                let count = {
+                    let mut seen = self.seen.lock().expect("lock");
+                    seen.push(request.get_ref().reservation_id.clone());
+                    seen.len()
+                };
+                let reply = {
+                    let script = self.script.lock().expect("lock");
+                    script.get(count - 1).or(script.last()).cloned().unwrap_or(Reply::Ok)
+                };
+                match reply {
+                    Reply::Ok => Ok(Response::new(ReserveResponse { outcome: Outcome::Ok as i32, ..Default::default() })),
+                    Reply::NotLeader(hint) => {
+                        let mut status = Status::failed_precondition("not leader for group 1");
+                        if let Some(hint) = hint {
+                            status.metadata_mut().insert("stockd-leader-addr", hint.parse().expect("ascii"));
+                            status.metadata_mut().insert("stockd-leader-id", "2".parse().expect("ascii"));
+                        }
+                        Err(status)
+                    }
+                    Reply::Unavailable => Err(Status::unavailable("group 1: outcome unknown, retry with the same id")),
+                    Reply::InvalidArgument => Err(Status::invalid_argument("invalid lines[0].quantity: must be between 1 and 1000000")),
+                }
+            }
+            async fn batch_reserve(&self, _: Request<BatchReserveRequest>) -> Result<Response<BatchReserveResponse>, Status> {
+                unimplemented()
+            }
+            async fn commit(&self, _: Request<ReservationRef>) -> Result<Response<ReservationResponse>, Status> {
+                unimplemented()
+            }
+            async fn release(&self, _: Request<ReservationRef>) -> Result<Response<ReservationResponse>, Status> {
+                unimplemented()
+            }
+            async fn fulfill(&self, _: Request<ReservationRef>) -> Result<Response<ReservationResponse>, Status> {
+                unimplemented()
+            }
+            async fn cancel(&self, _: Request<ReservationRef>) -> Result<Response<ReservationResponse>, Status> {
+                unimplemented()
+            }
+            async fn get_reservation(&self, _: Request<ReservationRef>) -> Result<Response<ReservationResponse>, Status> {
+                unimplemented()
+            }
+            async fn adjust(&self, _: Request<AdjustRequest>) -> Result<Response<AdjustResponse>, Status> {
+                unimplemented()
+            }
+            async fn get_position(&self, _: Request<GetPositionRequest>) -> Result<Response<PositionResponse>, Status> {
+                unimplemented()
+            }
+        }
+    }
+
+    fn cart(id: &str) -> ReserveRequest {
+        ReserveRequest { reservation_id: id.to_owned(), lines: vec![crate::proto::v1::Line { sku: "a".into(), location: "dc".into(), quantity: 1 }], ttl_ms: 0 }
+    }
+
+    fn quick() -> ClientConfig {
+        ClientConfig {
+            request_timeout: Duration::from_millis(500),
+            total_deadline: Duration::from_millis(800),
+            backoff_initial: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(50),
+            ..ClientConfig::default()
+        }
+    }
+
+    /// An address where nothing listens: a port bound, then released.
+    fn closed_addr() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").to_string()
+    }
+
+    #[tokio::test]
+    async fn a_leader_hint_is_followed_to_an_unlisted_node() {
+        let leader = fake::start(vec![fake::Reply::Ok]).await;
+        let follower = fake::start(vec![fake::Reply::NotLeader(Some(leader.addr.clone()))]).await;
+        let client = Client::with_config(&[follower.addr.as_str()], quick()).expect("client");
+        let response = client.reserve(cart("r1")).await.expect("answered by the hinted leader");
+        assert_eq!(response.outcome(), crate::proto::v1::Outcome::Ok);
+        assert_eq!(follower.seen(), vec!["r1"]);
+        assert_eq!(leader.seen(), vec!["r1"], "the same id is sent to the leader");
+        assert_eq!(client.addrs(), vec![normalize_addr(&follower.addr), normalize_addr(&leader.addr)]);
+        client.reserve(cart("r2")).await.expect("second call");
+        assert_eq!(follower.seen(), vec!["r1"], "the node that answered is preferred next time");
+    }
+
+    #[tokio::test]
+    async fn leader_hops_are_bounded() {
+        let a = fake::start(vec![]).await;
+        let b = fake::start(vec![fake::Reply::NotLeader(Some(a.addr.clone()))]).await;
+        a.set_script(vec![fake::Reply::NotLeader(Some(b.addr.clone()))]);
+        let client = Client::with_config(&[a.addr.as_str()], quick()).expect("client");
+        let error = client.reserve(cart("r1")).await.expect_err("no leader ever answers");
+        assert!(matches!(&error, ClientError::Unavailable { outcome_unknown: false, .. }), "{error:?}");
+        assert!(error.to_string().contains("leader hops"), "{error}");
+        let calls = a.seen().len() + b.seen().len();
+        assert_eq!(calls, quick().leader_hops_max as usize + 1, "first attempt + leader_hops_max redirections");
+    }
+
+    #[tokio::test]
+    async fn without_a_hint_not_leader_tries_the_next_node() {
+        let lost = fake::start(vec![fake::Reply::NotLeader(None)]).await;
+        let up = fake::start(vec![fake::Reply::Ok]).await;
+        let client = Client::with_config(&[lost.addr.as_str(), up.addr.as_str()], quick()).expect("client");
+        client.reserve(cart("r1")).await.expect("the next node answers");
+        assert_eq!((lost.seen(), up.seen()), (vec!["r1".to_owned()], vec!["r1".to_owned()]));
+    }
+
+    #[tokio::test]
+    async fn a_down_node_is_skipped() {
+        let up = fake::start(vec![fake::Reply::Ok]).await;
+        let client = Client::with_config(&[closed_addr(), up.addr.clone()], quick()).expect("client");
+        client.reserve(cart("r1")).await.expect("the second node answers");
+        assert_eq!(up.seen(), vec!["r1"]);
+    }
+
+    #[tokio::test]
+    async fn unknown_outcomes_are_retried_with_the_same_id_then_reported() {
+        let flaky = fake::start(vec![fake::Reply::Unavailable, fake::Reply::Unavailable, fake::Reply::Ok]).await;
+        let client = Client::with_config(&[flaky.addr.as_str()], quick()).expect("client");
+        client.reserve(cart("r1")).await.expect("third attempt answers");
+        assert_eq!(flaky.seen(), vec!["r1", "r1", "r1"]);
+
+        let down = fake::start(vec![fake::Reply::Unavailable]).await;
+        let client = Client::with_config(&[down.addr.as_str()], quick()).expect("client");
+        let error = client.reserve(cart("r2")).await.expect_err("never answers");
+        assert!(error.is_outcome_unknown(), "the server may have applied it: {error:?}");
+        let attempts = down.seen();
+        assert!(attempts.len() >= 2 && attempts.iter().all(|id| id == "r2"), "{attempts:?}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_not_an_unknown_outcome() {
+        let client = Client::with_config(&[closed_addr()], quick()).expect("client");
+        let error = client.reserve(cart("r1")).await.expect_err("nobody listens");
+        assert!(matches!(error, ClientError::Unavailable { outcome_unknown: false, .. }), "{error:?}");
+    }
+
+    #[tokio::test]
+    async fn invalid_arguments_are_never_retried() {
+        let node = fake::start(vec![fake::Reply::InvalidArgument]).await;
+        let client = Client::with_config(&[node.addr.as_str()], quick()).expect("client");
+        let error = client.reserve(cart("r1")).await.expect_err("invalid");
+        assert_eq!(error, ClientError::InvalidArgument("invalid lines[0].quantity: must be between 1 and 1000000".into()));
+        assert_eq!(node.seen().len(), 1);
     }
 
     #[tokio::test]

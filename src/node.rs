@@ -160,6 +160,14 @@ impl Node {
     /// Proposes `command` to `group`'s leader, wherever it is, and returns
     /// the applied log index with the command's result.
     pub async fn propose(&self, group: GroupId, command: Command) -> Result<(u64, CommandResult), GroupError> {
+        let limit = Duration::from_millis(self.config.rpc_timeout_ms);
+        match tokio::time::timeout(limit, self.propose_routed(group, command)).await {
+            Ok(result) => result,
+            Err(_) => Err(GroupError::Unavailable { group, reason: format!("no outcome within {} ms", limit.as_millis()) }),
+        }
+    }
+
+    async fn propose_routed(&self, group: GroupId, command: Command) -> Result<(u64, CommandResult), GroupError> {
         let deadline = self.deadline();
         let mut hint = None;
         let mut attempt = 0;
@@ -236,6 +244,14 @@ impl Node {
     /// Reads `query` from `group` with the requested consistency, here when
     /// this node can, else from a replica that can.
     pub async fn read(&self, group: GroupId, query: ReadQuery, consistency: Consistency) -> Result<ReadAnswer, GroupError> {
+        let limit = Duration::from_millis(self.config.rpc_timeout_ms);
+        match tokio::time::timeout(limit, self.read_routed(group, query, consistency)).await {
+            Ok(result) => result,
+            Err(_) => Err(GroupError::Unavailable { group, reason: format!("no answer within {} ms", limit.as_millis()) }),
+        }
+    }
+
+    async fn read_routed(&self, group: GroupId, query: ReadQuery, consistency: Consistency) -> Result<ReadAnswer, GroupError> {
         let local_ok = match (consistency, self.groups.get(&group)) {
             (_, None) => false,
             (Consistency::Any, Some(_)) => true,

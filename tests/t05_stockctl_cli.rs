@@ -500,6 +500,7 @@ fn bench_report_json_has_the_documented_keys() {
         p99_us: 4000,
         p999_us: 9000,
         max_us: 12000,
+        first_error: None,
         violations: vec![],
     };
     let value = cli::bench_json(&report);

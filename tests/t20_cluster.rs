@@ -68,6 +68,27 @@ async fn any_node_serves_or_forwards_every_request() {
         .into_inner();
     assert!(p.staleness_ms <= 5_000, "bounded read within its bound: {}", p.staleness_ms);
     assert_eq!(p.served_by, follower, "a fresh follower serves bounded reads itself");
+
+    // gRPC health checking and server reflection are served.
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", cluster.addrs[0])).expect("uri").connect_lazy();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let serving = health.check(tonic_health::pb::HealthCheckRequest { service: "stockd.v1.Inventory".into() }).await.expect("health").into_inner();
+    assert_eq!(serving.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    let mut reflection = tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(channel);
+    let list = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = reflection.server_reflection_info(futures::stream::iter(vec![list])).await.expect("reflection").into_inner();
+    let reply = replies.message().await.expect("reflection reply").expect("one reply");
+    let services = match reply.message_response {
+        Some(tonic_reflection::pb::v1::server_reflection_response::MessageResponse::ListServicesResponse(l)) => {
+            l.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
+        }
+        other => panic!("unexpected reflection reply {other:?}"),
+    };
+    assert!(services.contains(&"stockd.v1.Inventory".to_string()), "{services:?}");
+    assert!(services.contains(&"stockd.v1.Admin".to_string()), "{services:?}");
     cluster.shutdown().await;
 }
 
