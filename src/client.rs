@@ -18,7 +18,7 @@
 //! [`ClientError`].
 
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -30,8 +30,8 @@ use tonic::Code;
 use crate::proto::v1::admin_client::AdminClient;
 use crate::proto::v1::inventory_client::InventoryClient;
 use crate::proto::v1::{
-    AdjustRequest, AdjustResponse, BatchReserveRequest, BatchReserveResponse, GetPositionRequest, PositionResponse, ReservationRef, ReservationResponse,
-    ReserveRequest, ReserveResponse, StatusRequest, StatusResponse,
+    AdjustRequest, AdjustResponse, BatchReserveRequest, BatchReserveResponse, Consistency, GetPositionRequest, PositionResponse, ReservationRef,
+    ReservationResponse, ReserveRequest, ReserveResponse, StatusRequest, StatusResponse,
 };
 
 /// gRPC metadata key carrying the address (`host:port`) of the group leader.
@@ -167,6 +167,26 @@ struct Inner {
     nodes: RwLock<Vec<Node>>,
     /// Index of the node that answered last; calls start there.
     preferred: AtomicUsize,
+    /// Which node leads which SKU range, learned from `Admin.Status`, so
+    /// that writes go straight to the leader instead of being forwarded.
+    routes: RwLock<Routes>,
+    refreshing: AtomicBool,
+}
+
+/// How often the route table is refreshed while in use.
+const ROUTES_MAX_AGE: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+struct Routes {
+    /// (start_sku, end_sku or "" for unbounded, leader node index)
+    ranges: Vec<(String, String, usize)>,
+    refreshed: Option<Instant>,
+}
+
+impl Routes {
+    fn leader_for(&self, sku: &str) -> Option<usize> {
+        self.ranges.iter().find(|(start, end, _)| sku >= start.as_str() && (end.is_empty() || sku < end.as_str())).map(|(_, _, index)| *index)
+    }
 }
 
 /// A stockd client. Cheap to clone: clones share channels.
@@ -216,7 +236,15 @@ impl Client {
             let channel = open_channel(&addr, &config)?;
             nodes.push(Node { addr, channel });
         }
-        Ok(Client { inner: Arc::new(Inner { config, nodes: RwLock::new(nodes), preferred: AtomicUsize::new(0) }) })
+        Ok(Client {
+            inner: Arc::new(Inner {
+                config,
+                nodes: RwLock::new(nodes),
+                preferred: AtomicUsize::new(0),
+                routes: RwLock::new(Routes::default()),
+                refreshing: AtomicBool::new(false),
+            }),
+        })
     }
 
     /// The limits of this client.
@@ -230,11 +258,20 @@ impl Client {
     }
 
     pub async fn reserve(&self, request: ReserveRequest) -> Result<ReserveResponse, ClientError> {
-        self.call("Reserve", Effect::Write, request, |channel, request| async move { InventoryClient::new(channel).reserve(request).await }).await
+        let start = self.route(request.lines.first().map(|l| l.sku.as_str()));
+        self.call_from(start, "Reserve", Effect::Write, request, |channel, request| async move { InventoryClient::new(channel).reserve(request).await }).await
     }
 
     pub async fn batch_reserve(&self, request: BatchReserveRequest) -> Result<BatchReserveResponse, ClientError> {
-        self.call("BatchReserve", Effect::Write, request, |channel, request| async move { InventoryClient::new(channel).batch_reserve(request).await }).await
+        let start = self.route(request.reservations.first().and_then(|r| r.lines.first()).map(|l| l.sku.as_str()));
+        self.call_from(
+            start,
+            "BatchReserve",
+            Effect::Write,
+            request,
+            |channel, request| async move { InventoryClient::new(channel).batch_reserve(request).await },
+        )
+        .await
     }
 
     pub async fn commit(&self, reservation_id: &str) -> Result<ReservationResponse, ClientError> {
@@ -285,11 +322,16 @@ impl Client {
     }
 
     pub async fn adjust(&self, request: AdjustRequest) -> Result<AdjustResponse, ClientError> {
-        self.call("Adjust", Effect::Write, request, |channel, request| async move { InventoryClient::new(channel).adjust(request).await }).await
+        let start = self.route(Some(&request.sku));
+        self.call_from(start, "Adjust", Effect::Write, request, |channel, request| async move { InventoryClient::new(channel).adjust(request).await }).await
     }
 
     pub async fn get_position(&self, request: GetPositionRequest) -> Result<PositionResponse, ClientError> {
-        self.call("GetPosition", Effect::Read, request, |channel, request| async move { InventoryClient::new(channel).get_position(request).await }).await
+        // Strong reads are served by the leader; weaker ones by any replica.
+        let strong = matches!(Consistency::try_from(request.consistency), Ok(Consistency::Strong | Consistency::Unspecified));
+        let start = if strong { self.route(Some(&request.sku)) } else { None };
+        self.call_from(start, "GetPosition", Effect::Read, request, |channel, request| async move { InventoryClient::new(channel).get_position(request).await })
+            .await
     }
 
     /// `Admin.Status` of one node: the first that answers, starting with the
@@ -336,10 +378,56 @@ impl Client {
         F: Fn(Channel, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
+        self.call_from(None, rpc, effect, request, send).await
+    }
+
+    /// The node believed to lead the range of `sku`, refreshing the route
+    /// table in the background when it is old. `None`: no route known.
+    fn route(&self, sku: Option<&str>) -> Option<usize> {
+        let sku = sku?;
+        let (found, stale) = {
+            let routes = self.inner.routes.read().unwrap_or_else(|p| p.into_inner());
+            (routes.leader_for(sku), routes.refreshed.is_none_or(|at| at.elapsed() > ROUTES_MAX_AGE))
+        };
+        if stale && !self.inner.refreshing.swap(true, Ordering::AcqRel) {
+            let client = self.clone();
+            tokio::spawn(async move {
+                client.refresh_routes().await;
+                client.inner.refreshing.store(false, Ordering::Release);
+            });
+        }
+        found
+    }
+
+    async fn refresh_routes(&self) {
+        let index = self.inner.preferred.load(Ordering::Relaxed) % self.node_count().max(1);
+        let (addr, _) = self.node(index);
+        let Ok(status) = self.status_of(&addr).await else {
+            // Try another node next time.
+            self.inner.preferred.store((index + 1) % self.node_count().max(1), Ordering::Relaxed);
+            return;
+        };
+        let mut ranges = Vec::new();
+        for group in &status.groups {
+            let Some(leader) = status.nodes.iter().find(|n| n.id == group.leader && group.leader != 0) else { continue };
+            let Ok(leader_index) = self.index_of_or_add(&leader.addr) else { continue };
+            ranges.push((group.start_sku.clone(), group.end_sku.clone(), leader_index));
+        }
+        let mut routes = self.inner.routes.write().unwrap_or_else(|p| p.into_inner());
+        *routes = Routes { ranges, refreshed: Some(Instant::now()) };
+    }
+
+    /// Like [`Client::call`], starting at node `start` when given.
+    async fn call_from<Req, Resp, F, Fut>(&self, start: Option<usize>, rpc: &'static str, effect: Effect, request: Req, send: F) -> Result<Resp, ClientError>
+    where
+        Req: Clone,
+        F: Fn(Channel, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
         let config = &self.inner.config;
         let started = Instant::now();
         let deadline = started + config.total_deadline;
-        let mut index = self.inner.preferred.load(Ordering::Relaxed);
+        let mut index = start.unwrap_or_else(|| self.inner.preferred.load(Ordering::Relaxed));
         let mut backoff = config.backoff_initial;
         let mut attempts: u32 = 0;
         let mut hops: u32 = 0;
@@ -358,7 +446,9 @@ impl Client {
             attempt.set_timeout(timeout);
             let status = match tokio::time::timeout(timeout, send(channel, attempt)).await {
                 Ok(Ok(response)) => {
-                    self.inner.preferred.store(index, Ordering::Relaxed);
+                    if start.is_none() {
+                        self.inner.preferred.store(index, Ordering::Relaxed);
+                    }
                     return Ok(response.into_inner());
                 }
                 Ok(Err(status)) => status,

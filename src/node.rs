@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use openraft::BasicNode;
 use raft::network::PeerTransport;
+use raft::wal_sync::WalSyncer;
 use raft::Group;
 use raft::GroupError;
 use raft::NodeId;
@@ -38,6 +39,8 @@ use crate::shard_map::ShardMap;
 const SHARD_MAP_KEY: &str = "shard-map";
 /// Most nodes one request visits while looking for its leader.
 const FORWARD_HOPS_MAX: usize = 4;
+/// Log appends waiting for the node's next fsync.
+const WAL_SYNC_QUEUE_MAX: usize = 16_384;
 /// Pause before retrying while a group elects a leader.
 const ELECTION_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -91,9 +94,10 @@ impl Node {
         check_shard_map(engine.as_ref(), &config.shard_map, &dir)?;
         let peers = Arc::new(PeerNetwork::new(config.rpc_timeout_ms));
         let transport: Arc<dyn PeerTransport> = peers.clone();
+        let syncer = WalSyncer::start(engine.clone(), WAL_SYNC_QUEUE_MAX);
         let mut groups = BTreeMap::new();
         for range in config.shard_map.hosted_by(config.node_id) {
-            let group = Group::start(config.node_id, range.group, engine.clone(), transport.clone(), &config.group)
+            let group = Group::start(config.node_id, range.group, engine.clone(), syncer.clone(), transport.clone(), &config.group)
                 .await
                 .map_err(|source| NodeError::Group { group: range.group, source })?;
             groups.insert(range.group, Arc::new(group));

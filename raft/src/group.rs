@@ -35,6 +35,7 @@ use crate::network::PeerTransport;
 use crate::state_machine::GroupState;
 use crate::state_machine::StateMachineStore;
 use crate::types::Raft;
+use crate::wal_sync::WalSyncer;
 use crate::wire;
 use crate::GroupError;
 use crate::NodeId;
@@ -65,7 +66,7 @@ impl Default for GroupConfig {
     fn default() -> Self {
         Self {
             batch_commands_max: 1024,
-            proposals_inflight_max: 8,
+            proposals_inflight_max: 2,
             proposal_queue_max: 65_536,
             clock_tick_ms: 250,
             heartbeat_ms: 100,
@@ -125,6 +126,7 @@ impl Group {
         node_id: NodeId,
         id: GroupId,
         engine: Arc<dyn Engine>,
+        syncer: Arc<WalSyncer>,
         transport: Arc<dyn PeerTransport>,
         config: &GroupConfig,
     ) -> Result<Group, GroupError> {
@@ -140,7 +142,7 @@ impl Group {
         }
         .validate()
         .map_err(|e| fatal(format!("invalid raft config: {e}")))?;
-        let log_store = LogStore::new(engine.clone(), id);
+        let log_store = LogStore::new(engine.clone(), id, syncer);
         let committed = log_store.committed_index();
         let sm = StateMachineStore::open(engine, id, config.limits.clone()).map_err(|e| fatal(format!("cannot open the state machine: {e}")))?;
         let state = sm.state();

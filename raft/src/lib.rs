@@ -18,6 +18,7 @@ pub mod log_store;
 pub mod network;
 pub mod state_machine;
 pub mod types;
+pub mod wal_sync;
 pub mod wire;
 
 pub use error::GroupError;

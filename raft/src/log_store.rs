@@ -28,6 +28,7 @@ use storage::WriteBatch;
 use crate::types::Entry;
 use crate::types::LogId;
 use crate::types::StorageError;
+use crate::wal_sync::WalSyncer;
 use crate::NodeId;
 use crate::TypeConfig;
 
@@ -48,11 +49,12 @@ pub struct LogStore {
     group: GroupId,
     /// Highest committed index this node knows of (for status only).
     committed: Arc<AtomicU64>,
+    syncer: Arc<WalSyncer>,
 }
 
 impl LogStore {
-    pub fn new(engine: Arc<dyn Engine>, group: GroupId) -> Self {
-        Self { engine, group, committed: Arc::new(AtomicU64::new(0)) }
+    pub fn new(engine: Arc<dyn Engine>, group: GroupId, syncer: Arc<WalSyncer>) -> Self {
+        Self { engine, group, committed: Arc::new(AtomicU64::new(0)), syncer }
     }
 
     /// Shared view of the committed index, for status reports.
@@ -173,13 +175,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for entry in entries {
             batch.put(Table::Log, keys::log_key(self.group, entry.log_id.index), codec::encode(&entry));
         }
-        let result = self.engine.write(batch, Durability::Sync).map_err(|e| std::io::Error::other(e.to_string()));
-        let failed = result.as_ref().err().map(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e));
-        callback.log_io_completed(result);
-        match failed {
-            Some(e) => Err(e),
-            None => Ok(()),
+        // Written now (readable at once), made durable by the node's syncer,
+        // which reports the callback only after its fsync.
+        if let Err(e) = self.engine.write(batch, Durability::Buffered) {
+            callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+            return Err(io_err(ErrorSubject::Logs, ErrorVerb::Write, e));
         }
+        if let Err(callback) = self.syncer.flushed_after_sync(callback) {
+            let e = "the wal syncer stopped";
+            callback.log_io_completed(Err(std::io::Error::other(e)));
+            return Err(io_err(ErrorSubject::Logs, ErrorVerb::Write, e));
+        }
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {

@@ -10,6 +10,7 @@ use openraft::testing::Suite;
 use raft::log_store::LogStore;
 use raft::state_machine::StateMachineStore;
 use raft::types::StorageError;
+use raft::wal_sync::WalSyncer;
 use raft::TypeConfig;
 use storage::model::Limits;
 use storage::Engine;
@@ -22,7 +23,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, ()> for MemBuilder {
     async fn build(&self) -> Result<((), LogStore, StateMachineStore), StorageError> {
         let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
         let sm = StateMachineStore::open(engine.clone(), 7, Limits::default())?;
-        Ok(((), LogStore::new(engine, 7), sm))
+        let syncer = WalSyncer::start(engine.clone(), 64);
+        Ok(((), LogStore::new(engine, 7, syncer), sm))
     }
 }
 
@@ -33,10 +35,11 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
         let dir = tempfile::tempdir().expect("tempdir");
         let engine: Arc<dyn Engine> = Arc::new(RocksEngine::open(dir.path()).expect("open rocksdb"));
         // Another group in the same engine must not disturb the one tested.
-        let neighbour = LogStore::new(engine.clone(), 8);
+        let syncer = WalSyncer::start(engine.clone(), 64);
+        let neighbour = LogStore::new(engine.clone(), 8, syncer.clone());
         drop(neighbour);
         let sm = StateMachineStore::open(engine.clone(), 7, Limits::default())?;
-        Ok((dir, LogStore::new(engine, 7), sm))
+        Ok((dir, LogStore::new(engine, 7, syncer), sm))
     }
 }
 

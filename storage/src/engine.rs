@@ -101,6 +101,10 @@ pub trait Engine: Send + Sync + 'static {
     /// Key-value pairs in `[start, end)` in key order, at most `limit`.
     fn scan(&self, table: Table, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<KeyValue>, StorageError>;
 
+    /// Makes every write that returned before this call durable (one fsync
+    /// of the write-ahead log, however many writes it covers).
+    fn sync(&self) -> Result<(), StorageError>;
+
     /// The greatest key in `[start, end)` with its value.
     fn last(&self, table: Table, start: &[u8], end: &[u8]) -> Result<Option<KeyValue>, StorageError>;
 }

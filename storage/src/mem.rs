@@ -67,6 +67,10 @@ impl Engine for MemEngine {
         Ok(tables.get(&table).map(|t| t.range(start.to_vec()..end.to_vec()).take(limit).map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default())
     }
 
+    fn sync(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
+
     fn last(&self, table: Table, start: &[u8], end: &[u8]) -> Result<Option<KeyValue>, StorageError> {
         if start >= end {
             return Ok(None);

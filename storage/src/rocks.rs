@@ -91,6 +91,10 @@ impl Engine for RocksEngine {
         Ok(out)
     }
 
+    fn sync(&self) -> Result<(), StorageError> {
+        self.db.flush_wal(true).map_err(io("sync the write-ahead log"))
+    }
+
     fn last(&self, table: Table, start: &[u8], end: &[u8]) -> Result<Option<KeyValue>, StorageError> {
         if start >= end {
             return Ok(None);

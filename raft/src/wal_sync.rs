@@ -1,0 +1,58 @@
+//! Node-wide group commit of Raft log appends.
+//!
+//! Every group's `append` writes its entries without fsync (they are readable
+//! at once, as openraft requires) and hands its flush callback to the one
+//! syncer thread of the node. The syncer takes every callback waiting, fsyncs
+//! the write-ahead log once, and only then reports them flushed: one fsync
+//! covers the appends of all groups that arrived meanwhile, and no async
+//! worker ever blocks on the disk.
+
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use openraft::storage::LogFlushed;
+use storage::Engine;
+
+use crate::TypeConfig;
+
+/// Most callbacks completed by one fsync.
+const CALLBACKS_PER_SYNC_MAX: usize = 4096;
+
+pub struct WalSyncer {
+    tx: mpsc::SyncSender<LogFlushed<TypeConfig>>,
+    _thread: JoinHandle<()>,
+}
+
+impl WalSyncer {
+    /// Starts the syncer thread; it stops when the last `WalSyncer` handle
+    /// is dropped.
+    pub fn start(engine: Arc<dyn Engine>, queue_max: usize) -> Arc<WalSyncer> {
+        let (tx, rx) = mpsc::sync_channel::<LogFlushed<TypeConfig>>(queue_max);
+        let thread = std::thread::Builder::new()
+            .name("wal-sync".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut waiting = vec![first];
+                    while waiting.len() < CALLBACKS_PER_SYNC_MAX {
+                        match rx.try_recv() {
+                            Ok(cb) => waiting.push(cb),
+                            Err(_) => break,
+                        }
+                    }
+                    let result = engine.sync();
+                    for cb in waiting {
+                        cb.log_io_completed(result.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string())));
+                    }
+                }
+            })
+            .expect("spawn the wal-sync thread");
+        Arc::new(WalSyncer { tx, _thread: thread })
+    }
+
+    /// Reports `callback` once everything written before this call is
+    /// durable. Returns the callback when the syncer is gone.
+    pub fn flushed_after_sync(&self, callback: LogFlushed<TypeConfig>) -> Result<(), LogFlushed<TypeConfig>> {
+        self.tx.send(callback).map_err(|e| e.0)
+    }
+}
