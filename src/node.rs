@@ -77,6 +77,12 @@ pub struct ReadAnswer {
     pub leader: Option<NodeId>,
 }
 
+/// Where one routing attempt goes.
+enum Target {
+    Local,
+    Peer(NodeId, String),
+}
+
 pub struct Node {
     pub config: Config,
     groups: BTreeMap<GroupId, Arc<Group>>,
@@ -172,25 +178,45 @@ impl Node {
     }
 
     async fn propose_routed(&self, group: GroupId, command: Command) -> Result<(u64, CommandResult), GroupError> {
+        self.toward_leader(group, |target| {
+            let command = command.clone();
+            async move {
+                match target {
+                    Target::Local => match self.groups.get(&group) {
+                        Some(g) => g.propose(command).await,
+                        None => Err(GroupError::Unavailable { group, reason: "group not hosted here".into() }),
+                    },
+                    Target::Peer(id, addr) => self.peers.propose(id, &addr, group, &command).await,
+                }
+            }
+        })
+        .await
+    }
+
+    /// Runs `attempt` against the node believed to lead `group` (this node
+    /// or a peer), following "not leader" hints and waiting out elections
+    /// until the request's deadline.
+    async fn toward_leader<T, F, Fut>(&self, group: GroupId, attempt: F) -> Result<T, GroupError>
+    where
+        F: Fn(Target) -> Fut,
+        Fut: std::future::Future<Output = Result<T, GroupError>>,
+    {
         let deadline = self.deadline();
         let mut hint = None;
-        let mut attempt = 0;
+        let mut tries = 0;
         loop {
-            attempt += 1;
-            let target = self.next_target(group, hint.take(), attempt);
+            tries += 1;
+            let target = self.next_target(group, hint.take(), tries);
             let result = match target {
-                Some(t) if t == self.id() => match self.groups.get(&group) {
-                    Some(g) => g.propose(command.clone()).await,
-                    None => Err(GroupError::Unavailable { group, reason: "group not hosted here".into() }),
-                },
+                Some(t) if t == self.id() => attempt(Target::Local).await,
                 Some(t) => match self.addr_of(t) {
-                    Some(addr) => self.peers.propose(t, &addr, group, &command).await,
+                    Some(addr) => attempt(Target::Peer(t, addr)).await,
                     None => Err(GroupError::Unavailable { group, reason: format!("node {t} has no address") }),
                 },
                 None => Err(GroupError::NotLeader { group, leader: None }),
             };
             match result {
-                Err(GroupError::NotLeader { leader, .. }) if attempt < FORWARD_HOPS_MAX + 8 && Instant::now() < deadline => {
+                Err(GroupError::NotLeader { leader, .. }) if tries < FORWARD_HOPS_MAX + 8 && Instant::now() < deadline => {
                     hint = leader.map(|(id, _)| id).filter(|id| Some(*id) != target);
                     if hint.is_none() {
                         tokio::time::sleep(ELECTION_BACKOFF).await;
@@ -268,30 +294,16 @@ impl Node {
                 other => return other,
             }
         }
-        let deadline = self.deadline();
-        let mut hint = None;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let target = self.next_target(group, hint.take(), attempt);
-            let result = match target {
-                Some(t) if t == self.id() => self.read_local(group, &query, consistency).await,
-                Some(t) => match self.addr_of(t) {
-                    Some(addr) => self.peers.read(t, &addr, group, &query, consistency).await,
-                    None => Err(GroupError::Unavailable { group, reason: format!("node {t} has no address") }),
-                },
-                None => Err(GroupError::NotLeader { group, leader: None }),
-            };
-            match result {
-                Err(GroupError::NotLeader { leader, .. }) if attempt < FORWARD_HOPS_MAX + 8 && Instant::now() < deadline => {
-                    hint = leader.map(|(id, _)| id).filter(|id| Some(*id) != target);
-                    if hint.is_none() {
-                        tokio::time::sleep(ELECTION_BACKOFF).await;
-                    }
+        self.toward_leader(group, |target| {
+            let query = query.clone();
+            async move {
+                match target {
+                    Target::Local => self.read_local(group, &query, consistency).await,
+                    Target::Peer(id, addr) => self.peers.read(id, &addr, group, &query, consistency).await,
                 }
-                other => return other,
             }
-        }
+        })
+        .await
     }
 
     /// The group of this node's region that holds reservation `id`: first
