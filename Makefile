@@ -22,9 +22,7 @@ dev: build
 	bin/stockd dev $(DEV_ARGS)
 
 test: setup
-	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) test --workspace
+	@scripts/test.sh
 
 verify: test
 

@@ -131,13 +131,13 @@ fn check_text(field: &str, value: &str, max: usize) -> Result<(), Status> {
 
 #[tonic::async_trait]
 impl Inventory for InventoryService {
-    #[tracing::instrument(skip_all, fields(node = self.node.id(), id = %request.get_ref().reservation_id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(node = self.node.id(), id = %request.get_ref().reservation_id))]
     async fn reserve(&self, request: Request<pb::ReserveRequest>) -> Result<Response<pb::ReserveResponse>, Status> {
         let (group, command) = self.reserve_command(request.get_ref(), "")?;
         Ok(Response::new(self.reserve_one(group, command).await?))
     }
 
-    #[tracing::instrument(skip_all, fields(node = self.node.id(), count = request.get_ref().reservations.len()))]
+    #[tracing::instrument(level = "debug", skip_all, fields(node = self.node.id(), count = request.get_ref().reservations.len()))]
     async fn batch_reserve(&self, request: Request<pb::BatchReserveRequest>) -> Result<Response<pb::BatchReserveResponse>, Status> {
         let batch = request.into_inner().reservations;
         if batch.is_empty() || batch.len() > BATCH_RESERVATIONS_MAX {
@@ -153,27 +153,27 @@ impl Inventory for InventoryService {
         Ok(Response::new(pb::BatchReserveResponse { results }))
     }
 
-    #[tracing::instrument(skip_all, fields(node = self.node.id(), id = %request.get_ref().reservation_id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(node = self.node.id(), id = %request.get_ref().reservation_id))]
     async fn commit(&self, request: Request<pb::ReservationRef>) -> Result<Response<pb::ReservationResponse>, Status> {
         self.transition(request.into_inner(), |reservation_id| m::Command::Commit { reservation_id }).await
     }
 
-    #[tracing::instrument(skip_all, fields(node = self.node.id(), id = %request.get_ref().reservation_id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(node = self.node.id(), id = %request.get_ref().reservation_id))]
     async fn release(&self, request: Request<pb::ReservationRef>) -> Result<Response<pb::ReservationResponse>, Status> {
         self.transition(request.into_inner(), |reservation_id| m::Command::Release { reservation_id }).await
     }
 
-    #[tracing::instrument(skip_all, fields(node = self.node.id(), id = %request.get_ref().reservation_id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(node = self.node.id(), id = %request.get_ref().reservation_id))]
     async fn fulfill(&self, request: Request<pb::ReservationRef>) -> Result<Response<pb::ReservationResponse>, Status> {
         self.transition(request.into_inner(), |reservation_id| m::Command::Fulfill { reservation_id }).await
     }
 
-    #[tracing::instrument(skip_all, fields(node = self.node.id(), id = %request.get_ref().reservation_id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(node = self.node.id(), id = %request.get_ref().reservation_id))]
     async fn cancel(&self, request: Request<pb::ReservationRef>) -> Result<Response<pb::ReservationResponse>, Status> {
         self.transition(request.into_inner(), |reservation_id| m::Command::Cancel { reservation_id }).await
     }
 
-    #[tracing::instrument(skip_all, fields(node = self.node.id(), id = %request.get_ref().reservation_id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(node = self.node.id(), id = %request.get_ref().reservation_id))]
     async fn get_reservation(&self, request: Request<pb::ReservationRef>) -> Result<Response<pb::ReservationResponse>, Status> {
         let id = request.into_inner().reservation_id;
         check_text("reservation_id", &id, self.node.config.input_limits.id_bytes_max)?;
@@ -190,7 +190,7 @@ impl Inventory for InventoryService {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(node = self.node.id(), event = %request.get_ref().event_id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(node = self.node.id(), event = %request.get_ref().event_id))]
     async fn adjust(&self, request: Request<pb::AdjustRequest>) -> Result<Response<pb::AdjustResponse>, Status> {
         let r = request.into_inner();
         let kind = convert::kind_from_pb(r.kind).map_err(status::invalid)?;
@@ -217,7 +217,7 @@ impl Inventory for InventoryService {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(node = self.node.id(), sku = %request.get_ref().sku))]
+    #[tracing::instrument(level = "debug", skip_all, fields(node = self.node.id(), sku = %request.get_ref().sku))]
     async fn get_position(&self, request: Request<pb::GetPositionRequest>) -> Result<Response<pb::PositionResponse>, Status> {
         let r = request.into_inner();
         let limits = &self.node.config.input_limits;
