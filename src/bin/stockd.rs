@@ -167,12 +167,16 @@ async fn dev(nodes: u64, data_dir: PathBuf, port: u16, config: Option<PathBuf>) 
         Ok(()) => println!("ready: every group has a leader"),
         Err(e) => println!("not ready yet ({e}); the nodes keep trying"),
     }
+    // Name stockctl the way the user can run it: ./bin/stockctl after
+    // `make dev`, else the binary beside this one.
+    let stockctl =
+        if std::path::Path::new("bin/stockctl").exists() { "bin/stockctl".to_string() } else { exe.with_file_name("stockctl").display().to_string() };
     println!();
     println!("try:");
-    println!("  stockctl --addr {addrs} status");
-    println!("  stockctl --addr {addrs} adjust --event-id rcv-1 --sku a-100 --location wh1 --kind receipt --qty 10");
-    println!("  stockctl --addr {addrs} reserve --id cart-1 --line a-100:wh1:2 --ttl 60s");
-    println!("  stockctl --addr {addrs} get --sku a-100 --location wh1");
+    println!("  {stockctl} --addr {addrs} status");
+    println!("  {stockctl} --addr {addrs} adjust --event-id rcv-1 --sku a-100 --location wh1 --kind receipt --qty 10");
+    println!("  {stockctl} --addr {addrs} reserve --id cart-1 --line a-100:wh1:2 --ttl 60s");
+    println!("  {stockctl} --addr {addrs} get --sku a-100 --location wh1");
     println!("Ctrl-C stops the cluster; running this again recovers the same data.");
     tokio::select! {
         _ = shutdown_signal() => println!("stopping..."),
