@@ -180,7 +180,12 @@ async fn dev(nodes: u64, data_dir: PathBuf, port: u16, config: Option<PathBuf>) 
     println!("Ctrl-C stops the cluster; running this again recovers the same data.");
     tokio::select! {
         _ = shutdown_signal() => println!("stopping..."),
-        exited = first_exit(&mut children) => println!("{exited}; stopping the others..."),
+        exited = first_exit(&mut children) => {
+            println!("{exited}; stopping the others...");
+            if let Some(reason) = last_error_line(&data_dir, &exited) {
+                println!("  {reason}");
+            }
+        }
     }
     for c in &children {
         if let Some(pid) = c.process.id() {
@@ -198,6 +203,14 @@ async fn dev(nodes: u64, data_dir: PathBuf, port: u16, config: Option<PathBuf>) 
     }
     println!("stopped");
     Ok(())
+}
+
+/// The last `error:` line of the log of the node named in `exited`
+/// ("node N exited ...").
+fn last_error_line(data_dir: &std::path::Path, exited: &str) -> Option<String> {
+    let id = exited.strip_prefix("node ")?.split_whitespace().next()?;
+    let log = std::fs::read_to_string(data_dir.join(format!("node-{id}")).join("stockd.log")).ok()?;
+    log.lines().rev().find(|l| l.starts_with("error:")).map(str::to_string)
 }
 
 async fn first_exit(children: &mut [Child]) -> String {
