@@ -35,11 +35,11 @@ use crate::proto::v1::{
 };
 
 /// gRPC metadata key carrying the address (`host:port`) of the group leader.
-pub const LEADER_ADDR_METADATA: &str = "stockd-leader-addr";
+pub const LEADER_ADDR_METADATA: &str = crate::status::LEADER_ADDR;
 /// gRPC metadata key carrying the node id of the group leader.
-pub const LEADER_ID_METADATA: &str = "stockd-leader-id";
+pub const LEADER_ID_METADATA: &str = crate::status::LEADER_ID;
 /// Prefix of the FAILED_PRECONDITION message of a node that is not the leader.
-pub const NOT_LEADER_PREFIX: &str = "not leader";
+pub const NOT_LEADER_PREFIX: &str = crate::status::NOT_LEADER_PREFIX;
 
 /// Limits of a [`Client`]. Every field is a bound; see [`ClientConfig::validate`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +60,10 @@ pub struct ClientConfig {
     pub backoff_max: Duration,
     /// Most node addresses known (configured plus learned from leader hints).
     pub nodes_max: usize,
+    /// Age after which the table of range leaders (from `Admin/Status`) is
+    /// refreshed in the background; `None` turns leader routing off (writes
+    /// then go to the node that answered last, which forwards them).
+    pub routes_max_age: Option<Duration>,
 }
 
 impl Default for ClientConfig {
@@ -73,6 +77,7 @@ impl Default for ClientConfig {
             backoff_initial: Duration::from_millis(50),
             backoff_max: Duration::from_secs(1),
             nodes_max: 64,
+            routes_max_age: Some(Duration::from_secs(1)),
         }
     }
 }
@@ -95,6 +100,9 @@ impl ClientConfig {
         }
         if self.backoff_max < self.backoff_initial {
             return invalid("backoff_max must be >= backoff_initial");
+        }
+        if self.routes_max_age.is_some_and(|age| age.is_zero()) {
+            return invalid("routes_max_age must be > 0 (or None to turn leader routing off)");
         }
         if self.nodes_max == 0 {
             return invalid("nodes_max must be >= 1");
@@ -172,9 +180,6 @@ struct Inner {
     routes: RwLock<Routes>,
     refreshing: AtomicBool,
 }
-
-/// How often the route table is refreshed while in use.
-const ROUTES_MAX_AGE: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct Routes {
@@ -385,9 +390,10 @@ impl Client {
     /// table in the background when it is old. `None`: no route known.
     fn route(&self, sku: Option<&str>) -> Option<usize> {
         let sku = sku?;
+        let max_age = self.inner.config.routes_max_age?;
         let (found, stale) = {
             let routes = self.inner.routes.read().unwrap_or_else(|p| p.into_inner());
-            (routes.leader_for(sku), routes.refreshed.is_none_or(|at| at.elapsed() > ROUTES_MAX_AGE))
+            (routes.leader_for(sku), routes.refreshed.is_none_or(|at| at.elapsed() > max_age))
         };
         if stale && !self.inner.refreshing.swap(true, Ordering::AcqRel) {
             let client = self.clone();
@@ -614,6 +620,17 @@ fn leader_hint_suffix(status: &tonic::Status) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routes_find_the_leader_of_a_sku_range() {
+        let routes = Routes { ranges: vec![(String::new(), "4".into(), 0), ("4".into(), "8".into(), 2), ("8".into(), String::new(), 1)], refreshed: None };
+        assert_eq!(routes.leader_for("0abc"), Some(0));
+        assert_eq!(routes.leader_for("4"), Some(2), "start is inclusive");
+        assert_eq!(routes.leader_for("7zzz"), Some(2));
+        assert_eq!(routes.leader_for("8"), Some(1), "end is exclusive");
+        assert_eq!(routes.leader_for("ffff"), Some(1), "an empty end is unbounded");
+        assert_eq!(Routes::default().leader_for("a"), None);
+    }
 
     #[test]
     fn addresses_get_a_scheme_once() {

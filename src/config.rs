@@ -118,6 +118,9 @@ impl Default for NodeFile {
     }
 }
 
+/// Most Raft groups per region (a node hosts groups of its region only).
+pub const GROUPS_PER_REGION_MAX: u32 = 1024;
+
 /// Command-line overrides (all optional).
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -246,6 +249,9 @@ impl FileConfig {
         if self.node.rpc_timeout_ms < group.election_timeout_max_ms {
             return Err("rpc-timeout-ms must be at least election-timeout-max-ms so a forwarded request can outlive a leader change".into());
         }
+        if c.groups_per_region > GROUPS_PER_REGION_MAX {
+            return Err(format!("groups-per-region must be at most {GROUPS_PER_REGION_MAX}, not {}", c.groups_per_region));
+        }
         let shard_map = ShardMap::build(&nodes, c.groups_per_region, c.split_points.clone(), c.replication_factor)?;
         Ok(Config { node_id, listen, data_dir, region, rpc_timeout_ms: self.node.rpc_timeout_ms, nodes, shard_map, input_limits, group })
     }
@@ -292,6 +298,9 @@ mod tests {
         let mut f = FileConfig::default();
         f.cluster.idempotency_retention_ms = 10;
         assert!(f.validate(peers()).expect_err("retention < ttl").contains("idempotency-retention-ms"));
+        let mut f = FileConfig::default();
+        f.cluster.groups_per_region = GROUPS_PER_REGION_MAX + 1;
+        assert!(f.validate(peers()).expect_err("too many groups").contains("groups-per-region"));
         let mut f = FileConfig::default();
         f.cluster.election_timeout_min_ms = 150;
         assert!(f.validate(peers()).is_err());

@@ -37,10 +37,15 @@ use crate::peer::PeerNetwork;
 use crate::shard_map::ShardMap;
 
 const SHARD_MAP_KEY: &str = "shard-map";
-/// Most nodes one request visits while looking for its leader.
-const FORWARD_HOPS_MAX: usize = 4;
-/// Log appends waiting for the node's next fsync.
+/// Most attempts one request makes to reach its group's leader: leader-hint
+/// hops and waits out elections (`ELECTION_BACKOFF` each) together; the
+/// request's deadline (`rpc-timeout-ms`) bounds them too.
+const ROUTE_ATTEMPTS_MAX: usize = 12;
+/// Log appends waiting for the node's next fsync. openraft 0.9 waits for
+/// each append's flush before the next one of its group, so at most one per
+/// hosted group waits: a sender never blocks while groups <= this bound.
 const WAL_SYNC_QUEUE_MAX: usize = 16_384;
+const _: () = assert!(WAL_SYNC_QUEUE_MAX >= crate::config::GROUPS_PER_REGION_MAX as usize);
 /// Pause before retrying while a group elects a leader.
 const ELECTION_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -216,7 +221,7 @@ impl Node {
                 None => Err(GroupError::NotLeader { group, leader: None }),
             };
             match result {
-                Err(GroupError::NotLeader { leader, .. }) if tries < FORWARD_HOPS_MAX + 8 && Instant::now() < deadline => {
+                Err(GroupError::NotLeader { leader, .. }) if tries < ROUTE_ATTEMPTS_MAX && Instant::now() < deadline => {
                     hint = leader.map(|(id, _)| id).filter(|id| Some(*id) != target);
                     if hint.is_none() {
                         tokio::time::sleep(ELECTION_BACKOFF).await;

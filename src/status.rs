@@ -11,11 +11,13 @@
 use raft::GroupError;
 use storage::validate::InvalidInput;
 use tonic::metadata::MetadataValue;
-use tonic::Code;
 use tonic::Status;
 
 pub const LEADER_ID: &str = "stockd-leader-id";
 pub const LEADER_ADDR: &str = "stockd-leader-addr";
+/// Start of the FAILED_PRECONDITION message of a node that cannot serve or
+/// forward a request; clients treat it as a redirect.
+pub const NOT_LEADER_PREFIX: &str = "not leader";
 
 pub fn invalid(e: InvalidInput) -> Status {
     Status::invalid_argument(e.to_string())
@@ -28,7 +30,7 @@ pub fn invalid_field(field: &str, reason: impl std::fmt::Display) -> Status {
 pub fn group_error(e: GroupError) -> Status {
     match e {
         GroupError::NotLeader { group, leader } => {
-            let mut status = Status::failed_precondition(format!("not leader for group {group}"));
+            let mut status = Status::failed_precondition(format!("{NOT_LEADER_PREFIX} for group {group}"));
             if let Some((id, addr)) = leader {
                 if let Ok(v) = MetadataValue::try_from(id.to_string()) {
                     status.metadata_mut().insert(LEADER_ID, v);
@@ -43,17 +45,4 @@ pub fn group_error(e: GroupError) -> Status {
         GroupError::Unavailable { group, reason } => Status::unavailable(format!("group {group}: outcome unknown, retry with the same id: {reason}")),
         GroupError::Fatal { group, reason } => Status::unavailable(format!("group {group} stopped on this node: {reason}")),
     }
-}
-
-pub fn no_leader(group: u32) -> Status {
-    Status::unavailable(format!("group {group} has no known leader; retry"))
-}
-
-pub fn forward_failed(group: u32, target: u64, e: tonic::transport::Error) -> Status {
-    Status::unavailable(format!("cannot reach node {target} for group {group}: {e}"))
-}
-
-/// True for a status that says "not leader" (a redirect).
-pub fn is_not_leader(s: &Status) -> bool {
-    s.code() == Code::FailedPrecondition && s.message().starts_with("not leader")
 }

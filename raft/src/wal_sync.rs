@@ -51,7 +51,10 @@ impl WalSyncer {
     }
 
     /// Reports `callback` once everything written before this call is
-    /// durable. Returns the callback when the syncer is gone.
+    /// durable. Returns the callback when the syncer is gone. Blocks only
+    /// when the queue is full, which cannot happen while the node hosts no
+    /// more groups than the queue holds: each group has at most one append
+    /// waiting for its flush.
     pub fn flushed_after_sync(&self, callback: LogFlushed<TypeConfig>) -> Result<(), LogFlushed<TypeConfig>> {
         self.tx.send(callback).map_err(|e| e.0)
     }

@@ -36,6 +36,9 @@ async fn run(cli: Cli) -> u8 {
         connect_timeout: cli.timeout.min(Duration::from_secs(1)),
         request_timeout: cli.timeout,
         total_deadline: cli.timeout.saturating_mul(2),
+        // A one-shot command would spend a Status call learning leaders it
+        // uses once; only the bench's many calls gain from leader routing.
+        routes_max_age: if matches!(cli.command, Command::Bench(_)) { ClientConfig::default().routes_max_age } else { None },
         ..ClientConfig::default()
     };
     let client = match Client::with_config(&addrs, config) {

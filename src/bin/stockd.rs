@@ -180,9 +180,9 @@ async fn dev(nodes: u64, data_dir: PathBuf, port: u16, config: Option<PathBuf>) 
     println!("Ctrl-C stops the cluster; running this again recovers the same data.");
     tokio::select! {
         _ = shutdown_signal() => println!("stopping..."),
-        exited = first_exit(&mut children) => {
-            println!("{exited}; stopping the others...");
-            if let Some(reason) = last_error_line(&data_dir, &exited) {
+        (id, status) = first_exit(&mut children) => {
+            println!("node {id} exited ({status}); stopping the others...");
+            if let Some(reason) = last_error_line(&data_dir.join(format!("node-{id}")).join("stockd.log")) {
                 println!("  {reason}");
             }
         }
@@ -205,19 +205,18 @@ async fn dev(nodes: u64, data_dir: PathBuf, port: u16, config: Option<PathBuf>) 
     Ok(())
 }
 
-/// The last `error:` line of the log of the node named in `exited`
-/// ("node N exited ...").
-fn last_error_line(data_dir: &std::path::Path, exited: &str) -> Option<String> {
-    let id = exited.strip_prefix("node ")?.split_whitespace().next()?;
-    let log = std::fs::read_to_string(data_dir.join(format!("node-{id}")).join("stockd.log")).ok()?;
-    log.lines().rev().find(|l| l.starts_with("error:")).map(str::to_string)
+/// The last `error:` line of a node's log: why it stopped.
+fn last_error_line(log: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines().rev().find(|l| l.starts_with("error:")).map(str::to_string)
 }
 
-async fn first_exit(children: &mut [Child]) -> String {
+/// The first node process to exit, with its exit status.
+async fn first_exit(children: &mut [Child]) -> (u64, std::process::ExitStatus) {
     loop {
         for c in children.iter_mut() {
             if let Ok(Some(status)) = c.process.try_wait() {
-                return format!("node {} exited ({status})", c.id);
+                return (c.id, status);
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
