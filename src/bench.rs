@@ -259,6 +259,7 @@ async fn stock_all(client: &Client, run: &str, skus: &[String], location: &str, 
                     reason: format!("stockctl bench {run}"),
                     source: STOCK_SOURCE.to_owned(),
                     source_seq: seq,
+                    observed_at_ms: 0,
                 };
                 let response = client.adjust(request).await.map_err(|source| BenchError::Stock { sku: sku.clone(), source })?;
                 if response.outcome() != Outcome::Ok {

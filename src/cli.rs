@@ -109,6 +109,9 @@ pub struct AdjustArgs {
     /// Sequence number of the event in its source (default: now, in ms since the epoch).
     #[arg(long)]
     pub seq: Option<u64>,
+    /// When the feed observed the event, in ms since the epoch (gives the feed lag).
+    #[arg(long)]
+    pub observed_at_ms: Option<u64>,
     /// Why (kept on the audit trail).
     #[arg(long, default_value = "")]
     pub reason: String,

@@ -203,6 +203,7 @@ impl Inventory for InventoryService {
             reason: r.reason,
             source: r.source,
             source_seq: r.source_seq,
+            observed_at_ms: (r.observed_at_ms > 0).then_some(r.observed_at_ms),
         };
         let key = m::PositionKey::new(adjustment.sku.clone(), adjustment.location.clone());
         let command = m::Command::Adjust(adjustment);

@@ -67,6 +67,7 @@ async fn run(cli: Cli) -> u8 {
                 reason: args.reason,
                 source: args.source,
                 source_seq: args.seq.unwrap_or_else(now_ms),
+                observed_at_ms: args.observed_at_ms.unwrap_or(0),
             };
             match client.adjust(request).await {
                 Ok(response) => {

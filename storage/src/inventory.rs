@@ -39,6 +39,9 @@ use crate::model::PositionKey;
 use crate::model::Reservation;
 use crate::model::ReservationState;
 use crate::model::Shortfall;
+use crate::model::Signals;
+use crate::model::RELIABILITY_HALF_LIFE_MS;
+use crate::model::VELOCITY_HALF_LIVES_MS;
 
 /// Largest value `on_hand`, `held` or `safety_stock` may reach (2^62). An
 /// adjustment that would go past it is refused with
@@ -349,6 +352,9 @@ impl Inventory {
         for (key, quantity) in &totals {
             self.update_position(at, key, "reserve", id, "", |position| {
                 position.reserved = position.reserved.saturating_add(*quantity);
+                for (counter, half_life_ms) in position.signals.velocity.iter_mut().zip(VELOCITY_HALF_LIVES_MS) {
+                    counter.add(at.ms, half_life_ms, *quantity);
+                }
             });
         }
         let reservation = Reservation {
@@ -414,6 +420,7 @@ impl Inventory {
                     debug_assert!(position.reserved >= quantity);
                     position.reserved = position.reserved.saturating_sub(quantity);
                     position.committed = position.committed.saturating_add(quantity);
+                    position.signals.committed.add(at.ms, RELIABILITY_HALF_LIFE_MS, quantity);
                 }
                 (Pending, _) => {
                     debug_assert!(position.reserved >= quantity);
@@ -429,6 +436,7 @@ impl Inventory {
                 (Committed, _) => {
                     debug_assert!(position.committed >= quantity);
                     position.committed = position.committed.saturating_sub(quantity);
+                    position.signals.cancelled.add(at.ms, RELIABILITY_HALF_LIFE_MS, quantity);
                 }
                 _ => unreachable!("illegal transition {from:?} -> {to:?}"),
             });
@@ -453,6 +461,7 @@ impl Inventory {
                     let reference = format!("{}/{}", adjustment.source, adjustment.event_id);
                     let kind = adjustment.kind.as_str();
                     self.update_position(at, &key, kind, &reference, &adjustment.reason, |p| {
+                        record_feed_signals(&mut p.signals, at.ms, adjustment, p.on_hand);
                         p.on_hand = planned.on_hand;
                         p.held = planned.held;
                         p.safety_stock = planned.safety_stock;
@@ -627,6 +636,23 @@ fn planned_quantities(current: Option<&Position>, adjustment: &Adjustment) -> Op
 
 /// Requested units per position (lines on the same position are summed);
 /// positions with nothing requested are left out.
+/// Feed freshness and record reliability, from one applied feed event seen
+/// against the position's `on_hand` before it.
+fn record_feed_signals(signals: &mut Signals, at_ms: u64, adjustment: &Adjustment, on_hand_before: u64) {
+    signals.last_feed_ms = Some(at_ms);
+    signals.feed_lag_ms = adjustment.observed_at_ms.map_or(0, |observed_at_ms| at_ms.saturating_sub(observed_at_ms));
+    match adjustment.kind {
+        AdjustmentKind::Return => signals.returned.add(at_ms, RELIABILITY_HALF_LIFE_MS, adjustment.quantity),
+        AdjustmentKind::Count => {
+            signals.last_count_ms = Some(at_ms);
+            let correction = on_hand_before.abs_diff(adjustment.quantity);
+            signals.counted.add(at_ms, RELIABILITY_HALF_LIFE_MS, on_hand_before.max(adjustment.quantity).max(1));
+            signals.corrected.add(at_ms, RELIABILITY_HALF_LIFE_MS, correction);
+        }
+        _ => {}
+    }
+}
+
 fn line_totals(lines: &[Line]) -> BTreeMap<PositionKey, u64> {
     let mut totals: BTreeMap<PositionKey, u64> = BTreeMap::new();
     for line in lines {
@@ -701,6 +727,7 @@ mod tests {
             reason: format!("{} of {quantity}", kind.as_str()),
             source: source.to_owned(),
             source_seq,
+            observed_at_ms: None,
         }
     }
 
@@ -743,6 +770,33 @@ mod tests {
 
     fn state(inventory: &Inventory, id: &str) -> ReservationState {
         inventory.reservation(id).expect("reservation exists").state
+    }
+
+    #[test]
+    fn apply_keeps_the_signals_the_risk_model_reads() {
+        let mut inventory = stocked(100);
+        let signals = &main_position(&inventory).signals;
+        assert_eq!(signals.last_feed_ms, Some(1_000));
+        assert_eq!(signals.last_count_ms, None);
+        apply(&mut inventory, 2_000, vec![reserve("r1", vec![line(SKU, DC, 4)], 60_000), reserve("r2", vec![line(SKU, DC, 2)], 60_000)]);
+        apply(&mut inventory, 3_000, vec![commit("r1"), commit("r2")]);
+        apply(&mut inventory, 4_000, vec![cancel("r2")]);
+        let mut count = adjustment("count-1", AdjustmentKind::Count, 90, "wms", 2);
+        count.observed_at_ms = Some(1_500);
+        apply(&mut inventory, 5_000, vec![Command::Adjust(count), adjust("ret-1", AdjustmentKind::Return, 1, "wms", 3)]);
+        let signals = &main_position(&inventory).signals;
+        let velocity: Vec<f64> = signals.velocity.iter().zip(VELOCITY_HALF_LIVES_MS).map(|(v, h)| v.units_at(2_000, h)).collect();
+        assert_eq!(velocity, vec![6.0, 6.0, 6.0]);
+        assert!(signals.velocity[0].units_at(62_000, VELOCITY_HALF_LIVES_MS[0]) < 3.01);
+        assert_eq!(signals.committed.units_at(3_000, RELIABILITY_HALF_LIFE_MS), 6.0);
+        assert_eq!(signals.cancelled.units_at(4_000, RELIABILITY_HALF_LIFE_MS), 2.0);
+        assert_eq!(signals.returned.units_at(5_000, RELIABILITY_HALF_LIFE_MS), 1.0);
+        // The count found 90 where 100 were recorded: 10 corrected out of 100.
+        assert_eq!(signals.counted.units_at(5_000, RELIABILITY_HALF_LIFE_MS), 100.0);
+        assert_eq!(signals.corrected.units_at(5_000, RELIABILITY_HALF_LIFE_MS), 10.0);
+        assert_eq!(signals.last_count_ms, Some(5_000));
+        assert_eq!(signals.last_feed_ms, Some(5_000));
+        assert_eq!(signals.feed_lag_ms, 0, "the newest event (the return) did not say when it was observed");
     }
 
     #[test]

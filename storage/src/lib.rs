@@ -12,6 +12,7 @@ pub mod error;
 pub mod keys;
 pub mod mem;
 pub mod model;
+#[cfg(feature = "rocks")]
 pub mod rocks;
 
 pub use engine::Durability;
@@ -20,6 +21,7 @@ pub use engine::Table;
 pub use engine::WriteBatch;
 pub use error::StorageError;
 pub use mem::MemEngine;
+#[cfg(feature = "rocks")]
 pub use rocks::RocksEngine;
 pub mod inventory;
 pub mod validate;

@@ -58,6 +58,90 @@ pub struct Position {
     pub source_seqs: BTreeMap<String, u64>,
     /// Audit trail, newest last, at most `Limits::recent_changes_max`.
     pub recent_changes: VecDeque<Change>,
+    /// What the risk model reads about this position besides its quantities.
+    pub signals: Signals,
+}
+
+/// Half-lives of the reservation velocity counters: 1 min, 15 min, 1 h.
+pub const VELOCITY_HALF_LIVES_MS: [u64; 3] = [60_000, 15 * 60_000, 60 * 60_000];
+
+/// Half-life of the reliability counters (commits, cancellations, returns,
+/// counts): 7 days.
+pub const RELIABILITY_HALF_LIFE_MS: u64 = 7 * 24 * 60 * 60_000;
+
+/// A unit count that halves every half-life of log time. Integer arithmetic
+/// only (milli-units, a fixed-point table of `2^-x`), so every replica decays
+/// it to the same bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decayed {
+    pub milli_units: u64,
+    /// Log time the value was last brought up to date.
+    pub at_ms: u64,
+}
+
+/// `round(2^(-i/16) * 2^32)` for i in 0..=16.
+const HALVING_TABLE: [u64; 17] = [
+    4294967296, 4112874773, 3938502376, 3771522796, 3611622603, 3458501653, 3311872529, 3171459999, 3037000500, 2908241642, 2784941738, 2666869345,
+    2553802834, 2445529972, 2341847524, 2242560872, 2147483648,
+];
+
+/// `milli_units * 2^(-elapsed / half_life)`, to within 0.1%.
+pub fn decay(milli_units: u64, elapsed_ms: u64, half_life_ms: u64) -> u64 {
+    debug_assert!(half_life_ms > 0);
+    let half_life_ms = half_life_ms.max(1);
+    let halvings = elapsed_ms / half_life_ms;
+    if halvings >= 64 {
+        return 0;
+    }
+    let value = u128::from(milli_units >> halvings);
+    // The remaining fraction of a half-life, in 1/16 steps with linear
+    // interpolation between table entries.
+    let fraction = u128::from(elapsed_ms % half_life_ms) * 16;
+    let half_life = u128::from(half_life_ms);
+    let step = (fraction / half_life) as usize;
+    let within = fraction % half_life;
+    let high = u128::from(HALVING_TABLE[step]);
+    let low = u128::from(HALVING_TABLE[(step + 1).min(16)]);
+    let factor = high - (high - low) * within / half_life;
+    ((value * factor) >> 32) as u64
+}
+
+impl Decayed {
+    /// Units at `now_ms` (never earlier than the last update).
+    pub fn units_at(&self, now_ms: u64, half_life_ms: u64) -> f64 {
+        decay(self.milli_units, now_ms.saturating_sub(self.at_ms), half_life_ms) as f64 / 1000.0
+    }
+
+    pub fn add(&mut self, now_ms: u64, half_life_ms: u64, units: u64) {
+        let now_ms = now_ms.max(self.at_ms);
+        let current = decay(self.milli_units, now_ms - self.at_ms, half_life_ms);
+        self.milli_units = current.saturating_add(units.saturating_mul(1000));
+        self.at_ms = now_ms;
+    }
+}
+
+/// Per-position history the availability model reads: demand velocity, feed
+/// freshness and how far this location's records can be trusted. Updated by
+/// apply from log time only.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signals {
+    /// Units reserved, decayed with [`VELOCITY_HALF_LIVES_MS`].
+    pub velocity: [Decayed; 3],
+    /// Reliability counters, decayed with [`RELIABILITY_HALF_LIFE_MS`]:
+    /// units committed, cancelled after commit, returned, counted, and the
+    /// absolute correction cycle counts made.
+    pub committed: Decayed,
+    pub cancelled: Decayed,
+    pub returned: Decayed,
+    pub counted: Decayed,
+    pub corrected: Decayed,
+    /// Log time of the newest applied feed event.
+    pub last_feed_ms: Option<u64>,
+    /// Log time of the newest applied cycle count.
+    pub last_count_ms: Option<u64>,
+    /// Lag of the newest applied feed event: its apply time minus the time
+    /// the feed observed it (0 when the feed did not say).
+    pub feed_lag_ms: u64,
 }
 
 impl Position {
@@ -172,6 +256,9 @@ pub struct Adjustment {
     pub reason: String,
     pub source: String,
     pub source_seq: u64,
+    /// When the feed observed the event (Unix ms), if it says; gives the
+    /// feed lag the risk model reads.
+    pub observed_at_ms: Option<u64>,
 }
 
 /// One client command. Commands are validated (see `crate::validate`) before
@@ -245,5 +332,37 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self { idempotency_retention_ms: 24 * 60 * 60 * 1000, recent_changes_max: 16 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decay_halves_every_half_life_and_tracks_the_curve_between() {
+        assert_eq!(decay(1_000_000, 0, 60_000), 1_000_000);
+        assert_eq!(decay(1_000_000, 60_000, 60_000), 500_000);
+        assert_eq!(decay(1_000_000, 120_000, 60_000), 250_000);
+        assert_eq!(decay(u64::MAX, 64 * 60_000, 60_000), 0);
+        for elapsed_ms in (0..300_000).step_by(7_919) {
+            let exact = 1e9 * 2f64.powf(-(elapsed_ms as f64) / 60_000.0);
+            let fixed = decay(1_000_000_000, elapsed_ms, 60_000) as f64;
+            assert!((fixed - exact).abs() <= exact * 1e-3 + 1.0, "at {elapsed_ms} ms: {fixed} vs {exact}");
+        }
+    }
+
+    #[test]
+    fn decayed_counter_adds_after_decaying_and_never_runs_backwards() {
+        let mut counter = Decayed::default();
+        counter.add(0, 60_000, 10);
+        counter.add(60_000, 60_000, 10);
+        assert_eq!(counter.units_at(60_000, 60_000), 15.0);
+        assert_eq!(counter.units_at(120_000, 60_000), 7.5);
+        // A read at an earlier time than the last update sees the current value.
+        assert_eq!(counter.units_at(0, 60_000), 15.0);
+        counter.add(30_000, 60_000, 1);
+        assert_eq!(counter.at_ms, 60_000, "log time never goes back");
+        assert_eq!(counter.units_at(60_000, 60_000), 16.0);
     }
 }

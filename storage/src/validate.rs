@@ -221,6 +221,7 @@ mod tests {
             reason: "cycle count, aisle 4".to_owned(),
             source: "wms".to_owned(),
             source_seq: 1,
+            observed_at_ms: None,
         }
     }
 

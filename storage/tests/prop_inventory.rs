@@ -95,6 +95,7 @@ fn adjustment(event_id: String, position: usize, kind: AdjustmentKind, quantity:
         reason: format!("{} by {source}", kind.as_str()),
         source: source.to_owned(),
         source_seq,
+        observed_at_ms: None,
     })
 }
 
