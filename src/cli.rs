@@ -20,6 +20,7 @@ use crate::proto::v1::{
     AdjustResponse, AdjustmentKind, Change, Consistency, GroupStatus, Line, Outcome, Position, PositionResponse, Reservation, ReservationResponse,
     ReservationState, ReserveResponse, Shortfall, StatusResponse,
 };
+use crate::proto::v1::{CheckAvailabilityResponse, Decision, ModelStatusResponse, RankFulfillmentResponse};
 
 /// Done as asked, including the replay of an earlier success.
 pub const EXIT_DONE: u8 = 0;
@@ -80,6 +81,81 @@ pub enum Command {
     Get(GetArgs),
     /// Load the cluster with reservations, then check conservation.
     Bench(BenchArgs),
+    /// Can we promise this? Decision, calibrated probability, rules, degraded reasons.
+    Check(CheckArgs),
+    /// Which locations should ship this order, best first.
+    Rank(RankArgs),
+    /// Model serving on every node: status, load, promote, rollback, candidate, kill switch.
+    #[command(subcommand)]
+    Model(ModelCommand),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ContextArg {
+    ProductPage,
+    Checkout,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[arg(long)]
+    pub sku: String,
+    /// Default: the best location holding the SKU.
+    #[arg(long)]
+    pub location: Option<String>,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub qty: u64,
+    #[arg(long, value_enum)]
+    pub context: ContextArg,
+    /// strong, bounded:MS or any.
+    #[arg(long, default_value = "any", value_parser = parse_consistency, value_name = "CONSISTENCY")]
+    pub consistency: ReadConsistency,
+    /// The SKU is on promotion.
+    #[arg(long)]
+    pub promo: bool,
+    /// Key of the A/B split (default: the SKU).
+    #[arg(long, default_value = "")]
+    pub route_key: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RankArgs {
+    #[arg(long)]
+    pub sku: String,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub qty: u64,
+    /// Region the order ships to.
+    #[arg(long)]
+    pub region: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Versions, serving / candidate / previous, drift, latency, fallback rate.
+    Status,
+    /// Load a version directory (verified by SHA-256 and golden vectors) beside the others.
+    Load {
+        /// Directory with manifest.json, as the node sees it.
+        dir: String,
+    },
+    /// Make a loaded version the serving one.
+    Promote { version: String },
+    /// Go back to the version served before the last promote.
+    Rollback,
+    /// Set (or clear, with no VERSION) a candidate for A/B and shadow scoring.
+    Candidate {
+        version: Option<String>,
+        /// Share of route keys the candidate answers, 0-100.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
+        ab_percent: u32,
+        /// Also score the candidate off the critical path and compare.
+        #[arg(long)]
+        shadow: bool,
+    },
+    /// The kill switch: every answer from the conservative rule.
+    Disable,
+    /// Turn the kill switch off.
+    Enable,
 }
 
 #[derive(Debug, Args)]
@@ -1018,4 +1094,152 @@ pub fn bench_error_line(error: &BenchError) -> String {
         BenchError::InvalidArgument(message) => format!("error: bench reservations refused as invalid: {}", one_line(message)),
         other => format!("error: bench: {}", one_line(&other.to_string())),
     }
+}
+
+fn decision_text(decision: i32) -> &'static str {
+    match Decision::try_from(decision) {
+        Ok(Decision::Available) => "AVAILABLE",
+        Ok(Decision::LowStock) => "LOW_STOCK",
+        Ok(Decision::Unavailable) => "UNAVAILABLE",
+        _ => "UNKNOWN",
+    }
+}
+
+/// JSON answer of `stockctl check`.
+pub fn check_json(sku: &str, response: &CheckAvailabilityResponse) -> Value {
+    json!({
+        "sku": sku,
+        "location": response.location,
+        "decision": decision_text(response.decision),
+        "p_sellable": if response.scored { json!(response.p_sellable) } else { Value::Null },
+        "atp": response.atp,
+        "staleness_ms": response.staleness_ms,
+        "model_version": if response.model_version.is_empty() { Value::Null } else { json!(response.model_version) },
+        "model_variant": if response.model_variant.is_empty() { Value::Null } else { json!(response.model_variant) },
+        "threshold": response.threshold,
+        "rules": response.rules,
+        "degraded": response.degraded,
+        "feed_lag_ms": response.feed_lag_ms,
+        "seller_type": response.seller_type,
+        "applied_index": response.applied_index,
+    })
+}
+
+pub fn check_human(sku: &str, response: &CheckAvailabilityResponse) -> String {
+    let none = || "-".to_owned();
+    let list = |items: &[String]| if items.is_empty() { none() } else { items.join(", ") };
+    render_key_values(&[
+        ("decision", decision_text(response.decision).to_owned()),
+        ("sku", sku.to_owned()),
+        ("location", if response.location.is_empty() { none() } else { response.location.clone() }),
+        ("p_sellable", if response.scored { format!("{:.4}", response.p_sellable) } else { "- (no model score)".to_owned() }),
+        ("threshold", format!("{:.4}", response.threshold)),
+        ("atp", response.atp.to_string()),
+        ("staleness_ms", response.staleness_ms.to_string()),
+        ("model_version", if response.model_version.is_empty() { none() } else { format!("{} ({})", response.model_version, response.model_variant) }),
+        ("rules", list(&response.rules)),
+        ("degraded", list(&response.degraded)),
+        ("seller_type", response.seller_type.clone()),
+        ("feed_lag_ms", response.feed_lag_ms.to_string()),
+    ])
+}
+
+pub fn rank_json(response: &RankFulfillmentResponse) -> Value {
+    json!({
+        "model_version": response.model_version,
+        "degraded": response.degraded,
+        "staleness_ms": response.staleness_ms,
+        "candidates": response.candidates.iter().map(|c| json!({
+            "location": c.location,
+            "eligible": c.eligible,
+            "p_sellable": if c.scored { json!(c.p_sellable) } else { Value::Null },
+            "cost": c.cost,
+            "score": c.score,
+            "atp": c.atp,
+            "seller_type": c.seller_type,
+            "reasons": c.reasons,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn rank_human(response: &RankFulfillmentResponse) -> String {
+    if response.candidates.is_empty() {
+        return "no location holds this SKU\n".to_owned();
+    }
+    let rows: Vec<Vec<String>> = response
+        .candidates
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            vec![
+                if c.eligible { (i + 1).to_string() } else { "-".to_owned() },
+                c.location.clone(),
+                if c.scored { format!("{:.4}", c.p_sellable) } else { "-".to_owned() },
+                format!("{:.2}", c.cost),
+                format!("{:.4}", c.score),
+                c.atp.to_string(),
+                c.reasons.join(","),
+            ]
+        })
+        .collect();
+    let mut out = render_table(&["RANK", "LOCATION", "P_SELLABLE", "COST", "SCORE", "ATP", "REASONS"], &rows);
+    if !response.degraded.is_empty() {
+        out.push_str(&format!("degraded: {}\n", response.degraded.join(", ")));
+    }
+    out
+}
+
+/// Per-node model answers: the status JSON of each node, or its error.
+pub fn model_json(reports: &[(String, Result<ModelStatusResponse, ClientError>)]) -> Value {
+    Value::Array(
+        reports
+            .iter()
+            .map(|(addr, result)| match result {
+                Ok(response) => json!({
+                    "addr": addr,
+                    "node": response.node_id,
+                    "model": serde_json::from_str::<Value>(&response.status_json).unwrap_or(Value::Null),
+                }),
+                Err(error) => json!({ "addr": addr, "error": error.to_string() }),
+            })
+            .collect(),
+    )
+}
+
+pub fn model_human(reports: &[(String, Result<ModelStatusResponse, ClientError>)]) -> String {
+    let rows: Vec<Vec<String>> = reports
+        .iter()
+        .map(|(addr, result)| match result {
+            Ok(response) => {
+                let model: Value = serde_json::from_str(&response.status_json).unwrap_or(Value::Null);
+                let text = |key: &str| match &model[key] {
+                    Value::Null => "-".to_owned(),
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                let versions =
+                    model["versions"].as_array().map(|v| v.iter().filter_map(|v| v["version"].as_str()).collect::<Vec<_>>().join(",")).unwrap_or_default();
+                let counters = &model["counters"];
+                let latency = &model["latency"];
+                vec![
+                    format!("{} ({addr})", response.node_id),
+                    text("serving"),
+                    text("candidate"),
+                    text("previous"),
+                    versions,
+                    text("disabled"),
+                    counters["requests"].to_string(),
+                    format!("{:.3}", model["fallback_rate"].as_f64().unwrap_or(0.0)),
+                    format!("{}/{}", latency["p50_us"], latency["p99_us"]),
+                ]
+            }
+            Err(error) => vec![addr.clone(), format!("error: {error}")],
+        })
+        .collect();
+    render_table(&["NODE", "SERVING", "CANDIDATE", "PREVIOUS", "LOADED", "DISABLED", "REQUESTS", "FALLBACK", "P50/P99 US"], &rows)
+}
+
+/// 0 when every node answered, else the exit code of the first error.
+pub fn model_exit_code(reports: &[(String, Result<ModelStatusResponse, ClientError>)]) -> u8 {
+    reports.iter().find_map(|(_, result)| result.as_ref().err().map(exit_code_for_error)).unwrap_or(EXIT_DONE)
 }

@@ -33,6 +33,10 @@ use crate::proto::v1::{
     AdjustRequest, AdjustResponse, BatchReserveRequest, BatchReserveResponse, Consistency, GetPositionRequest, PositionResponse, ReservationRef,
     ReservationResponse, ReserveRequest, ReserveResponse, StatusRequest, StatusResponse,
 };
+use crate::proto::v1::{
+    CheckAvailabilityRequest, CheckAvailabilityResponse, LoadModelRequest, ModelStatusRequest, ModelStatusResponse, PromoteModelRequest,
+    RankFulfillmentRequest, RankFulfillmentResponse, SetModelCandidateRequest, SetModelDisabledRequest,
+};
 
 /// gRPC metadata key carrying the address (`host:port`) of the group leader.
 pub const LEADER_ADDR_METADATA: &str = crate::status::LEADER_ADDR;
@@ -108,6 +112,26 @@ impl ClientConfig {
             return invalid("nodes_max must be >= 1");
         }
         Ok(())
+    }
+}
+
+/// A model-serving operation of `Admin`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelOp {
+    Status,
+    Load { dir: String },
+    Promote { version: String },
+    Rollback,
+    Candidate { version: String, ab_percent: u32, shadow: bool },
+    Disabled { disabled: bool },
+}
+
+/// The error of a call made once to one node (reads, no retry).
+fn one_shot_error(status: &tonic::Status) -> ClientError {
+    match status.code() {
+        Code::InvalidArgument => ClientError::InvalidArgument(status.message().to_owned()),
+        code if is_retryable(code) || is_transport_failure(status) => ClientError::Unavailable { outcome_unknown: false, message: message_or_code(status) },
+        code => ClientError::Rpc { code, message: status.message().to_owned() },
     }
 }
 
@@ -355,15 +379,43 @@ impl Client {
         let answer = tokio::time::timeout(timeout, AdminClient::new(channel).status(request)).await;
         match answer {
             Ok(Ok(response)) => Ok(response.into_inner()),
-            Ok(Err(status)) => Err(match status.code() {
-                Code::InvalidArgument => ClientError::InvalidArgument(status.message().to_owned()),
-                code if is_retryable(code) || is_transport_failure(&status) => {
-                    ClientError::Unavailable { outcome_unknown: false, message: message_or_code(&status) }
-                }
-                code => ClientError::Rpc { code, message: status.message().to_owned() },
-            }),
+            Ok(Err(status)) => Err(one_shot_error(&status)),
             Err(_elapsed) => Err(ClientError::Unavailable { outcome_unknown: false, message: format!("no answer within {} ms", timeout.as_millis()) }),
         }
+    }
+
+    /// One model-serving operation on the node at `addr` (one attempt, no
+    /// failover: each node serves its own models).
+    pub async fn model_op_on(&self, addr: &str, op: &ModelOp) -> Result<ModelStatusResponse, ClientError> {
+        let index = self.index_of_or_add(addr)?;
+        let (_, channel) = self.node(index);
+        let timeout = self.inner.config.request_timeout;
+        let mut admin = AdminClient::new(channel);
+        let call = async {
+            match op.clone() {
+                ModelOp::Status => admin.model_status(ModelStatusRequest {}).await,
+                ModelOp::Load { dir } => admin.load_model(LoadModelRequest { dir }).await,
+                ModelOp::Promote { version } => admin.promote_model(PromoteModelRequest { version }).await,
+                ModelOp::Rollback => admin.rollback_model(ModelStatusRequest {}).await,
+                ModelOp::Candidate { version, ab_percent, shadow } => admin.set_model_candidate(SetModelCandidateRequest { version, ab_percent, shadow }).await,
+                ModelOp::Disabled { disabled } => admin.set_model_disabled(SetModelDisabledRequest { disabled }).await,
+            }
+        };
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(one_shot_error(&status)),
+            Err(_elapsed) => Err(ClientError::Unavailable { outcome_unknown: false, message: format!("no answer within {} ms", timeout.as_millis()) }),
+        }
+    }
+
+    pub async fn check_availability(&self, request: CheckAvailabilityRequest) -> Result<CheckAvailabilityResponse, ClientError> {
+        self.call("CheckAvailability", Effect::Read, request, |channel, request| async move { InventoryClient::new(channel).check_availability(request).await })
+            .await
+    }
+
+    pub async fn rank_fulfillment(&self, request: RankFulfillmentRequest) -> Result<RankFulfillmentResponse, ClientError> {
+        self.call("RankFulfillment", Effect::Read, request, |channel, request| async move { InventoryClient::new(channel).rank_fulfillment(request).await })
+            .await
     }
 
     /// `Admin.Status` of every known node, concurrently; a down node gives an
@@ -783,6 +835,12 @@ mod tests {
                 unimplemented()
             }
             async fn get_position(&self, _: Request<GetPositionRequest>) -> Result<Response<PositionResponse>, Status> {
+                unimplemented()
+            }
+            async fn check_availability(&self, _: Request<CheckAvailabilityRequest>) -> Result<Response<CheckAvailabilityResponse>, Status> {
+                unimplemented()
+            }
+            async fn rank_fulfillment(&self, _: Request<RankFulfillmentRequest>) -> Result<Response<RankFulfillmentResponse>, Status> {
                 unimplemented()
             }
         }

@@ -16,6 +16,10 @@ use serde::Serialize;
 use storage::model::Limits;
 use storage::validate::InputLimits;
 
+use models::features::SellerType;
+use models::policy::PolicyConfig;
+use models::ScoringConfig;
+
 use crate::shard_map::ShardMap;
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -25,6 +29,108 @@ pub struct FileConfig {
     pub cluster: ClusterFile,
     #[serde(default)]
     pub node: NodeFile,
+    /// Model serving on this node.
+    #[serde(default)]
+    pub model: ScoringConfig,
+    /// Business rules of availability answers and fulfilment ranking.
+    #[serde(default)]
+    pub availability: AvailabilityFile,
+}
+
+/// Policy of the probable path. Per node, but every node of a region should
+/// use the same values or answers differ by node.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AvailabilityFile {
+    /// Cost of an oversell relative to a lost sale. Unset: the serving model
+    /// version's own checkout threshold; set: threshold = ratio / (1 + ratio).
+    pub checkout_cost_ratio: Option<f64>,
+    /// Locations whose id starts with one of these are third-party sellers
+    /// (60 s feed freshness SLA); all others are first-party (5 s).
+    pub third_party_location_prefixes: Vec<String>,
+    /// Largest order a third-party seller location takes.
+    pub third_party_order_units_max: u64,
+    /// Units that must remain beyond the request when no model answers, or
+    /// the read is stale, or the feed lags.
+    pub conservative_margin_units: u64,
+    /// A product page shows low stock at or below this many units left.
+    pub low_stock_units: u64,
+    /// Staleness beyond which a read is too old for the context.
+    pub checkout_staleness_ms_max: u64,
+    pub product_page_staleness_ms_max: u64,
+    /// SKU prefixes that may not be sold in this region (compliance).
+    pub blocked_sku_prefixes: Vec<String>,
+    /// Regions whose orders must be fulfilled in-region (data residency).
+    pub residency_regions: Vec<String>,
+    /// Ranking cost proxy: third-party location, shipping across regions.
+    pub third_party_cost: f64,
+    pub cross_region_cost: f64,
+    /// Weight of cost against p_sellable in the ranking score.
+    pub cost_weight: f64,
+    /// Most locations of one SKU looked at by one request.
+    pub locations_max: usize,
+}
+
+impl Default for AvailabilityFile {
+    fn default() -> Self {
+        let policy = PolicyConfig::default();
+        Self {
+            checkout_cost_ratio: None,
+            third_party_location_prefixes: vec!["3p-".to_owned()],
+            third_party_order_units_max: policy.third_party_order_units_max,
+            conservative_margin_units: policy.conservative_margin_units,
+            low_stock_units: policy.low_stock_units,
+            checkout_staleness_ms_max: policy.checkout_staleness_ms_max,
+            product_page_staleness_ms_max: policy.product_page_staleness_ms_max,
+            blocked_sku_prefixes: Vec::new(),
+            residency_regions: Vec::new(),
+            third_party_cost: 0.3,
+            cross_region_cost: 1.0,
+            cost_weight: 0.1,
+            locations_max: 64,
+        }
+    }
+}
+
+impl AvailabilityFile {
+    pub fn policy(&self) -> PolicyConfig {
+        PolicyConfig {
+            blocked_sku_prefixes: self.blocked_sku_prefixes.clone(),
+            third_party_order_units_max: self.third_party_order_units_max,
+            conservative_margin_units: self.conservative_margin_units,
+            low_stock_units: self.low_stock_units,
+            checkout_staleness_ms_max: self.checkout_staleness_ms_max,
+            product_page_staleness_ms_max: self.product_page_staleness_ms_max,
+        }
+    }
+
+    pub fn seller_type(&self, location: &str) -> SellerType {
+        if self.third_party_location_prefixes.iter().any(|prefix| location.starts_with(prefix.as_str())) {
+            SellerType::ThirdParty
+        } else {
+            SellerType::FirstParty
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if let Some(ratio) = self.checkout_cost_ratio {
+            if !(ratio.is_finite() && ratio > 0.0 && ratio <= 1e6) {
+                return Err(format!("availability.checkout-cost-ratio must be in (0, 1e6], not {ratio}"));
+            }
+        }
+        for (name, value) in [("third-party-cost", self.third_party_cost), ("cross-region-cost", self.cross_region_cost), ("cost-weight", self.cost_weight)] {
+            if !(value.is_finite() && (0.0..=100.0).contains(&value)) {
+                return Err(format!("availability.{name} must be in [0, 100], not {value}"));
+            }
+        }
+        if self.locations_max == 0 || self.locations_max > 1024 {
+            return Err(format!("availability.locations-max must be in 1..=1024, not {}", self.locations_max));
+        }
+        if self.third_party_order_units_max == 0 {
+            return Err("availability.third-party-order-units-max must be at least 1".into());
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -129,6 +235,7 @@ pub struct Overrides {
     pub peers: Option<Vec<(NodeId, String)>>,
     pub data_dir: Option<PathBuf>,
     pub region: Option<String>,
+    pub model_dir: Option<PathBuf>,
 }
 
 /// A validated configuration.
@@ -143,6 +250,14 @@ pub struct Config {
     pub shard_map: ShardMap,
     pub input_limits: InputLimits,
     pub group: GroupConfig,
+    pub scoring: ScoringConfig,
+    pub availability: AvailabilityFile,
+}
+
+/// The model directory used when the configured one is relative and absent
+/// from the working directory: this source tree's committed `models/`.
+pub fn builtin_model_dir() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/models"))
 }
 
 /// Parses `1=host:port,2=host:port`.
@@ -178,6 +293,14 @@ impl FileConfig {
         if let Some(v) = o.region {
             self.node.region = Some(v);
         }
+        if let Some(v) = o.model_dir {
+            self.model.model_dir = v;
+        }
+        if self.model.model_dir.is_relative() && !self.model.model_dir.exists() {
+            self.model.model_dir = builtin_model_dir();
+        }
+        self.model.validate().map_err(|e| format!("invalid [model]: {e}"))?;
+        self.availability.validate()?;
         let region = self.node.region.clone().unwrap_or_else(default_region);
         if let Some(peers) = o.peers {
             self.cluster.nodes = peers.into_iter().map(|(id, addr)| NodeEntry { id, addr, region: region.clone() }).collect();
@@ -253,7 +376,19 @@ impl FileConfig {
             return Err(format!("groups-per-region must be at most {GROUPS_PER_REGION_MAX}, not {}", c.groups_per_region));
         }
         let shard_map = ShardMap::build(&nodes, c.groups_per_region, c.split_points.clone(), c.replication_factor)?;
-        Ok(Config { node_id, listen, data_dir, region, rpc_timeout_ms: self.node.rpc_timeout_ms, nodes, shard_map, input_limits, group })
+        Ok(Config {
+            node_id,
+            listen,
+            data_dir,
+            region,
+            rpc_timeout_ms: self.node.rpc_timeout_ms,
+            nodes,
+            shard_map,
+            input_limits,
+            group,
+            scoring: self.model,
+            availability: self.availability,
+        })
     }
 }
 

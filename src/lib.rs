@@ -2,6 +2,7 @@
 //! the node (routing, forwarding), the gRPC services, the client library and
 //! the binaries. It is the only crate that knows tonic.
 
+pub mod availability;
 pub mod bench;
 pub mod cli;
 pub mod client;

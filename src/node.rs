@@ -70,12 +70,19 @@ pub enum Consistency {
 pub enum ReadQuery {
     Position(PositionKey),
     Reservation(String),
+    /// Every location of one SKU, at most this many (in location order).
+    SkuPositions {
+        sku: String,
+        locations_max: usize,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReadAnswer {
     pub position: Option<Position>,
     pub reservation: Option<Reservation>,
+    /// For `SkuPositions`: (location, position) pairs.
+    pub positions: Vec<(String, Position)>,
     pub applied_index: u64,
     pub staleness_ms: u64,
     pub served_by: NodeId,
@@ -262,13 +269,18 @@ impl Node {
             Consistency::Any => g.staleness_ms(),
         };
         let inventory = g.state().read();
-        let (position, reservation) = match query {
-            ReadQuery::Position(key) => (inventory.position(key).cloned(), None),
-            ReadQuery::Reservation(id) => (None, inventory.reservation(id).cloned()),
+        let (position, reservation, positions) = match query {
+            ReadQuery::Position(key) => (inventory.position(key).cloned(), None, Vec::new()),
+            ReadQuery::Reservation(id) => (None, inventory.reservation(id).cloned(), Vec::new()),
+            ReadQuery::SkuPositions { sku, locations_max } => {
+                let positions = inventory.positions_of_sku(sku).take(*locations_max).map(|(key, position)| (key.location.clone(), position.clone())).collect();
+                (None, None, positions)
+            }
         };
         Ok(ReadAnswer {
             position,
             reservation,
+            positions,
             applied_index: g.state().applied_index(),
             staleness_ms,
             served_by: self.id(),

@@ -10,6 +10,13 @@ use tonic::Request;
 use tonic::Response;
 use tonic::Status;
 
+use models::policy::Context;
+use models::policy::Decision;
+
+use crate::availability::enum_name;
+use crate::availability::Availability;
+use crate::availability::CheckRequest;
+use crate::availability::Evaluation;
 use crate::convert;
 use crate::node::Consistency;
 use crate::node::Node;
@@ -27,14 +34,33 @@ use crate::status;
 /// Most reservations in one `BatchReserve` call.
 pub const BATCH_RESERVATIONS_MAX: usize = 1024;
 
+/// Longest A/B route key.
+pub const ROUTE_KEY_BYTES_MAX: usize = 256;
+
 #[derive(Clone)]
 pub struct InventoryService {
     node: Arc<Node>,
+    availability: Arc<Availability>,
 }
 
 impl InventoryService {
-    pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+    pub fn new(node: Arc<Node>, availability: Arc<Availability>) -> Self {
+        Self { node, availability }
+    }
+
+    fn check_quantity(&self, quantity: u64) -> Result<(), Status> {
+        let max = self.node.config.input_limits.line_quantity_max;
+        if quantity == 0 || quantity > max {
+            return Err(status::invalid_field("quantity", format!("must be between 1 and {max}")));
+        }
+        Ok(())
+    }
+
+    fn route_key(sku: &str, route_key: String) -> Result<String, Status> {
+        if route_key.len() > ROUTE_KEY_BYTES_MAX {
+            return Err(status::invalid_field("route_key", format!("longer than {ROUTE_KEY_BYTES_MAX} bytes")));
+        }
+        Ok(if route_key.is_empty() { sku.to_owned() } else { route_key })
     }
 
     /// Validates a reserve request; `prefix` qualifies field names inside a
@@ -104,16 +130,40 @@ impl InventoryService {
 }
 
 fn consistency_from_pb(r: &pb::GetPositionRequest) -> Result<Consistency, Status> {
-    Ok(match pb::Consistency::try_from(r.consistency).map_err(|_| status::invalid_field("consistency", "unknown value"))? {
-        pb::Consistency::Unspecified | pb::Consistency::Strong => Consistency::Strong,
+    consistency_or(r.consistency, r.max_staleness_ms, Consistency::Strong)
+}
+
+/// The requested consistency; `unspecified` when the request left it unset.
+fn consistency_or(consistency: i32, max_staleness_ms: u64, unspecified: Consistency) -> Result<Consistency, Status> {
+    Ok(match pb::Consistency::try_from(consistency).map_err(|_| status::invalid_field("consistency", "unknown value"))? {
+        pb::Consistency::Unspecified => unspecified,
+        pb::Consistency::Strong => Consistency::Strong,
         pb::Consistency::Bounded => {
-            if r.max_staleness_ms == 0 {
+            if max_staleness_ms == 0 {
                 return Err(status::invalid_field("max_staleness_ms", "must be > 0 with BOUNDED"));
             }
-            Consistency::Bounded { max_staleness_ms: r.max_staleness_ms }
+            Consistency::Bounded { max_staleness_ms }
         }
         pb::Consistency::Any => Consistency::Any,
     })
+}
+
+fn evaluation_fields(e: &Evaluation) -> (f64, bool, String, String, Vec<String>, Vec<String>) {
+    let (p, scored, version, variant) = match &e.score {
+        Some(s) => (s.p_sellable, true, s.model_version.clone(), enum_name(&s.variant).to_ascii_lowercase()),
+        None => (0.0, false, String::new(), String::new()),
+    };
+    let rules = e.outcome.rules.iter().map(enum_name).collect();
+    let degraded = e.outcome.degraded.iter().map(enum_name).collect();
+    (p, scored, version, variant, rules, degraded)
+}
+
+fn decision_to_pb(decision: Decision) -> pb::Decision {
+    match decision {
+        Decision::Available => pb::Decision::Available,
+        Decision::LowStock => pb::Decision::LowStock,
+        Decision::Unavailable => pb::Decision::Unavailable,
+    }
 }
 
 fn check_text(field: &str, value: &str, max: usize) -> Result<(), Status> {
@@ -240,10 +290,95 @@ impl Inventory for InventoryService {
             unknown_position,
         }))
     }
+
+    async fn check_availability(&self, request: Request<pb::CheckAvailabilityRequest>) -> Result<Response<pb::CheckAvailabilityResponse>, Status> {
+        let r = request.into_inner();
+        let limits = &self.node.config.input_limits;
+        check_text("sku", &r.sku, limits.sku_bytes_max)?;
+        if !r.location.is_empty() {
+            check_text("location", &r.location, limits.location_bytes_max)?;
+        }
+        self.check_quantity(r.quantity)?;
+        let context = match pb::RequestContext::try_from(r.context) {
+            Ok(pb::RequestContext::ProductPage) => Context::ProductPage,
+            Ok(pb::RequestContext::Checkout) => Context::Checkout,
+            _ => return Err(status::invalid_field("context", "must be PRODUCT_PAGE or CHECKOUT")),
+        };
+        let consistency = consistency_or(r.consistency, r.max_staleness_ms, Consistency::Any)?;
+        let group = self.group_of(&r.sku, "sku")?;
+        let route_key = Self::route_key(&r.sku, r.route_key)?;
+        let location = (!r.location.is_empty()).then_some(r.location);
+        let explain = r.explain;
+        let check = CheckRequest { sku: r.sku, location, quantity: r.quantity, context, consistency, promo: r.promo, route_key };
+        let answer = self.availability.check(group, &check).await.map_err(status::group_error)?;
+        let e = &answer.evaluation;
+        let (p_sellable, scored, model_version, model_variant, rules, degraded) = evaluation_fields(e);
+        Ok(Response::new(pb::CheckAvailabilityResponse {
+            decision: decision_to_pb(e.outcome.decision) as i32,
+            p_sellable,
+            scored,
+            atp: e.atp,
+            staleness_ms: answer.staleness_ms,
+            model_version,
+            model_variant,
+            rules,
+            degraded,
+            location: e.location.clone(),
+            applied_index: answer.applied_index,
+            threshold: e.threshold,
+            feed_lag_ms: e.feed_lag_ms,
+            seller_type: e.seller_type.as_str().to_owned(),
+            features: if explain { e.features.to_vec() } else { Vec::new() },
+            features_at_ms: if explain { e.features_at_ms } else { 0 },
+        }))
+    }
+
+    async fn rank_fulfillment(&self, request: Request<pb::RankFulfillmentRequest>) -> Result<Response<pb::RankFulfillmentResponse>, Status> {
+        let r = request.into_inner();
+        let limits = &self.node.config.input_limits;
+        check_text("sku", &r.sku, limits.sku_bytes_max)?;
+        self.check_quantity(r.quantity)?;
+        check_text("destination_region", &r.destination_region, limits.location_bytes_max)?;
+        let group = self.group_of(&r.sku, "sku")?;
+        let route_key = Self::route_key(&r.sku, r.route_key)?;
+        let answer = self.availability.rank(group, &r.sku, r.quantity, &r.destination_region, &route_key).await.map_err(status::group_error)?;
+        let candidates = answer
+            .candidates
+            .iter()
+            .map(|c| {
+                let (p_sellable, scored, ..) = evaluation_fields(&c.evaluation);
+                pb::FulfillmentCandidate {
+                    location: c.evaluation.location.clone(),
+                    eligible: c.eligible,
+                    p_sellable,
+                    scored,
+                    cost: c.cost,
+                    score: c.score,
+                    atp: c.evaluation.atp,
+                    seller_type: c.evaluation.seller_type.as_str().to_owned(),
+                    reasons: c.reasons.clone(),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::RankFulfillmentResponse {
+            candidates,
+            model_version: answer.model_version,
+            degraded: answer.degraded.iter().map(enum_name).collect(),
+            staleness_ms: answer.staleness_ms,
+        }))
+    }
 }
 
 pub struct AdminService {
     node: Arc<Node>,
+    availability: Arc<Availability>,
+}
+
+impl AdminService {
+    fn model_status(&self) -> Result<Response<pb::ModelStatusResponse>, Status> {
+        let status_json = serde_json::to_string(&self.availability.scorer().status()).map_err(|e| Status::internal(format!("encode the model status: {e}")))?;
+        Ok(Response::new(pb::ModelStatusResponse { status_json, node_id: self.node.id() }))
+    }
 }
 
 #[tonic::async_trait]
@@ -288,6 +423,50 @@ impl Admin for AdminService {
             version: env!("CARGO_PKG_VERSION").to_string(),
         }))
     }
+
+    async fn model_status(&self, _request: Request<pb::ModelStatusRequest>) -> Result<Response<pb::ModelStatusResponse>, Status> {
+        self.model_status()
+    }
+
+    async fn load_model(&self, request: Request<pb::LoadModelRequest>) -> Result<Response<pb::ModelStatusResponse>, Status> {
+        let r = request.into_inner();
+        if r.dir.is_empty() {
+            return Err(status::invalid_field("dir", "must not be empty"));
+        }
+        let version = self.availability.scorer().load(std::path::Path::new(&r.dir)).map_err(status::model_error)?;
+        tracing::info!(version, dir = r.dir, "model version loaded");
+        self.model_status()
+    }
+
+    async fn promote_model(&self, request: Request<pb::PromoteModelRequest>) -> Result<Response<pb::ModelStatusResponse>, Status> {
+        let r = request.into_inner();
+        self.availability.scorer().promote(&r.version).map_err(status::model_error)?;
+        tracing::info!(version = r.version, "model version promoted");
+        self.model_status()
+    }
+
+    async fn rollback_model(&self, _request: Request<pb::ModelStatusRequest>) -> Result<Response<pb::ModelStatusResponse>, Status> {
+        let version = self.availability.scorer().rollback().map_err(status::model_error)?;
+        tracing::info!(version, "model rolled back");
+        self.model_status()
+    }
+
+    async fn set_model_candidate(&self, request: Request<pb::SetModelCandidateRequest>) -> Result<Response<pb::ModelStatusResponse>, Status> {
+        let r = request.into_inner();
+        let ab_percent =
+            u8::try_from(r.ab_percent).ok().filter(|p| *p <= 100).ok_or_else(|| status::invalid_field("ab_percent", "must be between 0 and 100"))?;
+        let version = (!r.version.is_empty()).then_some(r.version.as_str());
+        self.availability.scorer().set_candidate(version, ab_percent, r.shadow).map_err(status::model_error)?;
+        tracing::info!(candidate = r.version, ab_percent, shadow = r.shadow, "model candidate set");
+        self.model_status()
+    }
+
+    async fn set_model_disabled(&self, request: Request<pb::SetModelDisabledRequest>) -> Result<Response<pb::ModelStatusResponse>, Status> {
+        let r = request.into_inner();
+        self.availability.scorer().set_disabled(r.disabled);
+        tracing::warn!(disabled = r.disabled, "model kill switch set");
+        self.model_status()
+    }
 }
 
 /// Serves every service on the node's listen address until `shutdown`
@@ -301,13 +480,14 @@ pub async fn serve(node: Arc<Node>, shutdown: impl Future<Output = ()> + Send + 
         .build_v1()
         .expect("the embedded descriptor set is valid");
     let listen = node.config.listen;
-    tracing::info!(node = node.id(), %listen, groups = node.groups().count(), "serving");
+    let availability = Arc::new(Availability::new(node.clone()));
+    tracing::info!(node = node.id(), %listen, groups = node.groups().count(), model = ?availability.scorer().status().serving, "serving");
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(InventoryServer::new(InventoryService::new(node.clone())))
-        .add_service(AdminServer::new(AdminService { node: node.clone() }))
+        .add_service(InventoryServer::new(InventoryService::new(node.clone(), availability.clone())))
+        .add_service(AdminServer::new(AdminService { node: node.clone(), availability }))
         .add_service(
             RaftPeerServer::new(PeerService { node }).max_decoding_message_size(PEER_MESSAGE_BYTES_MAX).max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
         )

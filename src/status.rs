@@ -27,6 +27,15 @@ pub fn invalid_field(field: &str, reason: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("invalid {field}: {reason}"))
 }
 
+pub fn model_error(e: models::ModelError) -> Status {
+    use models::ModelError;
+    match e {
+        ModelError::Config { .. } | ModelError::Candidate { .. } => Status::invalid_argument(e.to_string()),
+        ModelError::UnknownVersion { .. } => Status::not_found(e.to_string()),
+        _ => Status::failed_precondition(e.to_string()),
+    }
+}
+
 pub fn group_error(e: GroupError) -> Status {
     match e {
         GroupError::NotLeader { group, leader } => {

@@ -48,26 +48,26 @@ pub const AGE_NEVER_S: f32 = 30.0 * 24.0 * 3600.0;
 
 /// Inclusive `[min, max]` of each feature, in tensor order.
 pub const FEATURE_RANGES: [(f32, f32); FEATURE_COUNT] = [
-    (1.0, 1.0e4),      // quantity: units requested
-    (0.0, 1.0e7),      // atp: units available to promise
-    (0.0, 1.0e3),      // qty_atp_ratio: quantity / max(atp, 1)
-    (0.0, 1.0e7),      // velocity_1m: reserved units, decayed with a 1 min half-life
-    (0.0, 1.0e7),      // velocity_15m: same, 15 min half-life
-    (0.0, 1.0e7),      // velocity_1h: same, 1 h half-life
-    (0.0, 1.0e3),      // demand_spike: velocity_1m * 60 / max(velocity_1h, 1); about 1 at a steady rate
-    (0.0, 1.0e3),      // velocity_to_atp: velocity_15m / max(atp, 1)
+    (1.0, 1.0e4),       // quantity: units requested
+    (0.0, 1.0e7),       // atp: units available to promise
+    (0.0, 1.0e3),       // qty_atp_ratio: quantity / max(atp, 1)
+    (0.0, 1.0e7),       // velocity_1m: reserved units, decayed with a 1 min half-life
+    (0.0, 1.0e7),       // velocity_15m: same, 15 min half-life
+    (0.0, 1.0e7),       // velocity_1h: same, 1 h half-life
+    (0.0, 1.0e3),       // demand_spike: velocity_1m * 60 / max(velocity_1h, 1); about 1 at a steady rate
+    (0.0, 1.0e3),       // velocity_to_atp: velocity_15m / max(atp, 1)
     (0.0, AGE_NEVER_S), // scan_age_s: seconds since the last feed event
     (0.0, AGE_NEVER_S), // count_age_s: seconds since the last full (cycle) count
-    (0.0, 1.0e3),      // feed_lag_ratio: feed lag / the location's freshness SLA
-    (0.0, 3.6e3),      // replica_staleness_s: staleness bound of the read, seconds
-    (0.0, 1.0),        // cancel_rate: smoothed cancelled / committed units
-    (0.0, 1.0),        // return_rate: smoothed returned / committed units
-    (0.0, 1.0),        // count_correction_rate: smoothed |count correction| / counted units
-    (0.0, 1.0),        // third_party: 1 for a third-party seller location
-    (0.0, 23.0),       // hour_of_day: UTC hour of the request
-    (0.0, 6.0),        // day_of_week: 0 = Monday, UTC
-    (0.0, 1.0),        // promo: 1 while the SKU is on promotion
-    (0.0, 1.0),        // short: 1 when on_hand < reserved + committed
+    (0.0, 1.0e3),       // feed_lag_ratio: feed lag / the location's freshness SLA
+    (0.0, 3.6e3),       // replica_staleness_s: staleness bound of the read, seconds
+    (0.0, 1.0),         // cancel_rate: smoothed cancelled / committed units
+    (0.0, 1.0),         // return_rate: smoothed returned / committed units
+    (0.0, 1.0),         // count_correction_rate: smoothed |count correction| / counted units
+    (0.0, 1.0),         // third_party: 1 for a third-party seller location
+    (0.0, 23.0),        // hour_of_day: UTC hour of the request
+    (0.0, 6.0),         // day_of_week: 0 = Monday, UTC
+    (0.0, 1.0),         // promo: 1 while the SKU is on promotion
+    (0.0, 1.0),         // short: 1 when on_hand < reserved + committed
 ];
 
 /// Freshness SLA of a first-party warehouse feed.

@@ -7,4 +7,25 @@
 //! tonic and no openraft; it reads positions through `storage` types only.
 
 pub mod features;
+pub mod policy;
 pub mod sim;
+
+// ONNX serving.
+pub mod batcher;
+pub mod calibration;
+pub mod drift;
+pub mod error;
+pub mod manifest;
+pub mod registry;
+pub mod runtime;
+pub mod scorer;
+
+pub use error::ModelError;
+pub use error::ScoreError;
+pub use manifest::Thresholds;
+pub use registry::Arm;
+pub use registry::Variant;
+pub use scorer::ModelStatus;
+pub use scorer::Score;
+pub use scorer::Scorer;
+pub use scorer::ScoringConfig;

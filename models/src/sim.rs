@@ -218,12 +218,28 @@ enum Event {
     /// A feed event reaches the cluster.
     Deliver(Adjustment),
     /// Ordered goods arrive at a location (physically; the scan follows).
-    Replenish { slot: usize, quantity: u64 },
-    Commit { reservation_id: String },
-    Release { reservation_id: String },
-    Ship { slot: usize, reservation_id: String, quantity: u64 },
-    CustomerCancel { reservation_id: String },
-    ReturnArrives { slot: usize, quantity: u64 },
+    Replenish {
+        slot: usize,
+        quantity: u64,
+    },
+    Commit {
+        reservation_id: String,
+    },
+    Release {
+        reservation_id: String,
+    },
+    Ship {
+        slot: usize,
+        reservation_id: String,
+        quantity: u64,
+    },
+    CustomerCancel {
+        reservation_id: String,
+    },
+    ReturnArrives {
+        slot: usize,
+        quantity: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

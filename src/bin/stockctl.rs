@@ -10,8 +10,8 @@ use serde_json::Value;
 
 use stockd::bench::{self, BenchConfig};
 use stockd::cli::{self, Cli, Command, Transition};
-use stockd::client::{Client, ClientConfig, ClientError};
-use stockd::proto::v1::{AdjustRequest, AdjustmentKind, GetPositionRequest, ReserveRequest};
+use stockd::client::{Client, ClientConfig, ClientError, ModelOp};
+use stockd::proto::v1::{AdjustRequest, AdjustmentKind, CheckAvailabilityRequest, GetPositionRequest, RankFulfillmentRequest, RequestContext, ReserveRequest};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -132,6 +132,68 @@ async fn run(cli: Cli) -> u8 {
                 }
                 Err(error) => fail(&error),
             }
+        }
+        Command::Check(args) => {
+            let request = CheckAvailabilityRequest {
+                sku: args.sku.clone(),
+                location: args.location.clone().unwrap_or_default(),
+                quantity: args.qty,
+                context: match args.context {
+                    cli::ContextArg::ProductPage => RequestContext::ProductPage as i32,
+                    cli::ContextArg::Checkout => RequestContext::Checkout as i32,
+                },
+                consistency: args.consistency.consistency as i32,
+                max_staleness_ms: args.consistency.max_staleness_ms,
+                promo: args.promo,
+                route_key: args.route_key.clone(),
+                explain: false,
+            };
+            match client.check_availability(request).await {
+                Ok(response) => {
+                    if json {
+                        emit_json(&cli::check_json(&args.sku, &response));
+                    } else {
+                        emit(&cli::check_human(&args.sku, &response));
+                    }
+                    cli::EXIT_DONE
+                }
+                Err(error) => fail(&error),
+            }
+        }
+        Command::Rank(args) => {
+            let request = RankFulfillmentRequest { sku: args.sku, quantity: args.qty, destination_region: args.region, route_key: String::new() };
+            match client.rank_fulfillment(request).await {
+                Ok(response) => {
+                    if json {
+                        emit_json(&cli::rank_json(&response));
+                    } else {
+                        emit(&cli::rank_human(&response));
+                    }
+                    cli::EXIT_DONE
+                }
+                Err(error) => fail(&error),
+            }
+        }
+        Command::Model(command) => {
+            let op = match command {
+                cli::ModelCommand::Status => ModelOp::Status,
+                cli::ModelCommand::Load { dir } => ModelOp::Load { dir },
+                cli::ModelCommand::Promote { version } => ModelOp::Promote { version },
+                cli::ModelCommand::Rollback => ModelOp::Rollback,
+                cli::ModelCommand::Candidate { version, ab_percent, shadow } => ModelOp::Candidate { version: version.unwrap_or_default(), ab_percent, shadow },
+                cli::ModelCommand::Disable => ModelOp::Disabled { disabled: true },
+                cli::ModelCommand::Enable => ModelOp::Disabled { disabled: false },
+            };
+            // Every node serves its own models: apply to each.
+            let addrs = client.addrs();
+            let results = futures::future::join_all(addrs.iter().map(|addr| client.model_op_on(addr, &op))).await;
+            let reports: Vec<_> = addrs.into_iter().zip(results).collect();
+            if json {
+                emit_json(&cli::model_json(&reports));
+            } else {
+                emit(&cli::model_human(&reports));
+            }
+            cli::model_exit_code(&reports)
         }
         Command::Bench(args) => {
             let config = BenchConfig {

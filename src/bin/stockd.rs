@@ -38,6 +38,9 @@ enum Cmd {
         data_dir: Option<PathBuf>,
         #[arg(long)]
         region: Option<String>,
+        /// Model versions, one directory each (default: this source tree's models/).
+        #[arg(long)]
+        model_dir: Option<PathBuf>,
         /// TOML configuration; flags override it.
         #[arg(long)]
         config: Option<PathBuf>,
@@ -53,6 +56,9 @@ enum Cmd {
         /// TOML configuration passed to every node.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Model versions passed to every node (default: this source tree's models/).
+        #[arg(long)]
+        model_dir: Option<PathBuf>,
     },
 }
 
@@ -67,8 +73,10 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Cmd::Start { node_id, listen, peers, data_dir, region, config } => start(node_id, listen, peers, data_dir, region, config).await,
-            Cmd::Dev { nodes, data_dir, port, config } => dev(nodes, data_dir, port, config).await,
+            Cmd::Start { node_id, listen, peers, data_dir, region, model_dir, config } => {
+                start(Overrides { node_id, listen, peers: None, data_dir, region, model_dir }, peers, config).await
+            }
+            Cmd::Dev { nodes, data_dir, port, config, model_dir } => dev(nodes, data_dir, port, config, model_dir).await,
         }
     });
     match result {
@@ -100,21 +108,14 @@ async fn shutdown_signal() {
     }
 }
 
-async fn start(
-    node_id: Option<u64>,
-    listen: Option<String>,
-    peers: Option<String>,
-    data_dir: Option<PathBuf>,
-    region: Option<String>,
-    config: Option<PathBuf>,
-) -> anyhow::Result<()> {
+async fn start(mut overrides: Overrides, peers: Option<String>, config: Option<PathBuf>) -> anyhow::Result<()> {
     init_tracing();
     let file = match &config {
         Some(path) => FileConfig::load(path).map_err(anyhow::Error::msg)?,
         None => FileConfig::default(),
     };
-    let peers = peers.as_deref().map(parse_peers).transpose().map_err(anyhow::Error::msg)?;
-    let config = file.validate(Overrides { node_id, listen, peers, data_dir, region }).map_err(anyhow::Error::msg).context("invalid configuration")?;
+    overrides.peers = peers.as_deref().map(parse_peers).transpose().map_err(anyhow::Error::msg)?;
+    let config = file.validate(overrides).map_err(anyhow::Error::msg).context("invalid configuration")?;
     let node = Node::start(config).await.context("start the node")?;
     stockd::server::serve(node.clone(), shutdown_signal()).await.context("serve")?;
     node.shutdown().await;
@@ -128,7 +129,7 @@ struct Child {
     process: tokio::process::Child,
 }
 
-async fn dev(nodes: u64, data_dir: PathBuf, port: u16, config: Option<PathBuf>) -> anyhow::Result<()> {
+async fn dev(nodes: u64, data_dir: PathBuf, port: u16, config: Option<PathBuf>, model_dir: Option<PathBuf>) -> anyhow::Result<()> {
     anyhow::ensure!((1..=9).contains(&nodes), "--nodes must be between 1 and 9");
     anyhow::ensure!(nodes == 1 || nodes >= 3, "--nodes must be 1 or at least 3 (replication factor 3)");
     let exe = std::env::current_exe().context("find the stockd executable")?;
@@ -153,6 +154,9 @@ async fn dev(nodes: u64, data_dir: PathBuf, port: u16, config: Option<PathBuf>) 
         cmd.arg("start").arg("--node-id").arg(id.to_string()).arg("--listen").arg(addr).arg("--peers").arg(&peer_arg).arg("--data-dir").arg(&dir);
         if !dev_config.as_os_str().is_empty() {
             cmd.arg("--config").arg(&dev_config);
+        }
+        if let Some(model_dir) = &model_dir {
+            cmd.arg("--model-dir").arg(model_dir);
         }
         cmd.stdout(log.try_clone().context("clone the log handle")?).stderr(log).kill_on_drop(true);
         let process = cmd.spawn().context("spawn a node")?;

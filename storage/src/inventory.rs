@@ -225,6 +225,11 @@ impl Inventory {
         self.events.get(event_id)
     }
 
+    /// Every position of `sku`, in location order.
+    pub fn positions_of_sku<'a>(&'a self, sku: &'a str) -> impl Iterator<Item = (&'a PositionKey, &'a Position)> + 'a {
+        self.positions.range(PositionKey::new(sku, "")..).take_while(move |(key, _)| key.sku == sku)
+    }
+
     pub fn positions(&self) -> impl Iterator<Item = (&PositionKey, &Position)> + '_ {
         self.positions.iter()
     }

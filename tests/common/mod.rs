@@ -89,11 +89,21 @@ impl Cluster {
         let (stop, stopped) = oneshot::channel::<()>();
         let serving = node.clone();
         let server = tokio::spawn(async move {
-            let _ = stockd::server::serve(serving, async {
+            if let Err(e) = stockd::server::serve(serving, async {
                 let _ = stopped.await;
             })
-            .await;
+            .await
+            {
+                eprintln!("node {id} stopped serving: {e}");
+            }
         });
+        // The server binds after it has loaded its models: wait until it listens.
+        let addr = self.addrs[id as usize - 1].clone();
+        poll(&format!("node {id} listens on {addr}"), Duration::from_secs(20), || {
+            let addr = addr.clone();
+            async move { tokio::net::TcpStream::connect(&addr).await.is_ok() }
+        })
+        .await;
         self.running[id as usize - 1] = Some(Running { node, stop, server });
     }
 
@@ -173,6 +183,7 @@ pub async fn receive(client: &mut InventoryClient<Channel>, event_id: &str, sku:
             reason: "test stock".into(),
             source: "test".into(),
             source_seq: seq,
+            observed_at_ms: 0,
         })
         .await
         .expect("adjust")

@@ -1,0 +1,309 @@
+//! The probable path: "can we promise this?" and "which location should ship
+//! it?", answered from a replica read, the shared feature code, the risk model
+//! and the policy rules.
+//!
+//! Invariant: nothing here writes. The exact path (Reserve) stays
+//! authoritative; these answers can only be more conservative than exact ATP.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+use std::time::UNIX_EPOCH;
+
+use futures::future::join_all;
+use models::features;
+use models::features::RequestContext;
+use models::features::SellerType;
+use models::policy;
+use models::policy::Context;
+use models::policy::Decision;
+use models::policy::DecisionInput;
+use models::policy::DecisionOutcome;
+use models::policy::DecisionThresholds;
+use models::policy::Degraded;
+use models::Score;
+use models::ScoreError;
+use models::Scorer;
+use raft::GroupError;
+use storage::model::GroupId;
+use storage::model::Position;
+use storage::model::PositionKey;
+
+use crate::node::Consistency;
+use crate::node::Node;
+use crate::node::ReadQuery;
+
+/// Thresholds used when no model version is loaded. No score exists then, so
+/// they only appear in answers, never decide.
+const THRESHOLDS_WITHOUT_MODEL: DecisionThresholds = DecisionThresholds { checkout: 0.9, product_page: 0.5 };
+
+pub struct Availability {
+    node: Arc<Node>,
+    scorer: Scorer,
+}
+
+/// One availability question.
+#[derive(Debug, Clone)]
+pub struct CheckRequest {
+    pub sku: String,
+    /// None: the best location holding the SKU.
+    pub location: Option<String>,
+    pub quantity: u64,
+    pub context: Context,
+    pub consistency: Consistency,
+    pub promo: bool,
+    pub route_key: String,
+}
+
+/// The answer for one location.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    pub location: String,
+    pub outcome: DecisionOutcome,
+    pub score: Option<Score>,
+    pub atp: u64,
+    pub feed_lag_ms: u64,
+    pub seller_type: SellerType,
+    pub threshold: f64,
+    /// Blocked by a hard rule (not by the model or a degraded input).
+    pub blocked: bool,
+    /// The model input, and the time it was computed for.
+    pub features: [f32; features::FEATURE_COUNT],
+    pub features_at_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct CheckAnswer {
+    pub evaluation: Evaluation,
+    pub staleness_ms: u64,
+    pub applied_index: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub evaluation: Evaluation,
+    pub eligible: bool,
+    pub cost: f64,
+    pub score: f64,
+    pub reasons: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RankAnswer {
+    pub candidates: Vec<Candidate>,
+    pub model_version: String,
+    pub degraded: Vec<Degraded>,
+    pub staleness_ms: u64,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn degraded_of(error: &ScoreError) -> Degraded {
+    match error {
+        ScoreError::Timeout { .. } => Degraded::ModelTimeout,
+        ScoreError::Overloaded { .. } => Degraded::ModelOverloaded,
+        ScoreError::Disabled => Degraded::ModelDisabled,
+        ScoreError::Unavailable { .. } | ScoreError::Failed { .. } => Degraded::ModelUnavailable,
+    }
+}
+
+impl Availability {
+    pub fn new(node: Arc<Node>) -> Self {
+        let scorer = Scorer::start(node.config.scoring.clone());
+        Self { node, scorer }
+    }
+
+    pub fn scorer(&self) -> &Scorer {
+        &self.scorer
+    }
+
+    /// The serving version's thresholds, with the checkout one replaced by
+    /// the configured cost ratio's when set.
+    pub fn thresholds(&self) -> DecisionThresholds {
+        let mut thresholds = match self.scorer.thresholds() {
+            Some(t) => DecisionThresholds { checkout: t.checkout, product_page: t.product_page },
+            None => THRESHOLDS_WITHOUT_MODEL,
+        };
+        if let Some(ratio) = self.node.config.availability.checkout_cost_ratio {
+            thresholds.checkout = DecisionThresholds::checkout_from_cost_ratio(ratio);
+        }
+        thresholds.product_page = thresholds.product_page.min(thresholds.checkout);
+        thresholds
+    }
+
+    /// Reads the positions a request is about: one location, or every
+    /// location of the SKU (bounded by `locations-max`).
+    async fn read(
+        &self,
+        group: GroupId,
+        sku: &str,
+        location: Option<&str>,
+        consistency: Consistency,
+    ) -> Result<(Vec<(String, Option<Position>)>, u64, u64), GroupError> {
+        let query = match location {
+            Some(location) => ReadQuery::Position(PositionKey::new(sku, location)),
+            None => ReadQuery::SkuPositions { sku: sku.to_owned(), locations_max: self.node.config.availability.locations_max },
+        };
+        let answer = self.node.read(group, query, consistency).await?;
+        let positions = match location {
+            Some(location) => vec![(location.to_owned(), answer.position)],
+            None => answer.positions.into_iter().map(|(location, position)| (location, Some(position))).collect(),
+        };
+        Ok((positions, answer.staleness_ms, answer.applied_index))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn evaluate(
+        &self,
+        sku: &str,
+        location: &str,
+        position: Option<&Position>,
+        quantity: u64,
+        context: Context,
+        staleness_ms: u64,
+        promo: bool,
+        route_key: &str,
+        now_ms: u64,
+    ) -> Evaluation {
+        let settings = &self.node.config.availability;
+        let seller_type = settings.seller_type(location);
+        let request = RequestContext { quantity, now_ms, replica_staleness_ms: staleness_ms, seller_type, promo };
+        let vector = features::compute(&features::input_from_position(position, &request));
+        let scored = self.scorer.score(&vector, route_key).await;
+        let empty = Position::default();
+        let position = position.unwrap_or(&empty);
+        let thresholds = self.thresholds();
+        let input = DecisionInput {
+            context,
+            sku,
+            quantity,
+            atp: position.atp(),
+            held: position.held,
+            safety_stock: position.safety_stock,
+            short: position.is_short(),
+            seller_type,
+            staleness_ms,
+            feed_lag_ms: position.signals.feed_lag_ms,
+            score: scored.as_ref().map(|s| s.p_sellable).map_err(degraded_of),
+            features_out_of_range: !vector.out_of_range.is_empty(),
+        };
+        let outcome = policy::decide(&input, &thresholds, &settings.policy());
+        if let Err(error) = &scored {
+            tracing::debug!(sku, location, %error, "scored without the model");
+        }
+        let blocked = outcome
+            .rules
+            .iter()
+            .any(|rule| matches!(rule, policy::Rule::Compliance | policy::Rule::SellerLimit | policy::Rule::ShortPosition | policy::Rule::InsufficientAtp));
+        Evaluation {
+            location: location.to_owned(),
+            threshold: match context {
+                Context::Checkout => thresholds.checkout,
+                Context::ProductPage => thresholds.product_page,
+            },
+            outcome,
+            score: scored.ok(),
+            atp: position.atp(),
+            feed_lag_ms: position.signals.feed_lag_ms,
+            seller_type,
+            blocked,
+            features: vector.values,
+            features_at_ms: now_ms,
+        }
+    }
+
+    pub async fn check(&self, group: GroupId, request: &CheckRequest) -> Result<CheckAnswer, GroupError> {
+        let (positions, staleness_ms, applied_index) = self.read(group, &request.sku, request.location.as_deref(), request.consistency).await?;
+        let now_ms = now_ms();
+        let evaluations = join_all(positions.iter().map(|(location, position)| {
+            self.evaluate(&request.sku, location, position.as_ref(), request.quantity, request.context, staleness_ms, request.promo, &request.route_key, now_ms)
+        }))
+        .await;
+        // Best decision first, then the highest probability.
+        let best = evaluations.into_iter().min_by(|a, b| {
+            let pa = a.score.as_ref().map_or(0.0, |s| s.p_sellable);
+            let pb = b.score.as_ref().map_or(0.0, |s| s.p_sellable);
+            a.outcome.decision.cmp(&b.outcome.decision).then(pb.total_cmp(&pa)).then(b.atp.cmp(&a.atp))
+        });
+        let evaluation = match best {
+            Some(evaluation) => evaluation,
+            // No location holds the SKU: nothing to promise.
+            None => self.evaluate(&request.sku, "", None, request.quantity, request.context, staleness_ms, request.promo, &request.route_key, now_ms).await,
+        };
+        Ok(CheckAnswer { evaluation, staleness_ms, applied_index })
+    }
+
+    pub async fn rank(&self, group: GroupId, sku: &str, quantity: u64, destination_region: &str, route_key: &str) -> Result<RankAnswer, GroupError> {
+        let settings = &self.node.config.availability;
+        let region = &self.node.config.region;
+        let (positions, staleness_ms, _) = self.read(group, sku, None, Consistency::Any).await?;
+        let now_ms = now_ms();
+        let evaluations =
+            join_all(positions.iter().map(|(location, position)| {
+                self.evaluate(sku, location, position.as_ref(), quantity, Context::Checkout, staleness_ms, false, route_key, now_ms)
+            }))
+            .await;
+        let cross_region = destination_region != region.as_str();
+        let residency_blocks =
+            cross_region && (settings.residency_regions.iter().any(|r| r == destination_region) || settings.residency_regions.iter().any(|r| r == region));
+        let mut degraded = Vec::new();
+        let mut model_version = String::new();
+        let mut candidates: Vec<Candidate> = evaluations
+            .into_iter()
+            .map(|evaluation| {
+                let mut reasons: Vec<String> = evaluation.outcome.rules.iter().map(enum_name).collect();
+                for d in &evaluation.outcome.degraded {
+                    if !degraded.contains(d) {
+                        degraded.push(*d);
+                    }
+                }
+                if let Some(score) = &evaluation.score {
+                    model_version.clone_from(&score.model_version);
+                } else {
+                    reasons.push("UNSCORED".to_owned());
+                }
+                let mut cost = 1.0;
+                if evaluation.seller_type == SellerType::ThirdParty {
+                    cost += settings.third_party_cost;
+                    reasons.push("THIRD_PARTY_COST".to_owned());
+                }
+                if cross_region {
+                    cost += settings.cross_region_cost;
+                    reasons.push("CROSS_REGION_COST".to_owned());
+                }
+                let mut eligible = !evaluation.blocked;
+                if residency_blocks {
+                    eligible = false;
+                    reasons.push("RESIDENCY".to_owned());
+                }
+                let p = evaluation.score.as_ref().map_or(0.0, |s| s.p_sellable);
+                let score = p - settings.cost_weight * cost;
+                Candidate { evaluation, eligible, cost, score, reasons }
+            })
+            .collect();
+        candidates.sort_by(|a, b| {
+            b.eligible
+                .cmp(&a.eligible)
+                .then(b.score.total_cmp(&a.score))
+                .then(b.evaluation.atp.cmp(&a.evaluation.atp))
+                .then(a.evaluation.location.cmp(&b.evaluation.location))
+        });
+        degraded.sort();
+        Ok(RankAnswer { candidates, model_version, degraded, staleness_ms })
+    }
+}
+
+/// `SCREAMING_SNAKE_CASE` name of a policy enum value, as serde writes it.
+pub fn enum_name<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+}
+
+/// Proto name of a decision.
+pub fn decision_name(decision: Decision) -> &'static str {
+    match decision {
+        Decision::Available => "AVAILABLE",
+        Decision::LowStock => "LOW_STOCK",
+        Decision::Unavailable => "UNAVAILABLE",
+    }
+}

@@ -1,0 +1,178 @@
+//! The probable path end to end on a real node: CheckAvailability with the
+//! shipped model, the kill switch and a missing model degrading to the
+//! conservative rule, feature parity between the server and the export path,
+//! and fulfilment ranking with its policy.
+
+mod common;
+
+use common::receive;
+use common::reserve;
+use common::test_config;
+use common::Cluster;
+use common::SERIAL;
+use models::features;
+use models::features::RequestContext;
+use models::features::SellerType;
+use stockd::config::FileConfig;
+use stockd::proto::v1 as pb;
+use stockd::proto::v1::admin_client::AdminClient;
+use storage::model::PositionKey;
+use tonic::transport::Channel;
+
+const SKU: &str = "1-gadget";
+
+fn single_node() -> FileConfig {
+    let mut file = test_config();
+    file.cluster.replication_factor = 1;
+    file
+}
+
+async fn admin(cluster: &Cluster) -> AdminClient<Channel> {
+    AdminClient::connect(format!("http://{}", cluster.addrs[0])).await.expect("connect admin")
+}
+
+fn request(location: &str, quantity: u64, context: pb::RequestContext) -> pb::CheckAvailabilityRequest {
+    pb::CheckAvailabilityRequest {
+        sku: SKU.into(),
+        location: location.into(),
+        quantity,
+        context: context as i32,
+        consistency: pb::Consistency::Strong as i32,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn check_scores_with_the_shipped_model_and_the_kill_switch_degrades_safely() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(1, single_node()).await;
+    let mut client = cluster.client(1).await;
+    let mut admin = admin(&cluster).await;
+    receive(&mut client, "rcv-1", SKU, "dc-1", 50).await;
+
+    let status: serde_json::Value =
+        serde_json::from_str(&admin.model_status(pb::ModelStatusRequest {}).await.expect("status").into_inner().status_json).expect("json");
+    assert_eq!(status["serving"], "v1", "the shipped model serves by default: {status}");
+
+    let answer = client.check_availability(request("dc-1", 1, pb::RequestContext::ProductPage)).await.expect("check").into_inner();
+    assert!(answer.scored, "{answer:?}");
+    assert!(answer.p_sellable > 0.0 && answer.p_sellable <= 1.0, "{answer:?}");
+    assert_eq!(answer.model_version, "v1");
+    assert_eq!(answer.atp, 50);
+    assert!(answer.degraded.is_empty(), "{answer:?}");
+    assert_ne!(answer.decision, pb::Decision::Unavailable as i32, "50 fresh units for 1: {answer:?}");
+
+    // The model never permits what exact ATP refuses.
+    let too_many = client.check_availability(request("dc-1", 51, pb::RequestContext::Checkout)).await.expect("check").into_inner();
+    assert_eq!(too_many.decision, pb::Decision::Unavailable as i32);
+    assert!(too_many.rules.contains(&"INSUFFICIENT_ATP".to_owned()), "{too_many:?}");
+
+    // Kill switch: the conservative rule answers, and says so.
+    admin.set_model_disabled(pb::SetModelDisabledRequest { disabled: true }).await.expect("disable");
+    let killed = client.check_availability(request("dc-1", 1, pb::RequestContext::Checkout)).await.expect("check").into_inner();
+    assert!(!killed.scored);
+    assert_eq!(killed.degraded, vec!["MODEL_DISABLED".to_owned()]);
+    assert!(killed.rules.contains(&"CONSERVATIVE_RULE".to_owned()), "{killed:?}");
+    assert_eq!(killed.decision, pb::Decision::Available as i32, "49 units left is past the margin");
+    admin.set_model_disabled(pb::SetModelDisabledRequest { disabled: false }).await.expect("enable");
+    let back = client.check_availability(request("dc-1", 1, pb::RequestContext::Checkout)).await.expect("check").into_inner();
+    assert!(back.scored, "{back:?}");
+
+    // Operator errors name what is wrong and change nothing.
+    let unknown = admin.promote_model(pb::PromoteModelRequest { version: "v999".into() }).await.expect_err("unknown version");
+    assert_eq!(unknown.code(), tonic::Code::NotFound, "{unknown:?}");
+    let missing = admin.load_model(pb::LoadModelRequest { dir: "/nonexistent/v9".into() }).await.expect_err("missing dir");
+    assert!(missing.message().contains("/nonexistent/v9"), "{missing:?}");
+    let rollback = admin.rollback_model(pb::ModelStatusRequest {}).await.expect_err("nothing to roll back to");
+    assert_eq!(rollback.code(), tonic::Code::FailedPrecondition, "{rollback:?}");
+
+    let no_context = client.check_availability(request("dc-1", 1, pb::RequestContext::Unspecified)).await.expect_err("context is required");
+    assert_eq!(no_context.code(), tonic::Code::InvalidArgument);
+    assert!(no_context.message().contains("context"), "{no_context:?}");
+    let zero = client.check_availability(request("dc-1", 0, pb::RequestContext::Checkout)).await.expect_err("quantity 0");
+    assert!(zero.message().contains("quantity"), "{zero:?}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_missing_model_degrades_to_the_conservative_rule() {
+    let _serial = SERIAL.lock().await;
+    let empty = tempfile::tempdir().expect("tempdir");
+    let mut file = single_node();
+    file.model.model_dir = empty.path().to_path_buf();
+    let cluster = Cluster::start(1, file).await;
+    let mut client = cluster.client(1).await;
+    receive(&mut client, "rcv-1", SKU, "dc-1", 10).await;
+    receive(&mut client, "rcv-2", SKU, "dc-2", 2).await;
+
+    let plenty = client.check_availability(request("dc-1", 1, pb::RequestContext::Checkout)).await.expect("check").into_inner();
+    assert_eq!(plenty.decision, pb::Decision::Available as i32, "{plenty:?}");
+    assert_eq!(plenty.degraded, vec!["MODEL_UNAVAILABLE".to_owned()]);
+    assert!(!plenty.scored);
+    // 2 units, 1 asked: 1 left is inside the margin of 2. Checkout refuses,
+    // a product page shows low stock.
+    let tight = client.check_availability(request("dc-2", 1, pb::RequestContext::Checkout)).await.expect("check").into_inner();
+    assert_eq!(tight.decision, pb::Decision::Unavailable as i32, "{tight:?}");
+    assert!(tight.rules.contains(&"CONSERVATIVE_RULE".to_owned()));
+    let page = client.check_availability(request("dc-2", 1, pb::RequestContext::ProductPage)).await.expect("check").into_inner();
+    assert_eq!(page.decision, pb::Decision::LowStock as i32, "{page:?}");
+    // Without a location, the best one answers.
+    let best = client.check_availability(request("", 1, pb::RequestContext::Checkout)).await.expect("check").into_inner();
+    assert_eq!(best.location, "dc-1");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn served_features_equal_the_export_path_for_the_same_position() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(1, single_node()).await;
+    let mut client = cluster.client(1).await;
+    for (location, units) in [("dc-1", 30), ("3p-7", 12)] {
+        receive(&mut client, &format!("rcv-{location}"), SKU, location, units).await;
+        reserve(&mut client, &format!("cart-{location}"), vec![common::line(SKU, location, 2)], 60_000).await.expect("reserve");
+    }
+    for location in ["dc-1", "3p-7"] {
+        let mut ask = request(location, 3, pb::RequestContext::Checkout);
+        ask.explain = true;
+        ask.promo = true;
+        let answer = client.check_availability(ask).await.expect("check").into_inner();
+        assert_eq!(answer.features.len(), features::FEATURE_COUNT);
+        let node = cluster.node(1);
+        let group = node.shard_map().group_for(&node.config.region, SKU).expect("a group").group;
+        let position = node.group(group).expect("hosted").state().read().position(&PositionKey::new(SKU, location)).cloned();
+        let seller_type = if location.starts_with("3p-") { SellerType::ThirdParty } else { SellerType::FirstParty };
+        let context = RequestContext { quantity: 3, now_ms: answer.features_at_ms, replica_staleness_ms: answer.staleness_ms, seller_type, promo: true };
+        let exported = features::compute(&features::input_from_position(position.as_ref(), &context));
+        assert_eq!(answer.features, exported.values.to_vec(), "{location}");
+        assert_eq!(answer.seller_type, seller_type.as_str());
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ranking_puts_eligible_locations_first_and_honours_residency() {
+    let _serial = SERIAL.lock().await;
+    let mut file = single_node();
+    file.availability.residency_regions = vec!["local".into()];
+    let cluster = Cluster::start(1, file).await;
+    let mut client = cluster.client(1).await;
+    receive(&mut client, "rcv-a", SKU, "dc-1", 20).await;
+    receive(&mut client, "rcv-b", SKU, "3p-2", 20).await;
+    receive(&mut client, "rcv-c", SKU, "dc-3", 1).await;
+
+    let rank = |region: &str| pb::RankFulfillmentRequest { sku: SKU.into(), quantity: 2, destination_region: region.into(), route_key: String::new() };
+    let ranked = client.rank_fulfillment(rank("local")).await.expect("rank").into_inner();
+    let locations: Vec<&str> = ranked.candidates.iter().map(|c| c.location.as_str()).collect();
+    assert_eq!(locations.len(), 3, "{ranked:?}");
+    assert_eq!(locations[2], "dc-3", "the location that cannot cover 2 units ranks last");
+    let last = &ranked.candidates[2];
+    assert!(!last.eligible && last.reasons.contains(&"INSUFFICIENT_ATP".to_owned()), "{last:?}");
+    assert!(ranked.candidates[..2].iter().all(|c| c.eligible), "{ranked:?}");
+    assert!(ranked.candidates[0].score >= ranked.candidates[1].score);
+    let third_party = ranked.candidates.iter().find(|c| c.location == "3p-2").expect("3p-2 ranked");
+    assert!(third_party.reasons.contains(&"THIRD_PARTY_COST".to_owned()) && third_party.cost > 1.0, "{third_party:?}");
+
+    let abroad = client.rank_fulfillment(rank("eu-west")).await.expect("rank").into_inner();
+    assert!(abroad.candidates.iter().all(|c| !c.eligible && c.reasons.contains(&"RESIDENCY".to_owned())), "{abroad:?}");
+    cluster.shutdown().await;
+}
