@@ -20,7 +20,10 @@ use hdrhistogram::Histogram;
 use tokio::time::Instant;
 
 use crate::client::{Client, ClientError};
-use crate::proto::v1::{AdjustRequest, AdjustmentKind, BatchReserveRequest, Consistency, GetPositionRequest, Line, Outcome, ReserveRequest, ReserveResponse};
+use crate::proto::v1::{
+    AdjustRequest, AdjustmentKind, BatchReserveRequest, CheckAvailabilityRequest, Consistency, Decision, GetPositionRequest, Line, Outcome, RequestContext,
+    ReserveRequest, ReserveResponse,
+};
 
 /// Units stocked on the one SKU of the hot workload.
 pub const HOT_STOCK_UNITS: u64 = 50_000_000;
@@ -44,6 +47,10 @@ pub enum Workload {
     Hot,
     /// Reservations spread uniformly over many SKUs.
     Uniform,
+    /// CheckAvailability (product page, local replica) over many SKUs: the
+    /// probable path end to end (read, features, model, policy). Read-only
+    /// after stocking.
+    Check,
 }
 
 /// What to run.
@@ -64,7 +71,7 @@ impl BenchConfig {
     pub fn sku_count(&self) -> u32 {
         match self.workload {
             Workload::Hot => 1,
-            Workload::Uniform => self.skus.max(1),
+            Workload::Uniform | Workload::Check => self.skus.max(1),
         }
     }
 
@@ -72,7 +79,7 @@ impl BenchConfig {
     pub fn stock_per_sku(&self) -> u64 {
         match self.workload {
             Workload::Hot => HOT_STOCK_UNITS,
-            Workload::Uniform => UNIFORM_STOCK_UNITS_MIN.max(HOT_STOCK_UNITS / u64::from(self.sku_count())),
+            Workload::Uniform | Workload::Check => UNIFORM_STOCK_UNITS_MIN.max(HOT_STOCK_UNITS / u64::from(self.sku_count())),
         }
     }
 }
@@ -100,6 +107,8 @@ pub struct BenchReport {
     pub p99_us: u64,
     pub p999_us: u64,
     pub max_us: u64,
+    /// Check workload: answers that carried no model score (degraded).
+    pub unscored: u64,
     /// The first call error seen, to tell what went wrong.
     pub first_error: Option<String>,
     /// Conservation violations found by the final check; empty when conserved.
@@ -192,7 +201,13 @@ pub async fn run(client: &Client, config: &BenchConfig) -> Result<BenchReport, B
     let end = Instant::now() + config.duration;
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(config.clients as usize);
-    for task in 0..config.clients {
+    if config.workload == Workload::Check {
+        for task in 0..config.clients {
+            let load = CheckLoad { client: client.clone(), task, skus: Arc::clone(&skus), location: config.location.clone(), tally: Arc::clone(&tally), end };
+            tasks.push(tokio::spawn(load.run()));
+        }
+    }
+    for task in (0..config.clients).filter(|_| config.workload != Workload::Check) {
         let load = Load {
             client: client.clone(),
             run: run.clone(),
@@ -231,6 +246,7 @@ pub async fn run(client: &Client, config: &BenchConfig) -> Result<BenchReport, B
         p99_us: latency.value_at_quantile(0.99),
         p999_us: latency.value_at_quantile(0.999),
         max_us: latency.max(),
+        unscored: tally.unscored.load(Ordering::Relaxed),
         first_error: tally.first_error(),
         violations,
     })
@@ -325,6 +341,7 @@ struct Tally {
     refused: AtomicU64,
     errors: AtomicU64,
     unknown: AtomicU64,
+    unscored: AtomicU64,
     /// Per SKU: units reserved (outcome OK).
     ok_units: Vec<AtomicU64>,
     /// Per SKU: units of calls whose outcome is unknown.
@@ -342,6 +359,7 @@ impl Tally {
             refused: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             unknown: AtomicU64::new(0),
+            unscored: AtomicU64::new(0),
             ok_units: (0..skus).map(|_| AtomicU64::new(0)).collect(),
             unknown_units: (0..skus).map(|_| AtomicU64::new(0)).collect(),
             fatal: AtomicBool::new(false),
@@ -450,6 +468,52 @@ impl Load {
                     }
                     Err(error) => self.tally.record_error(&sku_indexes, &error),
                 }
+            }
+        }
+        latency
+    }
+}
+
+struct CheckLoad {
+    client: Client,
+    task: u32,
+    skus: Arc<Vec<String>>,
+    location: String,
+    tally: Arc<Tally>,
+    end: Instant,
+}
+
+impl CheckLoad {
+    /// Asks product-page availability of random SKUs until `end`.
+    async fn run(self) -> Histogram<u64> {
+        let mut latency = new_histogram();
+        let mut random = splitmix64(now_ms() ^ (u64::from(self.task) << 32));
+        while Instant::now() < self.end && !self.tally.fatal.load(Ordering::Relaxed) {
+            random = splitmix64(random);
+            let index = (random % self.skus.len() as u64) as usize;
+            let request = CheckAvailabilityRequest {
+                sku: self.skus[index].clone(),
+                location: self.location.clone(),
+                quantity: 1,
+                context: RequestContext::ProductPage as i32,
+                consistency: Consistency::Any as i32,
+                route_key: format!("bench-{}-{random:x}", self.task),
+                ..Default::default()
+            };
+            let started = Instant::now();
+            match self.client.check_availability(request).await {
+                Ok(answer) => {
+                    latency.saturating_record(elapsed_us(started));
+                    if answer.decision == Decision::Unavailable as i32 {
+                        self.tally.refused.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        self.tally.ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if !answer.scored {
+                        self.tally.unscored.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Err(error) => self.tally.record_error(&[index], &error),
             }
         }
         latency

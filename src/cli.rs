@@ -219,10 +219,11 @@ pub struct GetArgs {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// hot: every reservation on one SKU; uniform: spread over --skus SKUs.
+    /// hot: every reservation on one SKU; uniform: spread over --skus SKUs;
+    /// check: CheckAvailability (product page) over --skus SKUs, read-only.
     #[arg(long, value_enum)]
     pub workload: Workload,
-    /// SKUs of the uniform workload.
+    /// SKUs of the uniform and check workloads.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub skus: u32,
     /// Concurrent client tasks.
@@ -872,6 +873,18 @@ pub fn status_response_json(status: &StatusResponse) -> Value {
         "version": status.version,
         "nodes": status.nodes.iter().map(|n| json!({ "id": n.id, "addr": n.addr, "region": n.region })).collect::<Vec<_>>(),
         "groups": status.groups.iter().map(group_status_json).collect::<Vec<_>>(),
+        "model": status.model.as_ref().map(|m| json!({
+            "serving": m.serving,
+            "disabled": m.disabled,
+            "requests": m.requests,
+            "fallback_rate": m.fallback_rate,
+            "unscored": m.unscored,
+            "inference_p50_us": m.inference_p50_us,
+            "inference_p99_us": m.inference_p99_us,
+            "max_feature_psi": m.max_feature_psi,
+            "score_psi": m.score_psi,
+            "drift_alerts": m.drift_alerts,
+        })),
     })
 }
 
@@ -946,6 +959,28 @@ pub fn status_human(reports: &[NodeStatusReport]) -> String {
         .collect();
     let mut out = String::from("nodes:\n");
     out.push_str(&render_table(&["ADDR", "NODE", "REGION", "VERSION", "GROUPS", "LEADS", "STATE"], &node_rows));
+    let model_rows: Vec<Vec<String>> = reports
+        .iter()
+        .filter_map(|report| report.result.as_ref().ok())
+        .filter_map(|status| status.model.as_ref().map(|m| (status.node_id, m)))
+        .map(|(node, m)| {
+            vec![
+                node.to_string(),
+                if m.serving.is_empty() { "none (conservative rule)".to_owned() } else { m.serving.clone() },
+                if m.disabled { "yes".to_owned() } else { "no".to_owned() },
+                m.requests.to_string(),
+                format!("{:.3}", m.fallback_rate),
+                m.unscored.to_string(),
+                format!("{}/{}", m.inference_p50_us, m.inference_p99_us),
+                format!("{:.3}", m.max_feature_psi.max(m.score_psi)),
+                if m.drift_alerts.is_empty() { "-".to_owned() } else { m.drift_alerts.join(",") },
+            ]
+        })
+        .collect();
+    if !model_rows.is_empty() {
+        out.push_str("model:\n");
+        out.push_str(&render_table(&["NODE", "SERVING", "DISABLED", "REQUESTS", "FALLBACK", "UNSCORED", "P50/P99 US", "MAX PSI", "DRIFT"], &model_rows));
+    }
 
     let mut groups: Vec<(u64, &GroupStatus)> = reports
         .iter()
@@ -1033,6 +1068,7 @@ pub fn bench_json(report: &BenchReport) -> Value {
         "errors": report.errors,
         "unknown": report.unknown,
         "conserved": report.conserved(),
+        "unscored": report.unscored,
         "first_error": report.first_error,
         "violations": report.violations,
     })
@@ -1053,6 +1089,9 @@ pub fn bench_human(report: &BenchReport) -> String {
         ("errors", format!("{} ({} with unknown outcome)", report.errors, report.unknown)),
         ("conserved", report.conserved().to_string()),
     ]);
+    if report.workload == Workload::Check {
+        out.push_str(&format!("unscored: {} (answers without a model score)\n", report.unscored));
+    }
     if let Some(error) = &report.first_error {
         out.push_str(&format!("first error: {}\n", one_line(error)));
     }
@@ -1066,6 +1105,7 @@ pub fn workload_word(workload: Workload) -> &'static str {
     match workload {
         Workload::Hot => "hot",
         Workload::Uniform => "uniform",
+        Workload::Check => "check",
     }
 }
 
@@ -1220,7 +1260,7 @@ pub fn model_human(reports: &[(String, Result<ModelStatusResponse, ClientError>)
                 let versions =
                     model["versions"].as_array().map(|v| v.iter().filter_map(|v| v["version"].as_str()).collect::<Vec<_>>().join(",")).unwrap_or_default();
                 let counters = &model["counters"];
-                let latency = &model["latency"];
+                let latency = &model["inference"];
                 vec![
                     format!("{} ({addr})", response.node_id),
                     text("serving"),

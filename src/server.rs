@@ -158,6 +158,23 @@ fn evaluation_fields(e: &Evaluation) -> (f64, bool, String, String, Vec<String>,
     (p, scored, version, variant, rules, degraded)
 }
 
+fn model_summary(status: &models::ModelStatus) -> pb::ModelSummary {
+    let drift = status.drift.last_window.as_ref().or(status.drift.current_window.as_ref());
+    let c = &status.counters;
+    pb::ModelSummary {
+        serving: status.serving.clone().unwrap_or_default(),
+        disabled: status.disabled,
+        requests: c.requests,
+        fallback_rate: status.fallback_rate,
+        unscored: c.timeouts + c.overloaded + c.disabled + c.unavailable + c.errors,
+        inference_p50_us: status.inference.p50_us,
+        inference_p99_us: status.inference.p99_us,
+        max_feature_psi: drift.map_or(0.0, |d| d.max_feature_psi),
+        score_psi: drift.map_or(0.0, |d| d.score_psi),
+        drift_alerts: drift.map(|d| d.alerts.iter().map(|a| (*a).to_owned()).collect()).unwrap_or_default(),
+    }
+}
+
 fn decision_to_pb(decision: Decision) -> pb::Decision {
     match decision {
         Decision::Available => pb::Decision::Available,
@@ -421,6 +438,7 @@ impl Admin for AdminService {
             nodes,
             groups,
             version: env!("CARGO_PKG_VERSION").to_string(),
+            model: Some(model_summary(&self.availability.scorer().status())),
         }))
     }
 

@@ -429,6 +429,7 @@ fn status(node_id: u64, role: &str, leader: u64) -> StatusResponse {
             positions: 7,
         }],
         version: "0.1.0".into(),
+        model: None,
     }
 }
 
@@ -500,6 +501,7 @@ fn bench_report_json_has_the_documented_keys() {
         p99_us: 4000,
         p999_us: 9000,
         max_us: 12000,
+        unscored: 0,
         first_error: None,
         violations: vec![],
     };

@@ -13,6 +13,7 @@ use stockd::config::FileConfig;
 use stockd::config::Overrides;
 use stockd::node::Node;
 use stockd::proto::v1::admin_client::AdminClient;
+use stockd::proto::v1::ModelStatusRequest;
 use stockd::proto::v1::StatusRequest;
 
 #[derive(Parser)]
@@ -168,7 +169,12 @@ async fn dev(nodes: u64, data_dir: PathBuf, port: u16, config: Option<PathBuf>, 
     }
     let addrs = children.iter().map(|c| c.addr.clone()).collect::<Vec<_>>().join(",");
     match wait_ready(&children, Duration::from_secs(60)).await {
-        Ok(()) => println!("ready: every group has a leader"),
+        Ok(()) => {
+            println!("ready: every group has a leader");
+            if let Some(first) = children.first() {
+                println!("{}", model_line(&first.addr).await);
+            }
+        }
         Err(e) => println!("not ready yet ({e}); the nodes keep trying"),
     }
     // Name stockctl the way the user can run it: ./bin/stockctl after
@@ -181,6 +187,8 @@ async fn dev(nodes: u64, data_dir: PathBuf, port: u16, config: Option<PathBuf>, 
     println!("  {stockctl} --addr {addrs} adjust --event-id rcv-1 --sku a-100 --location wh1 --kind receipt --qty 10");
     println!("  {stockctl} --addr {addrs} reserve --id cart-1 --line a-100:wh1:2 --ttl 60s");
     println!("  {stockctl} --addr {addrs} get --sku a-100 --location wh1");
+    println!("  {stockctl} --addr {addrs} check --sku a-100 --location wh1 --qty 1 --context checkout");
+    println!("  {stockctl} --addr {addrs} model status");
     println!("Ctrl-C stops the cluster; running this again recovers the same data.");
     tokio::select! {
         _ = shutdown_signal() => println!("stopping..."),
@@ -228,6 +236,25 @@ async fn first_exit(children: &mut [Child]) -> (u64, std::process::ExitStatus) {
 }
 
 /// Polls every node's status until each hosted group reports a leader.
+/// One line on the model serving of the node at `addr`.
+async fn model_line(addr: &str) -> String {
+    let status = match AdminClient::connect(format!("http://{addr}")).await {
+        Ok(mut client) => client.model_status(ModelStatusRequest {}).await.map(|r| r.into_inner().status_json).map_err(|e| e.message().to_owned()),
+        Err(e) => Err(e.to_string()),
+    };
+    let status: serde_json::Value = match status.map(|json| serde_json::from_str(&json)) {
+        Ok(Ok(value)) => value,
+        Ok(Err(e)) => return format!("model: unreadable status ({e})"),
+        Err(e) => return format!("model: status unavailable ({e})"),
+    };
+    match status["serving"].as_str() {
+        Some(version) => format!("model: {version} serving (runtime {})", status["runtime"]["dylib"].as_str().unwrap_or("?")),
+        None => {
+            format!("model: none serving, answers use the conservative rule ({})", status["unavailable_reason"].as_str().unwrap_or("no valid model version"))
+        }
+    }
+}
+
 async fn wait_ready(children: &[Child], limit: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
     loop {
