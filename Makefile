@@ -12,7 +12,7 @@ DEV_ARGS ?=
 setup:
 	@scripts/setup.sh
 
-build: setup
+build: setup venv
 	$(CARGO) build --release --bins
 	@mkdir -p bin
 	@ln -sf $(CARGO_TARGET_DIR)/release/stockd bin/stockd
@@ -34,3 +34,19 @@ bench-uniform: build
 
 clean-data:
 	rm -rf data
+
+# The availability risk model: `make venv` sets up .venv (training, the Python
+# tests, the onnxruntime library the server loads); `make model` simulates the
+# pinned seed and retrains models/v1 and models/MODEL_CARD.md from it.
+MODEL_SEED ?= 7
+MODEL_VERSION ?= v1
+
+.PHONY: venv model
+
+venv:
+	@scripts/setup-venv.sh
+
+model: venv
+	$(CARGO) build --release -p models --bin stockd-sim
+	$(CARGO_TARGET_DIR)/release/stockd-sim --seed $(MODEL_SEED) --out data/sim/rows.csv
+	PYTHONDONTWRITEBYTECODE=1 .venv/bin/python models/train/train.py --rows data/sim/rows.csv --out models/$(MODEL_VERSION) --version $(MODEL_VERSION)

@@ -3,6 +3,8 @@
 # line "tests: N passed, M failed".
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# .venv first: the model tests load libonnxruntime.so from it.
+scripts/setup-venv.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 log="$(mktemp)"
@@ -11,6 +13,23 @@ status=0
 cargo test --workspace 2>&1 | tee "$log" || status=$?
 passed=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) if ($i ~ /^passed;?$/) sum += $(i-1) } END { print sum + 0 }' "$log")
 failed=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) if ($i ~ /^failed;?$/) sum += $(i-1) } END { print sum + 0 }' "$log")
+
+# The availability model's Python tests (committed artefacts in models/v1).
+pylog="$(mktemp)"
+trap 'rm -f "$log" "$pylog"' EXIT
+py_status=0
+PYTHONDONTWRITEBYTECODE=1 .venv/bin/python -m pytest models/train -q -p no:cacheprovider 2>&1 | tee "$pylog" || py_status=$?
+# pytest's closing line, e.g. "1 failed, 25 passed, 2 warnings in 5.60s"
+read -r py_passed py_failed < <(awk '/[0-9]+ (passed|failed|errors?)/ && / in [0-9.]+s/ { line = $0 }
+  END { p = 0; f = 0; n = split(line, w, /[ ,=]+/)
+        for (i = 2; i <= n; i++) { if (w[i] == "passed") p = w[i-1]; if (w[i] ~ /^(failed|errors?)$/) f += w[i-1] }
+        print p + 0, f + 0 }' "$pylog")
+passed=$((passed + ${py_passed:-0}))
+failed=$((failed + py_failed))
+if [ "$py_status" -ne 0 ]; then
+  status=1
+  if [ "$py_failed" -eq 0 ]; then failed=$((failed + 1)); fi
+fi
 echo
 echo "tests: ${passed} passed, ${failed} failed"
 if [ "$status" -ne 0 ] || [ "$failed" -ne 0 ] || [ "$passed" -eq 0 ]; then

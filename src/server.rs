@@ -129,6 +129,16 @@ impl InventoryService {
     }
 }
 
+/// Test-only failpoint for the fault-injection harness (`jepsen/`,
+/// `stockd-jepsen test --bug lost-ack`): with `STOCKD_FAILPOINT=lost-ack` in
+/// its environment the node acknowledges every Reserve as OK without
+/// proposing it to Raft, a lost acknowledged write the checkers must catch.
+/// Never set it outside that harness.
+fn lost_ack_failpoint() -> bool {
+    static LOST_ACK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *LOST_ACK.get_or_init(|| std::env::var("STOCKD_FAILPOINT").is_ok_and(|v| v == "lost-ack"))
+}
+
 fn consistency_from_pb(r: &pb::GetPositionRequest) -> Result<Consistency, Status> {
     consistency_or(r.consistency, r.max_staleness_ms, Consistency::Strong)
 }
@@ -201,6 +211,9 @@ impl Inventory for InventoryService {
     #[tracing::instrument(level = "debug", skip_all, fields(node = self.node.id(), id = %request.get_ref().reservation_id))]
     async fn reserve(&self, request: Request<pb::ReserveRequest>) -> Result<Response<pb::ReserveResponse>, Status> {
         let (group, command) = self.reserve_command(request.get_ref(), "")?;
+        if lost_ack_failpoint() {
+            return Ok(Response::new(pb::ReserveResponse { outcome: pb::Outcome::Ok as i32, ..Default::default() }));
+        }
         Ok(Response::new(self.reserve_one(group, command).await?))
     }
 
@@ -451,7 +464,11 @@ impl Admin for AdminService {
         if r.dir.is_empty() {
             return Err(status::invalid_field("dir", "must not be empty"));
         }
-        let version = self.availability.scorer().load(std::path::Path::new(&r.dir)).map_err(status::model_error)?;
+        // Loading verifies checksums and golden vectors: blocking work.
+        let scorer = self.availability.scorer().clone();
+        let dir = std::path::PathBuf::from(&r.dir);
+        let loaded = tokio::task::spawn_blocking(move || scorer.load(&dir)).await.map_err(|e| Status::internal(format!("load task failed: {e}")))?;
+        let version = loaded.map_err(status::model_error)?;
         tracing::info!(version, dir = r.dir, "model version loaded");
         self.model_status()
     }

@@ -11,13 +11,22 @@
 //! - cancellations after commit, returns (some unsellable), failed shipments;
 //! - cycle counts reset the record to the physical count (observed earlier
 //!   than applied, so sales in between are counted twice or not at all);
+//! - third-party sellers also sell their stock off-platform: units leave
+//!   without a scan until the seller's next stock-level sync (a count, every
+//!   10 min to 2 h depending on the seller, delivered through its lagging
+//!   feed);
 //! - demand spikes of 5-20x during promotions;
 //! - replica lag episodes: reads come from a copy of the position as it was
 //!   when the episode began.
 //!
+//! A row is written where the availability question is asked (a product page
+//! or the start of a checkout, from the replica's view); the buyer reaches
+//! the reservation a think time later (seconds to minutes), when other buyers
+//! may have taken the units, carts may have been abandoned, or stock arrived.
 //! Label of a row: could the requested units really be fulfilled at that
-//! moment, i.e. `true_stock >= reserved + committed + quantity` where the
-//! reserved and committed units are the leader's (the promises already made).
+//! commit, i.e. `true_stock >= reserved + committed + quantity` at the
+//! reservation time, where the reserved and committed units are the leader's
+//! (the promises already made).
 //!
 //! Deterministic: one seed, one output, byte for byte. The state machine is
 //! driven through `Inventory::apply_batch`, exactly as the Raft groups do.
@@ -73,13 +82,19 @@ pub struct SimParams {
     pub lag_episode_minutes: (u64, u64),
     /// Chance that a scan is delivered twice.
     pub duplicate_rate: f64,
-    /// Hours between cycle counts: first-party, third-party.
-    pub count_every_hours: (f64, f64),
+    /// Hours between cycle counts of first-party warehouses.
+    pub count_every_hours: f64,
+    /// Minutes between a third-party seller's stock-level syncs (range over sellers).
+    pub seller_sync_minutes: (u64, u64),
+    /// Off-platform sales of a third-party position, units per hour (range over sellers).
+    pub off_platform_per_hour: (f64, f64),
     /// Chance an order is cancelled after commit (first-party; third-party more).
     pub cancel_rate: f64,
     /// Chance a shipped order comes back, and the sellable share of returns.
     pub return_rate: f64,
     pub return_sellable: f64,
+    /// Mean time from the availability question to the reservation (ms).
+    pub think_ms_mean: u64,
     /// Chance per hour of a replica lag episode (all positions) and its length range (s).
     pub replica_lag_per_hour: f64,
     pub replica_lag_seconds: (u64, u64),
@@ -103,10 +118,13 @@ impl SimParams {
             lag_episode_per_hour: 0.02,
             lag_episode_minutes: (2, 90),
             duplicate_rate: 0.02,
-            count_every_hours: (12.0, 72.0),
+            count_every_hours: 24.0,
+            seller_sync_minutes: (60, 720),
+            off_platform_per_hour: (0.0, 1.5),
             cancel_rate: 0.03,
             return_rate: 0.08,
             return_sellable: 0.7,
+            think_ms_mean: 45_000,
             replica_lag_per_hour: 0.5,
             replica_lag_seconds: (2, 120),
         }
@@ -199,6 +217,10 @@ struct Location {
     reliability: f64,
     source_seq: u64,
     lag_until_ms: u64,
+    /// Third-party only: units sold elsewhere per hour, and the stock-level
+    /// sync interval.
+    off_platform_per_hour: f64,
+    sync_every_ms: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -240,6 +262,12 @@ enum Event {
         slot: usize,
         quantity: u64,
     },
+    /// The buyer who asked earlier reaches the reservation.
+    Attempt {
+        slot: usize,
+        quantity: u64,
+        row: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -278,6 +306,8 @@ struct World<'a, W: Write> {
     replica: Option<(u64, BTreeMap<PositionKey, Position>)>,
     replica_lag_until_ms: u64,
     out: &'a mut W,
+    /// The first failure to write a row (rows are written from events).
+    write_error: Option<std::io::Error>,
     summary: SimSummary,
 }
 
@@ -302,7 +332,14 @@ pub fn run<W: Write>(params: &SimParams, out: &mut W) -> std::io::Result<SimSumm
             } else {
                 ("dc", SellerType::FirstParty, 1.0 - 0.1 * rng.unit())
             };
-            Location { name: format!("{prefix}-{i:03}"), seller_type, reliability, source_seq: 0, lag_until_ms: 0 }
+            let (off_platform_per_hour, sync_every_ms) = if third_party {
+                let (low, high) = params.off_platform_per_hour;
+                let (sync_low, sync_high) = params.seller_sync_minutes;
+                (rng.uniform(low, high), rng.range(sync_low, sync_high) * 60_000)
+            } else {
+                (0.0, 0)
+            };
+            Location { name: format!("{prefix}-{i:03}"), seller_type, reliability, source_seq: 0, lag_until_ms: 0, off_platform_per_hour, sync_every_ms }
         })
         .collect();
     let mut slots = Vec::new();
@@ -345,6 +382,7 @@ pub fn run<W: Write>(params: &SimParams, out: &mut W) -> std::io::Result<SimSumm
         replica: None,
         replica_lag_until_ms: 0,
         out,
+        write_error: None,
         summary: SimSummary::default(),
     };
     writeln!(world.out, "{}", header())?;
@@ -356,6 +394,9 @@ pub fn run<W: Write>(params: &SimParams, out: &mut W) -> std::io::Result<SimSumm
         world.deliver_due(now_ms);
         world.start_episodes(now_ms);
         world.tick(now_ms)?;
+        if let Some(error) = world.write_error.take() {
+            return Err(error);
+        }
     }
     world.finish();
     Ok(world.summary)
@@ -393,12 +434,12 @@ impl<W: Write> World<'_, W> {
     }
 
     fn count_interval_ms(&mut self, slot: usize) -> u64 {
-        let (first, third) = self.params.count_every_hours;
-        let hours = match self.locations[self.slots[slot].location].seller_type {
-            SellerType::FirstParty => first,
-            SellerType::ThirdParty => third,
+        let location = &self.locations[self.slots[slot].location];
+        let mean_ms = match location.seller_type {
+            SellerType::FirstParty => self.params.count_every_hours * 3_600_000.0,
+            SellerType::ThirdParty => location.sync_every_ms as f64,
         };
-        (self.rng.uniform(0.5, 1.5) * hours * 3_600_000.0) as u64
+        (self.rng.uniform(0.5, 1.5) * mean_ms) as u64
     }
 
     /// A feed event observed now at a slot's location.
@@ -501,6 +542,11 @@ impl<W: Write> World<'_, W> {
                     self.send(slot, AdjustmentKind::Count, counted, at_ms);
                 }
             }
+            Event::Attempt { slot, quantity, row } => {
+                if let Err(error) = self.attempt(slot, quantity, at_ms, &row) {
+                    self.write_error.get_or_insert(error);
+                }
+            }
             Event::ReturnArrives { slot, quantity } => {
                 if self.rng.chance(self.params.return_sellable) {
                     self.slots[slot].true_stock += quantity;
@@ -551,6 +597,12 @@ impl<W: Write> World<'_, W> {
             for _ in 0..self.rng.poisson(mean) {
                 self.order(i, now_ms, promo)?;
             }
+            // Off-platform sales: physical units leave, no scan says so.
+            let off_platform = self.locations[self.slots[i].location].off_platform_per_hour * diurnal * tick_hours;
+            if off_platform > 0.0 {
+                let sold = self.rng.poisson(off_platform).min(self.slots[i].true_stock);
+                self.slots[i].true_stock -= sold;
+            }
             if self.slots[i].next_count_ms <= now_ms {
                 let counted = self.slots[i].true_stock;
                 self.send(i, AdjustmentKind::Count, counted, now_ms);
@@ -569,14 +621,13 @@ impl<W: Write> World<'_, W> {
         Ok(())
     }
 
-    /// One checkout request: a row from the replica's view, then the real
-    /// reservation on the leader.
+    /// One availability question, from the replica's view; the buyer's
+    /// reservation follows after a think time.
     fn order(&mut self, slot: usize, now_ms: u64, promo: bool) -> std::io::Result<()> {
         let quantity = if self.rng.chance(0.8) { 1 } else { self.rng.range(2, 4) };
         let key = self.slots[slot].key.clone();
         let location = &self.locations[self.slots[slot].location];
         let seller_type = location.seller_type;
-        let reliability = location.reliability;
         let (position, staleness_ms) = match &self.replica {
             Some((since_ms, copies)) => (copies.get(&key).cloned(), now_ms - since_ms + 20),
             None => (self.inventory.position(&key).cloned(), self.rng.range(0, 50)),
@@ -584,20 +635,32 @@ impl<W: Write> World<'_, W> {
         let request = RequestContext { quantity, now_ms, replica_staleness_ms: staleness_ms, seller_type, promo };
         let vector = features::compute(&features::input_from_position(position.as_ref(), &request));
         let rule_promise = position.as_ref().map_or(0, Position::atp) >= quantity;
-        let leader = self.inventory.position(&key).cloned().unwrap_or_default();
-        let promised = leader.reserved + leader.committed;
-        let label = self.slots[slot].true_stock >= promised + quantity;
         let mut row = format!("{now_ms},{},{},{}", key.sku, key.location, seller_type.as_str());
         for value in vector.values {
             row.push(',');
             row.push_str(&value.to_string());
         }
-        writeln!(self.out, "{row},{},{}", u8::from(rule_promise), u8::from(label))?;
+        row.push_str(if rule_promise { ",1" } else { ",0" });
+        let think_ms = (self.rng.exponential(self.params.think_ms_mean as f64) as u64).clamp(1_000, 10 * self.params.think_ms_mean);
+        self.schedule(now_ms + think_ms, Event::Attempt { slot, quantity, row });
+        Ok(())
+    }
+
+    /// The buyer reaches the reservation: the row gets its label, and the
+    /// exact path decides on the leader's state.
+    fn attempt(&mut self, slot: usize, quantity: u64, now_ms: u64, row: &str) -> std::io::Result<()> {
+        let key = self.slots[slot].key.clone();
+        let location = &self.locations[self.slots[slot].location];
+        let seller_type = location.seller_type;
+        let reliability = location.reliability;
+        let leader = self.inventory.position(&key).cloned().unwrap_or_default();
+        let promised = leader.reserved + leader.committed;
+        let label = self.slots[slot].true_stock >= promised + quantity;
+        writeln!(self.out, "{row},{}", u8::from(label))?;
         self.summary.rows += 1;
         self.summary.positives += u64::from(label);
-        self.summary.rule_promises += u64::from(rule_promise);
+        self.summary.rule_promises += u64::from(row.ends_with(",1"));
 
-        // The exact path decides on the leader's state.
         let reservation_id = self.id("order");
         let lines = vec![Line { sku: key.sku.clone(), location: key.location.clone(), quantity }];
         let results = self.apply(now_ms, vec![Command::Reserve { reservation_id: reservation_id.clone(), lines, ttl_ms: 15 * 60_000 }]);
