@@ -53,7 +53,7 @@ use crate::features::SellerType;
 use crate::features::FEATURE_NAMES;
 
 /// Bumped whenever the simulated world changes, so rows say what made them.
-pub const SIMULATOR_VERSION: &str = "sim-1";
+pub const SIMULATOR_VERSION: &str = "sim-2";
 
 /// 2026-11-02T00:00:00Z, a Monday.
 pub const EPOCH_MS: u64 = 1_793_577_600_000;
@@ -65,6 +65,10 @@ pub struct SimParams {
     pub locations: usize,
     /// Fraction of locations that are third-party sellers.
     pub third_party_fraction: f64,
+    /// Simulated hours before rows are written, so the recorded weeks start
+    /// from a settled world (records already drifted, counts on schedule).
+    pub warmup_hours: u64,
+    /// Simulated hours whose availability questions become rows.
     pub hours: u64,
     pub tick_ms: u64,
     /// Mean checkout requests per position per hour (log-normal across positions).
@@ -107,7 +111,8 @@ impl SimParams {
             skus: 200,
             locations: 10,
             third_party_fraction: 0.4,
-            hours: 168,
+            warmup_hours: 48,
+            hours: 336,
             tick_ms: 5_000,
             orders_per_hour: 2.0,
             shrink_per_sale: 0.015,
@@ -266,6 +271,7 @@ enum Event {
     Attempt {
         slot: usize,
         quantity: u64,
+        asked_ms: u64,
         row: String,
     },
 }
@@ -308,6 +314,8 @@ struct World<'a, W: Write> {
     out: &'a mut W,
     /// The first failure to write a row (rows are written from events).
     write_error: Option<std::io::Error>,
+    /// Questions asked before this log time (the warm-up) write no row.
+    recording_from_ms: u64,
     summary: SimSummary,
 }
 
@@ -383,11 +391,13 @@ pub fn run<W: Write>(params: &SimParams, out: &mut W) -> std::io::Result<SimSumm
         replica_lag_until_ms: 0,
         out,
         write_error: None,
+        recording_from_ms: EPOCH_MS,
         summary: SimSummary::default(),
     };
     writeln!(world.out, "{}", header())?;
     world.stock_initially();
-    let end_ms = EPOCH_MS + params.hours * 3_600_000;
+    world.recording_from_ms = EPOCH_MS + params.warmup_hours * 3_600_000;
+    let end_ms = world.recording_from_ms + params.hours * 3_600_000;
     let mut now_ms = EPOCH_MS;
     while now_ms < end_ms {
         now_ms += params.tick_ms;
@@ -542,8 +552,9 @@ impl<W: Write> World<'_, W> {
                     self.send(slot, AdjustmentKind::Count, counted, at_ms);
                 }
             }
-            Event::Attempt { slot, quantity, row } => {
-                if let Err(error) = self.attempt(slot, quantity, at_ms, &row) {
+            Event::Attempt { slot, quantity, asked_ms, row } => {
+                let recorded = asked_ms >= self.recording_from_ms;
+                if let Err(error) = self.attempt(slot, quantity, at_ms, recorded.then_some(row.as_str())) {
                     self.write_error.get_or_insert(error);
                 }
             }
@@ -642,13 +653,13 @@ impl<W: Write> World<'_, W> {
         }
         row.push_str(if rule_promise { ",1" } else { ",0" });
         let think_ms = (self.rng.exponential(self.params.think_ms_mean as f64) as u64).clamp(1_000, 10 * self.params.think_ms_mean);
-        self.schedule(now_ms + think_ms, Event::Attempt { slot, quantity, row });
+        self.schedule(now_ms + think_ms, Event::Attempt { slot, quantity, asked_ms: now_ms, row });
         Ok(())
     }
 
     /// The buyer reaches the reservation: the row gets its label, and the
     /// exact path decides on the leader's state.
-    fn attempt(&mut self, slot: usize, quantity: u64, now_ms: u64, row: &str) -> std::io::Result<()> {
+    fn attempt(&mut self, slot: usize, quantity: u64, now_ms: u64, row: Option<&str>) -> std::io::Result<()> {
         let key = self.slots[slot].key.clone();
         let location = &self.locations[self.slots[slot].location];
         let seller_type = location.seller_type;
@@ -656,10 +667,12 @@ impl<W: Write> World<'_, W> {
         let leader = self.inventory.position(&key).cloned().unwrap_or_default();
         let promised = leader.reserved + leader.committed;
         let label = self.slots[slot].true_stock >= promised + quantity;
-        writeln!(self.out, "{row},{}", u8::from(label))?;
-        self.summary.rows += 1;
-        self.summary.positives += u64::from(label);
-        self.summary.rule_promises += u64::from(row.ends_with(",1"));
+        if let Some(row) = row {
+            writeln!(self.out, "{row},{}", u8::from(label))?;
+            self.summary.rows += 1;
+            self.summary.positives += u64::from(label);
+            self.summary.rule_promises += u64::from(row.ends_with(",1"));
+        }
 
         let reservation_id = self.id("order");
         let lines = vec![Line { sku: key.sku.clone(), location: key.location.clone(), quantity }];
@@ -703,6 +716,7 @@ mod tests {
         let mut params = SimParams::new(seed);
         params.skus = 12;
         params.locations = 5;
+        params.warmup_hours = 6;
         params.hours = 12;
         params
     }

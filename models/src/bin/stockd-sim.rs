@@ -21,7 +21,7 @@ struct Args {
     /// Rows file (CSV); rows.meta.json is written beside it.
     #[arg(long, default_value = "data/sim/rows.csv")]
     out: PathBuf,
-    /// Simulated hours.
+    /// Simulated hours written as rows (after the warm-up).
     #[arg(long)]
     hours: Option<u64>,
     #[arg(long)]
