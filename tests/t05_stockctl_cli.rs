@@ -561,3 +561,59 @@ fn binary_exits_3_when_no_node_answers() {
     assert_eq!(value["responses"][0]["status"], Value::Null);
     assert!(value["responses"][0]["error"].is_string());
 }
+
+// ---------------------------------------------------------------------------
+// The probable path: check, rank, model
+// ---------------------------------------------------------------------------
+
+#[test]
+fn check_needs_a_context_and_a_positive_quantity() {
+    let cli = parse(&["check", "--sku", "a", "--qty", "2", "--context", "checkout"]).expect("parses");
+    let Command::Check(args) = cli.command else { panic!("not check") };
+    assert_eq!((args.qty, args.context, args.location), (2, cli::ContextArg::Checkout, None));
+    assert_eq!(args.consistency.consistency, Consistency::Any, "availability reads the local replica by default");
+    assert!(parse(&["check", "--sku", "a", "--qty", "2"]).is_err(), "context is required");
+    assert!(parse(&["check", "--sku", "a", "--qty", "0", "--context", "product-page"]).is_err(), "qty 0 is refused");
+    assert!(parse(&["check", "--sku", "a", "--qty", "1", "--context", "cart"]).is_err());
+}
+
+#[test]
+fn model_subcommands_parse() {
+    let cli = parse(&["model", "candidate", "v2", "--ab-percent", "10", "--shadow"]).expect("parses");
+    let Command::Model(cli::ModelCommand::Candidate { version, ab_percent, shadow }) = cli.command else { panic!("not candidate") };
+    assert_eq!((version.as_deref(), ab_percent, shadow), (Some("v2"), 10, true));
+    assert!(parse(&["model", "candidate", "v2", "--ab-percent", "101"]).is_err());
+    assert!(matches!(parse(&["model", "rollback"]).expect("parses").command, Command::Model(cli::ModelCommand::Rollback)));
+    assert!(parse(&["model", "promote"]).is_err(), "promote names a version");
+}
+
+#[test]
+fn check_json_has_the_documented_keys_and_null_without_a_score() {
+    let scored = stockd::proto::v1::CheckAvailabilityResponse {
+        decision: stockd::proto::v1::Decision::LowStock as i32,
+        p_sellable: 0.75,
+        scored: true,
+        atp: 3,
+        staleness_ms: 12,
+        model_version: "v1".into(),
+        model_variant: "primary".into(),
+        rules: vec!["LOW_ATP".into()],
+        location: "dc-1".into(),
+        ..Default::default()
+    };
+    let value = cli::check_json("sku-a", &scored);
+    for key in ["decision", "p_sellable", "atp", "staleness_ms", "model_version", "rules", "degraded"] {
+        assert!(value.get(key).is_some(), "missing {key}: {value}");
+    }
+    assert_eq!(value["decision"], "LOW_STOCK");
+    assert_eq!(value["p_sellable"], 0.75);
+    assert_eq!(value["rules"], serde_json::json!(["LOW_ATP"]));
+    let unscored =
+        stockd::proto::v1::CheckAvailabilityResponse { scored: false, model_version: String::new(), degraded: vec!["MODEL_DISABLED".into()], ..scored };
+    let value = cli::check_json("sku-a", &unscored);
+    assert_eq!(value["p_sellable"], Value::Null, "no score is not a probability of 0");
+    assert_eq!(value["model_version"], Value::Null);
+    assert_eq!(value["degraded"], serde_json::json!(["MODEL_DISABLED"]));
+    let human = cli::check_human("sku-a", &unscored);
+    assert!(human.contains("no model score") && human.contains("MODEL_DISABLED"), "{human}");
+}

@@ -176,3 +176,61 @@ async fn ranking_puts_eligible_locations_first_and_honours_residency() {
     assert!(abroad.candidates.iter().all(|c| !c.eligible && c.reasons.contains(&"RESIDENCY".to_owned())), "{abroad:?}");
     cluster.shutdown().await;
 }
+
+/// A copy of the shipped version under another name, as an operator would
+/// stage a retrained model.
+fn stage_copy_of_v1(as_version: &str) -> tempfile::TempDir {
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/v1");
+    let staging = tempfile::tempdir().expect("tempdir");
+    let dir = staging.path().join(as_version);
+    std::fs::create_dir(&dir).expect("mkdir");
+    for entry in std::fs::read_dir(&shipped).expect("read models/v1") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).expect("copy");
+    }
+    let manifest_path = dir.join("manifest.json");
+    let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest_path).expect("manifest")).expect("json");
+    manifest["version"] = serde_json::json!(as_version);
+    std::fs::write(&manifest_path, serde_json::to_vec_pretty(&manifest).expect("encode")).expect("write");
+    staging
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_version_loads_promotes_and_rolls_back_without_a_restart() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(1, single_node()).await;
+    let mut client = cluster.client(1).await;
+    let mut admin = admin(&cluster).await;
+    receive(&mut client, "rcv-1", SKU, "dc-1", 50).await;
+    let version_of = |answer: &pb::CheckAvailabilityResponse| answer.model_version.clone();
+
+    let staging = stage_copy_of_v1("v2");
+    let dir = staging.path().join("v2").display().to_string();
+    admin.load_model(pb::LoadModelRequest { dir: dir.clone() }).await.expect("load v2");
+    let answer = client.check_availability(request("dc-1", 1, pb::RequestContext::Checkout)).await.expect("check").into_inner();
+    assert_eq!(version_of(&answer), "v1", "loading does not change what serves");
+
+    admin.promote_model(pb::PromoteModelRequest { version: "v2".into() }).await.expect("promote");
+    let answer = client.check_availability(request("dc-1", 1, pb::RequestContext::Checkout)).await.expect("check").into_inner();
+    assert_eq!(version_of(&answer), "v2");
+
+    let status = admin.rollback_model(pb::ModelStatusRequest {}).await.expect("rollback").into_inner();
+    let status: serde_json::Value = serde_json::from_str(&status.status_json).expect("json");
+    assert_eq!(status["serving"], "v1", "{status}");
+    let answer = client.check_availability(request("dc-1", 1, pb::RequestContext::Checkout)).await.expect("check").into_inner();
+    assert_eq!(version_of(&answer), "v1");
+
+    // A tampered copy is refused and changes nothing.
+    let tampered = stage_copy_of_v1("v3");
+    let onnx = tampered.path().join("v3/model.onnx");
+    let mut bytes = std::fs::read(&onnx).expect("read");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&onnx, bytes).expect("write");
+    let refused = admin.load_model(pb::LoadModelRequest { dir: tampered.path().join("v3").display().to_string() }).await.expect_err("checksum");
+    assert!(refused.message().contains("model.onnx"), "{refused:?}");
+    let status = admin.model_status(pb::ModelStatusRequest {}).await.expect("status").into_inner();
+    let status: serde_json::Value = serde_json::from_str(&status.status_json).expect("json");
+    assert_eq!(status["serving"], "v1");
+    cluster.shutdown().await;
+}
