@@ -1,0 +1,515 @@
+//! The checkers, each independent of the others, over a recorded history:
+//! - `linearizable`: per SKU, the history against the position model
+//!   ([`crate::linear`]);
+//! - `conservation`: bank-style bounds on every successful read (never
+//!   oversold; quantities within what acknowledged and attempted operations
+//!   allow);
+//! - `no_lost_acks`: set-style, every acknowledged reservation, commit and
+//!   release is in the final reads, and the final position adds up;
+//! - `availability`: after the final heal every final read succeeds.
+//!
+//! History values (invocation / successful completion):
+//! `reserve {sku, id, qty}` / `{outcome, replay}`; `commit`, `release`
+//! `{sku, id}` / `{outcome}`; `receipt {sku, event, qty}` / `{outcome}`;
+//! `read {sku}` / `{on_hand, reserved, committed, ...}`; `lookup {sku, id}` /
+//! `{outcome, state}`. The final phase's operations carry `final: true`.
+
+use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::collections::HashSet;
+
+use serde::Serialize;
+use serde_json::json;
+use serde_json::Value;
+
+use crate::history::Kind;
+use crate::history::Operation;
+use crate::linear;
+use crate::linear::LinOp;
+use crate::linear::Spec;
+use crate::linear::Verdict;
+use crate::model::Call;
+use crate::model::Outcome;
+use crate::model::ResState;
+use crate::model::Ret;
+
+/// The result of one checker.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckResult {
+    pub valid: Validity,
+    /// Violations, each one line with the history indexes involved.
+    pub errors: Vec<String>,
+    pub details: Value,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Validity {
+    Valid,
+    Invalid,
+    /// The checker could not decide (search budget exhausted).
+    Unknown,
+}
+
+fn str_arg<'a>(op: &'a Operation, name: &str) -> Option<&'a str> {
+    op.arg(name).and_then(Value::as_str)
+}
+
+fn u64_arg(op: &Operation, name: &str) -> Option<u64> {
+    op.arg(name).and_then(Value::as_u64)
+}
+
+fn outcome_of(op: &Operation) -> Option<Outcome> {
+    if op.kind() != Kind::Ok {
+        return None;
+    }
+    op.result("outcome").and_then(Value::as_str).and_then(Outcome::parse)
+}
+
+fn counters_of(op: &Operation) -> Option<(u64, u64, u64)> {
+    if op.kind() != Kind::Ok {
+        return None;
+    }
+    Some((op.result("on_hand")?.as_u64()?, op.result("reserved")?.as_u64()?, op.result("committed")?.as_u64()?))
+}
+
+fn lookup_state(op: &Operation) -> Option<ResState> {
+    if op.kind() != Kind::Ok {
+        return None;
+    }
+    match op.result("outcome").and_then(Value::as_str)? {
+        "not_found" => Some(ResState::Absent),
+        _ => op.result("state").and_then(Value::as_str).and_then(ResState::parse),
+    }
+}
+
+fn label(op: &Operation) -> String {
+    let args = op.invoke.value.as_object().map(|o| o.iter().filter(|(k, _)| *k != "sku").map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "));
+    let result = match &op.completion {
+        Some(c) => format!("{} {}", serde_json::to_string(&c.kind).unwrap_or_default().trim_matches('"'), c.value),
+        None => "(no completion)".to_owned(),
+    };
+    format!("{} {} -> {}", op.f, args.unwrap_or_default(), result)
+}
+
+/// The operations of each SKU as the linearizability checker sees them.
+pub fn lin_ops_by_sku(ops: &[Operation]) -> BTreeMap<String, (Vec<LinOp>, Spec)> {
+    /// A SKU's operations and its interned reservation and event ids.
+    type Interned = (Vec<LinOp>, HashMap<String, usize>, HashMap<String, usize>);
+    let mut by_sku: BTreeMap<String, Interned> = BTreeMap::new();
+    for op in ops {
+        let Some(sku) = op.sku() else { continue };
+        let kind = op.kind();
+        if kind == Kind::Fail {
+            continue;
+        }
+        let (list, ids, events) = by_sku.entry(sku.to_owned()).or_default();
+        let intern = |table: &mut HashMap<String, usize>, name: Option<&str>| -> Option<usize> {
+            let name = name?;
+            let next = table.len();
+            Some(*table.entry(name.to_owned()).or_insert(next))
+        };
+        let id = intern(ids, str_arg(op, "id"));
+        let (call, ret) = match (op.f.as_str(), id) {
+            ("reserve", Some(id)) => (Call::Reserve { id, qty: u64_arg(op, "qty").unwrap_or(0) }, outcome_of(op).map(Ret::Write)),
+            ("commit", Some(id)) => (Call::Commit { id }, outcome_of(op).map(Ret::Write)),
+            ("release", Some(id)) => (Call::Release { id }, outcome_of(op).map(Ret::Write)),
+            ("lookup", Some(id)) => match lookup_state(op) {
+                Some(state) => (Call::Lookup { id }, Some(Ret::Lookup(state))),
+                None => continue,
+            },
+            ("receipt", _) => {
+                let Some(event) = intern(events, str_arg(op, "event")) else { continue };
+                (Call::Receipt { event, qty: u64_arg(op, "qty").unwrap_or(0) }, outcome_of(op).map(Ret::Write))
+            }
+            ("read", _) => match counters_of(op) {
+                Some((on_hand, reserved, committed)) => (Call::Read, Some(Ret::Read { on_hand, reserved, committed })),
+                None => continue,
+            },
+            _ => continue,
+        };
+        let complete = if ret.is_some() { op.completed_at() } else { None };
+        list.push(LinOp { call, ret, invoke: op.invoke.time, complete, index: op.invoke.index, process: op.process, label: label(op) });
+    }
+    by_sku.into_iter().map(|(sku, (list, ids, events))| (sku, (list, Spec { ids: ids.len().max(1), events: events.len().max(1) }))).collect()
+}
+
+/// Per-SKU linearizability.
+pub fn linearizable(ops: &[Operation], budget: u64) -> CheckResult {
+    let mut errors = Vec::new();
+    let mut details = serde_json::Map::new();
+    let mut unknown = false;
+    for (sku, (list, spec)) in lin_ops_by_sku(ops) {
+        let report = linear::check(&list, spec, budget, 2_000);
+        match report.verdict {
+            Verdict::Linearizable => {}
+            Verdict::Unknown => unknown = true,
+            Verdict::NotLinearizable => {
+                let mut text = format!("sku {sku}: not linearizable; no order of these {} operations explains them:", report.counterexample.len());
+                for line in &report.counterexample {
+                    text.push_str("\n    ");
+                    text.push_str(line);
+                }
+                if !report.unknown_in_counterexample.is_empty() {
+                    text.push_str(&format!(
+                        "\n  whatever these {} operations did (outcome unknown, or not needed: each may have applied once after its invocation, or not at all):",
+                        report.unknown_in_counterexample.len()
+                    ));
+                    for line in report.unknown_in_counterexample.iter().take(20) {
+                        text.push_str("\n    ");
+                        text.push_str(line);
+                    }
+                }
+                errors.push(text);
+            }
+        }
+        details.insert(sku, serde_json::to_value(&report).unwrap_or(Value::Null));
+    }
+    let valid = if !errors.is_empty() {
+        Validity::Invalid
+    } else if unknown {
+        Validity::Unknown
+    } else {
+        Validity::Valid
+    };
+    CheckResult { valid, errors, details: Value::Object(details) }
+}
+
+/// What the history says about one reservation id.
+#[derive(Debug, Default)]
+struct IdFacts {
+    qty: u64,
+    /// (invoke time, completion time if ok, outcome if ok, index)
+    reserves: Vec<(u64, Option<u64>, Option<Outcome>, u64)>,
+    commits: Vec<(u64, Option<u64>, Option<Outcome>, u64)>,
+    releases: Vec<(u64, Option<u64>, Option<Outcome>, u64)>,
+    final_state: Option<(ResState, u64)>,
+}
+
+impl IdFacts {
+    fn acked(list: &[(u64, Option<u64>, Option<Outcome>, u64)], before: u64) -> Option<u64> {
+        list.iter().find(|(_, done, outcome, _)| *outcome == Some(Outcome::Ok) && done.is_some_and(|d| d < before)).map(|e| e.3)
+    }
+
+    fn attempted(list: &[(u64, Option<u64>, Option<Outcome>, u64)], before: u64) -> bool {
+        list.iter().any(|(invoked, _, outcome, _)| *invoked < before && outcome.is_none_or(|o| o == Outcome::Ok))
+    }
+}
+
+struct SkuFacts<'a> {
+    ids: BTreeMap<String, IdFacts>,
+    /// event -> (qty, invoke, ok completion)
+    receipts: BTreeMap<String, (u64, u64, Option<u64>)>,
+    reads: Vec<&'a Operation>,
+}
+
+fn facts(ops: &[Operation]) -> BTreeMap<String, SkuFacts<'_>> {
+    let mut by_sku: BTreeMap<String, SkuFacts> = BTreeMap::new();
+    for op in ops {
+        let Some(sku) = op.sku() else { continue };
+        if op.kind() == Kind::Fail {
+            continue;
+        }
+        let f = by_sku.entry(sku.to_owned()).or_insert_with(|| SkuFacts { ids: BTreeMap::new(), receipts: BTreeMap::new(), reads: Vec::new() });
+        let ok_at = if op.kind() == Kind::Ok { op.completed_at() } else { None };
+        let entry = (op.invoke.time, ok_at, outcome_of(op), op.invoke.index);
+        match op.f.as_str() {
+            "receipt" => {
+                if let Some(event) = str_arg(op, "event") {
+                    let e = f.receipts.entry(event.to_owned()).or_insert((u64_arg(op, "qty").unwrap_or(0), op.invoke.time, None));
+                    e.1 = e.1.min(op.invoke.time);
+                    if outcome_of(op) == Some(Outcome::Ok) {
+                        e.2 = Some(e.2.map_or(entry.1.unwrap_or(u64::MAX), |t| t.min(entry.1.unwrap_or(u64::MAX))));
+                    }
+                }
+            }
+            "read" if op.kind() == Kind::Ok => f.reads.push(op),
+            "reserve" | "commit" | "release" | "lookup" => {
+                let Some(id) = str_arg(op, "id") else { continue };
+                let facts = f.ids.entry(id.to_owned()).or_default();
+                match op.f.as_str() {
+                    "reserve" => {
+                        facts.qty = u64_arg(op, "qty").unwrap_or(0);
+                        facts.reserves.push(entry);
+                    }
+                    "commit" => facts.commits.push(entry),
+                    "release" => facts.releases.push(entry),
+                    _ => {
+                        if op.is_final() {
+                            if let Some(state) = lookup_state(op) {
+                                facts.final_state = Some((state, op.invoke.index));
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    by_sku
+}
+
+/// Bank-style bounds on every successful read.
+pub fn conservation(ops: &[Operation]) -> CheckResult {
+    let mut errors = Vec::new();
+    let mut reads_checked = 0;
+    for (sku, f) in facts(ops) {
+        for read in &f.reads {
+            let Some((on_hand, reserved, committed)) = counters_of(read) else { continue };
+            let (ti, tc) = (read.invoke.time, read.completed_at().unwrap_or(u64::MAX));
+            let at = format!("sku {sku}, read at index {} ({})", read.invoke.index, label(read));
+            reads_checked += 1;
+            if reserved + committed > on_hand {
+                errors.push(format!("{at}: oversold: reserved {reserved} + committed {committed} > on_hand {on_hand}"));
+            }
+            let on_hand_min: u64 = f.receipts.values().filter(|(_, _, ok)| ok.is_some_and(|t| t < ti)).map(|r| r.0).sum();
+            let on_hand_max: u64 = f.receipts.values().filter(|(_, invoked, _)| *invoked < tc).map(|r| r.0).sum();
+            if on_hand < on_hand_min || on_hand > on_hand_max {
+                errors.push(format!("{at}: on_hand {on_hand} outside [{on_hand_min}, {on_hand_max}] allowed by the receipts"));
+            }
+            let held_max: u64 = f.ids.values().filter(|id| IdFacts::attempted(&id.reserves, tc)).map(|id| id.qty).sum();
+            let held_min: u64 =
+                f.ids.values().filter(|id| IdFacts::acked(&id.reserves, ti).is_some() && !IdFacts::attempted(&id.releases, tc)).map(|id| id.qty).sum();
+            if reserved + committed > held_max || reserved + committed < held_min {
+                errors.push(format!("{at}: reserved + committed = {} outside [{held_min}, {held_max}] allowed by the reservations", reserved + committed));
+            }
+            let committed_min: u64 = f.ids.values().filter(|id| IdFacts::acked(&id.commits, ti).is_some()).map(|id| id.qty).sum();
+            let committed_max: u64 =
+                f.ids.values().filter(|id| IdFacts::attempted(&id.commits, tc) && IdFacts::attempted(&id.reserves, tc)).map(|id| id.qty).sum();
+            if committed < committed_min || committed > committed_max {
+                errors.push(format!("{at}: committed {committed} outside [{committed_min}, {committed_max}] allowed by the commits"));
+            }
+        }
+    }
+    let valid = if errors.is_empty() { Validity::Valid } else { Validity::Invalid };
+    CheckResult { valid, errors, details: json!({ "reads_checked": reads_checked }) }
+}
+
+/// Set-style: every acknowledged reservation (and its acknowledged commit or
+/// release) is in the final lookups, and the final position adds up.
+pub fn no_lost_acks(ops: &[Operation]) -> CheckResult {
+    let mut errors = Vec::new();
+    let mut acknowledged = 0;
+    let mut unchecked = Vec::new();
+    for (sku, f) in facts(ops) {
+        for (id, facts) in &f.ids {
+            let Some(acked_at) = IdFacts::acked(&facts.reserves, u64::MAX) else { continue };
+            acknowledged += 1;
+            let Some((state, lookup_index)) = facts.final_state else {
+                unchecked.push(format!("sku {sku} id {id}"));
+                continue;
+            };
+            let expected = if let Some(i) = IdFacts::acked(&facts.commits, u64::MAX) {
+                Some((ResState::Committed, i))
+            } else {
+                IdFacts::acked(&facts.releases, u64::MAX).map(|i| (ResState::Released, i))
+            };
+            let lost = match expected {
+                Some((want, _)) => state != want,
+                None => !matches!(state, ResState::Pending | ResState::Committed | ResState::Released),
+            };
+            if lost {
+                let acked = expected
+                    .map_or(format!("reserve acknowledged at index {acked_at}"), |(want, i)| format!("{want:?} acknowledged at index {i}").to_lowercase());
+                errors.push(format!("sku {sku}: reservation {id}: {acked}, but the final lookup (index {lookup_index}) finds it {state:?}").to_string());
+            }
+        }
+        // The final position must be the sum of the final reservations.
+        let final_read = f.reads.iter().rev().find(|r| r.is_final());
+        if let Some(read) = final_read {
+            if let Some((on_hand, reserved, committed)) = counters_of(read) {
+                let all_looked_up = f.ids.values().all(|id| id.final_state.is_some());
+                if all_looked_up {
+                    let sum = |want: ResState| -> u64 { f.ids.values().filter(|id| id.final_state.is_some_and(|(s, _)| s == want)).map(|id| id.qty).sum() };
+                    let (pending, done) = (sum(ResState::Pending), sum(ResState::Committed));
+                    if reserved != pending || committed != done {
+                        errors.push(format!(
+                            "sku {sku}: final read (index {}) has reserved {reserved}, committed {committed}; the final lookups add up to reserved {pending}, committed {done}",
+                            read.invoke.index
+                        ));
+                    }
+                }
+                let acked_receipts: u64 = f.receipts.values().filter(|r| r.2.is_some()).map(|r| r.0).sum();
+                if on_hand < acked_receipts {
+                    errors
+                        .push(format!("sku {sku}: final read (index {}) has on_hand {on_hand} < {acked_receipts} acknowledged by receipts", read.invoke.index));
+                }
+            }
+        } else {
+            unchecked.push(format!("sku {sku} (no final read)"));
+        }
+    }
+    let valid = if !errors.is_empty() {
+        Validity::Invalid
+    } else if !unchecked.is_empty() {
+        Validity::Unknown
+    } else {
+        Validity::Valid
+    };
+    CheckResult { valid, errors, details: json!({ "acknowledged_reservations": acknowledged, "unchecked": unchecked }) }
+}
+
+/// After the final heal, every final read must succeed.
+pub fn availability(ops: &[Operation]) -> CheckResult {
+    let finals: Vec<&Operation> = ops.iter().filter(|op| op.is_final()).collect();
+    let ok = finals.iter().filter(|op| op.kind() == Kind::Ok).count();
+    let failed: Vec<String> = finals.iter().filter(|op| op.kind() != Kind::Ok).map(|op| format!("index {}: {}", op.invoke.index, label(op))).collect();
+    let mut errors = Vec::new();
+    if finals.is_empty() {
+        errors.push("no final read was made".to_owned());
+    }
+    if !failed.is_empty() {
+        errors.push(format!("{} of {} final reads failed after the heal; first: {}", failed.len(), finals.len(), failed[0]));
+    }
+    let valid = if errors.is_empty() { Validity::Valid } else { Validity::Invalid };
+    CheckResult { valid, errors, details: json!({ "final_reads": finals.len(), "final_reads_ok": ok }) }
+}
+
+/// Counts of ok / fail / info per operation.
+pub fn stats(ops: &[Operation]) -> Value {
+    let mut counts: BTreeMap<String, BTreeMap<&'static str, u64>> = BTreeMap::new();
+    for op in ops {
+        let kind = match op.kind() {
+            Kind::Ok => "ok",
+            Kind::Fail => "fail",
+            _ => "info",
+        };
+        *counts.entry(op.f.clone()).or_default().entry(kind).or_default() += 1;
+        if op.f == "reserve" && outcome_of(op) == Some(Outcome::InsufficientStock) {
+            *counts.entry(op.f.clone()).or_default().entry("insufficient_stock").or_default() += 1;
+        }
+    }
+    json!(counts)
+}
+
+/// Every checker over one history; `valid` is false on any violation.
+pub fn check_all(ops: &[Operation], budget: u64) -> (bool, Value) {
+    let results = [
+        ("linearizable", linearizable(ops, budget)),
+        ("conservation", conservation(ops)),
+        ("no_lost_acks", no_lost_acks(ops)),
+        ("availability", availability(ops)),
+    ];
+    let valid = results.iter().all(|(_, r)| r.valid != Validity::Invalid);
+    let skus: HashSet<&str> = ops.iter().filter_map(Operation::sku).collect();
+    let mut map = serde_json::Map::new();
+    for (name, result) in results {
+        map.insert(name.to_owned(), serde_json::to_value(result).unwrap_or(Value::Null));
+    }
+    map.insert("stats".to_owned(), stats(ops));
+    map.insert("skus".to_owned(), json!(skus.len()));
+    (valid, Value::Object(map))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::operations;
+    use crate::history::Event;
+    use crate::history::Process;
+
+    /// A hand-written history: each op is invoked at `t` and completes at `t + 1`.
+    #[derive(Default)]
+    struct H {
+        events: Vec<Event>,
+        t: u64,
+    }
+
+    impl H {
+        fn op(&mut self, process: u64, f: &str, args: Value, kind: Kind, result: Value) -> &mut Self {
+            let index = self.events.len() as u64;
+            self.events.push(Event { index, kind: Kind::Invoke, f: f.into(), value: args, process: Process::Client(process), time: self.t });
+            self.events.push(Event { index: index + 1, kind, f: f.into(), value: result, process: Process::Client(process), time: self.t + 1 });
+            self.t += 2;
+            self
+        }
+
+        fn base() -> H {
+            let mut h = H::default();
+            h.op(0, "receipt", json!({"sku": "a", "event": "e0", "qty": 2}), Kind::Ok, json!({"outcome": "ok"}));
+            h.op(1, "reserve", json!({"sku": "a", "id": "r1", "qty": 1}), Kind::Ok, json!({"outcome": "ok"}));
+            h.op(2, "commit", json!({"sku": "a", "id": "r1"}), Kind::Ok, json!({"outcome": "ok"}));
+            h.op(3, "reserve", json!({"sku": "a", "id": "r2", "qty": 1}), Kind::Info, json!({"error": "timeout"}));
+            h.op(4, "reserve", json!({"sku": "a", "id": "r3", "qty": 5}), Kind::Ok, json!({"outcome": "insufficient_stock"}));
+            h
+        }
+
+        fn finals(&mut self, r2: &str, reserved: u64) -> &mut Self {
+            self.op(9, "read", json!({"sku": "a", "final": true}), Kind::Ok, json!({"on_hand": 2, "reserved": reserved, "committed": 1}));
+            self.op(9, "lookup", json!({"sku": "a", "id": "r1", "final": true}), Kind::Ok, json!({"outcome": "ok", "state": "committed"}));
+            let r2 = if r2 == "not_found" { json!({"outcome": "not_found"}) } else { json!({"outcome": "ok", "state": r2}) };
+            self.op(9, "lookup", json!({"sku": "a", "id": "r2", "final": true}), Kind::Ok, r2);
+            self.op(9, "lookup", json!({"sku": "a", "id": "r3", "final": true}), Kind::Ok, json!({"outcome": "not_found"}));
+            self
+        }
+
+        fn check(&self) -> (bool, Value) {
+            check_all(&operations(&self.events).expect("a valid history"), 100_000)
+        }
+    }
+
+    fn validity(results: &Value, checker: &str) -> String {
+        results[checker]["valid"].as_str().unwrap_or("missing").to_owned()
+    }
+
+    #[test]
+    fn a_correct_history_passes_every_checker() {
+        // The unknown reserve r2 may have applied or not: both are fine.
+        for (r2, reserved) in [("pending", 1), ("not_found", 0)] {
+            let (valid, results) = H::base().finals(r2, reserved).check();
+            assert!(valid, "{results:#}");
+            for checker in ["linearizable", "conservation", "no_lost_acks", "availability"] {
+                assert_eq!(validity(&results, checker), "valid", "{checker}: {results:#}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_lost_acknowledged_reservation_fails_no_lost_acks_and_linearizability() {
+        let mut h = H::base();
+        h.op(5, "reserve", json!({"sku": "a", "id": "r4", "qty": 1}), Kind::Ok, json!({"outcome": "ok"}));
+        h.finals("not_found", 0);
+        h.op(9, "lookup", json!({"sku": "a", "id": "r4", "final": true}), Kind::Ok, json!({"outcome": "not_found"}));
+        let (valid, results) = h.check();
+        assert!(!valid);
+        assert_eq!(validity(&results, "no_lost_acks"), "invalid", "{results:#}");
+        assert!(results["no_lost_acks"]["errors"][0].as_str().unwrap_or("").contains("reservation r4"), "{results:#}");
+        assert_eq!(validity(&results, "linearizable"), "invalid", "{results:#}");
+    }
+
+    #[test]
+    fn an_oversold_read_fails_conservation() {
+        let mut h = H::base();
+        h.op(5, "read", json!({"sku": "a"}), Kind::Ok, json!({"on_hand": 2, "reserved": 2, "committed": 1}));
+        let (valid, results) = h.check();
+        assert!(!valid);
+        assert_eq!(validity(&results, "conservation"), "invalid", "{results:#}");
+        assert!(results["conservation"]["errors"].to_string().contains("oversold"), "{results:#}");
+    }
+
+    #[test]
+    fn a_read_missing_an_acknowledged_commit_fails_conservation() {
+        let mut h = H::base();
+        h.op(5, "read", json!({"sku": "a"}), Kind::Ok, json!({"on_hand": 2, "reserved": 1, "committed": 0}));
+        let (_, results) = h.check();
+        assert_eq!(validity(&results, "conservation"), "invalid", "{results:#}");
+        assert!(results["conservation"]["errors"].to_string().contains("committed 0 outside [1, 1]"), "{results:#}");
+    }
+
+    #[test]
+    fn a_final_position_that_does_not_add_up_fails_no_lost_acks() {
+        let (_, results) = H::base().finals("not_found", 1).check();
+        assert_eq!(validity(&results, "no_lost_acks"), "invalid", "{results:#}");
+    }
+
+    #[test]
+    fn a_failed_final_read_fails_availability() {
+        let mut h = H::base();
+        h.finals("pending", 1);
+        h.op(9, "read", json!({"sku": "a", "final": true}), Kind::Info, json!({"error": "unavailable"}));
+        let (valid, results) = h.check();
+        assert!(!valid);
+        assert_eq!(validity(&results, "availability"), "invalid", "{results:#}");
+        assert_eq!(validity(&results, "linearizable"), "valid", "{results:#}");
+    }
+}

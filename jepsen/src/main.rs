@@ -1,0 +1,189 @@
+//! `stockd-jepsen`: fault-injection tests of a real stockd cluster.
+//!
+//! `stockd-jepsen test ...` runs a test (or `--quick`: a few short ones);
+//! `stockd-jepsen check --history FILE` checks a stored history again.
+//! Exit status: 0 when every checker is satisfied, 1 on a violation (the
+//! seed that replays it is printed), 2 when the harness itself failed.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use clap::Subcommand;
+use jepsen::nemesis::FaultKind;
+use jepsen::runner::NetMode;
+use jepsen::runner::TestConfig;
+use jepsen::workload::Workload;
+
+#[derive(Parser)]
+#[command(name = "stockd-jepsen", about = "Fault-injection tests of a real stockd cluster")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a test against a fresh cluster.
+    Test(TestArgs),
+    /// Run the checkers on a stored history.jsonl (and draw its timeline.png beside it).
+    Check {
+        #[arg(long)]
+        history: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct TestArgs {
+    /// hot-sku or multi-sku.
+    #[arg(long, default_value = "hot-sku")]
+    workload: String,
+    /// none, kill, pause, partition, clock, disk, all, or a comma-separated list.
+    #[arg(long, default_value = "none")]
+    nemesis: String,
+    /// Seconds of workload (the final phase comes after).
+    #[arg(long, default_value_t = 60)]
+    time_limit: u64,
+    /// Seed of the schedule and the clients' choices (default: from the clock).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Directory of the run directories.
+    #[arg(long, default_value = "store")]
+    store: PathBuf,
+    /// 3 or 5 nodes.
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+    /// Concurrent client processes (default: twice the nodes).
+    #[arg(long)]
+    concurrency: Option<u64>,
+    /// A few short runs (under 5 minutes in total).
+    #[arg(long)]
+    quick: bool,
+    /// Run against deliberately broken nodes: lost-ack (Reserve acknowledged without being proposed).
+    #[arg(long)]
+    bug: Option<String>,
+    /// auto (namespaces when available), netns, or loopback.
+    #[arg(long, default_value = "auto")]
+    net: String,
+    /// The stockd binary (default: the one beside this binary).
+    #[arg(long)]
+    stockd: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Cmd::Test(args) => test(args).await,
+            Cmd::Check { history } => check(&history),
+        }
+    });
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn default_stockd() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("find this executable")?;
+    let beside = exe.with_file_name("stockd");
+    anyhow::ensure!(beside.is_file(), "no stockd beside {}; build it (cargo build --workspace --bins) or pass --stockd", exe.display());
+    Ok(beside)
+}
+
+async fn test(args: TestArgs) -> anyhow::Result<bool> {
+    let workload = Workload::parse(&args.workload).with_context(|| format!("unknown --workload {:?} (hot-sku, multi-sku)", args.workload))?;
+    let nemesis = FaultKind::parse_list(&args.nemesis).with_context(|| format!("unknown --nemesis {:?}", args.nemesis))?;
+    anyhow::ensure!(args.nodes == 3 || args.nodes == 5, "--nodes must be 3 or 5");
+    anyhow::ensure!((1..=3600).contains(&args.time_limit), "--time-limit must be 1 to 3600 seconds");
+    if let Some(bug) = &args.bug {
+        anyhow::ensure!(bug == "lost-ack", "unknown --bug {bug:?} (lost-ack)");
+    }
+    let net = match args.net.as_str() {
+        "auto" => NetMode::Auto,
+        "netns" => NetMode::Netns,
+        "loopback" => NetMode::Loopback,
+        other => anyhow::bail!("unknown --net {other:?} (auto, netns, loopback)"),
+    };
+    let seed = args.seed.unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() % 1_000_000).unwrap_or(1));
+    let base = TestConfig {
+        workload,
+        nemesis,
+        nemesis_spec: args.nemesis.clone(),
+        time_limit_s: args.time_limit,
+        seed,
+        store: args.store.clone(),
+        nodes: args.nodes,
+        concurrency: args.concurrency.unwrap_or(2 * args.nodes),
+        bug: args.bug.clone(),
+        net,
+        stockd: match &args.stockd {
+            Some(p) => p.clone(),
+            None => default_stockd()?,
+        },
+    };
+    let runs: Vec<TestConfig> = if !args.quick {
+        vec![base]
+    } else if base.bug.is_some() {
+        vec![TestConfig { workload: Workload::HotSku, nemesis: Vec::new(), nemesis_spec: "none".into(), time_limit_s: 10, ..base }]
+    } else {
+        [(Workload::HotSku, "none", 10), (Workload::HotSku, "kill", 25), (Workload::MultiSku, "pause", 25), (Workload::HotSku, "partition,clock", 25)]
+            .into_iter()
+            .enumerate()
+            .map(|(i, (workload, spec, secs))| TestConfig {
+                workload,
+                nemesis: FaultKind::parse_list(spec).unwrap_or_default(),
+                nemesis_spec: spec.into(),
+                time_limit_s: secs,
+                seed: base.seed + i as u64,
+                ..base.clone()
+            })
+            .collect()
+    };
+    let mut all_valid = true;
+    let mut lines = Vec::new();
+    for config in &runs {
+        println!("== {} (seed {})", config.replay_command(), config.seed);
+        let outcome = jepsen::runner::run_test(config).await?;
+        println!("{}", outcome.summary);
+        let verdict = if outcome.valid { "valid" } else { "INVALID" };
+        println!("{verdict}: {}", outcome.dir.display());
+        if !outcome.valid {
+            println!("replay with: {}", config.replay_command());
+        }
+        all_valid &= outcome.valid;
+        lines.push(format!("{verdict:<8} {}", config.replay_command()));
+    }
+    if runs.len() > 1 {
+        println!("== summary");
+        for line in lines {
+            println!("{line}");
+        }
+    }
+    Ok(all_valid)
+}
+
+fn check(path: &std::path::Path) -> anyhow::Result<bool> {
+    let events = jepsen::history::read_jsonl(path)?;
+    let ops = jepsen::history::operations(&events)?;
+    let (valid, results) = jepsen::checks::check_all(&ops, 20_000_000);
+    let plot = path.with_file_name("timeline.png");
+    if let Err(e) = jepsen::plot::timeline(&events, &plot) {
+        println!("warning: no timeline plot: {e:#}");
+    }
+    println!("{}", serde_json::to_string_pretty(&results)?);
+    println!("{}", if valid { "valid" } else { "INVALID" });
+    Ok(valid)
+}

@@ -1,0 +1,298 @@
+//! The nemesis: a seeded schedule of faults, each recorded in the history
+//! (an `invoke` when it starts, an `info` with the nodes it hit; the same
+//! for its heal). The kinds come in a seeded round-robin order. Faults:
+//! - `kill`: SIGKILL one node, the leader of the current SKU's group, or a
+//!   majority; restarted at the heal;
+//! - `pause`: SIGSTOP the same targets; SIGCONT at the heal;
+//! - `partition`: isolate the leader, random halves, a bridge (two halves
+//!   sharing one node), one-way (the leader's packets in are dropped);
+//!   nftables rules in the nodes' network namespaces, dropped at the heal;
+//! - `clock`: the leader restarted under libfaketime with a skewed clock
+//!   (forward or back); restarted with the true clock at the heal;
+//! - `disk`: a node restarted under libfiu, its fsync / fdatasync calls
+//!   failing at random; restarted without at the heal.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use serde_json::Value;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use crate::cluster::Cluster;
+use crate::cluster::Wrapper;
+use crate::history::Kind;
+use crate::history::Process;
+use crate::net::Net;
+use crate::rng::Rng;
+use crate::workload::Shared;
+use crate::workload::Workload;
+
+/// A kind of fault the nemesis may inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultKind {
+    Kill,
+    Pause,
+    Partition,
+    Clock,
+    Disk,
+}
+
+impl FaultKind {
+    /// `none`, one kind, `all`, or a comma-separated list.
+    pub fn parse_list(spec: &str) -> Option<Vec<FaultKind>> {
+        let mut out = Vec::new();
+        for part in spec.split(',') {
+            match part.trim() {
+                "none" => {}
+                "all" => out.extend([FaultKind::Kill, FaultKind::Pause, FaultKind::Partition, FaultKind::Clock, FaultKind::Disk]),
+                "kill" => out.push(FaultKind::Kill),
+                "pause" => out.push(FaultKind::Pause),
+                "partition" => out.push(FaultKind::Partition),
+                "clock" => out.push(FaultKind::Clock),
+                "disk" => out.push(FaultKind::Disk),
+                _ => return None,
+            }
+        }
+        out.dedup();
+        Some(out)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::Kill => "kill",
+            FaultKind::Pause => "pause",
+            FaultKind::Partition => "partition",
+            FaultKind::Clock => "clock",
+            FaultKind::Disk => "disk",
+        }
+    }
+}
+
+/// Bounds of the schedule.
+const QUIET_MIN_MS: u64 = 2_000;
+const QUIET_MAX_MS: u64 = 4_000;
+const FAULT_MIN_MS: u64 = 3_000;
+const FAULT_MAX_MS: u64 = 7_000;
+/// No new fault starts closer than this to the end of the run.
+const TAIL_MS: u64 = 4_000;
+
+/// What the nemesis needs.
+pub struct Nemesis {
+    pub shared: Arc<Shared>,
+    pub cluster: Arc<Mutex<Cluster>>,
+    pub net: Option<Arc<Net>>,
+    pub faults: Vec<FaultKind>,
+    pub workload: Workload,
+    pub skus: Arc<Vec<String>>,
+    pub faketime_lib: Option<std::path::PathBuf>,
+}
+
+/// An active fault, to heal.
+enum Active {
+    Killed(Vec<u64>),
+    Paused(Vec<u64>),
+    Partitioned,
+    Wrapped(Vec<u64>),
+}
+
+impl Nemesis {
+    fn record(&self, kind: Kind, f: &str, value: Value) {
+        self.shared.record(kind, f, value, Process::NEMESIS);
+    }
+
+    /// Runs the schedule until `deadline`; every fault is healed before it
+    /// returns.
+    pub async fn run(&self, mut rng: Rng, deadline: Instant) -> anyhow::Result<()> {
+        if self.faults.is_empty() {
+            return Ok(());
+        }
+        let mut queue: Vec<FaultKind> = Vec::new();
+        loop {
+            let quiet = Duration::from_millis(rng.range(QUIET_MIN_MS, QUIET_MAX_MS));
+            self.sleep_until((Instant::now() + quiet).min(deadline)).await;
+            if deadline.saturating_duration_since(Instant::now()) < Duration::from_millis(TAIL_MS) {
+                return Ok(());
+            }
+            // Seeded round-robin over a shuffled list: every kind of fault
+            // comes up once before any comes up again.
+            if queue.is_empty() {
+                queue = self.faults.clone();
+                for i in (1..queue.len()).rev() {
+                    queue.swap(i, rng.below(i as u64 + 1) as usize);
+                }
+            }
+            let fault = queue.remove(0);
+            let active = self.start(fault, &mut rng).await?;
+            let hold = Duration::from_millis(rng.range(FAULT_MIN_MS, FAULT_MAX_MS));
+            self.sleep_until((Instant::now() + hold).min(deadline)).await;
+            self.heal(active).await?;
+        }
+    }
+
+    /// Sleeps until `until`, recording any node that exits by itself.
+    async fn sleep_until(&self, until: Instant) {
+        while Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(250).min(until.saturating_duration_since(Instant::now()))).await;
+            for (id, status) in self.cluster.lock().await.exited() {
+                self.record(Kind::Info, "crash", json!({"nodes": [id], "status": status}));
+            }
+        }
+    }
+
+    async fn leader(&self, rng: &mut Rng) -> u64 {
+        let sku = self.workload.sku_at(&self.skus, self.shared.started.elapsed(), rng);
+        let cluster = self.cluster.lock().await;
+        match cluster.leader_of(&sku).await {
+            Some(id) => id,
+            None => *rng.pick(&cluster.ids()),
+        }
+    }
+
+    /// Targets: one random node, the leader, or a majority (the leader and others).
+    async fn targets(&self, rng: &mut Rng) -> (String, Vec<u64>) {
+        let ids = self.cluster.lock().await.ids();
+        match rng.below(3) {
+            0 => ("one".into(), vec![*rng.pick(&ids)]),
+            1 => ("leader".into(), vec![self.leader(rng).await]),
+            _ => {
+                let leader = self.leader(rng).await;
+                let mut chosen = vec![leader];
+                let mut others: Vec<u64> = ids.iter().copied().filter(|i| *i != leader).collect();
+                while chosen.len() < ids.len() / 2 + 1 {
+                    let i = rng.below(others.len() as u64) as usize;
+                    chosen.push(others.remove(i));
+                }
+                chosen.sort_unstable();
+                ("majority".into(), chosen)
+            }
+        }
+    }
+
+    async fn start(&self, fault: FaultKind, rng: &mut Rng) -> anyhow::Result<Active> {
+        let f = fault.name();
+        match fault {
+            FaultKind::Kill | FaultKind::Pause => {
+                let (target, nodes) = self.targets(rng).await;
+                self.record(Kind::Invoke, f, json!({"target": target}));
+                let mut cluster = self.cluster.lock().await;
+                for id in &nodes {
+                    if fault == FaultKind::Kill {
+                        cluster.kill(*id).await?;
+                    } else {
+                        cluster.pause(*id, true)?;
+                    }
+                }
+                self.record(Kind::Info, f, json!({"target": target, "nodes": nodes}));
+                Ok(if fault == FaultKind::Kill { Active::Killed(nodes) } else { Active::Paused(nodes) })
+            }
+            FaultKind::Partition => {
+                let Some(net) = &self.net else { return Ok(Active::Partitioned) };
+                let ids = self.cluster.lock().await.ids();
+                let leader = self.leader(rng).await;
+                let (name, grudge) = crate::net::choose_partition(rng, &ids, leader);
+                self.record(Kind::Invoke, f, json!({"kind": name}));
+                net.apply(&grudge).await?;
+                self.record(Kind::Info, f, json!({"kind": name, "drops": grudge.iter().map(|(a, b)| format!("{a}->{b}")).collect::<Vec<_>>()}));
+                Ok(Active::Partitioned)
+            }
+            FaultKind::Clock => {
+                let Some(lib) = self.faketime_lib.clone() else { return Ok(Active::Wrapped(Vec::new())) };
+                let leader = self.leader(rng).await;
+                let magnitude = rng.range(2, 60) as i64;
+                let offset_s = if rng.chance(0.5) { magnitude } else { -magnitude };
+                self.record(Kind::Invoke, f, json!({"target": "leader", "offset_s": offset_s}));
+                let mut cluster = self.cluster.lock().await;
+                cluster.kill(leader).await?;
+                cluster.start(leader, Wrapper::Faketime { offset_s, lib })?;
+                self.record(Kind::Info, f, json!({"target": "leader", "nodes": [leader], "offset_s": offset_s}));
+                Ok(Active::Wrapped(vec![leader]))
+            }
+            FaultKind::Disk => {
+                let ids = self.cluster.lock().await.ids();
+                let node = if rng.chance(0.5) { self.leader(rng).await } else { *rng.pick(&ids) };
+                let probability = 0.05;
+                self.record(Kind::Invoke, f, json!({"nodes": [node], "fault": crate::cluster::FIU_FAULT, "probability": probability}));
+                let mut cluster = self.cluster.lock().await;
+                cluster.kill(node).await?;
+                cluster.start(node, Wrapper::Fiu { probability })?;
+                self.record(Kind::Info, f, json!({"nodes": [node], "fault": crate::cluster::FIU_FAULT, "probability": probability}));
+                Ok(Active::Wrapped(vec![node]))
+            }
+        }
+    }
+
+    async fn heal(&self, active: Active) -> anyhow::Result<()> {
+        match active {
+            Active::Killed(nodes) => {
+                self.record(Kind::Invoke, "restart", json!({"nodes": nodes}));
+                let mut cluster = self.cluster.lock().await;
+                for id in &nodes {
+                    cluster.start(*id, Wrapper::Plain)?;
+                }
+                self.record(Kind::Info, "restart", json!({"nodes": nodes}));
+            }
+            Active::Paused(nodes) => {
+                self.record(Kind::Invoke, "resume", json!({"nodes": nodes}));
+                let mut cluster = self.cluster.lock().await;
+                for id in &nodes {
+                    cluster.pause(*id, false)?;
+                }
+                self.record(Kind::Info, "resume", json!({"nodes": nodes}));
+            }
+            Active::Partitioned => {
+                if let Some(net) = &self.net {
+                    self.record(Kind::Invoke, "heal-partition", json!({}));
+                    net.heal().await?;
+                    self.record(Kind::Info, "heal-partition", json!({}));
+                }
+            }
+            Active::Wrapped(nodes) => {
+                if nodes.is_empty() {
+                    return Ok(());
+                }
+                self.record(Kind::Invoke, "unwrap", json!({"nodes": nodes}));
+                let mut cluster = self.cluster.lock().await;
+                for id in &nodes {
+                    cluster.kill(*id).await?;
+                    cluster.start(*id, Wrapper::Plain)?;
+                }
+                self.record(Kind::Info, "unwrap", json!({"nodes": nodes}));
+            }
+        }
+        Ok(())
+    }
+
+    /// The final heal: every node running, unpaused, unwrapped, connected.
+    pub async fn heal_all(&self) -> anyhow::Result<()> {
+        self.record(Kind::Invoke, "heal", json!({}));
+        if let Some(net) = &self.net {
+            net.heal().await?;
+        }
+        let mut cluster = self.cluster.lock().await;
+        for (id, status) in cluster.exited() {
+            self.record(Kind::Info, "crash", json!({"nodes": [id], "status": status}));
+        }
+        let mut restarted = Vec::new();
+        for id in cluster.ids() {
+            let (running, paused, wrapped) = {
+                let node = cluster.nodes.iter().find(|n| n.id == id).ok_or_else(|| anyhow::anyhow!("node {id} vanished"))?;
+                (node.is_running(), node.paused, node.wrapper != Wrapper::Plain)
+            };
+            if paused {
+                cluster.pause(id, false)?;
+            }
+            if wrapped {
+                cluster.kill(id).await?;
+            }
+            if !running || wrapped {
+                cluster.start(id, Wrapper::Plain)?;
+                restarted.push(id);
+            }
+        }
+        self.record(Kind::Info, "heal", json!({"restarted": restarted}));
+        Ok(())
+    }
+}
