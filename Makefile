@@ -1,6 +1,7 @@
 # The two commands of the quick start:
-#   make dev    build (release) and run a local 3-node cluster
-#   make test   the read-only gate: fmt, clippy, every test
+#   make dev    build (release) and run a local 3-node cluster, model serving
+#   make test   the read-only gate: fmt, clippy, every Rust and Python test,
+#               then the quick fault-injection runs (jepsen/)
 # Builds go to a persistent target dir so they are incremental across clones.
 
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/stockd/target

@@ -973,7 +973,7 @@ pub fn status_human(reports: &[NodeStatusReport]) -> String {
                 m.unscored.to_string(),
                 format!("{}/{}", m.inference_p50_us, m.inference_p99_us),
                 format!("{:.3}", m.max_feature_psi.max(m.score_psi)),
-                if m.drift_alerts.is_empty() { "-".to_owned() } else { m.drift_alerts.join(",") },
+                drift_text(&m.drift_alerts),
             ]
         })
         .collect();
@@ -1282,4 +1282,14 @@ pub fn model_human(reports: &[(String, Result<ModelStatusResponse, ClientError>)
 /// 0 when every node answered, else the exit code of the first error.
 pub fn model_exit_code(reports: &[(String, Result<ModelStatusResponse, ClientError>)]) -> u8 {
     reports.iter().find_map(|(_, result)| result.as_ref().err().map(exit_code_for_error)).unwrap_or(EXIT_DONE)
+}
+
+/// The drifting features of a status line: the first few, then a count.
+fn drift_text(alerts: &[String]) -> String {
+    const SHOWN: usize = 3;
+    match alerts.len() {
+        0 => "-".to_owned(),
+        n if n <= SHOWN => alerts.join(","),
+        n => format!("{} +{} more", alerts[..SHOWN].join(","), n - SHOWN),
+    }
 }
