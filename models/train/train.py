@@ -426,6 +426,18 @@ def split_info(part: pd.DataFrame) -> dict:
     }
 
 
+def model_entry(out: Path, file: str, kind: str, platt: tuple) -> dict:
+    """The manifest entry of one ONNX model and its Platt calibration."""
+    return {
+        "file": file,
+        "sha256": sha256(out / file),
+        "kind": kind,
+        "input": ONNX_INPUT,
+        "output": ONNX_OUTPUT,
+        "calibration": {"method": "platt", "a": platt[0], "b": platt[1]},
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=Path, required=True, help="simulator rows.csv")
@@ -619,22 +631,8 @@ def main(argv: list[str] | None = None) -> int:
         "version": args.version,
         "created_at": datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
         "features": names,
-        "primary": {
-            "file": "model.onnx",
-            "sha256": sha256(out / "model.onnx"),
-            "kind": "lightgbm",
-            "input": ONNX_INPUT,
-            "output": ONNX_OUTPUT,
-            "calibration": {"method": "platt", "a": primary_cal[0], "b": primary_cal[1]},
-        },
-        "fallback": {
-            "file": "fallback.onnx",
-            "sha256": sha256(out / "fallback.onnx"),
-            "kind": "logistic-regression",
-            "input": ONNX_INPUT,
-            "output": ONNX_OUTPUT,
-            "calibration": {"method": "platt", "a": fallback_cal[0], "b": fallback_cal[1]},
-        },
+        "primary": model_entry(out, "model.onnx", "lightgbm", primary_cal),
+        "fallback": model_entry(out, "fallback.onnx", "logistic-regression", fallback_cal),
         "golden": {"file": "golden.json", "sha256": sha256(out / "golden.json")},
         "reference_bins": {"file": "reference_bins.json", "sha256": sha256(out / "reference_bins.json")},
         "metrics": {"file": "metrics.json", "sha256": sha256(out / "metrics.json")},
