@@ -20,6 +20,7 @@ use models::policy::DecisionInput;
 use models::policy::DecisionOutcome;
 use models::policy::DecisionThresholds;
 use models::policy::Degraded;
+use models::policy::PolicyConfig;
 use models::Score;
 use models::ScoreError;
 use models::Scorer;
@@ -39,6 +40,20 @@ const THRESHOLDS_WITHOUT_MODEL: DecisionThresholds = DecisionThresholds { checko
 pub struct Availability {
     node: Arc<Node>,
     scorer: Scorer,
+    /// From the node's `[availability]` settings, which never change while it runs.
+    policy: PolicyConfig,
+}
+
+/// What one request asks, shared by every location it looks at.
+struct Ask<'a> {
+    sku: &'a str,
+    quantity: u64,
+    context: Context,
+    staleness_ms: u64,
+    promo: bool,
+    route_key: &'a str,
+    now_ms: u64,
+    thresholds: DecisionThresholds,
 }
 
 /// One availability question.
@@ -64,11 +79,16 @@ pub struct Evaluation {
     pub feed_lag_ms: u64,
     pub seller_type: SellerType,
     pub threshold: f64,
-    /// Blocked by a hard rule (not by the model or a degraded input).
-    pub blocked: bool,
     /// The model input, and the time it was computed for.
     pub features: [f32; features::FEATURE_COUNT],
     pub features_at_ms: u64,
+}
+
+impl Evaluation {
+    /// Refused by a hard rule (not by the model or a degraded input).
+    pub fn is_blocked(&self) -> bool {
+        self.outcome.rules.iter().any(|rule| rule.is_hard())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -111,7 +131,8 @@ fn degraded_of(error: &ScoreError) -> Degraded {
 impl Availability {
     pub fn new(node: Arc<Node>) -> Self {
         let scorer = Scorer::start(node.config.scoring.clone());
-        Self { node, scorer }
+        let policy = node.config.availability.policy();
+        Self { node, scorer, policy }
     }
 
     pub fn scorer(&self) -> &Scorer {
@@ -153,73 +174,61 @@ impl Availability {
         Ok((positions, answer.staleness_ms, answer.applied_index))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn evaluate(
-        &self,
-        sku: &str,
-        location: &str,
-        position: Option<&Position>,
-        quantity: u64,
-        context: Context,
-        staleness_ms: u64,
-        promo: bool,
-        route_key: &str,
-        now_ms: u64,
-    ) -> Evaluation {
-        let settings = &self.node.config.availability;
-        let seller_type = settings.seller_type(location);
-        let request = RequestContext { quantity, now_ms, replica_staleness_ms: staleness_ms, seller_type, promo };
+    async fn evaluate(&self, ask: &Ask<'_>, location: &str, position: Option<&Position>) -> Evaluation {
+        let seller_type = self.node.config.availability.seller_type(location);
+        let request = RequestContext { quantity: ask.quantity, now_ms: ask.now_ms, replica_staleness_ms: ask.staleness_ms, seller_type, promo: ask.promo };
         let vector = features::compute(&features::input_from_position(position, &request));
-        let scored = self.scorer.score(&vector, route_key).await;
+        let scored = self.scorer.score(&vector, ask.route_key).await;
         let empty = Position::default();
         let position = position.unwrap_or(&empty);
-        let thresholds = self.thresholds();
+        let (sku, context) = (ask.sku, ask.context);
         let input = DecisionInput {
             context,
             sku,
-            quantity,
+            quantity: ask.quantity,
             atp: position.atp(),
             held: position.held,
             safety_stock: position.safety_stock,
             short: position.is_short(),
             seller_type,
-            staleness_ms,
+            staleness_ms: ask.staleness_ms,
             feed_lag_ms: position.signals.feed_lag_ms,
             score: scored.as_ref().map(|s| s.p_sellable).map_err(degraded_of),
             features_out_of_range: !vector.out_of_range.is_empty(),
         };
-        let outcome = policy::decide(&input, &thresholds, &settings.policy());
+        let outcome = policy::decide(&input, &ask.thresholds, &self.policy);
         if let Err(error) = &scored {
             tracing::debug!(sku, location, %error, "scored without the model");
         }
-        let blocked = outcome
-            .rules
-            .iter()
-            .any(|rule| matches!(rule, policy::Rule::Compliance | policy::Rule::SellerLimit | policy::Rule::ShortPosition | policy::Rule::InsufficientAtp));
         Evaluation {
             location: location.to_owned(),
             threshold: match context {
-                Context::Checkout => thresholds.checkout,
-                Context::ProductPage => thresholds.product_page,
+                Context::Checkout => ask.thresholds.checkout,
+                Context::ProductPage => ask.thresholds.product_page,
             },
             outcome,
             score: scored.ok(),
             atp: position.atp(),
             feed_lag_ms: position.signals.feed_lag_ms,
             seller_type,
-            blocked,
             features: vector.values,
-            features_at_ms: now_ms,
+            features_at_ms: ask.now_ms,
         }
     }
 
     pub async fn check(&self, group: GroupId, request: &CheckRequest) -> Result<CheckAnswer, GroupError> {
         let (positions, staleness_ms, applied_index) = self.read(group, &request.sku, request.location.as_deref(), request.consistency).await?;
-        let now_ms = now_ms();
-        let evaluations = join_all(positions.iter().map(|(location, position)| {
-            self.evaluate(&request.sku, location, position.as_ref(), request.quantity, request.context, staleness_ms, request.promo, &request.route_key, now_ms)
-        }))
-        .await;
+        let ask = Ask {
+            sku: &request.sku,
+            quantity: request.quantity,
+            context: request.context,
+            staleness_ms,
+            promo: request.promo,
+            route_key: &request.route_key,
+            now_ms: now_ms(),
+            thresholds: self.thresholds(),
+        };
+        let evaluations = join_all(positions.iter().map(|(location, position)| self.evaluate(&ask, location, position.as_ref()))).await;
         // Best decision first, then the highest probability.
         let best = evaluations.into_iter().min_by(|a, b| {
             let pa = a.score.as_ref().map_or(0.0, |s| s.p_sellable);
@@ -229,7 +238,7 @@ impl Availability {
         let evaluation = match best {
             Some(evaluation) => evaluation,
             // No location holds the SKU: nothing to promise.
-            None => self.evaluate(&request.sku, "", None, request.quantity, request.context, staleness_ms, request.promo, &request.route_key, now_ms).await,
+            None => self.evaluate(&ask, "", None).await,
         };
         Ok(CheckAnswer { evaluation, staleness_ms, applied_index })
     }
@@ -238,15 +247,11 @@ impl Availability {
         let settings = &self.node.config.availability;
         let region = &self.node.config.region;
         let (positions, staleness_ms, _) = self.read(group, sku, None, Consistency::Any).await?;
-        let now_ms = now_ms();
-        let evaluations =
-            join_all(positions.iter().map(|(location, position)| {
-                self.evaluate(sku, location, position.as_ref(), quantity, Context::Checkout, staleness_ms, false, route_key, now_ms)
-            }))
-            .await;
+        let ask = Ask { sku, quantity, context: Context::Checkout, staleness_ms, promo: false, route_key, now_ms: now_ms(), thresholds: self.thresholds() };
+        let evaluations = join_all(positions.iter().map(|(location, position)| self.evaluate(&ask, location, position.as_ref()))).await;
         let cross_region = destination_region != region.as_str();
-        let residency_blocks =
-            cross_region && (settings.residency_regions.iter().any(|r| r == destination_region) || settings.residency_regions.iter().any(|r| r == region));
+        let resident = |r: &String| r == destination_region || r == region;
+        let residency_blocks = cross_region && settings.residency_regions.iter().any(resident);
         let mut degraded = Vec::new();
         let mut model_version = String::new();
         let mut candidates: Vec<Candidate> = evaluations
@@ -272,7 +277,7 @@ impl Availability {
                     cost += settings.cross_region_cost;
                     reasons.push("CROSS_REGION_COST".to_owned());
                 }
-                let mut eligible = !evaluation.blocked;
+                let mut eligible = !evaluation.is_blocked();
                 if residency_blocks {
                     eligible = false;
                     reasons.push("RESIDENCY".to_owned());

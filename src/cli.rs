@@ -1279,9 +1279,15 @@ pub fn model_human(reports: &[(String, Result<ModelStatusResponse, ClientError>)
     render_table(&["NODE", "SERVING", "CANDIDATE", "PREVIOUS", "LOADED", "DISABLED", "REQUESTS", "FALLBACK", "P50/P99 US"], &rows)
 }
 
-/// 0 when every node answered, else the exit code of the first error.
+/// 0 when every node answered, else the exit code of the first error: a
+/// node that refused the operation (unknown version, nothing to roll back
+/// to, a model that fails verification) is refused (1), not unavailable.
 pub fn model_exit_code(reports: &[(String, Result<ModelStatusResponse, ClientError>)]) -> u8 {
-    reports.iter().find_map(|(_, result)| result.as_ref().err().map(exit_code_for_error)).unwrap_or(EXIT_DONE)
+    let code = |error: &ClientError| match error {
+        ClientError::Rpc { code: tonic::Code::NotFound | tonic::Code::FailedPrecondition, .. } => EXIT_REFUSED,
+        other => exit_code_for_error(other),
+    };
+    reports.iter().find_map(|(_, result)| result.as_ref().err().map(code)).unwrap_or(EXIT_DONE)
 }
 
 /// The drifting features of a status line: the first few, then a count.

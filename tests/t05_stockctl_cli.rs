@@ -617,3 +617,13 @@ fn check_json_has_the_documented_keys_and_null_without_a_score() {
     let human = cli::check_human("sku-a", &unscored);
     assert!(human.contains("no model score") && human.contains("MODEL_DISABLED"), "{human}");
 }
+
+#[test]
+fn model_operations_refused_by_a_node_exit_1_and_unreachable_nodes_exit_3() {
+    let ok = || Ok(stockd::proto::v1::ModelStatusResponse { status_json: "{}".into(), node_id: 1 });
+    let refused = ClientError::Rpc { code: tonic::Code::NotFound, message: "unknown model version v9".into() };
+    let down = ClientError::Unavailable { outcome_unknown: false, message: "connection refused".into() };
+    assert_eq!(cli::model_exit_code(&[("a".into(), ok()), ("b".into(), ok())]), cli::EXIT_DONE);
+    assert_eq!(cli::model_exit_code(&[("a".into(), ok()), ("b".into(), Err(refused))]), cli::EXIT_REFUSED);
+    assert_eq!(cli::model_exit_code(&[("a".into(), Err(down))]), cli::EXIT_UNAVAILABLE);
+}

@@ -52,6 +52,13 @@ pub enum Rule {
     ConservativeRule,
 }
 
+impl Rule {
+    /// A hard rule: it refuses whatever the model says.
+    pub fn is_hard(self) -> bool {
+        matches!(self, Self::Compliance | Self::SellerLimit | Self::ShortPosition | Self::InsufficientAtp)
+    }
+}
+
 /// Why the answer is less informed than usual.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -149,18 +156,14 @@ pub struct DecisionOutcome {
 pub fn decide(input: &DecisionInput<'_>, thresholds: &DecisionThresholds, config: &PolicyConfig) -> DecisionOutcome {
     let mut rules = Vec::new();
     let mut degraded = Vec::new();
-    let mut blocked = false;
     if config.blocked_sku_prefixes.iter().any(|prefix| input.sku.starts_with(prefix.as_str())) {
         rules.push(Rule::Compliance);
-        blocked = true;
     }
     if input.seller_type == SellerType::ThirdParty && input.quantity > config.third_party_order_units_max {
         rules.push(Rule::SellerLimit);
-        blocked = true;
     }
     if input.short {
         rules.push(Rule::ShortPosition);
-        blocked = true;
     }
     let covered = input.atp >= input.quantity;
     if !covered {
@@ -173,7 +176,6 @@ pub fn decide(input: &DecisionInput<'_>, thresholds: &DecisionThresholds, config
             rules.push(Rule::SafetyStock);
         }
         rules.push(Rule::InsufficientAtp);
-        blocked = true;
     }
     let staleness_max = match input.context {
         Context::Checkout => config.checkout_staleness_ms_max,
@@ -191,6 +193,7 @@ pub fn decide(input: &DecisionInput<'_>, thresholds: &DecisionThresholds, config
     if let Err(reason) = input.score {
         degraded.push(reason);
     }
+    let blocked = rules.iter().any(|rule| rule.is_hard());
     if blocked {
         return DecisionOutcome { decision: Decision::Unavailable, rules, degraded };
     }
