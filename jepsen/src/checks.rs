@@ -9,7 +9,8 @@
 //! - `availability`: after the final heal every final read succeeds.
 //!
 //! History values (invocation / successful completion):
-//! `reserve {sku, id, qty}` / `{outcome, replay}`; `commit`, `release`
+//! `reserve {sku, id, qty, ttl_ms}` / `{outcome, replay}` (`ttl_ms` missing:
+//! the 1 h default); `commit`, `release`
 //! `{sku, id}` / `{outcome}`; `receipt {sku, event, qty}` / `{outcome}`;
 //! `read {sku}` / `{on_hand, reserved, committed, ...}`; `lookup {sku, id}` /
 //! `{outcome, state}`. The final phase's operations carry `final: true`.
@@ -22,8 +23,10 @@ use serde::Serialize;
 use serde_json::json;
 use serde_json::Value;
 
+use crate::history::Event;
 use crate::history::Kind;
 use crate::history::Operation;
+use crate::history::Process;
 use crate::linear;
 use crate::linear::LinOp;
 use crate::linear::Spec;
@@ -49,6 +52,86 @@ pub enum Validity {
     Invalid,
     /// The checker could not decide (search budget exhausted).
     Unknown,
+}
+
+/// Slack for the machine's own clock and timer jitter.
+const CLOCK_SLACK_MS: u64 = 2_000;
+
+/// The clock faults of a history, which bound how far log time may run
+/// ahead of or behind the true time: `(start, end, offset ms)`, from the
+/// fault's invocation to the completion of the `unwrap` (or final `heal`)
+/// that restarted its node with the true clock (`u64::MAX` if none did).
+#[derive(Debug, Clone, Default)]
+pub struct ClockFaults {
+    faults: Vec<(u64, u64, i64)>,
+}
+
+impl ClockFaults {
+    /// Reads the nemesis entries of `events`.
+    pub fn from_events(events: &[Event]) -> ClockFaults {
+        let mut faults = Vec::new();
+        let mut invoked = 0;
+        for (i, event) in events.iter().enumerate() {
+            if event.process != Process::NEMESIS || event.f != "clock" {
+                continue;
+            }
+            if event.kind == Kind::Invoke {
+                invoked = event.time;
+                continue;
+            }
+            let Some(offset_s) = event.value.get("offset_s").and_then(Value::as_i64) else { continue };
+            let nodes: Vec<u64> = event.value.get("nodes").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_u64).collect()).unwrap_or_default();
+            if nodes.is_empty() {
+                continue;
+            }
+            let end = events[i + 1..]
+                .iter()
+                .find(|e| {
+                    e.process == Process::NEMESIS
+                        && e.kind != Kind::Invoke
+                        && (e.f == "heal"
+                            || (e.f == "unwrap"
+                                && e.value
+                                    .get("nodes")
+                                    .and_then(Value::as_array)
+                                    .is_some_and(|a| a.iter().filter_map(Value::as_u64).any(|n| nodes.contains(&n)))))
+                })
+                .map_or(u64::MAX, |e| e.time);
+            faults.push((invoked, end, offset_s.saturating_mul(1_000)));
+        }
+        ClockFaults { faults }
+    }
+
+    /// The earliest history time (ns) at which a reservation made by a
+    /// reserve running from `invoked` to `done` (`None`: unknown) with
+    /// `ttl_ms` can expire. Apply sets `expires_at_ms = L + ttl`, where the
+    /// log time `L` is at least the proposing leader's clock, so at least the
+    /// true time of the apply less the largest lag of a clock fault active
+    /// while the reserve ran: expiry needs log time to reach `target =
+    /// invoked + ttl - lag`. Log time runs ahead of the true time only by the
+    /// lead of a clock fault that has started (log time never goes back, so
+    /// a lead outlives its fault): at true time `t` it is at most `t` plus
+    /// the largest lead of the faults started by `t`. The answer is the
+    /// earliest `t` at which that reaches `target`, less some slack.
+    pub fn expiry_possible_from(&self, invoked: u64, done: Option<u64>, ttl_ms: u64) -> u64 {
+        let done = done.unwrap_or(u64::MAX);
+        let lag = self.faults.iter().filter(|(start, end, o)| *o < 0 && *start <= done && *end >= invoked).map(|(_, _, o)| o.unsigned_abs()).max().unwrap_or(0);
+        let target = invoked.saturating_add(ttl_ms.saturating_sub(lag + CLOCK_SLACK_MS).saturating_mul(1_000_000));
+        self.faults
+            .iter()
+            .filter(|(_, _, o)| *o > 0)
+            .map(|(start, _, lead)| target.saturating_sub(lead.unsigned_abs().saturating_mul(1_000_000)).max(*start))
+            .fold(target, u64::min)
+    }
+}
+
+fn ttl_of(op: &Operation) -> u64 {
+    u64_arg(op, "ttl_ms").unwrap_or(crate::workload::TTL_MS)
+}
+
+/// The last time (ns) anything in the history happened.
+fn history_end(ops: &[Operation]) -> u64 {
+    ops.iter().map(|op| op.completed_at().unwrap_or(op.invoke.time)).max().unwrap_or(0)
 }
 
 fn str_arg<'a>(op: &'a Operation, name: &str) -> Option<&'a str> {
@@ -93,10 +176,16 @@ fn label(op: &Operation) -> String {
 }
 
 /// The operations of each SKU as the linearizability checker sees them.
-pub fn lin_ops_by_sku(ops: &[Operation]) -> BTreeMap<String, (Vec<LinOp>, Spec)> {
+pub fn lin_ops_by_sku(ops: &[Operation], clock: &ClockFaults) -> BTreeMap<String, (Vec<LinOp>, Spec)> {
     /// A SKU's operations and its interned reservation and event ids.
     type Interned = (Vec<LinOp>, HashMap<String, usize>, HashMap<String, usize>);
     let mut by_sku: BTreeMap<String, Interned> = BTreeMap::new();
+    /// Per reservation: the earliest time it may expire, with the index,
+    /// process and TTL of the reserve that set it.
+    type Expirable = BTreeMap<usize, (u64, u64, u64, u64)>;
+    let mut expirable: BTreeMap<String, Expirable> = BTreeMap::new();
+    let mut final_states: HashMap<(String, usize), ResState> = HashMap::new();
+    let end = history_end(ops);
     for op in ops {
         let Some(sku) = op.sku() else { continue };
         let kind = op.kind();
@@ -115,7 +204,12 @@ pub fn lin_ops_by_sku(ops: &[Operation]) -> BTreeMap<String, (Vec<LinOp>, Spec)>
             ("commit", Some(id)) => (Call::Commit { id }, outcome_of(op).map(Ret::Write)),
             ("release", Some(id)) => (Call::Release { id }, outcome_of(op).map(Ret::Write)),
             ("lookup", Some(id)) => match lookup_state(op) {
-                Some(state) => (Call::Lookup { id }, Some(Ret::Lookup(state))),
+                Some(state) => {
+                    if op.is_final() {
+                        final_states.insert((sku.to_owned(), id), state);
+                    }
+                    (Call::Lookup { id }, Some(Ret::Lookup(state)))
+                }
                 None => continue,
             },
             ("receipt", _) => {
@@ -128,18 +222,48 @@ pub fn lin_ops_by_sku(ops: &[Operation]) -> BTreeMap<String, (Vec<LinOp>, Spec)>
             },
             _ => continue,
         };
+        if let (Call::Reserve { id, .. }, false) = (call, ret.is_some_and(|r| r != Ret::Write(Outcome::Ok))) {
+            let from = clock.expiry_possible_from(op.invoke.time, op.completed_at().filter(|_| ret.is_some()), ttl_of(op));
+            let e = expirable.entry(sku.to_owned()).or_default().entry(id).or_insert((from, op.invoke.index, op.process, ttl_of(op)));
+            if from < e.0 {
+                *e = (from, op.invoke.index, op.process, ttl_of(op));
+            }
+        }
         let complete = if ret.is_some() { op.completed_at() } else { None };
         list.push(LinOp { call, ret, invoke: op.invoke.time, complete, index: op.invoke.index, process: op.process, label: label(op) });
+    }
+    // A pending reservation may expire at any point from then on (or never).
+    // Expired is final, so one found committed or released at the end never
+    // expired. The search tries expiries in the order given: first those
+    // found expired at the end, earliest first (with one TTL they expire in
+    // the order they were made), then the others.
+    for (sku, ids) in expirable {
+        let Some((list, names, _)) = by_sku.get_mut(&sku) else { continue };
+        let mut ids: Vec<(usize, (u64, u64, u64, u64))> = ids.into_iter().collect();
+        let final_state = |id: usize| final_states.get(&(sku.clone(), id)).copied();
+        // One found committed or released at the end keeps an expiry that is
+        // never possible (it still holds back the expiry of the reservations
+        // of its TTL made after it).
+        ids.retain(|(_, (from, ..))| *from <= end);
+        ids.sort_by_key(|(id, (from, index, ..))| (final_state(*id) != Some(ResState::Expired), *from, *index));
+        for (id, (mut from, index, process, ttl_ms)) in ids {
+            if matches!(final_state(id), Some(ResState::Committed | ResState::Released)) {
+                from = u64::MAX;
+            }
+            let name = names.iter().find(|(_, v)| **v == id).map_or("?", |(k, _)| k.as_str());
+            let label = format!("expiry of {name} (ttl {ttl_ms} ms)");
+            list.push(LinOp { call: Call::Expire { id, ttl_ms }, ret: Some(Ret::Write(Outcome::Ok)), invoke: from, complete: None, index, process, label });
+        }
     }
     by_sku.into_iter().map(|(sku, (list, ids, events))| (sku, (list, Spec { ids: ids.len().max(1), events: events.len().max(1) }))).collect()
 }
 
 /// Per-SKU linearizability.
-pub fn linearizable(ops: &[Operation], budget: u64) -> CheckResult {
+pub fn linearizable(ops: &[Operation], clock: &ClockFaults, budget: u64) -> CheckResult {
     let mut errors = Vec::new();
     let mut details = serde_json::Map::new();
     let mut unknown = false;
-    for (sku, (list, spec)) in lin_ops_by_sku(ops) {
+    for (sku, (list, spec)) in lin_ops_by_sku(ops, clock) {
         let report = linear::check(&list, spec, budget, 2_000);
         match report.verdict {
             Verdict::Linearizable => {}
@@ -184,6 +308,17 @@ struct IdFacts {
     commits: Vec<(u64, Option<u64>, Option<Outcome>, u64)>,
     releases: Vec<(u64, Option<u64>, Option<Outcome>, u64)>,
     final_state: Option<(ResState, u64)>,
+    /// The earliest time it may expire ([`ClockFaults::expiry_possible_from`]).
+    expires_from: Option<u64>,
+}
+
+impl IdFacts {
+    /// May it have expired by `at` (it was reserved with a TTL short enough,
+    /// and no commit was acknowledged before `at`: a committed reservation
+    /// never expires)?
+    fn may_expire_by(&self, at: u64) -> bool {
+        self.expires_from.is_some_and(|from| from <= at) && Self::acked(&self.commits, at).is_none()
+    }
 }
 
 impl IdFacts {
@@ -203,7 +338,7 @@ struct SkuFacts<'a> {
     reads: Vec<&'a Operation>,
 }
 
-fn facts(ops: &[Operation]) -> BTreeMap<String, SkuFacts<'_>> {
+fn facts<'a>(ops: &'a [Operation], clock: &ClockFaults) -> BTreeMap<String, SkuFacts<'a>> {
     let mut by_sku: BTreeMap<String, SkuFacts> = BTreeMap::new();
     for op in ops {
         let Some(sku) = op.sku() else { continue };
@@ -231,6 +366,11 @@ fn facts(ops: &[Operation]) -> BTreeMap<String, SkuFacts<'_>> {
                     "reserve" => {
                         facts.qty = u64_arg(op, "qty").unwrap_or(0);
                         facts.reserves.push(entry);
+                        // Only a reserve that may have created it counts.
+                        if entry.2.is_none_or(|o| o == Outcome::Ok) {
+                            let from = clock.expiry_possible_from(op.invoke.time, ok_at, ttl_of(op));
+                            facts.expires_from = Some(facts.expires_from.map_or(from, |f| f.min(from)));
+                        }
                     }
                     "commit" => facts.commits.push(entry),
                     "release" => facts.releases.push(entry),
@@ -250,10 +390,10 @@ fn facts(ops: &[Operation]) -> BTreeMap<String, SkuFacts<'_>> {
 }
 
 /// Bank-style bounds on every successful read.
-pub fn conservation(ops: &[Operation]) -> CheckResult {
+pub fn conservation(ops: &[Operation], clock: &ClockFaults) -> CheckResult {
     let mut errors = Vec::new();
     let mut reads_checked = 0;
-    for (sku, f) in facts(ops) {
+    for (sku, f) in facts(ops, clock) {
         for read in &f.reads {
             let Some((on_hand, reserved, committed)) = counters_of(read) else { continue };
             let (ti, tc) = (read.invoke.time, read.completed_at().unwrap_or(u64::MAX));
@@ -268,8 +408,12 @@ pub fn conservation(ops: &[Operation]) -> CheckResult {
                 errors.push(format!("{at}: on_hand {on_hand} outside [{on_hand_min}, {on_hand_max}] allowed by the receipts"));
             }
             let held_max: u64 = f.ids.values().filter(|id| IdFacts::attempted(&id.reserves, tc)).map(|id| id.qty).sum();
-            let held_min: u64 =
-                f.ids.values().filter(|id| IdFacts::acked(&id.reserves, ti).is_some() && !IdFacts::attempted(&id.releases, tc)).map(|id| id.qty).sum();
+            let held_min: u64 = f
+                .ids
+                .values()
+                .filter(|id| IdFacts::acked(&id.reserves, ti).is_some() && !IdFacts::attempted(&id.releases, tc) && !id.may_expire_by(tc))
+                .map(|id| id.qty)
+                .sum();
             if reserved + committed > held_max || reserved + committed < held_min {
                 errors.push(format!("{at}: reserved + committed = {} outside [{held_min}, {held_max}] allowed by the reservations", reserved + committed));
             }
@@ -287,11 +431,12 @@ pub fn conservation(ops: &[Operation]) -> CheckResult {
 
 /// Set-style: every acknowledged reservation (and its acknowledged commit or
 /// release) is in the final lookups, and the final position adds up.
-pub fn no_lost_acks(ops: &[Operation]) -> CheckResult {
+pub fn no_lost_acks(ops: &[Operation], clock: &ClockFaults) -> CheckResult {
     let mut errors = Vec::new();
     let mut acknowledged = 0;
     let mut unchecked = Vec::new();
-    for (sku, f) in facts(ops) {
+    let end = history_end(ops);
+    for (sku, f) in facts(ops, clock) {
         for (id, facts) in &f.ids {
             let Some(acked_at) = IdFacts::acked(&facts.reserves, u64::MAX) else { continue };
             acknowledged += 1;
@@ -304,9 +449,16 @@ pub fn no_lost_acks(ops: &[Operation]) -> CheckResult {
             } else {
                 IdFacts::acked(&facts.releases, u64::MAX).map(|i| (ResState::Released, i))
             };
+            // Expired is a fate only a reservation with a short enough TTL
+            // may meet, and only while it was pending: an acknowledged commit
+            // or release must be found as such.
             let lost = match expected {
                 Some((want, _)) => state != want,
-                None => !matches!(state, ResState::Pending | ResState::Committed | ResState::Released),
+                None => match state {
+                    ResState::Pending | ResState::Committed | ResState::Released => false,
+                    ResState::Expired => !facts.may_expire_by(end),
+                    ResState::Absent => true,
+                },
             };
             if lost {
                 let acked = expected
@@ -368,6 +520,7 @@ pub fn availability(ops: &[Operation]) -> CheckResult {
 /// Counts of ok / fail / info per operation.
 pub fn stats(ops: &[Operation]) -> Value {
     let mut counts: BTreeMap<String, BTreeMap<&'static str, u64>> = BTreeMap::new();
+    let mut expired: HashSet<&str> = HashSet::new();
     for op in ops {
         let kind = match op.kind() {
             Kind::Ok => "ok",
@@ -375,19 +528,27 @@ pub fn stats(ops: &[Operation]) -> Value {
             _ => "info",
         };
         *counts.entry(op.f.clone()).or_default().entry(kind).or_default() += 1;
+        if op.kind() == Kind::Ok && op.result("state").and_then(Value::as_str) == Some("expired") {
+            if let Some(id) = str_arg(op, "id") {
+                expired.insert(id);
+            }
+        }
         if op.f == "reserve" && outcome_of(op) == Some(Outcome::InsufficientStock) {
             *counts.entry(op.f.clone()).or_default().entry("insufficient_stock").or_default() += 1;
         }
     }
-    json!(counts)
+    let mut value = json!(counts);
+    // Reservations some lookup, commit or release found expired.
+    value["expired_reservations"] = json!(expired.len());
+    value
 }
 
 /// Every checker over one history; `valid` is false on any violation.
-pub fn check_all(ops: &[Operation], budget: u64) -> (bool, Value) {
+pub fn check_all(ops: &[Operation], clock: &ClockFaults, budget: u64) -> (bool, Value) {
     let results = [
-        ("linearizable", linearizable(ops, budget)),
-        ("conservation", conservation(ops)),
-        ("no_lost_acks", no_lost_acks(ops)),
+        ("linearizable", linearizable(ops, clock, budget)),
+        ("conservation", conservation(ops, clock)),
+        ("no_lost_acks", no_lost_acks(ops, clock)),
         ("availability", availability(ops)),
     ];
     let valid = results.iter().all(|(_, r)| r.valid != Validity::Invalid);
@@ -444,7 +605,7 @@ mod tests {
         }
 
         fn check(&self) -> (bool, Value) {
-            check_all(&operations(&self.events).expect("a valid history"), 100_000)
+            check_all(&operations(&self.events).expect("a valid history"), &ClockFaults::from_events(&self.events), 100_000)
         }
     }
 
@@ -500,6 +661,69 @@ mod tests {
     fn a_final_position_that_does_not_add_up_fails_no_lost_acks() {
         let (_, results) = H::base().finals("not_found", 1).check();
         assert_eq!(validity(&results, "no_lost_acks"), "invalid", "{results:#}");
+    }
+
+    /// Two units; r1 (TTL `ttl_ms`) takes both, the clock runs 10 s, then
+    /// r2 takes them again and r1's commit answers invalid_state; the end
+    /// finds r1 expired.
+    fn expiry_history(ttl_ms: u64) -> H {
+        let mut h = H::default();
+        h.op(0, "receipt", json!({"sku": "a", "event": "e0", "qty": 2}), Kind::Ok, json!({"outcome": "ok"}));
+        h.op(1, "reserve", json!({"sku": "a", "id": "r1", "qty": 2, "ttl_ms": ttl_ms}), Kind::Ok, json!({"outcome": "ok"}));
+        h.op(3, "read", json!({"sku": "a"}), Kind::Ok, json!({"on_hand": 2, "reserved": 2, "committed": 0}));
+        h.t += 10_000_000_000;
+        h.op(2, "reserve", json!({"sku": "a", "id": "r2", "qty": 2, "ttl_ms": ttl_ms}), Kind::Ok, json!({"outcome": "ok"}));
+        h.op(1, "commit", json!({"sku": "a", "id": "r1"}), Kind::Ok, json!({"outcome": "invalid_state", "state": "expired"}));
+        h.op(3, "read", json!({"sku": "a"}), Kind::Ok, json!({"on_hand": 2, "reserved": 2, "committed": 0}));
+        h.op(2, "commit", json!({"sku": "a", "id": "r2"}), Kind::Ok, json!({"outcome": "ok", "state": "committed"}));
+        h.op(9, "read", json!({"sku": "a", "final": true}), Kind::Ok, json!({"on_hand": 2, "reserved": 0, "committed": 2}));
+        h.op(9, "lookup", json!({"sku": "a", "id": "r1", "final": true}), Kind::Ok, json!({"outcome": "ok", "state": "expired"}));
+        h.op(9, "lookup", json!({"sku": "a", "id": "r2", "final": true}), Kind::Ok, json!({"outcome": "ok", "state": "committed"}));
+        h
+    }
+
+    #[test]
+    fn an_expired_reservation_is_accepted_when_its_ttl_allows_it() {
+        let (valid, results) = expiry_history(5_000).check();
+        assert!(valid, "{results:#}");
+        for checker in ["linearizable", "conservation", "no_lost_acks", "availability"] {
+            assert_eq!(validity(&results, checker), "valid", "{checker}: {results:#}");
+        }
+        assert_eq!(results["stats"]["expired_reservations"], 1, "{results:#}");
+    }
+
+    #[test]
+    fn an_expiry_the_ttl_does_not_allow_is_a_violation() {
+        // The same history with the default 1 h TTL: r1 cannot have expired.
+        let (valid, results) = expiry_history(3_600_000).check();
+        assert!(!valid);
+        for checker in ["linearizable", "conservation", "no_lost_acks"] {
+            assert_eq!(validity(&results, checker), "invalid", "{checker}: {results:#}");
+        }
+        // A missing reservation stays a violation with a short TTL.
+        let mut h = expiry_history(5_000);
+        h.op(4, "reserve", json!({"sku": "a", "id": "r3", "qty": 1, "ttl_ms": 5_000}), Kind::Ok, json!({"outcome": "insufficient_stock"}));
+        h.op(4, "reserve", json!({"sku": "a", "id": "r4", "qty": 1, "ttl_ms": 5_000}), Kind::Ok, json!({"outcome": "ok"}));
+        h.op(9, "lookup", json!({"sku": "a", "id": "r4", "final": true}), Kind::Ok, json!({"outcome": "not_found"}));
+        let (valid, results) = h.check();
+        assert!(!valid);
+        assert_eq!(validity(&results, "no_lost_acks"), "invalid", "{results:#}");
+        assert_eq!(validity(&results, "linearizable"), "invalid", "{results:#}");
+    }
+
+    #[test]
+    fn clock_faults_bound_the_earliest_expiry() {
+        let none = ClockFaults::default();
+        let s = 1_000_000_000;
+        assert_eq!(none.expiry_possible_from(10 * s, Some(11 * s), 5_000), 13 * s, "5 s TTL less 2 s slack");
+        let lag = ClockFaults { faults: vec![(20 * s, 30 * s, -4_000)] };
+        assert_eq!(lag.expiry_possible_from(10 * s, Some(11 * s), 5_000), 13 * s, "a lag after the reserve does not matter");
+        assert_eq!(lag.expiry_possible_from(10 * s, None, 5_000), 10 * s + s - s, "unless the reserve's outcome is unknown");
+        assert_eq!(lag.expiry_possible_from(25 * s, Some(26 * s), 8_000), 27 * s);
+        let lead = ClockFaults { faults: vec![(50 * s, 60 * s, 3_000)] };
+        assert_eq!(lead.expiry_possible_from(10 * s, Some(11 * s), 8_000), 16 * s, "a lead that comes later does not matter");
+        assert_eq!(lead.expiry_possible_from(45 * s, Some(46 * s), 8_000), 50 * s, "it counts from its start");
+        assert_eq!(lead.expiry_possible_from(55 * s, Some(56 * s), 8_000), 58 * s, "and after");
     }
 
     #[test]

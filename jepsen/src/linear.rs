@@ -10,6 +10,12 @@
 //! the end of time and accepts any result: it may take effect at any point
 //! after its invocation, or never (never is the same as "after everything").
 //!
+//! A reservation with a short TTL also gets an expiry ([`Call::Expire`]): an
+//! optional step with no return that may be taken at any point from the
+//! earliest time its TTL allows while the reservation is pending, or never
+//! (see [`search`]). The checker does not model log time itself (the leader's
+//! clock may be skewed), so any such point is allowed.
+//!
 //! A failing history is explained by a counterexample that is minimal in the
 //! Jepsen sense: the shortest failing prefix (cut at an invocation, every
 //! operation still running at the cut becomes of unknown outcome), then every
@@ -84,11 +90,30 @@ struct Entry {
     op: usize,
 }
 
+/// A move of the search, to take back.
+#[derive(Debug, Clone, Copy)]
+enum Frame {
+    /// A client operation, by the position of its call entry.
+    Call(usize),
+    /// An expiry, by its position in the expiry list, and the return entry
+    /// that blocked the client operations when it was taken.
+    Expiry { x: usize, blocking: usize },
+}
+
 /// Searches for a linearization within `budget` steps.
+///
+/// Expiries ([`Call::Expire`] operations) are optional spontaneous steps:
+/// they have no return, an expiry may be taken at any point after its
+/// `invoke` time (the earliest moment it is possible) while its reservation
+/// is pending, or never. They are kept in a list of their own and tried only
+/// when no client operation can be linearized next, in the order of `ops`
+/// (the caller puts the likeliest first), so a history that needs no expiry
+/// is searched as before.
 pub fn search(ops: &[LinOp], spec: Spec, budget: u64) -> (Verdict, u64) {
     let n = ops.len();
+    let is_expiry = |op: &LinOp| matches!(op.call, Call::Expire { .. });
     let mut sorted: Vec<(u64, bool, usize)> = Vec::with_capacity(2 * n);
-    for (i, op) in ops.iter().enumerate() {
+    for (i, op) in ops.iter().enumerate().filter(|(_, op)| !is_expiry(op)) {
         sorted.push((op.invoke, false, i));
         sorted.push((op.complete.unwrap_or(u64::MAX), true, i));
     }
@@ -96,6 +121,7 @@ pub fn search(ops: &[LinOp], spec: Spec, budget: u64) -> (Verdict, u64) {
     // concurrent (the permissive reading).
     sorted.sort_by_key(|&(time, is_return, op)| (time, is_return, op));
     let entries: Vec<Entry> = sorted.iter().map(|&(_, is_return, op)| Entry { is_return, op }).collect();
+    let times: Vec<u64> = sorted.iter().map(|&(time, _, _)| time).collect();
     let m = entries.len();
     let head = m;
     let mut next = vec![NIL; m + 1];
@@ -110,11 +136,27 @@ pub fn search(ops: &[LinOp], spec: Spec, budget: u64) -> (Verdict, u64) {
             return_of[entry.op] = pos;
         }
     }
+    let expiries: Vec<usize> = (0..n).filter(|&i| is_expiry(&ops[i])).collect();
+    let k = expiries.len();
+    let xhead = k;
+    let mut xnext = vec![NIL; k + 1];
+    let mut xprev = vec![NIL; k + 1];
+    let mut last = xhead;
+    for (x, prev) in xprev.iter_mut().enumerate().take(k) {
+        xnext[last] = x;
+        *prev = last;
+        last = x;
+    }
     let op_key: Vec<u64> = (0..n).map(|i| mix(i as u64 ^ 0x0123_4567_89ab_cdef)).collect();
     let mut state = Position::new(spec.ids, spec.events);
+    for &op in &expiries {
+        if let Call::Expire { id, ttl_ms } = ops[op].call {
+            state.set_ttl(id, ttl_ms);
+        }
+    }
     let mut linearized: u64 = 0;
     let mut cache: HashSet<(u64, u64)> = HashSet::new();
-    let mut stack: Vec<(usize, Undo)> = Vec::new();
+    let mut stack: Vec<(Frame, Undo)> = Vec::new();
     let mut steps: u64 = 0;
 
     let unlink = |next: &mut Vec<usize>, prev: &mut Vec<usize>, pos: usize| {
@@ -131,35 +173,89 @@ pub fn search(ops: &[LinOp], spec: Spec, budget: u64) -> (Verdict, u64) {
     };
 
     let mut entry = next[head];
+    // `Some(x)`: every client operation was tried at this point and `entry`
+    // is the return that blocks them; the expiries from `x` on are tried.
+    let mut expiry: Option<usize> = None;
     while next[head] != NIL {
         steps += 1;
         if steps > budget {
             return (Verdict::Unknown, steps);
         }
-        let Entry { is_return, op } = entries[entry];
-        if !is_return {
-            let (ret, undo) = state.step(&ops[op].call);
-            if ops[op].ret.is_none_or(|expected| expected == ret) {
-                let key = (linearized ^ op_key[op], state.fingerprint());
-                if cache.insert(key) {
-                    linearized ^= op_key[op];
-                    stack.push((entry, undo));
-                    unlink(&mut next, &mut prev, entry);
-                    unlink(&mut next, &mut prev, return_of[op]);
-                    entry = next[head];
+        match expiry {
+            None => {
+                let Entry { is_return, op } = entries[entry];
+                if is_return {
+                    expiry = Some(xnext[xhead]);
                     continue;
                 }
+                let (ret, undo) = state.step(&ops[op].call);
+                if ops[op].ret.is_none_or(|expected| expected == ret) {
+                    let key = (linearized ^ op_key[op], state.fingerprint());
+                    if cache.insert(key) {
+                        linearized ^= op_key[op];
+                        stack.push((Frame::Call(entry), undo));
+                        unlink(&mut next, &mut prev, entry);
+                        unlink(&mut next, &mut prev, return_of[op]);
+                        entry = next[head];
+                        continue;
+                    }
+                }
+                state.undo(undo);
+                entry = next[entry];
+                continue;
             }
-            state.undo(undo);
-            entry = next[entry];
-        } else {
-            let Some((call, undo)) = stack.pop() else { return (Verdict::NotLinearizable, steps) };
-            let op = entries[call].op;
-            state.undo(undo);
-            linearized ^= op_key[op];
-            relink(&mut next, &mut prev, return_of[op]);
-            relink(&mut next, &mut prev, call);
-            entry = next[call];
+            Some(mut x) if x != NIL => {
+                // Skip, without counting steps, the expiries not possible
+                // here: too early, of a reservation not pending, or held back
+                // by an older pending one.
+                let pending = |x: usize, state: &Position| match ops[expiries[x]].call {
+                    Call::Expire { id, ttl_ms } => state.may_expire(id, ttl_ms),
+                    _ => false,
+                };
+                while x != NIL && (ops[expiries[x]].invoke > times[entry] || !pending(x, &state)) {
+                    x = xnext[x];
+                }
+                if x == NIL {
+                    expiry = Some(NIL);
+                    continue;
+                }
+                let op = expiries[x];
+                let (ret, undo) = state.step(&ops[op].call);
+                if ops[op].ret.is_none_or(|expected| expected == ret) {
+                    let key = (linearized ^ op_key[op], state.fingerprint());
+                    if cache.insert(key) {
+                        linearized ^= op_key[op];
+                        stack.push((Frame::Expiry { x, blocking: entry }, undo));
+                        unlink(&mut xnext, &mut xprev, x);
+                        entry = next[head];
+                        expiry = None;
+                        continue;
+                    }
+                }
+                state.undo(undo);
+                expiry = Some(xnext[x]);
+                continue;
+            }
+            Some(_) => {}
+        }
+        // Nothing more to try here: take back the last move.
+        let Some((frame, undo)) = stack.pop() else { return (Verdict::NotLinearizable, steps) };
+        state.undo(undo);
+        match frame {
+            Frame::Call(call) => {
+                let op = entries[call].op;
+                linearized ^= op_key[op];
+                relink(&mut next, &mut prev, return_of[op]);
+                relink(&mut next, &mut prev, call);
+                entry = next[call];
+                expiry = None;
+            }
+            Frame::Expiry { x, blocking } => {
+                linearized ^= op_key[expiries[x]];
+                relink(&mut xnext, &mut xprev, x);
+                entry = blocking;
+                expiry = Some(xnext[x]);
+            }
         }
     }
     (Verdict::Linearizable, steps)
@@ -234,7 +330,7 @@ pub fn check(ops: &[LinOp], spec: Spec, budget: u64, explain_checks: usize) -> R
         }
     }
     current.sort_by_key(|op| op.index);
-    for op in &current {
+    for op in current.iter().filter(|op| !matches!(op.call, Call::Expire { .. })) {
         let line = format!("index {} process {}: {}", op.index, op.process, op.label);
         if op.complete.is_some() {
             report.counterexample.push(line);
@@ -301,6 +397,70 @@ mod tests {
         assert!(report.counterexample[1].starts_with("index 5"));
         let unknown: Vec<&str> = report.unknown_in_counterexample.iter().map(|l| &l[..7]).collect();
         assert_eq!(unknown, ["index 0", "index 4"], "{report:#?}");
+    }
+
+    fn expiry(id: usize, from: u64, index: u64) -> LinOp {
+        op(Call::Expire { id, ttl_ms: 5 }, Some(Ret::Write(Outcome::Ok)), from, None, index)
+    }
+
+    #[test]
+    fn an_expired_reservation_frees_its_units_for_another_process() {
+        // Two units; process 1 reserves both, the reservation expires, process
+        // 2 reserves them again; process 1's commit then finds it expired.
+        let ops = vec![
+            op(Call::Receipt { event: 0, qty: 2 }, Some(Ret::Write(Outcome::Ok)), 0, Some(1), 0),
+            op(Call::Reserve { id: 0, qty: 2 }, Some(Ret::Write(Outcome::Ok)), 2, Some(3), 1),
+            op(Call::Read, Some(Ret::Read { on_hand: 2, reserved: 2, committed: 0 }), 4, Some(5), 2),
+            op(Call::Reserve { id: 1, qty: 2 }, Some(Ret::Write(Outcome::Ok)), 6, Some(7), 3),
+            op(Call::Commit { id: 0 }, Some(Ret::Write(Outcome::InvalidState)), 8, Some(9), 4),
+            op(Call::Lookup { id: 0 }, Some(Ret::Lookup(crate::model::ResState::Expired)), 10, Some(11), 5),
+            op(Call::Read, Some(Ret::Read { on_hand: 2, reserved: 2, committed: 0 }), 12, Some(13), 6),
+            expiry(0, 0, 1),
+            expiry(1, 0, 3),
+        ];
+        assert_eq!(search(&ops, SPEC, 10_000).0, Verdict::Linearizable);
+        // Without the expiry (a long TTL) the same history is an oversell.
+        assert_eq!(search(&ops[..7], SPEC, 10_000).0, Verdict::NotLinearizable);
+        // The expiry cannot come before the earliest time the TTL allows.
+        let mut late = ops.clone();
+        late[7].invoke = 8;
+        assert_eq!(search(&late, SPEC, 10_000).0, Verdict::NotLinearizable);
+    }
+
+    #[test]
+    fn units_reserved_twice_without_expiry_or_release_are_an_oversell() {
+        // Expiries are allowed, but the read in between shows the first
+        // reservation still holding its units when the second succeeds, and
+        // the first is committed afterwards: it never expired.
+        let ops = vec![
+            op(Call::Receipt { event: 0, qty: 2 }, Some(Ret::Write(Outcome::Ok)), 0, Some(1), 0),
+            op(Call::Reserve { id: 0, qty: 2 }, Some(Ret::Write(Outcome::Ok)), 2, Some(3), 1),
+            op(Call::Reserve { id: 1, qty: 2 }, Some(Ret::Write(Outcome::Ok)), 4, Some(5), 2),
+            op(Call::Commit { id: 0 }, Some(Ret::Write(Outcome::Ok)), 6, Some(7), 3),
+            expiry(0, 0, 1),
+            expiry(1, 0, 2),
+        ];
+        let report = check(&ops, SPEC, 10_000, 100);
+        assert_eq!(report.verdict, Verdict::NotLinearizable, "{report:#?}");
+        assert!(report.counterexample.iter().all(|l| !l.contains("Expire")), "{report:#?}");
+        // An expired reservation cannot be committed either.
+        let ops = vec![
+            op(Call::Receipt { event: 0, qty: 2 }, Some(Ret::Write(Outcome::Ok)), 0, Some(1), 0),
+            op(Call::Reserve { id: 0, qty: 2 }, Some(Ret::Write(Outcome::Ok)), 2, Some(3), 1),
+            op(Call::Lookup { id: 0 }, Some(Ret::Lookup(crate::model::ResState::Expired)), 4, Some(5), 2),
+            op(Call::Commit { id: 0 }, Some(Ret::Write(Outcome::Ok)), 6, Some(7), 3),
+            expiry(0, 0, 1),
+        ];
+        assert_eq!(search(&ops, SPEC, 10_000).0, Verdict::NotLinearizable);
+        // And a committed one never expires.
+        let ops = vec![
+            op(Call::Receipt { event: 0, qty: 2 }, Some(Ret::Write(Outcome::Ok)), 0, Some(1), 0),
+            op(Call::Reserve { id: 0, qty: 2 }, Some(Ret::Write(Outcome::Ok)), 2, Some(3), 1),
+            op(Call::Commit { id: 0 }, Some(Ret::Write(Outcome::Ok)), 4, Some(5), 2),
+            op(Call::Read, Some(Ret::Read { on_hand: 2, reserved: 0, committed: 0 }), 6, Some(7), 3),
+            expiry(0, 0, 1),
+        ];
+        assert_eq!(search(&ops, SPEC, 10_000).0, Verdict::NotLinearizable);
     }
 
     #[test]

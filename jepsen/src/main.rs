@@ -57,6 +57,12 @@ struct TestArgs {
     /// Concurrent client processes (default: twice the nodes).
     #[arg(long)]
     concurrency: Option<u64>,
+    /// TTL of the clients' reservations, in ms (default 1 h: nothing expires
+    /// unless log time jumps by an hour). Short TTLs make reservations expire
+    /// during the run; the checkers allow an expiry of a pending reservation
+    /// at any point after its reserve. `--quick` uses 3 to 8 s in its clock run.
+    #[arg(long, default_value_t = jepsen::workload::TTL_MS)]
+    ttl_ms: u64,
     /// A few short runs (under 5 minutes in total).
     #[arg(long)]
     quick: bool,
@@ -108,6 +114,7 @@ async fn test(args: TestArgs) -> anyhow::Result<bool> {
     let nemesis = FaultKind::parse_list(&args.nemesis).with_context(|| format!("unknown --nemesis {:?}", args.nemesis))?;
     anyhow::ensure!(args.nodes == 3 || args.nodes == 5, "--nodes must be 3 or 5");
     anyhow::ensure!((1..=3600).contains(&args.time_limit), "--time-limit must be 1 to 3600 seconds");
+    anyhow::ensure!(args.ttl_ms >= 1, "--ttl-ms must be at least 1");
     if let Some(bug) = &args.bug {
         anyhow::ensure!(bug == "lost-ack", "unknown --bug {bug:?} (lost-ack)");
     }
@@ -127,6 +134,7 @@ async fn test(args: TestArgs) -> anyhow::Result<bool> {
         store: args.store.clone(),
         nodes: args.nodes,
         concurrency: args.concurrency.unwrap_or(2 * args.nodes),
+        ttl_ms: args.ttl_ms,
         bug: args.bug.clone(),
         net,
         stockd: match &args.stockd {
@@ -148,6 +156,9 @@ async fn test(args: TestArgs) -> anyhow::Result<bool> {
                 nemesis_spec: spec.into(),
                 time_limit_s: secs,
                 seed: base.seed + i as u64,
+                // Clock skew on the leader against reservation expiry: short
+                // TTLs (3 to 8 s) so that reservations do expire under it.
+                ttl_ms: if spec.contains("clock") { 3_000 + (base.seed + i as u64) % 6 * 1_000 } else { base.ttl_ms },
                 ..base.clone()
             })
             .collect()
@@ -178,7 +189,7 @@ async fn test(args: TestArgs) -> anyhow::Result<bool> {
 fn check(path: &std::path::Path) -> anyhow::Result<bool> {
     let events = jepsen::history::read_jsonl(path)?;
     let ops = jepsen::history::operations(&events)?;
-    let (valid, results) = jepsen::checks::check_all(&ops, 20_000_000);
+    let (valid, results) = jepsen::checks::check_all(&ops, &jepsen::checks::ClockFaults::from_events(&events), 20_000_000);
     let plot = path.with_file_name("timeline.png");
     if let Err(e) = jepsen::plot::timeline(&events, &plot) {
         println!("warning: no timeline plot: {e:#}");

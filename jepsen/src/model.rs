@@ -2,8 +2,7 @@
 //! specification the linearizability checker holds a history against.
 //!
 //! It follows the state machine's rules (storage/src/inventory.rs) for the
-//! operations the workloads use, with long TTLs so that nothing expires
-//! during a test:
+//! operations the workloads use:
 //! - reserve of a new id: `Ok` and `reserved += qty` when `qty <= atp`, else
 //!   `InsufficientStock` with nothing changed (a refused id is not
 //!   remembered); the same id again is `Ok` (a replay) with the same
@@ -12,7 +11,16 @@
 //!   state again is a replay (`Ok`); an unknown id is `NotFound`, any other
 //!   state `InvalidState`;
 //! - receipt: `on_hand += qty` once per event id;
-//! - read: `(on_hand, reserved, committed)`; lookup: a reservation's state.
+//! - read: `(on_hand, reserved, committed)`; lookup: a reservation's state;
+//! - expire: not a client call but the state machine's own step when log
+//!   time passes a reservation's `expires_at_ms`: a `Pending` reservation
+//!   becomes `Expired` and its units return to ATP (`Ok`); any other state is
+//!   left alone (`InvalidState`, which the checker never accepts for an
+//!   expiry, so it only ever takes the real transition). An expired
+//!   reservation answers commit and release with `InvalidState`, a re-sent
+//!   reserve with the same payload as a replay (`Ok`), a lookup with
+//!   `Expired`. When an expiry may happen is the checker's business
+//!   ([`crate::linear`]): at any point after the reserve took effect.
 //!
 //! Reservation and event ids are interned per history into dense numbers.
 //! The state carries an incrementally maintained fingerprint (Zobrist
@@ -28,8 +36,7 @@ pub enum ResState {
     Pending,
     Committed,
     Released,
-    /// Reported by a node, never produced by the model: the workloads use
-    /// TTLs far longer than a test, so an expiry is a violation.
+    /// Reached only through [`Call::Expire`].
     Expired,
 }
 
@@ -83,12 +90,31 @@ impl Outcome {
 /// An operation on one position; ids are interned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Call {
-    Reserve { id: usize, qty: u64 },
-    Commit { id: usize },
-    Release { id: usize },
-    Receipt { event: usize, qty: u64 },
+    Reserve {
+        id: usize,
+        qty: u64,
+    },
+    Commit {
+        id: usize,
+    },
+    Release {
+        id: usize,
+    },
+    Receipt {
+        event: usize,
+        qty: u64,
+    },
     Read,
-    Lookup { id: usize },
+    Lookup {
+        id: usize,
+    },
+    /// The TTL of a reservation elapsed (a spontaneous step of the state
+    /// machine, not a client call). `ttl_ms` is its TTL: see
+    /// [`Position::set_ttl`].
+    Expire {
+        id: usize,
+        ttl_ms: u64,
+    },
 }
 
 impl Call {
@@ -111,6 +137,8 @@ pub enum Ret {
 struct Res {
     state: ResState,
     qty: u64,
+    /// Order of creation (how many reservations existed before it).
+    seq: u32,
 }
 
 /// The state of one position, with room for `ids` reservations and `events`
@@ -124,6 +152,11 @@ pub struct Position {
     events: Vec<bool>,
     /// XOR of the Zobrist keys of every reservation and applied event.
     zobrist: u64,
+    /// Reservations created so far.
+    created: u32,
+    /// TTL of each reservation that may expire (0: never expires). Fixed for
+    /// a history, not part of the state.
+    ttls: Vec<u64>,
 }
 
 /// What [`Position::step`] changed, to take it back.
@@ -135,6 +168,7 @@ pub struct Undo {
     reservation: Option<(usize, Res)>,
     event: Option<usize>,
     zobrist: u64,
+    created: u32,
 }
 
 /// SplitMix64: a good 64-bit mixer, used for Zobrist keys and fingerprints.
@@ -149,7 +183,7 @@ fn reservation_key(id: usize, res: Res) -> u64 {
     if res.state == ResState::Absent {
         return 0;
     }
-    mix((id as u64) << 3 | res.state.code()) ^ mix(res.qty ^ 0x5bd1_e995)
+    mix((id as u64) << 3 | res.state.code()) ^ mix(res.qty ^ 0x5bd1_e995 ^ (u64::from(res.seq) << 32))
 }
 
 fn event_key(event: usize) -> u64 {
@@ -162,10 +196,36 @@ impl Position {
             on_hand: 0,
             reserved: 0,
             committed: 0,
-            reservations: vec![Res { state: ResState::Absent, qty: 0 }; ids],
+            reservations: vec![Res { state: ResState::Absent, qty: 0, seq: 0 }; ids],
             events: vec![false; events],
             zobrist: 0,
+            created: 0,
+            ttls: vec![0; ids],
         }
+    }
+
+    /// The state of reservation `id`.
+    pub fn state_of(&self, id: usize) -> ResState {
+        self.reservations[id].state
+    }
+
+    /// Whether [`Call::Expire`] of `id` would expire it: it is pending and
+    /// no older reservation of the same TTL is.
+    pub fn may_expire(&self, id: usize, ttl_ms: u64) -> bool {
+        let res = self.reservations[id];
+        res.state == ResState::Pending
+            && !self.reservations.iter().zip(&self.ttls).any(|(r, ttl)| *ttl == ttl_ms && r.state == ResState::Pending && r.seq < res.seq)
+    }
+
+    /// Declares that reservation `id` has TTL `ttl_ms` and may expire.
+    /// Reservations of one TTL expire in the order they were made: apply
+    /// sets `expires_at_ms` to log time plus the TTL, log time never goes
+    /// back, and apply expires every pending reservation past its time at
+    /// once. So an [`Call::Expire`] is refused while an older reservation of
+    /// the same TTL is still pending (it must expire first, or be committed
+    /// or released before).
+    pub fn set_ttl(&mut self, id: usize, ttl_ms: u64) {
+        self.ttls[id] = ttl_ms;
     }
 
     pub fn atp(&self) -> u64 {
@@ -189,7 +249,15 @@ impl Position {
 
     /// Applies `call`; returns its result and what to undo it with.
     pub fn step(&mut self, call: &Call) -> (Ret, Undo) {
-        let undo = Undo { on_hand: self.on_hand, reserved: self.reserved, committed: self.committed, reservation: None, event: None, zobrist: self.zobrist };
+        let undo = Undo {
+            on_hand: self.on_hand,
+            reserved: self.reserved,
+            committed: self.committed,
+            reservation: None,
+            event: None,
+            zobrist: self.zobrist,
+            created: self.created,
+        };
         let mut undo = undo;
         let ret = match *call {
             Call::Reserve { id, qty } => {
@@ -198,7 +266,8 @@ impl Position {
                     Ret::Write(if existing.qty == qty { Outcome::Ok } else { Outcome::IdempotencyConflict })
                 } else if qty <= self.atp() {
                     undo.reservation = Some((id, existing));
-                    self.set_reservation(id, Res { state: ResState::Pending, qty });
+                    self.set_reservation(id, Res { state: ResState::Pending, qty, seq: self.created });
+                    self.created += 1;
                     self.reserved += qty;
                     Ret::Write(Outcome::Ok)
                 } else {
@@ -213,7 +282,7 @@ impl Position {
                     state if state == to => Ret::Write(Outcome::Ok),
                     ResState::Pending => {
                         undo.reservation = Some((id, existing));
-                        self.set_reservation(id, Res { state: to, qty: existing.qty });
+                        self.set_reservation(id, Res { state: to, ..existing });
                         self.reserved -= existing.qty;
                         if to == ResState::Committed {
                             self.committed += existing.qty;
@@ -221,6 +290,17 @@ impl Position {
                         Ret::Write(Outcome::Ok)
                     }
                     _ => Ret::Write(Outcome::InvalidState),
+                }
+            }
+            Call::Expire { id, ttl_ms } => {
+                let existing = self.reservations[id];
+                if self.may_expire(id, ttl_ms) {
+                    undo.reservation = Some((id, existing));
+                    self.set_reservation(id, Res { state: ResState::Expired, ..existing });
+                    self.reserved -= existing.qty;
+                    Ret::Write(Outcome::Ok)
+                } else {
+                    Ret::Write(Outcome::InvalidState)
                 }
             }
             Call::Receipt { event, qty } => {
@@ -250,6 +330,7 @@ impl Position {
             self.events[event] = false;
         }
         self.zobrist = undo.zobrist;
+        self.created = undo.created;
     }
 }
 
@@ -274,6 +355,46 @@ mod tests {
         assert_eq!(p.apply(&Call::Release { id: 0 }), Ret::Write(Outcome::InvalidState));
         assert_eq!(p.apply(&Call::Release { id: 2 }), Ret::Write(Outcome::NotFound));
         assert_eq!(p.apply(&Call::Read), Ret::Read { on_hand: 5, reserved: 0, committed: 3 });
+    }
+
+    #[test]
+    fn an_expired_reservation_returns_its_units() {
+        let mut p = Position::new(3, 1);
+        for id in 0..3 {
+            p.set_ttl(id, 5);
+        }
+        p.apply(&Call::Receipt { event: 0, qty: 3 });
+        assert_eq!(p.apply(&Call::Expire { id: 0, ttl_ms: 5 }), Ret::Write(Outcome::InvalidState), "nothing to expire");
+        assert_eq!(p.apply(&Call::Reserve { id: 0, qty: 3 }), Ret::Write(Outcome::Ok));
+        assert_eq!(p.apply(&Call::Reserve { id: 1, qty: 1 }), Ret::Write(Outcome::InsufficientStock));
+        assert_eq!(p.apply(&Call::Expire { id: 0, ttl_ms: 5 }), Ret::Write(Outcome::Ok));
+        assert_eq!(p.apply(&Call::Expire { id: 0, ttl_ms: 5 }), Ret::Write(Outcome::InvalidState), "expires once");
+        assert_eq!(p.apply(&Call::Lookup { id: 0 }), Ret::Lookup(ResState::Expired));
+        assert_eq!(p.apply(&Call::Read), Ret::Read { on_hand: 3, reserved: 0, committed: 0 });
+        assert_eq!(p.apply(&Call::Commit { id: 0 }), Ret::Write(Outcome::InvalidState));
+        assert_eq!(p.apply(&Call::Release { id: 0 }), Ret::Write(Outcome::InvalidState));
+        assert_eq!(p.apply(&Call::Reserve { id: 0, qty: 3 }), Ret::Write(Outcome::Ok), "a replay, nothing reserved");
+        assert_eq!(p.reserved, 0);
+        assert_eq!(p.apply(&Call::Reserve { id: 1, qty: 3 }), Ret::Write(Outcome::Ok), "the units are back");
+        p.apply(&Call::Commit { id: 1 });
+        assert_eq!(p.apply(&Call::Expire { id: 1, ttl_ms: 5 }), Ret::Write(Outcome::InvalidState), "a committed reservation never expires");
+    }
+
+    #[test]
+    fn reservations_of_one_ttl_expire_in_the_order_they_were_made() {
+        let mut p = Position::new(3, 1);
+        for id in 0..3 {
+            p.set_ttl(id, 5);
+        }
+        p.apply(&Call::Receipt { event: 0, qty: 9 });
+        p.apply(&Call::Reserve { id: 2, qty: 1 });
+        p.apply(&Call::Reserve { id: 0, qty: 1 });
+        p.apply(&Call::Reserve { id: 1, qty: 1 });
+        assert_eq!(p.apply(&Call::Expire { id: 0, ttl_ms: 5 }), Ret::Write(Outcome::InvalidState), "2 is older and pending");
+        assert_eq!(p.apply(&Call::Commit { id: 2 }), Ret::Write(Outcome::Ok));
+        assert_eq!(p.apply(&Call::Expire { id: 1, ttl_ms: 5 }), Ret::Write(Outcome::InvalidState), "0 is older and pending");
+        assert_eq!(p.apply(&Call::Expire { id: 0, ttl_ms: 5 }), Ret::Write(Outcome::Ok));
+        assert_eq!(p.apply(&Call::Expire { id: 1, ttl_ms: 5 }), Ret::Write(Outcome::Ok));
     }
 
     #[test]

@@ -58,6 +58,8 @@ pub struct TestConfig {
     pub store: PathBuf,
     pub nodes: u64,
     pub concurrency: u64,
+    /// TTL of every reservation the clients make.
+    pub ttl_ms: u64,
     pub bug: Option<String>,
     pub net: NetMode,
     pub stockd: PathBuf,
@@ -75,6 +77,9 @@ impl TestConfig {
             self.nodes,
             self.concurrency
         );
+        if self.ttl_ms != workload::TTL_MS {
+            cmd.push_str(&format!(" --ttl-ms {}", self.ttl_ms));
+        }
         if let Some(bug) = &self.bug {
             cmd.push_str(&format!(" --bug {bug}"));
         }
@@ -231,7 +236,7 @@ async fn drive(
     let deadline = Instant::now() + Duration::from_secs(config.time_limit_s);
     let mut tasks = tokio::task::JoinSet::new();
     for slot in 0..config.concurrency {
-        tasks.spawn(workload::run_slot(shared.clone(), addrs.clone(), config.workload, skus.clone(), root.fork(slot + 1), deadline));
+        tasks.spawn(workload::run_slot(shared.clone(), addrs.clone(), config.workload, skus.clone(), root.fork(slot + 1), deadline, config.ttl_ms));
     }
     let nemesis = Arc::new(Nemesis {
         shared: shared.clone(),
@@ -280,7 +285,8 @@ async fn drive(
         std::mem::replace(&mut *shared.recorder.lock().unwrap_or_else(|p| p.into_inner()), history::Recorder::new(std::time::Instant::now())).into_events();
     history::write_jsonl(&dir.join("history.jsonl"), &events)?;
     let ops = history::operations(&events)?;
-    let (valid, mut results) = tokio::task::spawn_blocking(move || checks::check_all(&ops, SEARCH_BUDGET)).await.context("run the checkers")?;
+    let clock = checks::ClockFaults::from_events(&events);
+    let (valid, mut results) = tokio::task::spawn_blocking(move || checks::check_all(&ops, &clock, SEARCH_BUDGET)).await.context("run the checkers")?;
     results["valid"] = json!(valid);
     results["seed"] = json!(config.seed);
     results["replay"] = json!(config.replay_command());

@@ -34,7 +34,8 @@ use crate::history::Recorder;
 use crate::rng::Rng;
 
 pub const LOCATION: &str = "wh1";
-/// Longer than any test: nothing expires unless log time jumps.
+/// The default reservation TTL (`--ttl-ms`), longer than any test: nothing
+/// expires unless log time jumps by an hour.
 pub const TTL_MS: u64 = 3_600_000;
 /// Units received for each SKU before the clients start.
 pub const INITIAL_STOCK: u64 = 30;
@@ -124,7 +125,7 @@ pub fn client_config() -> ClientConfig {
 /// One operation to perform.
 #[derive(Debug, Clone)]
 pub enum Op {
-    Reserve { sku: String, id: String, qty: u64 },
+    Reserve { sku: String, id: String, qty: u64, ttl_ms: u64 },
     Commit { sku: String, id: String },
     Release { sku: String, id: String },
     Receipt { sku: String, event: String, qty: u64 },
@@ -150,7 +151,7 @@ impl Op {
 
     fn value(&self, is_final: bool) -> Value {
         let mut v = match self {
-            Op::Reserve { sku, id, qty } => json!({"sku": sku, "id": id, "qty": qty}),
+            Op::Reserve { sku, id, qty, ttl_ms } => json!({"sku": sku, "id": id, "qty": qty, "ttl_ms": ttl_ms}),
             Op::Commit { sku, id } | Op::Release { sku, id } | Op::Lookup { sku, id } => json!({"sku": sku, "id": id}),
             Op::Receipt { sku, event, qty } => json!({"sku": sku, "event": event, "qty": qty}),
             Op::Read { sku } => json!({"sku": sku}),
@@ -173,8 +174,12 @@ fn state_name(state: i32) -> String {
 /// Performs `op` once: the completion kind and value.
 pub async fn perform(client: &Client, op: &Op) -> (Kind, Value) {
     let result: Result<Value, ClientError> = match op {
-        Op::Reserve { sku, id, qty } => client
-            .reserve(pb::ReserveRequest { reservation_id: id.clone(), lines: vec![pb::Line { sku: sku.clone(), location: LOCATION.into(), quantity: *qty }], ttl_ms: TTL_MS })
+        Op::Reserve { sku, id, qty, ttl_ms } => client
+            .reserve(pb::ReserveRequest {
+                reservation_id: id.clone(),
+                lines: vec![pb::Line { sku: sku.clone(), location: LOCATION.into(), quantity: *qty }],
+                ttl_ms: *ttl_ms,
+            })
             .await
             .map(|r| json!({"outcome": outcome_name(r.outcome), "replay": r.replay, "applied_index": r.applied_index})),
         Op::Commit { id, .. } => client.commit(id).await.map(|r| reservation_value(&r)),
@@ -259,6 +264,7 @@ pub async fn run_slot(
     skus: Arc<Vec<String>>,
     mut rng: Rng,
     deadline: Instant,
+    ttl_ms: u64,
 ) -> anyhow::Result<()> {
     let mut slot = Slot::default();
     while Instant::now() < deadline {
@@ -266,10 +272,10 @@ pub async fn run_slot(
         let client = Client::with_config(&addrs, client_config())?;
         while Instant::now() < deadline {
             let sku = workload.sku_at(&skus, shared.started.elapsed(), &mut rng);
-            let op = next_op(&mut slot, &mut rng, process, sku);
+            let op = next_op(&mut slot, &mut rng, process, sku, ttl_ms);
             let (kind, value) = run_op(&shared, &client, process, &op, false).await;
             match (&op, kind) {
-                (Op::Reserve { sku, id, qty }, Kind::Info) if !slot.uncertain.iter().any(|(_, u, _)| u == id) => {
+                (Op::Reserve { sku, id, qty, .. }, Kind::Info) if !slot.uncertain.iter().any(|(_, u, _)| u == id) => {
                     slot.uncertain.push((sku.clone(), id.clone(), *qty));
                 }
                 (Op::Reserve { sku, id, .. }, Kind::Ok) => {
@@ -290,7 +296,7 @@ pub async fn run_slot(
     Ok(())
 }
 
-fn next_op(slot: &mut Slot, rng: &mut Rng, process: u64, sku: String) -> Op {
+fn next_op(slot: &mut Slot, rng: &mut Rng, process: u64, sku: String, ttl_ms: u64) -> Op {
     slot.counter += 1;
     let roll = rng.below(100);
     let mine: Vec<usize> = (0..slot.pending.len()).filter(|i| slot.pending[*i].0 == sku).collect();
@@ -310,9 +316,9 @@ fn next_op(slot: &mut Slot, rng: &mut Rng, process: u64, sku: String) -> Op {
     }
     if roll >= 93 && !slot.uncertain.is_empty() {
         let (sku, id, qty) = rng.pick(&slot.uncertain).clone();
-        return Op::Reserve { sku, id, qty };
+        return Op::Reserve { sku, id, qty, ttl_ms };
     }
     let id = format!("r{process}-{}", slot.counter);
     slot.known.push((sku.clone(), id.clone()));
-    Op::Reserve { sku, id, qty: rng.range(1, 3) }
+    Op::Reserve { sku, id, qty: rng.range(1, 3), ttl_ms }
 }

@@ -1,7 +1,8 @@
 //! The linearizability checker agrees with stateright's
 //! `LinearizabilityTester` (a plain exhaustive search, no memoisation) on
 //! thousands of small generated histories of the position model, both
-//! linearizable and not, with operations of unknown outcome.
+//! linearizable and not, with operations of unknown outcome and with
+//! reservation expiries (optional steps, in reservation order per TTL).
 
 use jepsen::linear::search;
 use jepsen::linear::LinOp;
@@ -64,6 +65,18 @@ fn random_ret(rng: &mut Rng, call: &Call) -> Ret {
     }
 }
 
+/// A fresh position in which every reservation named by an expiry may
+/// expire.
+fn with_ttls(calls: &[Call]) -> Position {
+    let mut position = Position::new(SPEC.ids, SPEC.events);
+    for call in calls {
+        if let Call::Expire { id, ttl_ms } = *call {
+            position.set_ttl(id, ttl_ms);
+        }
+    }
+    position
+}
+
 /// A history of `threads` sequential threads: each operation takes effect
 /// at a random point between its invocation and its return; some results
 /// are then corrupted, and a thread's last operation may never return.
@@ -90,7 +103,24 @@ fn generate(rng: &mut Rng) -> Generated {
         }
         streams.push(stream);
     }
-    let mut model = Position::new(SPEC.ids, SPEC.events);
+    // Sometimes reservations may expire: each expiry is a thread of its
+    // own, invoked at the earliest time it is possible, that never returns
+    // (it may take effect after that, or never).
+    if rng.chance(0.4) {
+        for id in 0..SPEC.ids {
+            if rng.chance(0.5) {
+                let op = calls.len();
+                calls.push((streams.len(), Call::Expire { id, ttl_ms: 5 }));
+                let mut stream = vec![Step::Invoke(op)];
+                if rng.chance(0.7) {
+                    stream.push(Step::Apply(op));
+                }
+                streams.push(stream);
+            }
+        }
+    }
+    let threads = streams.len();
+    let mut model = with_ttls(&calls.iter().map(|(_, c)| *c).collect::<Vec<_>>());
     // Every history starts with some stock so reserves can succeed.
     let initial_qty = rng.range(0, 3);
     model.apply(&Call::Receipt { event: 0, qty: initial_qty });
@@ -136,7 +166,7 @@ fn generate(rng: &mut Rng) -> Generated {
 #[test]
 fn both_checkers_agree_on_generated_histories() {
     let mut rng = Rng::new(20_260_104);
-    let (mut linearizable, mut not) = (0, 0);
+    let (mut linearizable, mut not, mut with_expiry) = (0, 0, 0);
     for case in 0..4_000 {
         let (initial_qty, mut history) = generate(&mut rng);
         // The initial receipt as the first, completed operation.
@@ -155,7 +185,7 @@ fn both_checkers_agree_on_generated_histories() {
             }
         }
         events.sort();
-        let mut tester = LinearizabilityTester::new(Reference(Position::new(SPEC.ids, SPEC.events)));
+        let mut tester = LinearizabilityTester::new(Reference(with_ttls(&history.iter().map(|h| h.1).collect::<Vec<_>>())));
         for (_, is_return, op) in &events {
             let (thread, call, ret, _, _) = &history[*op];
             if *is_return {
@@ -171,7 +201,8 @@ fn both_checkers_agree_on_generated_histories() {
             .enumerate()
             .map(|(i, (thread, call, ret, invoke, complete))| LinOp {
                 call: *call,
-                ret: *ret,
+                // Our search takes an expiry only when it expires something.
+                ret: if matches!(call, Call::Expire { .. }) { Some(Ret::Write(Outcome::Ok)) } else { *ret },
                 invoke: *invoke as u64,
                 complete: complete.map(|c| c as u64),
                 index: i as u64,
@@ -182,12 +213,16 @@ fn both_checkers_agree_on_generated_histories() {
         let (ours, _) = search(&ops, SPEC, 1_000_000);
         assert_ne!(ours, Verdict::Unknown);
         assert_eq!(ours == Verdict::Linearizable, theirs, "case {case}: checkers disagree on {history:#?}");
+        if history.iter().any(|h| matches!(h.1, Call::Expire { .. })) {
+            with_expiry += 1;
+        }
         if theirs {
             linearizable += 1;
         } else {
             not += 1;
         }
     }
-    println!("{linearizable} linearizable, {not} not");
+    println!("{linearizable} linearizable, {not} not, {with_expiry} with expiries");
+    assert!(with_expiry > 1_000, "generated {with_expiry} histories with expiries");
     assert!(linearizable > 500 && not > 500, "generated {linearizable} linearizable and {not} non-linearizable histories");
 }
