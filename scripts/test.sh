@@ -10,9 +10,23 @@ cargo clippy --workspace --all-targets -- -D warnings
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --workspace 2>&1 | tee "$log" || status=$?
+# --no-fail-fast: every test binary runs even when one fails.
+cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
 passed=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) if ($i ~ /^passed;?$/) sum += $(i-1) } END { print sum + 0 }' "$log")
 failed=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) if ($i ~ /^failed;?$/) sum += $(i-1) } END { print sum + 0 }' "$log")
+# A test binary that died (a signal, an abort) prints no "test result" line:
+# name it and count it as a failure.
+crashed=$(awk '/^ *Running / { name = $0; done = 0 } /^test result:/ { done = 1 }
+  /process didn.t exit successfully/ && !done { print name; n++ } END { exit 0 }' "$log")
+if [ -n "$crashed" ]; then
+  echo "tests: these test binaries ended without a result (crashed):"
+  echo "$crashed"
+  failed=$((failed + $(printf '%s\n' "$crashed" | wc -l)))
+fi
+if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then
+  echo "tests: cargo test exited $status with no failing test reported (see the log above)"
+  failed=1
+fi
 
 # The availability model's Python tests (committed artefacts in models/v1).
 pylog="$(mktemp)"

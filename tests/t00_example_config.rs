@@ -9,7 +9,7 @@ use stockd::config::Overrides;
 
 #[test]
 fn example_config_is_valid_and_matches_the_defaults() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("stockd.example.toml");
+    let path = Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR")).join("stockd.example.toml");
     let file = FileConfig::load(&path).expect("example parses");
     let as_toml = toml::to_string(&file).expect("serializes");
     let defaults = toml::to_string(&FileConfig::default()).expect("serializes");

@@ -180,7 +180,7 @@ async fn ranking_puts_eligible_locations_first_and_honours_residency() {
 /// A copy of the shipped version under another name, as an operator would
 /// stage a retrained model.
 fn stage_copy_of_v1(as_version: &str) -> tempfile::TempDir {
-    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/v1");
+    let shipped = std::path::Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR")).join("models/v1");
     let staging = tempfile::tempdir().expect("tempdir");
     let dir = staging.path().join(as_version);
     std::fs::create_dir(&dir).expect("mkdir");

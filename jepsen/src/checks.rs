@@ -56,6 +56,8 @@ pub enum Validity {
 
 /// Slack for the machine's own clock and timer jitter.
 const CLOCK_SLACK_MS: u64 = 2_000;
+/// How often a leader proposes its clock (stockd's `clock_tick_ms`).
+const CLOCK_TICK_MS: u64 = 250;
 
 /// The clock faults of a history, which bound how far log time may run
 /// ahead of or behind the true time: `(start, end, offset ms)`, from the
@@ -123,6 +125,18 @@ impl ClockFaults {
             .map(|(start, _, lead)| target.saturating_sub(lead.unsigned_abs().saturating_mul(1_000_000)).max(*start))
             .fold(target, u64::min)
     }
+
+    /// The history time (ns) by which a reservation acknowledged at `done`
+    /// with `ttl_ms` must have expired, if it is still pending and the
+    /// cluster has a leader on the true clock (as in the final phase). It
+    /// was made by `done`, at a log time at most the true time plus the
+    /// largest lead of a clock fault started by then (log time never goes
+    /// back, so a lead outlives its fault); from then on the leader proposes
+    /// its clock every [`CLOCK_TICK_MS`] and apply expires what is due.
+    pub fn expiry_due_by(&self, done: u64, ttl_ms: u64) -> u64 {
+        let lead = self.faults.iter().filter(|(start, _, o)| *o > 0 && *start <= done).map(|(_, _, o)| o.unsigned_abs()).max().unwrap_or(0);
+        done.saturating_add((ttl_ms.saturating_add(lead).saturating_add(CLOCK_TICK_MS).saturating_add(CLOCK_SLACK_MS)).saturating_mul(1_000_000))
+    }
 }
 
 fn ttl_of(op: &Operation) -> u64 {
@@ -175,6 +189,41 @@ fn label(op: &Operation) -> String {
     format!("{} {} -> {}", op.f, args.unwrap_or_default(), result)
 }
 
+/// The state of each reservation in the final lookups: `(sku, id)`.
+fn final_states(ops: &[Operation]) -> HashMap<(&str, &str), ResState> {
+    ops.iter().filter(|op| op.f == "lookup" && op.is_final()).filter_map(|op| Some(((op.sku()?, str_arg(op, "id")?), lookup_state(op)?))).collect()
+}
+
+/// Whether `op`, of unknown outcome, is known from the final lookups to
+/// have changed nothing, so that the search may leave it out: an operation
+/// of unknown outcome may take effect anywhere after its invocation, and
+/// each one left in multiplies the configurations to search.
+///
+/// - a commit (release) of a reservation found in any other state than
+///   committed (released) at the end: had it taken effect, the reservation
+///   would have stayed committed (released), states no operation leaves;
+/// - a reserve of an id found absent at the end: had it taken effect, the
+///   id would exist (finished reservations are kept for a day, far longer
+///   than a test).
+///
+/// The final lookups are strong reads after the heal, when every client has
+/// stopped: a write still in flight then can never commit later (a leader
+/// that served a strong read has committed an entry of its term, so any
+/// entry it lacks is dead).
+fn resolved_without_effect(op: &Operation, final_states: &HashMap<(&str, &str), ResState>) -> bool {
+    if op.kind() != Kind::Info {
+        return false;
+    }
+    let (Some(sku), Some(id)) = (op.sku(), str_arg(op, "id")) else { return false };
+    let Some(&state) = final_states.get(&(sku, id)) else { return false };
+    match op.f.as_str() {
+        "commit" => state != ResState::Committed,
+        "release" => state != ResState::Released,
+        "reserve" => state == ResState::Absent,
+        _ => false,
+    }
+}
+
 /// The operations of each SKU as the linearizability checker sees them.
 pub fn lin_ops_by_sku(ops: &[Operation], clock: &ClockFaults) -> BTreeMap<String, (Vec<LinOp>, Spec)> {
     /// A SKU's operations and its interned reservation and event ids.
@@ -184,12 +233,12 @@ pub fn lin_ops_by_sku(ops: &[Operation], clock: &ClockFaults) -> BTreeMap<String
     /// process and TTL of the reserve that set it.
     type Expirable = BTreeMap<usize, (u64, u64, u64, u64)>;
     let mut expirable: BTreeMap<String, Expirable> = BTreeMap::new();
-    let mut final_states: HashMap<(String, usize), ResState> = HashMap::new();
+    let final_states = final_states(ops);
     let end = history_end(ops);
     for op in ops {
         let Some(sku) = op.sku() else { continue };
         let kind = op.kind();
-        if kind == Kind::Fail {
+        if kind == Kind::Fail || resolved_without_effect(op, &final_states) {
             continue;
         }
         let (list, ids, events) = by_sku.entry(sku.to_owned()).or_default();
@@ -204,12 +253,7 @@ pub fn lin_ops_by_sku(ops: &[Operation], clock: &ClockFaults) -> BTreeMap<String
             ("commit", Some(id)) => (Call::Commit { id }, outcome_of(op).map(Ret::Write)),
             ("release", Some(id)) => (Call::Release { id }, outcome_of(op).map(Ret::Write)),
             ("lookup", Some(id)) => match lookup_state(op) {
-                Some(state) => {
-                    if op.is_final() {
-                        final_states.insert((sku.to_owned(), id), state);
-                    }
-                    (Call::Lookup { id }, Some(Ret::Lookup(state)))
-                }
+                Some(state) => (Call::Lookup { id }, Some(Ret::Lookup(state))),
                 None => continue,
             },
             ("receipt", _) => {
@@ -234,23 +278,15 @@ pub fn lin_ops_by_sku(ops: &[Operation], clock: &ClockFaults) -> BTreeMap<String
     }
     // A pending reservation may expire at any point from then on (or never).
     // Expired is final, so one found committed or released at the end never
-    // expired. The search tries expiries in the order given: first those
-    // found expired at the end, earliest first (with one TTL they expire in
-    // the order they were made), then the others.
+    // expired: it keeps an expiry that is never possible, which still holds
+    // back the expiry of the reservations of its TTL made after it.
     for (sku, ids) in expirable {
         let Some((list, names, _)) = by_sku.get_mut(&sku) else { continue };
-        let mut ids: Vec<(usize, (u64, u64, u64, u64))> = ids.into_iter().collect();
-        let final_state = |id: usize| final_states.get(&(sku.clone(), id)).copied();
-        // One found committed or released at the end keeps an expiry that is
-        // never possible (it still holds back the expiry of the reservations
-        // of its TTL made after it).
-        ids.retain(|(_, (from, ..))| *from <= end);
-        ids.sort_by_key(|(id, (from, index, ..))| (final_state(*id) != Some(ResState::Expired), *from, *index));
-        for (id, (mut from, index, process, ttl_ms)) in ids {
-            if matches!(final_state(id), Some(ResState::Committed | ResState::Released)) {
+        for (id, (mut from, index, process, ttl_ms)) in ids.into_iter().filter(|(_, (from, ..))| *from <= end) {
+            let name = names.iter().find(|(_, v)| **v == id).map_or("?", |(k, _)| k.as_str());
+            if matches!(final_states.get(&(sku.as_str(), name)), Some(ResState::Committed | ResState::Released)) {
                 from = u64::MAX;
             }
-            let name = names.iter().find(|(_, v)| **v == id).map_or("?", |(k, _)| k.as_str());
             let label = format!("expiry of {name} (ttl {ttl_ms} ms)");
             list.push(LinOp { call: Call::Expire { id, ttl_ms }, ret: Some(Ret::Write(Outcome::Ok)), invoke: from, complete: None, index, process, label });
         }
@@ -307,9 +343,12 @@ struct IdFacts {
     reserves: Vec<(u64, Option<u64>, Option<Outcome>, u64)>,
     commits: Vec<(u64, Option<u64>, Option<Outcome>, u64)>,
     releases: Vec<(u64, Option<u64>, Option<Outcome>, u64)>,
-    final_state: Option<(ResState, u64)>,
+    /// State, index and invocation time of the final lookup.
+    final_state: Option<(ResState, u64, u64)>,
     /// The earliest time it may expire ([`ClockFaults::expiry_possible_from`]).
     expires_from: Option<u64>,
+    /// The time by which it must have left `Pending` ([`ClockFaults::expiry_due_by`]).
+    due_by: Option<u64>,
 }
 
 impl IdFacts {
@@ -371,13 +410,18 @@ fn facts<'a>(ops: &'a [Operation], clock: &ClockFaults) -> BTreeMap<String, SkuF
                             let from = clock.expiry_possible_from(op.invoke.time, ok_at, ttl_of(op));
                             facts.expires_from = Some(facts.expires_from.map_or(from, |f| f.min(from)));
                         }
+                        // An acknowledged reserve bounds when it was made.
+                        if let (Some(done), Some(Outcome::Ok)) = (ok_at, entry.2) {
+                            let due = clock.expiry_due_by(done, ttl_of(op));
+                            facts.due_by = Some(facts.due_by.map_or(due, |d| d.min(due)));
+                        }
                     }
                     "commit" => facts.commits.push(entry),
                     "release" => facts.releases.push(entry),
                     _ => {
                         if op.is_final() {
                             if let Some(state) = lookup_state(op) {
-                                facts.final_state = Some((state, op.invoke.index));
+                                facts.final_state = Some((state, op.invoke.index, op.invoke.time));
                             }
                         }
                     }
@@ -440,7 +484,7 @@ pub fn no_lost_acks(ops: &[Operation], clock: &ClockFaults) -> CheckResult {
         for (id, facts) in &f.ids {
             let Some(acked_at) = IdFacts::acked(&facts.reserves, u64::MAX) else { continue };
             acknowledged += 1;
-            let Some((state, lookup_index)) = facts.final_state else {
+            let Some((state, lookup_index, lookup_at)) = facts.final_state else {
                 unchecked.push(format!("sku {sku} id {id}"));
                 continue;
             };
@@ -451,7 +495,17 @@ pub fn no_lost_acks(ops: &[Operation], clock: &ClockFaults) -> CheckResult {
             };
             // Expired is a fate only a reservation with a short enough TTL
             // may meet, and only while it was pending: an acknowledged commit
-            // or release must be found as such.
+            // or release must be found as such. One still pending long after
+            // its TTL lapsed lost its expiry (its units stay held).
+            if state == ResState::Pending && expected.is_none() {
+                if let Some(due) = facts.due_by.filter(|due| *due < lookup_at) {
+                    errors.push(format!(
+                        "sku {sku}: reservation {id}: its TTL lapsed by {:.1} s into the run, but the final lookup (index {lookup_index}, at {:.1} s) finds it still pending",
+                        due as f64 / 1e9,
+                        lookup_at as f64 / 1e9
+                    ));
+                }
+            }
             let lost = match expected {
                 Some((want, _)) => state != want,
                 None => match state {
@@ -472,9 +526,28 @@ pub fn no_lost_acks(ops: &[Operation], clock: &ClockFaults) -> CheckResult {
             if let Some((on_hand, reserved, committed)) = counters_of(read) {
                 let all_looked_up = f.ids.values().all(|id| id.final_state.is_some());
                 if all_looked_up {
-                    let sum = |want: ResState| -> u64 { f.ids.values().filter(|id| id.final_state.is_some_and(|(s, _)| s == want)).map(|id| id.qty).sum() };
-                    let (pending, done) = (sum(ResState::Pending), sum(ResState::Committed));
-                    if reserved != pending || committed != done {
+                    // Expiry goes on in the final phase: one found pending
+                    // by a lookup before the read may have expired by the
+                    // read, one found expired by a lookup after it may still
+                    // have been pending at the read.
+                    let read_at = (read.invoke.time, read.completed_at().unwrap_or(u64::MAX));
+                    let (mut pending_min, mut pending_max, mut done) = (0, 0, 0);
+                    for id in f.ids.values() {
+                        let Some((state, _, lookup_at)) = id.final_state else { continue };
+                        match state {
+                            ResState::Pending => {
+                                pending_max += id.qty;
+                                if lookup_at > read_at.0 || !id.may_expire_by(read_at.1) {
+                                    pending_min += id.qty;
+                                }
+                            }
+                            ResState::Expired if lookup_at > read_at.0 => pending_max += id.qty,
+                            ResState::Committed => done += id.qty,
+                            _ => {}
+                        }
+                    }
+                    if !(pending_min..=pending_max).contains(&reserved) || committed != done {
+                        let pending = if pending_min == pending_max { pending_min.to_string() } else { format!("{pending_min} to {pending_max}") };
                         errors.push(format!(
                             "sku {sku}: final read (index {}) has reserved {reserved}, committed {committed}; the final lookups add up to reserved {pending}, committed {done}",
                             read.invoke.index
@@ -683,6 +756,30 @@ mod tests {
     }
 
     #[test]
+    fn unknown_outcomes_the_final_lookups_settle_are_left_out() {
+        // r2's reserve timed out and the end finds no r2; r1 ends committed,
+        // so a timed-out release of r1 changed nothing, a commit may have.
+        let mut h = H::base();
+        h.op(5, "release", json!({"sku": "a", "id": "r1"}), Kind::Info, json!({"error": "timeout"}));
+        h.op(6, "commit", json!({"sku": "a", "id": "r1"}), Kind::Info, json!({"error": "timeout"}));
+        h.finals("not_found", 0);
+        let ops = operations(&h.events).expect("a valid history");
+        let by_sku = lin_ops_by_sku(&ops, &ClockFaults::default());
+        let unknown: Vec<&str> = by_sku["a"].0.iter().filter(|op| op.ret.is_none()).map(|op| op.label.as_str()).collect();
+        assert_eq!(unknown.len(), 1, "{unknown:?}");
+        assert!(unknown[0].starts_with("commit"), "{unknown:?}");
+        let (valid, results) = h.check();
+        assert!(valid, "{results:#}");
+        // Left out, r2 cannot explain a read that counts its unit.
+        let mut h = H::base();
+        h.op(7, "read", json!({"sku": "a"}), Kind::Ok, json!({"on_hand": 2, "reserved": 1, "committed": 1}));
+        h.finals("not_found", 0);
+        let (valid, results) = h.check();
+        assert!(!valid);
+        assert_eq!(validity(&results, "linearizable"), "invalid", "{results:#}");
+    }
+
+    #[test]
     fn an_expired_reservation_is_accepted_when_its_ttl_allows_it() {
         let (valid, results) = expiry_history(5_000).check();
         assert!(valid, "{results:#}");
@@ -724,6 +821,69 @@ mod tests {
         assert_eq!(lead.expiry_possible_from(10 * s, Some(11 * s), 8_000), 16 * s, "a lead that comes later does not matter");
         assert_eq!(lead.expiry_possible_from(45 * s, Some(46 * s), 8_000), 50 * s, "it counts from its start");
         assert_eq!(lead.expiry_possible_from(55 * s, Some(56 * s), 8_000), 58 * s, "and after");
+    }
+
+    #[test]
+    fn a_reservation_still_pending_long_after_its_ttl_lost_its_expiry() {
+        // r1 (5 s TTL) is acknowledged, and 10 s later the end finds it
+        // pending: apply never expired it.
+        let stuck = || {
+            let mut h = H::default();
+            h.op(0, "receipt", json!({"sku": "a", "event": "e0", "qty": 2}), Kind::Ok, json!({"outcome": "ok"}));
+            h.op(1, "reserve", json!({"sku": "a", "id": "r1", "qty": 2, "ttl_ms": 5_000}), Kind::Ok, json!({"outcome": "ok"}));
+            h.t += 10_000_000_000;
+            h
+        };
+        let finals = |h: &mut H| {
+            h.op(9, "read", json!({"sku": "a", "final": true}), Kind::Ok, json!({"on_hand": 2, "reserved": 2, "committed": 0}));
+            h.op(9, "lookup", json!({"sku": "a", "id": "r1", "final": true}), Kind::Ok, json!({"outcome": "ok", "state": "pending"}));
+        };
+        let mut h = stuck();
+        finals(&mut h);
+        let (valid, results) = h.check();
+        assert!(!valid);
+        assert_eq!(validity(&results, "no_lost_acks"), "invalid", "{results:#}");
+        assert!(results["no_lost_acks"]["errors"][0].as_str().unwrap_or_default().contains("still pending"), "{results:#}");
+        // A 10 s lead on the leader's clock before the reserve: log time may
+        // be ahead, so the reservation was due later; still pending is fine.
+        let mut h = H::default();
+        h.events.push(Event { index: 0, kind: Kind::Invoke, f: "clock".into(), value: json!({"offset_s": 10}), process: Process::NEMESIS, time: 0 });
+        h.events.push(Event {
+            index: 1,
+            kind: Kind::Info,
+            f: "clock".into(),
+            value: json!({"offset_s": 10, "nodes": [1]}),
+            process: Process::NEMESIS,
+            time: 0,
+        });
+        let mut rest = stuck();
+        for (i, mut e) in rest.events.drain(..).enumerate() {
+            e.index = i as u64 + 2;
+            h.events.push(e);
+        }
+        h.t = rest.t;
+        finals(&mut h);
+        let (valid, results) = h.check();
+        assert!(valid, "{results:#}");
+        // Expiry goes on during the final phase: a read that still counts r1,
+        // then a lookup that finds it expired, add up.
+        let mut h = stuck();
+        h.op(9, "read", json!({"sku": "a", "final": true}), Kind::Ok, json!({"on_hand": 2, "reserved": 2, "committed": 0}));
+        h.op(9, "lookup", json!({"sku": "a", "id": "r1", "final": true}), Kind::Ok, json!({"outcome": "ok", "state": "expired"}));
+        let (valid, results) = h.check();
+        assert!(valid, "{results:#}");
+        // But a read that no longer counts it, then a lookup that finds it
+        // pending, do not.
+        let mut h = stuck();
+        h.op(9, "read", json!({"sku": "a", "final": true}), Kind::Ok, json!({"on_hand": 2, "reserved": 0, "committed": 0}));
+        h.op(9, "lookup", json!({"sku": "a", "id": "r1", "final": true}), Kind::Ok, json!({"outcome": "ok", "state": "pending"}));
+        let (valid, results) = h.check();
+        assert!(!valid);
+        assert!(results["no_lost_acks"]["errors"].to_string().contains("add up to reserved 2"), "{results:#}");
+        let s = 1_000_000_000;
+        let lead = ClockFaults { faults: vec![(20 * s, 30 * s, 3_000)] };
+        assert_eq!(lead.expiry_due_by(10 * s, 5_000), 10 * s + 7_250_000_000, "TTL, tick and slack");
+        assert_eq!(lead.expiry_due_by(25 * s, 5_000), 25 * s + 10_250_000_000, "and a lead started by then");
     }
 
     #[test]

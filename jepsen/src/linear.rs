@@ -95,9 +95,9 @@ struct Entry {
 enum Frame {
     /// A client operation, by the position of its call entry.
     Call(usize),
-    /// An expiry, by its position in the expiry list, and the return entry
+    /// An expiry: its operation, the index of its TTL, and the return entry
     /// that blocked the client operations when it was taken.
-    Expiry { x: usize, blocking: usize },
+    Expiry { op: usize, class: usize, blocking: usize },
 }
 
 /// Searches for a linearization within `budget` steps.
@@ -105,10 +105,10 @@ enum Frame {
 /// Expiries ([`Call::Expire`] operations) are optional spontaneous steps:
 /// they have no return, an expiry may be taken at any point after its
 /// `invoke` time (the earliest moment it is possible) while its reservation
-/// is pending, or never. They are kept in a list of their own and tried only
-/// when no client operation can be linearized next, in the order of `ops`
-/// (the caller puts the likeliest first), so a history that needs no expiry
-/// is searched as before.
+/// is pending, or never. They are tried only when no client operation can be
+/// linearized next, so a history that needs no expiry is searched as before.
+/// Reservations of one TTL expire oldest first, so at any point there is at
+/// most one candidate per TTL.
 pub fn search(ops: &[LinOp], spec: Spec, budget: u64) -> (Verdict, u64) {
     let n = ops.len();
     let is_expiry = |op: &LinOp| matches!(op.call, Call::Expire { .. });
@@ -136,24 +136,22 @@ pub fn search(ops: &[LinOp], spec: Spec, budget: u64) -> (Verdict, u64) {
             return_of[entry.op] = pos;
         }
     }
-    let expiries: Vec<usize> = (0..n).filter(|&i| is_expiry(&ops[i])).collect();
-    let k = expiries.len();
-    let xhead = k;
-    let mut xnext = vec![NIL; k + 1];
-    let mut xprev = vec![NIL; k + 1];
-    let mut last = xhead;
-    for (x, prev) in xprev.iter_mut().enumerate().take(k) {
-        xnext[last] = x;
-        *prev = last;
-        last = x;
-    }
-    let op_key: Vec<u64> = (0..n).map(|i| mix(i as u64 ^ 0x0123_4567_89ab_cdef)).collect();
+    // The expiry of each reservation, and the TTLs: the candidates at any
+    // point are the oldest pending reservation of each TTL (see
+    // [`Position::next_expiry`]).
+    let mut expiry_of = vec![NIL; spec.ids];
+    let mut ttls: Vec<u64> = Vec::new();
     let mut state = Position::new(spec.ids, spec.events);
-    for &op in &expiries {
-        if let Call::Expire { id, ttl_ms } = ops[op].call {
+    for (i, op) in ops.iter().enumerate() {
+        if let Call::Expire { id, ttl_ms } = op.call {
+            expiry_of[id] = i;
             state.set_ttl(id, ttl_ms);
+            ttls.push(ttl_ms);
         }
     }
+    ttls.sort_unstable();
+    ttls.dedup();
+    let op_key: Vec<u64> = (0..n).map(|i| mix(i as u64 ^ 0x0123_4567_89ab_cdef)).collect();
     let mut linearized: u64 = 0;
     let mut cache: HashSet<(u64, u64)> = HashSet::new();
     let mut stack: Vec<(Frame, Undo)> = Vec::new();
@@ -173,8 +171,9 @@ pub fn search(ops: &[LinOp], spec: Spec, budget: u64) -> (Verdict, u64) {
     };
 
     let mut entry = next[head];
-    // `Some(x)`: every client operation was tried at this point and `entry`
-    // is the return that blocks them; the expiries from `x` on are tried.
+    // `Some(class)`: every client operation was tried at this point and
+    // `entry` is the return that blocks them; the next expiries of the TTLs
+    // from `class` on are tried.
     let mut expiry: Option<usize> = None;
     while next[head] != NIL {
         steps += 1;
@@ -185,7 +184,7 @@ pub fn search(ops: &[LinOp], spec: Spec, budget: u64) -> (Verdict, u64) {
             None => {
                 let Entry { is_return, op } = entries[entry];
                 if is_return {
-                    expiry = Some(xnext[xhead]);
+                    expiry = Some(0);
                     continue;
                 }
                 let (ret, undo) = state.step(&ops[op].call);
@@ -204,36 +203,32 @@ pub fn search(ops: &[LinOp], spec: Spec, budget: u64) -> (Verdict, u64) {
                 entry = next[entry];
                 continue;
             }
-            Some(mut x) if x != NIL => {
-                // Skip, without counting steps, the expiries not possible
-                // here: too early, of a reservation not pending, or held back
-                // by an older pending one.
-                let pending = |x: usize, state: &Position| match ops[expiries[x]].call {
-                    Call::Expire { id, ttl_ms } => state.may_expire(id, ttl_ms),
-                    _ => false,
+            Some(mut class) if class < ttls.len() => {
+                // The next expiry of each TTL, if it is possible here: its
+                // earliest time is not after the blocking return.
+                let candidate = |class: usize, state: &Position| {
+                    state.next_expiry(ttls[class]).map(|id| expiry_of[id]).filter(|&op| op != NIL && ops[op].invoke <= times[entry])
                 };
-                while x != NIL && (ops[expiries[x]].invoke > times[entry] || !pending(x, &state)) {
-                    x = xnext[x];
+                while class < ttls.len() && candidate(class, &state).is_none() {
+                    class += 1;
                 }
-                if x == NIL {
-                    expiry = Some(NIL);
+                let Some(op) = (class < ttls.len()).then(|| candidate(class, &state)).flatten() else {
+                    expiry = Some(ttls.len());
                     continue;
-                }
-                let op = expiries[x];
+                };
                 let (ret, undo) = state.step(&ops[op].call);
                 if ops[op].ret.is_none_or(|expected| expected == ret) {
                     let key = (linearized ^ op_key[op], state.fingerprint());
                     if cache.insert(key) {
                         linearized ^= op_key[op];
-                        stack.push((Frame::Expiry { x, blocking: entry }, undo));
-                        unlink(&mut xnext, &mut xprev, x);
+                        stack.push((Frame::Expiry { op, class, blocking: entry }, undo));
                         entry = next[head];
                         expiry = None;
                         continue;
                     }
                 }
                 state.undo(undo);
-                expiry = Some(xnext[x]);
+                expiry = Some(class + 1);
                 continue;
             }
             Some(_) => {}
@@ -250,11 +245,10 @@ pub fn search(ops: &[LinOp], spec: Spec, budget: u64) -> (Verdict, u64) {
                 entry = next[call];
                 expiry = None;
             }
-            Frame::Expiry { x, blocking } => {
-                linearized ^= op_key[expiries[x]];
-                relink(&mut xnext, &mut xprev, x);
+            Frame::Expiry { op, class, blocking } => {
+                linearized ^= op_key[op];
                 entry = blocking;
-                expiry = Some(xnext[x]);
+                expiry = Some(class + 1);
             }
         }
     }

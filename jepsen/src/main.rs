@@ -63,6 +63,13 @@ struct TestArgs {
     /// at any point after its reserve. `--quick` uses 3 to 8 s in its clock run.
     #[arg(long, default_value_t = jepsen::workload::TTL_MS)]
     ttl_ms: u64,
+    /// Largest clock offset of a `clock` fault, in s (offsets are 2 s up to
+    /// this, ahead or behind). `--quick` uses twice the TTL in its clock run:
+    /// skew about as large as the TTL moves expiry earlier or later, while
+    /// skew of many TTLs leaves every expiry possible at any moment and the
+    /// linearizability search can run out of steps (see jepsen/README.md).
+    #[arg(long, default_value_t = jepsen::nemesis::SKEW_MAX_S)]
+    skew_max_s: u64,
     /// A few short runs (under 5 minutes in total).
     #[arg(long)]
     quick: bool,
@@ -115,6 +122,7 @@ async fn test(args: TestArgs) -> anyhow::Result<bool> {
     anyhow::ensure!(args.nodes == 3 || args.nodes == 5, "--nodes must be 3 or 5");
     anyhow::ensure!((1..=3600).contains(&args.time_limit), "--time-limit must be 1 to 3600 seconds");
     anyhow::ensure!(args.ttl_ms >= 1, "--ttl-ms must be at least 1");
+    anyhow::ensure!((2..=3600).contains(&args.skew_max_s), "--skew-max-s must be 2 to 3600 seconds");
     if let Some(bug) = &args.bug {
         anyhow::ensure!(bug == "lost-ack", "unknown --bug {bug:?} (lost-ack)");
     }
@@ -135,6 +143,7 @@ async fn test(args: TestArgs) -> anyhow::Result<bool> {
         nodes: args.nodes,
         concurrency: args.concurrency.unwrap_or(2 * args.nodes),
         ttl_ms: args.ttl_ms,
+        skew_max_s: args.skew_max_s,
         bug: args.bug.clone(),
         net,
         stockd: match &args.stockd {
@@ -157,8 +166,10 @@ async fn test(args: TestArgs) -> anyhow::Result<bool> {
                 time_limit_s: secs,
                 seed: base.seed + i as u64,
                 // Clock skew on the leader against reservation expiry: short
-                // TTLs (3 to 8 s) so that reservations do expire under it.
-                ttl_ms: if spec.contains("clock") { 3_000 + (base.seed + i as u64) % 6 * 1_000 } else { base.ttl_ms },
+                // TTLs (3 to 8 s) so that reservations do expire under it,
+                // and skew up to twice the TTL.
+                ttl_ms: if spec.contains("clock") { quick_ttl_ms(base.seed + i as u64) } else { base.ttl_ms },
+                skew_max_s: if spec.contains("clock") { 2 * quick_ttl_ms(base.seed + i as u64) / 1_000 } else { base.skew_max_s },
                 ..base.clone()
             })
             .collect()
@@ -184,6 +195,11 @@ async fn test(args: TestArgs) -> anyhow::Result<bool> {
         }
     }
     Ok(all_valid)
+}
+
+/// The TTL of the quick clock run of `seed`: 3 to 8 s.
+fn quick_ttl_ms(seed: u64) -> u64 {
+    3_000 + seed % 6 * 1_000
 }
 
 fn check(path: &std::path::Path) -> anyhow::Result<bool> {

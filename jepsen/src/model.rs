@@ -26,6 +26,9 @@
 //! The state carries an incrementally maintained fingerprint (Zobrist
 //! hashing) so the checker memoises configurations in O(1).
 
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+
 use serde::Serialize;
 
 /// A reservation's state in the model.
@@ -157,6 +160,10 @@ pub struct Position {
     /// TTL of each reservation that may expire (0: never expires). Fixed for
     /// a history, not part of the state.
     ttls: Vec<u64>,
+    /// Per TTL, the pending reservations that may expire, oldest first:
+    /// `(seq, id)`. Derived from `reservations` (kept so that the next
+    /// possible expiry is found without a scan).
+    queues: BTreeMap<u64, BTreeSet<(u32, usize)>>,
 }
 
 /// What [`Position::step`] changed, to take it back.
@@ -201,6 +208,7 @@ impl Position {
             zobrist: 0,
             created: 0,
             ttls: vec![0; ids],
+            queues: BTreeMap::new(),
         }
     }
 
@@ -212,9 +220,13 @@ impl Position {
     /// Whether [`Call::Expire`] of `id` would expire it: it is pending and
     /// no older reservation of the same TTL is.
     pub fn may_expire(&self, id: usize, ttl_ms: u64) -> bool {
-        let res = self.reservations[id];
-        res.state == ResState::Pending
-            && !self.reservations.iter().zip(&self.ttls).any(|(r, ttl)| *ttl == ttl_ms && r.state == ResState::Pending && r.seq < res.seq)
+        self.ttls[id] == ttl_ms && self.next_expiry(ttl_ms) == Some(id)
+    }
+
+    /// The reservation of TTL `ttl_ms` that would expire next: the oldest
+    /// pending one.
+    pub fn next_expiry(&self, ttl_ms: u64) -> Option<usize> {
+        self.queues.get(&ttl_ms).and_then(|q| q.first()).map(|&(_, id)| id)
     }
 
     /// Declares that reservation `id` has TTL `ttl_ms` and may expire.
@@ -224,7 +236,10 @@ impl Position {
     /// once. So an [`Call::Expire`] is refused while an older reservation of
     /// the same TTL is still pending (it must expire first, or be committed
     /// or released before).
+    ///
+    /// Call it before any step: a TTL is a fact of the history.
     pub fn set_ttl(&mut self, id: usize, ttl_ms: u64) {
+        debug_assert_eq!(self.reservations[id].state, ResState::Absent, "set_ttl after a step");
         self.ttls[id] = ttl_ms;
     }
 
@@ -239,7 +254,22 @@ impl Position {
 
     fn set_reservation(&mut self, id: usize, res: Res) {
         self.zobrist ^= reservation_key(id, self.reservations[id]) ^ reservation_key(id, res);
+        self.track(id, self.reservations[id], res);
         self.reservations[id] = res;
+    }
+
+    /// Keeps `queues` in step with reservation `id` going from `old` to `new`.
+    fn track(&mut self, id: usize, old: Res, new: Res) {
+        let ttl = self.ttls[id];
+        if ttl == 0 || (old.state == ResState::Pending) == (new.state == ResState::Pending) {
+            return;
+        }
+        let queue = self.queues.entry(ttl).or_default();
+        if old.state == ResState::Pending {
+            queue.remove(&(old.seq, id));
+        } else {
+            queue.insert((new.seq, id));
+        }
     }
 
     /// Applies `call` and returns what it returns.
@@ -324,6 +354,7 @@ impl Position {
         self.reserved = undo.reserved;
         self.committed = undo.committed;
         if let Some((id, res)) = undo.reservation {
+            self.track(id, self.reservations[id], res);
             self.reservations[id] = res;
         }
         if let Some(event) = undo.event {

@@ -79,6 +79,9 @@ const FAULT_MAX_MS: u64 = 7_000;
 /// No new fault starts closer than this to the end of the run.
 const TAIL_MS: u64 = 4_000;
 
+/// Default largest clock offset of a `clock` fault, s.
+pub const SKEW_MAX_S: u64 = 60;
+
 /// What the nemesis needs.
 pub struct Nemesis {
     pub shared: Arc<Shared>,
@@ -88,6 +91,8 @@ pub struct Nemesis {
     pub workload: Workload,
     pub skus: Arc<Vec<String>>,
     pub faketime_lib: Option<std::path::PathBuf>,
+    /// Largest offset of a clock fault, s (at least 2).
+    pub skew_max_s: u64,
 }
 
 /// An active fault, to heal.
@@ -201,7 +206,7 @@ impl Nemesis {
             FaultKind::Clock => {
                 let Some(lib) = self.faketime_lib.clone() else { return Ok(Active::Wrapped(Vec::new())) };
                 let leader = self.leader(rng).await;
-                let magnitude = rng.range(2, 60) as i64;
+                let magnitude = rng.range(2, self.skew_max_s.max(2)) as i64;
                 let offset_s = if rng.chance(0.5) { magnitude } else { -magnitude };
                 self.record(Kind::Invoke, f, json!({"target": "leader", "offset_s": offset_s}));
                 let mut cluster = self.cluster.lock().await;

@@ -60,6 +60,8 @@ pub struct TestConfig {
     pub concurrency: u64,
     /// TTL of every reservation the clients make.
     pub ttl_ms: u64,
+    /// Largest offset of a clock fault, s.
+    pub skew_max_s: u64,
     pub bug: Option<String>,
     pub net: NetMode,
     pub stockd: PathBuf,
@@ -79,6 +81,9 @@ impl TestConfig {
         );
         if self.ttl_ms != workload::TTL_MS {
             cmd.push_str(&format!(" --ttl-ms {}", self.ttl_ms));
+        }
+        if self.skew_max_s != crate::nemesis::SKEW_MAX_S {
+            cmd.push_str(&format!(" --skew-max-s {}", self.skew_max_s));
         }
         if let Some(bug) = &self.bug {
             cmd.push_str(&format!(" --bug {bug}"));
@@ -246,6 +251,7 @@ async fn drive(
         workload: config.workload,
         skus: skus.clone(),
         faketime_lib: faketime,
+        skew_max_s: config.skew_max_s,
     });
     {
         let nemesis = nemesis.clone();

@@ -627,7 +627,8 @@ mod tests {
     /// The repository's committed model directory and its runtime, if the
     /// `.venv` is there (`make test` creates it first).
     fn repo_scorer() -> Scorer {
-        let model_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        // At run time: a test binary may be shared by clones with one target dir.
+        let model_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
         let scorer = Scorer::start(ScoringConfig { model_dir, ..Default::default() });
         let status = scorer.status();
         assert!(status.available, "the repository's models must serve: {:?}", status.unavailable_reason);

@@ -28,9 +28,15 @@ use models::Variant;
 
 const LONG: Duration = Duration::from_secs(5);
 
+/// This crate's directory, read at run time: one test binary may serve
+/// several clones that share a target dir.
+fn models_dir() -> PathBuf {
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+}
+
 /// The committed version every test starts from.
 fn committed_version() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("v1")
+    models_dir().join("v1")
 }
 
 fn golden() -> Golden {
@@ -96,7 +102,7 @@ async fn assert_unavailable(scorer: &Scorer, reason_part: &str) {
 
 #[tokio::test]
 async fn rust_scores_match_the_golden_rows() {
-    let scorer = Scorer::start(config(Path::new(env!("CARGO_MANIFEST_DIR"))));
+    let scorer = Scorer::start(config(&models_dir()));
     let status = scorer.status();
     assert!(status.available, "{:?} {:?}", status.unavailable_reason, status.load_errors);
     assert_eq!(status.serving.as_deref(), Some("v1"));
