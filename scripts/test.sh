@@ -14,12 +14,11 @@ status=0
 cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
 passed=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) if ($i ~ /^passed;?$/) sum += $(i-1) } END { print sum + 0 }' "$log")
 failed=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) if ($i ~ /^failed;?$/) sum += $(i-1) } END { print sum + 0 }' "$log")
-# A test binary that died (a signal, an abort) prints no "test result" line:
-# name it and count it as a failure.
-crashed=$(awk '/^ *Running / { name = $0; done = 0 } /^test result:/ { done = 1 }
-  /process didn.t exit successfully/ && !done { print name; n++ } END { exit 0 }' "$log")
+# A test binary killed by a signal (an abort, also at exit after its tests
+# passed) may print no failing test: name it and count it as a failure.
+crashed=$(grep -E "process didn.t exit successfully: .*signal" "$log" | sed -E 's/.*successfully: `([^` ]*).*\((signal[^)]*)\).*/\1 (\2)/' || true)
 if [ -n "$crashed" ]; then
-  echo "tests: these test binaries ended without a result (crashed):"
+  echo "tests: these test binaries were killed by a signal:"
   echo "$crashed"
   failed=$((failed + $(printf '%s\n' "$crashed" | wc -l)))
 fi

@@ -20,8 +20,9 @@ use crate::TypeConfig;
 const CALLBACKS_PER_SYNC_MAX: usize = 4096;
 
 pub struct WalSyncer {
-    tx: mpsc::SyncSender<LogFlushed<TypeConfig>>,
-    _thread: JoinHandle<()>,
+    /// `None` only while dropping.
+    tx: Option<mpsc::SyncSender<LogFlushed<TypeConfig>>>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl WalSyncer {
@@ -47,7 +48,7 @@ impl WalSyncer {
                 }
             })
             .expect("spawn the wal-sync thread");
-        Arc::new(WalSyncer { tx, _thread: thread })
+        Arc::new(WalSyncer { tx: Some(tx), thread: Some(thread) })
     }
 
     /// Reports `callback` once everything written before this call is
@@ -56,6 +57,24 @@ impl WalSyncer {
     /// more groups than the queue holds: each group has at most one append
     /// waiting for its flush.
     pub fn flushed_after_sync(&self, callback: LogFlushed<TypeConfig>) -> Result<(), LogFlushed<TypeConfig>> {
-        self.tx.send(callback).map_err(|e| e.0)
+        match &self.tx {
+            Some(tx) => tx.send(callback).map_err(|e| e.0),
+            None => Err(callback),
+        }
+    }
+}
+
+impl Drop for WalSyncer {
+    /// Stops the thread and waits for it: it may hold the last handle of the
+    /// engine, and a database still closing when the process exits races
+    /// the C++ static destructors (RocksDB aborts with "pthread lock:
+    /// Invalid argument").
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(thread) = self.thread.take() {
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
+        }
     }
 }

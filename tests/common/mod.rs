@@ -51,6 +51,9 @@ pub fn test_config() -> FileConfig {
     f.cluster.election_timeout_max_ms = 1400;
     f.cluster.clock_tick_ms = 100;
     f.node.rpc_timeout_ms = 5_000;
+    // Tests judge answers, not latency: a busy machine must not turn a
+    // scored answer into MODEL_TIMEOUT.
+    f.model.deadline_us = 2_000_000;
     f
 }
 
