@@ -27,7 +27,6 @@ use models::Scorer;
 use raft::GroupError;
 use storage::model::GroupId;
 use storage::model::Position;
-use storage::model::PositionKey;
 
 use crate::node::Consistency;
 use crate::node::Node;
@@ -162,13 +161,11 @@ impl Availability {
         location: Option<&str>,
         consistency: Consistency,
     ) -> Result<(Vec<(String, Option<Position>)>, u64, u64), GroupError> {
-        let query = match location {
-            Some(location) => ReadQuery::Position(PositionKey::new(sku, location)),
-            None => ReadQuery::SkuPositions { sku: sku.to_owned(), locations_max: self.node.config.availability.locations_max },
-        };
+        let query =
+            ReadQuery::SkuPositions { sku: sku.to_owned(), location: location.map(str::to_owned), locations_max: self.node.config.availability.locations_max };
         let answer = self.node.read(group, query, consistency).await?;
         let positions = match location {
-            Some(location) => vec![(location.to_owned(), answer.position)],
+            Some(location) => vec![(location.to_owned(), answer.positions.into_iter().next().map(|(_, position)| position))],
             None => answer.positions.into_iter().map(|(location, position)| (location, Some(position))).collect(),
         };
         Ok((positions, answer.staleness_ms, answer.applied_index))

@@ -70,9 +70,12 @@ pub enum Consistency {
 pub enum ReadQuery {
     Position(PositionKey),
     Reservation(String),
-    /// Every location of one SKU, at most this many (in location order).
+    /// What the risk path reads: one location of a SKU, or every location
+    /// (at most `locations_max`, in location order), each position without
+    /// its audit trail and feed sequences ([`Position::without_history`]).
     SkuPositions {
         sku: String,
+        location: Option<String>,
         locations_max: usize,
     },
 }
@@ -272,8 +275,17 @@ impl Node {
         let (position, reservation, positions) = match query {
             ReadQuery::Position(key) => (inventory.position(key).cloned(), None, Vec::new()),
             ReadQuery::Reservation(id) => (None, inventory.reservation(id).cloned(), Vec::new()),
-            ReadQuery::SkuPositions { sku, locations_max } => {
-                let positions = inventory.positions_of_sku(sku).take(*locations_max).map(|(key, position)| (key.location.clone(), position.clone())).collect();
+            ReadQuery::SkuPositions { sku, location: Some(location), .. } => {
+                let positions = inventory
+                    .position(&PositionKey::new(sku.as_str(), location.as_str()))
+                    .map(|p| (location.clone(), p.without_history()))
+                    .into_iter()
+                    .collect();
+                (None, None, positions)
+            }
+            ReadQuery::SkuPositions { sku, location: None, locations_max } => {
+                let positions =
+                    inventory.positions_of_sku(sku).take(*locations_max).map(|(key, position)| (key.location.clone(), position.without_history())).collect();
                 (None, None, positions)
             }
         };

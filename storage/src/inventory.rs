@@ -802,6 +802,15 @@ mod tests {
         assert_eq!(signals.last_count_ms, Some(5_000));
         assert_eq!(signals.last_feed_ms, Some(5_000));
         assert_eq!(signals.feed_lag_ms, 0, "the newest event (the return) did not say when it was observed");
+        // The risk path's copy keeps the quantities and signals, not the history.
+        let position = main_position(&inventory);
+        let slim = position.without_history();
+        assert!(!position.recent_changes.is_empty() && !position.source_seqs.is_empty());
+        assert!(slim.recent_changes.is_empty() && slim.source_seqs.is_empty());
+        assert_eq!(
+            (slim.on_hand, slim.reserved, slim.committed, slim.atp(), &slim.signals),
+            (position.on_hand, position.reserved, position.committed, position.atp(), &position.signals)
+        );
     }
 
     #[test]

@@ -155,6 +155,22 @@ impl Position {
     pub fn is_short(&self) -> bool {
         self.on_hand < self.reserved.saturating_add(self.committed)
     }
+
+    /// The quantities and signals without the audit trail and the feed
+    /// sequences: what an availability answer reads, copied without their
+    /// allocations.
+    pub fn without_history(&self) -> Position {
+        Position {
+            on_hand: self.on_hand,
+            reserved: self.reserved,
+            committed: self.committed,
+            safety_stock: self.safety_stock,
+            held: self.held,
+            source_seqs: BTreeMap::new(),
+            recent_changes: VecDeque::new(),
+            signals: self.signals.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
