@@ -510,6 +510,7 @@ pub async fn serve(node: Arc<Node>, shutdown: impl Future<Output = ()> + Send + 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<InventoryServer<InventoryService>>().await;
     health_reporter.set_serving::<AdminServer<AdminService>>().await;
+    let health_watch = tokio::spawn(watch_groups(node.clone(), health_reporter));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -517,7 +518,7 @@ pub async fn serve(node: Arc<Node>, shutdown: impl Future<Output = ()> + Send + 
     let listen = node.config.listen;
     let availability = Arc::new(Availability::new(node.clone()));
     tracing::info!(node = node.id(), %listen, groups = node.groups().count(), model = ?availability.scorer().status().serving, "serving");
-    tonic::transport::Server::builder()
+    let served = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection)
@@ -527,5 +528,40 @@ pub async fn serve(node: Arc<Node>, shutdown: impl Future<Output = ()> + Send + 
             RaftPeerServer::new(PeerService { node }).max_decoding_message_size(PEER_MESSAGE_BYTES_MAX).max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
         )
         .serve_with_shutdown(listen, shutdown)
-        .await
+        .await;
+    health_watch.abort();
+    served
+}
+
+/// How often the health of the node's groups is looked at.
+const HEALTH_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Keeps the gRPC health of the Inventory service in step with the node's
+/// groups: NOT_SERVING while any group has stopped (a fatal storage error
+/// stops a group's replica for good; the process stays up for Admin/Status
+/// and the other groups), with one error line when it happens, so that load
+/// balancers and operators see what only the logs said before.
+async fn watch_groups(node: Arc<Node>, reporter: tonic_health::server::HealthReporter) {
+    let mut reported: Vec<(m::GroupId, String)> = Vec::new();
+    let mut ticks = tokio::time::interval(HEALTH_CHECK_INTERVAL);
+    loop {
+        ticks.tick().await;
+        let stopped: Vec<(m::GroupId, String)> = node.groups().filter_map(|g| g.stopped().map(|reason| (g.id, reason))).collect();
+        if stopped == reported {
+            continue;
+        }
+        if stopped.is_empty() {
+            reporter.set_serving::<InventoryServer<InventoryService>>().await;
+        } else {
+            reporter.set_not_serving::<InventoryServer<InventoryService>>().await;
+            let groups: Vec<m::GroupId> = stopped.iter().map(|(g, _)| *g).collect();
+            let (first, reason) = &stopped[0];
+            tracing::error!(
+                node = node.id(),
+                ?groups,
+                "groups stopped on this node (group {first}: {reason}): Inventory health is NOT_SERVING; restart the node to recover them"
+            );
+        }
+        reported = stopped;
+    }
 }

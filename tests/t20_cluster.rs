@@ -89,6 +89,21 @@ async fn any_node_serves_or_forwards_every_request() {
     };
     assert!(services.contains(&"stockd.v1.Inventory".to_string()), "{services:?}");
     assert!(services.contains(&"stockd.v1.Admin".to_string()), "{services:?}");
+
+    // A group that stops on a node (as on a fatal storage error) turns the
+    // node's Inventory health to NOT_SERVING.
+    let group = cluster.node(1).groups().next().expect("a group").clone();
+    group.raft().shutdown().await.expect("stop one group");
+    assert!(group.stopped().is_some());
+    poll("Inventory health to turn NOT_SERVING", Duration::from_secs(10), || {
+        let mut health = health.clone();
+        async move {
+            let status =
+                health.check(tonic_health::pb::HealthCheckRequest { service: "stockd.v1.Inventory".into() }).await.expect("health").into_inner().status;
+            status == tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
+        }
+    })
+    .await;
     cluster.shutdown().await;
 }
 

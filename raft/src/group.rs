@@ -198,6 +198,18 @@ impl Group {
         wall_clock_ms().saturating_sub(self.state.log_time_ms())
     }
 
+    /// Why this replica stopped serving (a fatal storage error, a shutdown),
+    /// if it did: it stays stopped until the node restarts.
+    pub fn stopped(&self) -> Option<String> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        match (&m.running_state, m.state) {
+            (Err(fatal), _) => Some(fatal.to_string()),
+            (Ok(()), ServerState::Shutdown) => Some("shut down".to_owned()),
+            (Ok(()), _) => None,
+        }
+    }
+
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().state == ServerState::Leader
     }
