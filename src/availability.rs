@@ -6,8 +6,6 @@
 //! authoritative; these answers can only be more conservative than exact ATP.
 
 use std::sync::Arc;
-use std::time::SystemTime;
-use std::time::UNIX_EPOCH;
 
 use futures::future::join_all;
 use models::features;
@@ -24,6 +22,7 @@ use models::policy::PolicyConfig;
 use models::Score;
 use models::ScoreError;
 use models::Scorer;
+use raft::group::wall_clock_ms;
 use raft::GroupError;
 use storage::model::GroupId;
 use storage::model::Position;
@@ -112,10 +111,6 @@ pub struct RankAnswer {
     pub model_version: String,
     pub degraded: Vec<Degraded>,
     pub staleness_ms: u64,
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 fn degraded_of(error: &ScoreError) -> Degraded {
@@ -222,7 +217,7 @@ impl Availability {
             staleness_ms,
             promo: request.promo,
             route_key: &request.route_key,
-            now_ms: now_ms(),
+            now_ms: wall_clock_ms(),
             thresholds: self.thresholds(),
         };
         let evaluations = join_all(positions.iter().map(|(location, position)| self.evaluate(&ask, location, position.as_ref()))).await;
@@ -244,7 +239,8 @@ impl Availability {
         let settings = &self.node.config.availability;
         let region = &self.node.config.region;
         let (positions, staleness_ms, _) = self.read(group, sku, None, Consistency::Any).await?;
-        let ask = Ask { sku, quantity, context: Context::Checkout, staleness_ms, promo: false, route_key, now_ms: now_ms(), thresholds: self.thresholds() };
+        let ask =
+            Ask { sku, quantity, context: Context::Checkout, staleness_ms, promo: false, route_key, now_ms: wall_clock_ms(), thresholds: self.thresholds() };
         let evaluations = join_all(positions.iter().map(|(location, position)| self.evaluate(&ask, location, position.as_ref()))).await;
         let cross_region = destination_region != region.as_str();
         let resident = |r: &String| r == destination_region || r == region;

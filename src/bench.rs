@@ -13,10 +13,11 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
 use hdrhistogram::Histogram;
+use raft::group::wall_clock_ms;
 use tokio::time::Instant;
 
 use crate::client::{Client, ClientError};
@@ -166,11 +167,7 @@ impl BenchError {
 
 /// A run id: the current time in ms since the epoch, in hex.
 pub fn run_id() -> String {
-    format!("{:x}", now_ms())
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    format!("{:x}", wall_clock_ms())
 }
 
 /// SplitMix64: a fixed, well mixed hash of a 64-bit value.
@@ -422,7 +419,7 @@ impl Load {
     /// Reserves until `end`; returns the latency (µs) of every answered call.
     async fn run(self) -> Histogram<u64> {
         let mut latency = new_histogram();
-        let mut random = splitmix64(now_ms() ^ (u64::from(self.task) << 32));
+        let mut random = splitmix64(wall_clock_ms() ^ (u64::from(self.task) << 32));
         let mut sequence: u64 = 0;
         let batch = self.batch.max(1) as usize;
         let mut sku_indexes: Vec<usize> = Vec::with_capacity(batch);
@@ -487,7 +484,7 @@ impl CheckLoad {
     /// Asks product-page availability of random SKUs until `end`.
     async fn run(self) -> Histogram<u64> {
         let mut latency = new_histogram();
-        let mut random = splitmix64(now_ms() ^ (u64::from(self.task) << 32));
+        let mut random = splitmix64(wall_clock_ms() ^ (u64::from(self.task) << 32));
         while Instant::now() < self.end && !self.tally.fatal.load(Ordering::Relaxed) {
             random = splitmix64(random);
             let index = (random % self.skus.len() as u64) as usize;

@@ -108,6 +108,7 @@ pub struct Group {
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// The wall clock, Unix ms (0 before 1970).
 pub fn wall_clock_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

@@ -3,9 +3,10 @@
 
 use std::io::Write;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use clap::Parser;
+use raft::group::wall_clock_ms;
 use serde_json::Value;
 
 use stockd::bench::{self, BenchConfig};
@@ -66,7 +67,7 @@ async fn run(cli: Cli) -> u8 {
                 quantity: args.qty,
                 reason: args.reason,
                 source: args.source,
-                source_seq: args.seq.unwrap_or_else(now_ms),
+                source_seq: args.seq.unwrap_or_else(wall_clock_ms),
                 observed_at_ms: args.observed_at_ms.unwrap_or(0),
             };
             match client.adjust(request).await {
@@ -261,8 +262,4 @@ fn emit(text: &str) {
 
 fn emit_json(value: &Value) {
     emit(&format!("{value}\n"));
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
 }
