@@ -22,8 +22,8 @@ use tokio::time::Instant;
 
 use crate::client::{Client, ClientError};
 use crate::proto::v1::{
-    AdjustRequest, AdjustmentKind, BatchReserveRequest, CheckAvailabilityRequest, Consistency, Decision, GetPositionRequest, Line, Outcome, RequestContext,
-    ReserveRequest, ReserveResponse,
+    AdjustRequest, AdjustmentKind, BatchReserveRequest, CheckAvailabilityBatchRequest, CheckAvailabilityRequest, Consistency, Decision, GetPositionRequest,
+    Line, Outcome, RequestContext, ReserveRequest, ReserveResponse,
 };
 
 /// Units stocked on the one SKU of the hot workload.
@@ -63,7 +63,8 @@ pub struct BenchConfig {
     pub clients: u32,
     pub duration: Duration,
     pub location: String,
-    /// Reservations per BatchReserve call; 1 sends plain Reserve calls.
+    /// Reservations per BatchReserve call (checks per CheckAvailabilityBatch
+    /// call in the check workload); 1 sends plain calls.
     pub batch: u32,
 }
 
@@ -147,7 +148,7 @@ pub enum BenchError {
     Stock { sku: String, source: ClientError },
     #[error("stocking {sku} was refused: {outcome}")]
     StockRefused { sku: String, outcome: String },
-    #[error("reserve was refused as invalid: {0}")]
+    #[error("a request was refused as invalid: {0}")]
     InvalidArgument(String),
     #[error("failed to check {sku}: {source}")]
     Check { sku: String, source: ClientError },
@@ -188,6 +189,9 @@ pub fn sku_name(run: &str, index: u32) -> String {
 
 /// Stocks, loads and checks; see the module documentation.
 pub async fn run(client: &Client, config: &BenchConfig) -> Result<BenchReport, BenchError> {
+    if config.workload == Workload::Check && config.batch as usize > crate::server::BATCH_CHECKS_MAX {
+        return Err(BenchError::InvalidArgument(format!("--batch: the check workload sends 1 to {} checks per call", crate::server::BATCH_CHECKS_MAX)));
+    }
     let run = run_id();
     let skus: Arc<Vec<String>> = Arc::new((0..config.sku_count()).map(|index| sku_name(&run, index)).collect());
     let stock = config.stock_per_sku();
@@ -200,7 +204,15 @@ pub async fn run(client: &Client, config: &BenchConfig) -> Result<BenchReport, B
     let mut tasks = Vec::with_capacity(config.clients as usize);
     if config.workload == Workload::Check {
         for task in 0..config.clients {
-            let load = CheckLoad { client: client.clone(), task, skus: Arc::clone(&skus), location: config.location.clone(), tally: Arc::clone(&tally), end };
+            let load = CheckLoad {
+                client: client.clone(),
+                task,
+                skus: Arc::clone(&skus),
+                location: config.location.clone(),
+                batch: config.batch,
+                tally: Arc::clone(&tally),
+                end,
+            };
             tasks.push(tokio::spawn(load.run()));
         }
     }
@@ -476,41 +488,55 @@ struct CheckLoad {
     task: u32,
     skus: Arc<Vec<String>>,
     location: String,
+    /// Checks per CheckAvailabilityBatch call; 1 sends plain CheckAvailability calls.
+    batch: u32,
     tally: Arc<Tally>,
     end: Instant,
 }
 
 impl CheckLoad {
-    /// Asks product-page availability of random SKUs until `end`.
+    /// Asks product-page availability of random SKUs until `end`, `batch`
+    /// questions per call.
     async fn run(self) -> Histogram<u64> {
         let mut latency = new_histogram();
         let mut random = splitmix64(wall_clock_ms() ^ (u64::from(self.task) << 32));
+        let batch = self.batch.max(1) as usize;
         while Instant::now() < self.end && !self.tally.fatal.load(Ordering::Relaxed) {
-            random = splitmix64(random);
-            let index = (random % self.skus.len() as u64) as usize;
-            let request = CheckAvailabilityRequest {
-                sku: self.skus[index].clone(),
-                location: self.location.clone(),
-                quantity: 1,
-                context: RequestContext::ProductPage as i32,
-                consistency: Consistency::Any as i32,
-                route_key: format!("bench-{}-{random:x}", self.task),
-                ..Default::default()
-            };
+            let mut indexes = Vec::with_capacity(batch);
+            let mut checks = Vec::with_capacity(batch);
+            for _ in 0..batch {
+                random = splitmix64(random);
+                let index = (random % self.skus.len() as u64) as usize;
+                indexes.push(index);
+                checks.push(CheckAvailabilityRequest {
+                    sku: self.skus[index].clone(),
+                    location: self.location.clone(),
+                    quantity: 1,
+                    context: RequestContext::ProductPage as i32,
+                    consistency: Consistency::Any as i32,
+                    route_key: format!("bench-{}-{random:x}", self.task),
+                    ..Default::default()
+                });
+            }
             let started = Instant::now();
-            match self.client.check_availability(request).await {
-                Ok(answer) => {
+            let answers = if batch == 1 {
+                let check = checks.pop().expect("one check per call when batch is 1");
+                self.client.check_availability(check).await.map(|answer| vec![answer])
+            } else {
+                self.client.check_availability_batch(CheckAvailabilityBatchRequest { checks }).await.map(|r| r.answers)
+            };
+            match answers {
+                Ok(answers) => {
                     latency.saturating_record(elapsed_us(started));
-                    if answer.decision == Decision::Unavailable as i32 {
-                        self.tally.refused.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        self.tally.ok.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if !answer.scored {
-                        self.tally.unscored.fetch_add(1, Ordering::Relaxed);
+                    for answer in answers {
+                        let counter = if answer.decision == Decision::Unavailable as i32 { &self.tally.refused } else { &self.tally.ok };
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        if !answer.scored {
+                            self.tally.unscored.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
-                Err(error) => self.tally.record_error(&[index], &error),
+                Err(error) => self.tally.record_error(&indexes, &error),
             }
         }
         latency

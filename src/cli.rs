@@ -235,7 +235,8 @@ pub struct BenchArgs {
     /// Location of the benchmark positions.
     #[arg(long, default_value = "bench")]
     pub location: String,
-    /// Reservations per BatchReserve call; 1 sends plain Reserve calls.
+    /// Reservations per BatchReserve call, or checks per
+    /// CheckAvailabilityBatch call (at most 256); 1 sends plain calls.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub batch: u32,
 }
@@ -1131,7 +1132,7 @@ pub fn bench_error_exit_code(error: &BenchError) -> u8 {
 /// The one stderr line of a benchmark that could not finish.
 pub fn bench_error_line(error: &BenchError) -> String {
     match error {
-        BenchError::InvalidArgument(message) => format!("error: bench reservations refused as invalid: {}", one_line(message)),
+        BenchError::InvalidArgument(message) => format!("error: bench refused as invalid: {}", one_line(message)),
         other => format!("error: bench: {}", one_line(&other.to_string())),
     }
 }

@@ -34,8 +34,8 @@ use crate::proto::v1::{
     ReservationResponse, ReserveRequest, ReserveResponse, StatusRequest, StatusResponse,
 };
 use crate::proto::v1::{
-    CheckAvailabilityRequest, CheckAvailabilityResponse, LoadModelRequest, ModelStatusRequest, ModelStatusResponse, PromoteModelRequest,
-    RankFulfillmentRequest, RankFulfillmentResponse, SetModelCandidateRequest, SetModelDisabledRequest,
+    CheckAvailabilityBatchRequest, CheckAvailabilityBatchResponse, CheckAvailabilityRequest, CheckAvailabilityResponse, LoadModelRequest, ModelStatusRequest,
+    ModelStatusResponse, PromoteModelRequest, RankFulfillmentRequest, RankFulfillmentResponse, SetModelCandidateRequest, SetModelDisabledRequest,
 };
 
 /// gRPC metadata key carrying the address (`host:port`) of the group leader.
@@ -411,6 +411,13 @@ impl Client {
     pub async fn check_availability(&self, request: CheckAvailabilityRequest) -> Result<CheckAvailabilityResponse, ClientError> {
         self.call("CheckAvailability", Effect::Read, request, |channel, request| async move { InventoryClient::new(channel).check_availability(request).await })
             .await
+    }
+
+    pub async fn check_availability_batch(&self, request: CheckAvailabilityBatchRequest) -> Result<CheckAvailabilityBatchResponse, ClientError> {
+        self.call("CheckAvailabilityBatch", Effect::Read, request, |channel, request| async move {
+            InventoryClient::new(channel).check_availability_batch(request).await
+        })
+        .await
     }
 
     pub async fn rank_fulfillment(&self, request: RankFulfillmentRequest) -> Result<RankFulfillmentResponse, ClientError> {
@@ -838,6 +845,9 @@ mod tests {
                 unimplemented()
             }
             async fn check_availability(&self, _: Request<CheckAvailabilityRequest>) -> Result<Response<CheckAvailabilityResponse>, Status> {
+                unimplemented()
+            }
+            async fn check_availability_batch(&self, _: Request<CheckAvailabilityBatchRequest>) -> Result<Response<CheckAvailabilityBatchResponse>, Status> {
                 unimplemented()
             }
             async fn rank_fulfillment(&self, _: Request<RankFulfillmentRequest>) -> Result<Response<RankFulfillmentResponse>, Status> {

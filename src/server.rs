@@ -33,6 +33,8 @@ use crate::status;
 
 /// Most reservations in one `BatchReserve` call.
 pub const BATCH_RESERVATIONS_MAX: usize = 1024;
+/// Most questions in one CheckAvailabilityBatch call.
+pub const BATCH_CHECKS_MAX: usize = 256;
 
 /// Longest A/B route key.
 pub const ROUTE_KEY_BYTES_MAX: usize = 256;
@@ -54,6 +56,53 @@ impl InventoryService {
             return Err(status::invalid_field("quantity", format!("must be between 1 and {max}")));
         }
         Ok(())
+    }
+
+    /// Validates one availability question; fields are named with `prefix`
+    /// (`checks[3].` in a batch).
+    fn check_request(&self, r: pb::CheckAvailabilityRequest, prefix: &str) -> Result<(m::GroupId, CheckRequest, bool), Status> {
+        let named = |e: Status| status::prefixed(prefix, e);
+        let limits = &self.node.config.input_limits;
+        check_text(&format!("{prefix}sku"), &r.sku, limits.sku_bytes_max)?;
+        if !r.location.is_empty() {
+            check_text(&format!("{prefix}location"), &r.location, limits.location_bytes_max)?;
+        }
+        self.check_quantity(r.quantity).map_err(named)?;
+        let context = match pb::RequestContext::try_from(r.context) {
+            Ok(pb::RequestContext::ProductPage) => Context::ProductPage,
+            Ok(pb::RequestContext::Checkout) => Context::Checkout,
+            _ => return Err(status::invalid_field(&format!("{prefix}context"), "must be PRODUCT_PAGE or CHECKOUT")),
+        };
+        let consistency = consistency_or(r.consistency, r.max_staleness_ms, Consistency::Any).map_err(named)?;
+        let group = self.group_of(&r.sku, &format!("{prefix}sku"))?;
+        let route_key = Self::route_key(&r.sku, r.route_key).map_err(named)?;
+        let location = (!r.location.is_empty()).then_some(r.location);
+        Ok((group, CheckRequest { sku: r.sku, location, quantity: r.quantity, context, consistency, promo: r.promo, route_key }, r.explain))
+    }
+
+    /// Answers one validated availability question.
+    async fn answer_check(&self, group: m::GroupId, check: CheckRequest, explain: bool) -> Result<pb::CheckAvailabilityResponse, Status> {
+        let answer = self.availability.check(group, &check).await.map_err(status::group_error)?;
+        let e = &answer.evaluation;
+        let (p_sellable, scored, model_version, model_variant, rules, degraded) = evaluation_fields(e);
+        Ok(pb::CheckAvailabilityResponse {
+            decision: decision_to_pb(e.outcome.decision) as i32,
+            p_sellable,
+            scored,
+            atp: e.atp,
+            staleness_ms: answer.staleness_ms,
+            model_version,
+            model_variant,
+            rules,
+            degraded,
+            location: e.location.clone(),
+            applied_index: answer.applied_index,
+            threshold: e.threshold,
+            feed_lag_ms: e.feed_lag_ms,
+            seller_type: e.seller_type.as_str().to_owned(),
+            features: if explain { e.features.to_vec() } else { Vec::new() },
+            features_at_ms: if explain { e.features_at_ms } else { 0 },
+        })
     }
 
     fn route_key(sku: &str, route_key: String) -> Result<String, Status> {
@@ -322,45 +371,26 @@ impl Inventory for InventoryService {
     }
 
     async fn check_availability(&self, request: Request<pb::CheckAvailabilityRequest>) -> Result<Response<pb::CheckAvailabilityResponse>, Status> {
-        let r = request.into_inner();
-        let limits = &self.node.config.input_limits;
-        check_text("sku", &r.sku, limits.sku_bytes_max)?;
-        if !r.location.is_empty() {
-            check_text("location", &r.location, limits.location_bytes_max)?;
+        let (group, check, explain) = self.check_request(request.into_inner(), "")?;
+        Ok(Response::new(self.answer_check(group, check, explain).await?))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(node = self.node.id(), count = request.get_ref().checks.len()))]
+    async fn check_availability_batch(
+        &self,
+        request: Request<pb::CheckAvailabilityBatchRequest>,
+    ) -> Result<Response<pb::CheckAvailabilityBatchResponse>, Status> {
+        let batch = request.into_inner().checks;
+        if batch.is_empty() || batch.len() > BATCH_CHECKS_MAX {
+            return Err(status::invalid_field("checks", format!("must hold 1 to {BATCH_CHECKS_MAX} checks")));
         }
-        self.check_quantity(r.quantity)?;
-        let context = match pb::RequestContext::try_from(r.context) {
-            Ok(pb::RequestContext::ProductPage) => Context::ProductPage,
-            Ok(pb::RequestContext::Checkout) => Context::Checkout,
-            _ => return Err(status::invalid_field("context", "must be PRODUCT_PAGE or CHECKOUT")),
-        };
-        let consistency = consistency_or(r.consistency, r.max_staleness_ms, Consistency::Any)?;
-        let group = self.group_of(&r.sku, "sku")?;
-        let route_key = Self::route_key(&r.sku, r.route_key)?;
-        let location = (!r.location.is_empty()).then_some(r.location);
-        let explain = r.explain;
-        let check = CheckRequest { sku: r.sku, location, quantity: r.quantity, context, consistency, promo: r.promo, route_key };
-        let answer = self.availability.check(group, &check).await.map_err(status::group_error)?;
-        let e = &answer.evaluation;
-        let (p_sellable, scored, model_version, model_variant, rules, degraded) = evaluation_fields(e);
-        Ok(Response::new(pb::CheckAvailabilityResponse {
-            decision: decision_to_pb(e.outcome.decision) as i32,
-            p_sellable,
-            scored,
-            atp: e.atp,
-            staleness_ms: answer.staleness_ms,
-            model_version,
-            model_variant,
-            rules,
-            degraded,
-            location: e.location.clone(),
-            applied_index: answer.applied_index,
-            threshold: e.threshold,
-            feed_lag_ms: e.feed_lag_ms,
-            seller_type: e.seller_type.as_str().to_owned(),
-            features: if explain { e.features.to_vec() } else { Vec::new() },
-            features_at_ms: if explain { e.features_at_ms } else { 0 },
-        }))
+        // Validate everything first: an invalid batch answers nothing.
+        let mut checks = Vec::with_capacity(batch.len());
+        for (i, r) in batch.into_iter().enumerate() {
+            checks.push(self.check_request(r, &format!("checks[{i}]."))?);
+        }
+        let answers = futures::future::join_all(checks.into_iter().map(|(group, check, explain)| self.answer_check(group, check, explain))).await;
+        Ok(Response::new(pb::CheckAvailabilityBatchResponse { answers: answers.into_iter().collect::<Result<Vec<_>, Status>>()? }))
     }
 
     async fn rank_fulfillment(&self, request: Request<pb::RankFulfillmentRequest>) -> Result<Response<pb::RankFulfillmentResponse>, Status> {

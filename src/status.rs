@@ -27,6 +27,15 @@ pub fn invalid_field(field: &str, reason: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("invalid {field}: {reason}"))
 }
 
+/// Names the field of an invalid-argument error as one of a batch
+/// (`prefix` = `checks[3].`); other errors pass unchanged.
+pub fn prefixed(prefix: &str, e: Status) -> Status {
+    match e.message().strip_prefix("invalid ") {
+        Some(rest) if e.code() == tonic::Code::InvalidArgument && !prefix.is_empty() => Status::invalid_argument(format!("invalid {prefix}{rest}")),
+        _ => e,
+    }
+}
+
 pub fn model_error(e: models::ModelError) -> Status {
     use models::ModelError;
     match e {

@@ -91,6 +91,32 @@ async fn check_scores_with_the_shipped_model_and_the_kill_switch_degrades_safely
     assert!(no_context.message().contains("context"), "{no_context:?}");
     let zero = client.check_availability(request("dc-1", 0, pb::RequestContext::Checkout)).await.expect_err("quantity 0");
     assert!(zero.message().contains("quantity"), "{zero:?}");
+
+    // A batch answers each question as CheckAvailability does, in order.
+    let checks = vec![
+        request("dc-1", 1, pb::RequestContext::ProductPage),
+        request("dc-1", 51, pb::RequestContext::Checkout),
+        request("dc-9", 1, pb::RequestContext::ProductPage),
+    ];
+    let batch = client.check_availability_batch(pb::CheckAvailabilityBatchRequest { checks: checks.clone() }).await.expect("batch").into_inner();
+    assert_eq!(batch.answers.len(), 3, "{batch:?}");
+    for (check, answer) in checks.into_iter().zip(&batch.answers) {
+        let single = client.check_availability(check).await.expect("check").into_inner();
+        assert_eq!((answer.decision, answer.atp, &answer.location, &answer.rules), (single.decision, single.atp, &single.location, &single.rules));
+    }
+    assert_eq!(batch.answers[1].decision, pb::Decision::Unavailable as i32);
+    assert_eq!((batch.answers[2].atp, batch.answers[2].decision), (0, pb::Decision::Unavailable as i32), "no stock at dc-9");
+    // One invalid question answers none, and is named by its index.
+    let mut checks = vec![request("dc-1", 1, pb::RequestContext::ProductPage); 2];
+    checks[1].quantity = 0;
+    let invalid = client.check_availability_batch(pb::CheckAvailabilityBatchRequest { checks }).await.expect_err("invalid question");
+    assert_eq!(invalid.code(), tonic::Code::InvalidArgument);
+    assert!(invalid.message().contains("checks[1].quantity"), "{invalid:?}");
+    let empty = client.check_availability_batch(pb::CheckAvailabilityBatchRequest { checks: Vec::new() }).await.expect_err("empty batch");
+    assert!(empty.message().contains("checks"), "{empty:?}");
+    let too_many = vec![request("dc-1", 1, pb::RequestContext::ProductPage); stockd::server::BATCH_CHECKS_MAX + 1];
+    let too_many = client.check_availability_batch(pb::CheckAvailabilityBatchRequest { checks: too_many }).await.expect_err("too many");
+    assert!(too_many.message().contains("1 to 256"), "{too_many:?}");
     cluster.shutdown().await;
 }
 
