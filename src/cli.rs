@@ -98,8 +98,10 @@ pub enum ContextArg {
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    #[arg(long)]
-    pub sku: String,
+    /// Repeat for several SKUs: one CheckAvailabilityBatch call (at most
+    /// 256), the same question for each.
+    #[arg(long, required = true)]
+    pub sku: Vec<String>,
     /// Default: the best location holding the SKU.
     #[arg(long)]
     pub location: Option<String>,
@@ -1183,6 +1185,17 @@ pub fn check_human(sku: &str, response: &CheckAvailabilityResponse) -> String {
         ("seller_type", response.seller_type.clone()),
         ("feed_lag_ms", response.feed_lag_ms.to_string()),
     ])
+}
+
+/// Several answers (`check` with more than one `--sku`): a JSON array of
+/// [`check_json`] objects, in `--sku` order.
+pub fn check_batch_json(skus: &[String], responses: &[CheckAvailabilityResponse]) -> Value {
+    Value::Array(skus.iter().zip(responses).map(|(sku, response)| check_json(sku, response)).collect())
+}
+
+/// Several answers as [`check_human`] blocks, a blank line between them.
+pub fn check_batch_human(skus: &[String], responses: &[CheckAvailabilityResponse]) -> String {
+    skus.iter().zip(responses).map(|(sku, response)| check_human(sku, response)).collect::<Vec<_>>().join("\n")
 }
 
 pub fn rank_json(response: &RankFulfillmentResponse) -> Value {

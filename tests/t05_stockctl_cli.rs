@@ -609,13 +609,36 @@ fn check_json_has_the_documented_keys_and_null_without_a_score() {
     assert_eq!(value["p_sellable"], 0.75);
     assert_eq!(value["rules"], serde_json::json!(["LOW_ATP"]));
     let unscored =
-        stockd::proto::v1::CheckAvailabilityResponse { scored: false, model_version: String::new(), degraded: vec!["MODEL_DISABLED".into()], ..scored };
+        stockd::proto::v1::CheckAvailabilityResponse { scored: false, model_version: String::new(), degraded: vec!["MODEL_DISABLED".into()], ..scored.clone() };
     let value = cli::check_json("sku-a", &unscored);
     assert_eq!(value["p_sellable"], Value::Null, "no score is not a probability of 0");
     assert_eq!(value["model_version"], Value::Null);
     assert_eq!(value["degraded"], serde_json::json!(["MODEL_DISABLED"]));
     let human = cli::check_human("sku-a", &unscored);
     assert!(human.contains("no model score") && human.contains("MODEL_DISABLED"), "{human}");
+
+    // Several SKUs: an array in --sku order, blocks apart in human form.
+    let skus = vec!["sku-a".to_owned(), "sku-b".to_owned()];
+    let value = cli::check_batch_json(&skus, &[scored.clone(), unscored.clone()]);
+    assert_eq!((value[0]["sku"].as_str(), value[1]["sku"].as_str()), (Some("sku-a"), Some("sku-b")), "{value}");
+    assert_eq!((value[0]["p_sellable"].clone(), value[1]["p_sellable"].clone()), (serde_json::json!(0.75), Value::Null));
+    let human = cli::check_batch_human(&skus, &[scored, unscored]);
+    assert!(human.contains("sku-a") && human.contains("sku-b") && human.contains("\n\n"), "{human}");
+}
+
+#[test]
+fn check_takes_several_skus_up_to_a_batch() {
+    let cli = parse(&["check", "--sku", "a", "--sku", "b", "--qty", "1", "--context", "product-page"]).expect("parses");
+    let Command::Check(args) = cli.command else { panic!("not check") };
+    assert_eq!(args.sku, vec!["a", "b"]);
+    assert!(parse(&["check", "--qty", "1", "--context", "product-page"]).is_err(), "a SKU is required");
+    let mut argv = vec!["check", "--addr", "127.0.0.1:1", "--qty", "1", "--context", "checkout"];
+    for _ in 0..=stockd::server::BATCH_CHECKS_MAX {
+        argv.extend(["--sku", "s"]);
+    }
+    let output = stockctl(&argv);
+    assert_eq!(output.status.code(), Some(2), "more SKUs than a batch is a usage error: {output:?}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--sku"), "{output:?}");
 }
 
 #[test]

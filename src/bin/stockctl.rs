@@ -12,7 +12,10 @@ use serde_json::Value;
 use stockd::bench::{self, BenchConfig};
 use stockd::cli::{self, Cli, Command, Transition};
 use stockd::client::{Client, ClientConfig, ClientError, ModelOp};
-use stockd::proto::v1::{AdjustRequest, AdjustmentKind, CheckAvailabilityRequest, GetPositionRequest, RankFulfillmentRequest, RequestContext, ReserveRequest};
+use stockd::proto::v1::{
+    AdjustRequest, AdjustmentKind, CheckAvailabilityBatchRequest, CheckAvailabilityRequest, GetPositionRequest, RankFulfillmentRequest, RequestContext,
+    ReserveRequest,
+};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -135,26 +138,47 @@ async fn run(cli: Cli) -> u8 {
             }
         }
         Command::Check(args) => {
-            let request = CheckAvailabilityRequest {
-                sku: args.sku.clone(),
-                location: args.location.clone().unwrap_or_default(),
-                quantity: args.qty,
-                context: match args.context {
-                    cli::ContextArg::ProductPage => RequestContext::ProductPage as i32,
-                    cli::ContextArg::Checkout => RequestContext::Checkout as i32,
-                },
-                consistency: args.consistency.consistency as i32,
-                max_staleness_ms: args.consistency.max_staleness_ms,
-                promo: args.promo,
-                route_key: args.route_key.clone(),
-                explain: false,
-            };
-            match client.check_availability(request).await {
+            if args.sku.len() > stockd::server::BATCH_CHECKS_MAX {
+                eprintln!("error: --sku: at most {} SKUs in one check", stockd::server::BATCH_CHECKS_MAX);
+                return cli::EXIT_USAGE;
+            }
+            let requests: Vec<CheckAvailabilityRequest> = args
+                .sku
+                .iter()
+                .map(|sku| CheckAvailabilityRequest {
+                    sku: sku.clone(),
+                    location: args.location.clone().unwrap_or_default(),
+                    quantity: args.qty,
+                    context: match args.context {
+                        cli::ContextArg::ProductPage => RequestContext::ProductPage as i32,
+                        cli::ContextArg::Checkout => RequestContext::Checkout as i32,
+                    },
+                    consistency: args.consistency.consistency as i32,
+                    max_staleness_ms: args.consistency.max_staleness_ms,
+                    promo: args.promo,
+                    route_key: args.route_key.clone(),
+                    explain: false,
+                })
+                .collect();
+            if let [request] = requests.as_slice() {
+                return match client.check_availability(request.clone()).await {
+                    Ok(response) => {
+                        if json {
+                            emit_json(&cli::check_json(&args.sku[0], &response));
+                        } else {
+                            emit(&cli::check_human(&args.sku[0], &response));
+                        }
+                        cli::EXIT_DONE
+                    }
+                    Err(error) => fail(&error),
+                };
+            }
+            match client.check_availability_batch(CheckAvailabilityBatchRequest { checks: requests }).await {
                 Ok(response) => {
                     if json {
-                        emit_json(&cli::check_json(&args.sku, &response));
+                        emit_json(&cli::check_batch_json(&args.sku, &response.answers));
                     } else {
-                        emit(&cli::check_human(&args.sku, &response));
+                        emit(&cli::check_batch_human(&args.sku, &response.answers));
                     }
                     cli::EXIT_DONE
                 }
