@@ -202,21 +202,7 @@ pub async fn run(client: &Client, config: &BenchConfig) -> Result<BenchReport, B
     let end = Instant::now() + config.duration;
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(config.clients as usize);
-    if config.workload == Workload::Check {
-        for task in 0..config.clients {
-            let load = CheckLoad {
-                client: client.clone(),
-                task,
-                skus: Arc::clone(&skus),
-                location: config.location.clone(),
-                batch: config.batch,
-                tally: Arc::clone(&tally),
-                end,
-            };
-            tasks.push(tokio::spawn(load.run()));
-        }
-    }
-    for task in (0..config.clients).filter(|_| config.workload != Workload::Check) {
+    for task in 0..config.clients {
         let load = Load {
             client: client.clone(),
             run: run.clone(),
@@ -227,7 +213,7 @@ pub async fn run(client: &Client, config: &BenchConfig) -> Result<BenchReport, B
             tally: Arc::clone(&tally),
             end,
         };
-        tasks.push(tokio::spawn(load.run()));
+        tasks.push(if config.workload == Workload::Check { tokio::spawn(load.check()) } else { tokio::spawn(load.reserve()) });
     }
     let mut latency = new_histogram();
     for task in tasks {
@@ -429,7 +415,7 @@ struct Load {
 
 impl Load {
     /// Reserves until `end`; returns the latency (µs) of every answered call.
-    async fn run(self) -> Histogram<u64> {
+    async fn reserve(self) -> Histogram<u64> {
         let mut latency = new_histogram();
         let mut random = splitmix64(wall_clock_ms() ^ (u64::from(self.task) << 32));
         let mut sequence: u64 = 0;
@@ -481,23 +467,10 @@ impl Load {
         }
         latency
     }
-}
 
-struct CheckLoad {
-    client: Client,
-    task: u32,
-    skus: Arc<Vec<String>>,
-    location: String,
-    /// Checks per CheckAvailabilityBatch call; 1 sends plain CheckAvailability calls.
-    batch: u32,
-    tally: Arc<Tally>,
-    end: Instant,
-}
-
-impl CheckLoad {
     /// Asks product-page availability of random SKUs until `end`, `batch`
-    /// questions per call.
-    async fn run(self) -> Histogram<u64> {
+    /// questions per call; returns the latency (µs) of every answered call.
+    async fn check(self) -> Histogram<u64> {
         let mut latency = new_histogram();
         let mut random = splitmix64(wall_clock_ms() ^ (u64::from(self.task) << 32));
         let batch = self.batch.max(1) as usize;

@@ -58,24 +58,22 @@ impl InventoryService {
         Ok(())
     }
 
-    /// Validates one availability question; fields are named with `prefix`
-    /// (`checks[3].` in a batch).
-    fn check_request(&self, r: pb::CheckAvailabilityRequest, prefix: &str) -> Result<(m::GroupId, CheckRequest, bool), Status> {
-        let named = |e: Status| status::prefixed(prefix, e);
+    /// Validates one availability question.
+    fn check_request(&self, r: pb::CheckAvailabilityRequest) -> Result<(m::GroupId, CheckRequest, bool), Status> {
         let limits = &self.node.config.input_limits;
-        check_text(&format!("{prefix}sku"), &r.sku, limits.sku_bytes_max)?;
+        check_text("sku", &r.sku, limits.sku_bytes_max)?;
         if !r.location.is_empty() {
-            check_text(&format!("{prefix}location"), &r.location, limits.location_bytes_max)?;
+            check_text("location", &r.location, limits.location_bytes_max)?;
         }
-        self.check_quantity(r.quantity).map_err(named)?;
+        self.check_quantity(r.quantity)?;
         let context = match pb::RequestContext::try_from(r.context) {
             Ok(pb::RequestContext::ProductPage) => Context::ProductPage,
             Ok(pb::RequestContext::Checkout) => Context::Checkout,
-            _ => return Err(status::invalid_field(&format!("{prefix}context"), "must be PRODUCT_PAGE or CHECKOUT")),
+            _ => return Err(status::invalid_field("context", "must be PRODUCT_PAGE or CHECKOUT")),
         };
-        let consistency = consistency_or(r.consistency, r.max_staleness_ms, Consistency::Any).map_err(named)?;
-        let group = self.group_of(&r.sku, &format!("{prefix}sku"))?;
-        let route_key = Self::route_key(&r.sku, r.route_key).map_err(named)?;
+        let consistency = consistency_or(r.consistency, r.max_staleness_ms, Consistency::Any)?;
+        let group = self.group_of(&r.sku, "sku")?;
+        let route_key = Self::route_key(&r.sku, r.route_key)?;
         let location = (!r.location.is_empty()).then_some(r.location);
         Ok((group, CheckRequest { sku: r.sku, location, quantity: r.quantity, context, consistency, promo: r.promo, route_key }, r.explain))
     }
@@ -371,7 +369,7 @@ impl Inventory for InventoryService {
     }
 
     async fn check_availability(&self, request: Request<pb::CheckAvailabilityRequest>) -> Result<Response<pb::CheckAvailabilityResponse>, Status> {
-        let (group, check, explain) = self.check_request(request.into_inner(), "")?;
+        let (group, check, explain) = self.check_request(request.into_inner())?;
         Ok(Response::new(self.answer_check(group, check, explain).await?))
     }
 
@@ -387,7 +385,7 @@ impl Inventory for InventoryService {
         // Validate everything first: an invalid batch answers nothing.
         let mut checks = Vec::with_capacity(batch.len());
         for (i, r) in batch.into_iter().enumerate() {
-            checks.push(self.check_request(r, &format!("checks[{i}]."))?);
+            checks.push(self.check_request(r).map_err(|e| status::prefixed(&format!("checks[{i}]."), e))?);
         }
         let answers = futures::future::join_all(checks.into_iter().map(|(group, check, explain)| self.answer_check(group, check, explain))).await;
         Ok(Response::new(pb::CheckAvailabilityBatchResponse { answers: answers.into_iter().collect::<Result<Vec<_>, Status>>()? }))

@@ -31,7 +31,7 @@ pub fn invalid_field(field: &str, reason: impl std::fmt::Display) -> Status {
 /// (`prefix` = `checks[3].`); other errors pass unchanged.
 pub fn prefixed(prefix: &str, e: Status) -> Status {
     match e.message().strip_prefix("invalid ") {
-        Some(rest) if e.code() == tonic::Code::InvalidArgument && !prefix.is_empty() => Status::invalid_argument(format!("invalid {prefix}{rest}")),
+        Some(rest) if e.code() == tonic::Code::InvalidArgument => Status::invalid_argument(format!("invalid {prefix}{rest}")),
         _ => e,
     }
 }

@@ -282,8 +282,12 @@ pub fn lin_ops_by_sku(ops: &[Operation], clock: &ClockFaults) -> BTreeMap<String
     // back the expiry of the reservations of its TTL made after it.
     for (sku, ids) in expirable {
         let Some((list, names, _)) = by_sku.get_mut(&sku) else { continue };
+        let mut name_of = vec![""; names.len()];
+        for (name, &id) in names.iter() {
+            name_of[id] = name.as_str();
+        }
         for (id, (mut from, index, process, ttl_ms)) in ids.into_iter().filter(|(_, (from, ..))| *from <= end) {
-            let name = names.iter().find(|(_, v)| **v == id).map_or("?", |(k, _)| k.as_str());
+            let name = name_of[id];
             if matches!(final_states.get(&(sku.as_str(), name)), Some(ResState::Committed | ResState::Released)) {
                 from = u64::MAX;
             }
