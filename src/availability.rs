@@ -4,6 +4,8 @@
 //!
 //! Invariant: nothing here writes. The exact path (Reserve) stays
 //! authoritative; these answers can only be more conservative than exact ATP.
+//! The checkout risk gate ([`Availability::gate`]) is the same answer turned
+//! into a verdict that a gated Reserve carries into the log.
 
 use std::sync::Arc;
 
@@ -19,13 +21,17 @@ use models::policy::DecisionOutcome;
 use models::policy::DecisionThresholds;
 use models::policy::Degraded;
 use models::policy::PolicyConfig;
+use models::policy::Rule;
 use models::Score;
 use models::ScoreError;
 use models::Scorer;
 use raft::group::wall_clock_ms;
 use raft::GroupError;
 use storage::model::GroupId;
+use storage::model::Line;
+use storage::model::LineRisk;
 use storage::model::Position;
+use storage::model::RiskGate;
 
 use crate::node::Consistency;
 use crate::node::Node;
@@ -87,6 +93,41 @@ impl Evaluation {
     pub fn is_blocked(&self) -> bool {
         self.outcome.rules.iter().any(|rule| rule.is_hard())
     }
+}
+
+/// What a gated Reserve adds to its lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GateRequest {
+    /// Key of the A/B split.
+    pub route_key: String,
+    pub promo: bool,
+}
+
+/// Rules that make the gate refuse a line. The exact-ATP rules
+/// (INSUFFICIENT_ATP, SHORT_POSITION, HOLD, SAFETY_STOCK) are left to the
+/// exact check at apply, which sees the state of that moment and reports
+/// shortfalls.
+const GATE_RULES: [Rule; 4] = [Rule::Compliance, Rule::SellerLimit, Rule::ModelRisk, Rule::ConservativeRule];
+
+/// The gate's verdict on one line from its checkout answer.
+pub fn line_risk(evaluation: &Evaluation) -> LineRisk {
+    let outcome = &evaluation.outcome;
+    let refused_by = if outcome.decision == Decision::Unavailable {
+        outcome.rules.iter().filter(|rule| GATE_RULES.contains(rule)).map(enum_name).collect()
+    } else {
+        Vec::new()
+    };
+    LineRisk {
+        p_sellable_ppm: evaluation.score.as_ref().map(|s| ppm(s.p_sellable)),
+        threshold_ppm: ppm(evaluation.threshold),
+        model_version: evaluation.score.as_ref().map_or_else(String::new, |s| s.model_version.clone()),
+        refused_by,
+        degraded: outcome.degraded.iter().map(enum_name).collect(),
+    }
+}
+
+fn ppm(p: f64) -> u32 {
+    (p.clamp(0.0, 1.0) * 1e6).round() as u32
 }
 
 #[derive(Debug, Clone)]
@@ -233,6 +274,27 @@ impl Availability {
             None => self.evaluate(&ask, "", None).await,
         };
         Ok(CheckAnswer { evaluation, staleness_ms, applied_index })
+    }
+
+    /// The checkout risk gate: each line answered as `check` answers it in
+    /// the checkout context (its SKU, location and quantity, from the local
+    /// replica), turned into a verdict, in line order.
+    pub async fn gate(&self, group: GroupId, lines: &[Line], request: &GateRequest) -> Result<RiskGate, GroupError> {
+        let checks: Vec<CheckRequest> = lines
+            .iter()
+            .map(|line| CheckRequest {
+                sku: line.sku.clone(),
+                location: Some(line.location.clone()),
+                quantity: line.quantity,
+                context: Context::Checkout,
+                consistency: Consistency::Any,
+                promo: request.promo,
+                route_key: request.route_key.clone(),
+            })
+            .collect();
+        let answers = join_all(checks.iter().map(|check| self.check(group, check))).await;
+        let lines = answers.into_iter().map(|answer| answer.map(|a| line_risk(&a.evaluation))).collect::<Result<_, _>>()?;
+        Ok(RiskGate { lines })
     }
 
     pub async fn rank(&self, group: GroupId, sku: &str, quantity: u64, destination_region: &str, route_key: &str) -> Result<RankAnswer, GroupError> {

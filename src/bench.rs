@@ -434,6 +434,7 @@ impl Load {
                     reservation_id: format!("b{}-c{}-{sequence}", self.run, self.task),
                     lines: vec![Line { sku: self.skus[index].clone(), location: self.location.clone(), quantity: 1 }],
                     ttl_ms: RESERVATION_TTL_MS,
+                    risk_gate: None,
                 });
             }
             let started = Instant::now();

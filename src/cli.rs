@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use crate::bench::{BenchError, BenchReport, Workload};
 use crate::client::{ClientError, NodeStatusReport};
 use crate::proto::v1::{
-    AdjustResponse, AdjustmentKind, Change, Consistency, GroupStatus, Line, Outcome, Position, PositionResponse, Reservation, ReservationResponse,
+    AdjustResponse, AdjustmentKind, Change, Consistency, GroupStatus, Line, LineRisk, Outcome, Position, PositionResponse, Reservation, ReservationResponse,
     ReservationState, ReserveResponse, Shortfall, StatusResponse,
 };
 use crate::proto::v1::{CheckAvailabilityResponse, Decision, ModelStatusResponse, RankFulfillmentResponse};
@@ -206,6 +206,10 @@ pub struct ReserveArgs {
     /// Time to live (e.g. 30s, 15m); 0 means the cluster default.
     #[arg(long, default_value = "0", value_parser = parse_duration, value_name = "DURATION")]
     pub ttl: Duration,
+    /// Reserve only if the checkout risk gate lets every line through (the
+    /// same score and rules as `check --context checkout`).
+    #[arg(long)]
+    pub risk_gate: bool,
 }
 
 #[derive(Debug, Args)]
@@ -441,6 +445,7 @@ pub fn outcome_word(outcome: Outcome) -> &'static str {
         Outcome::InvalidState => "invalid_state",
         Outcome::StaleEvent => "stale_event",
         Outcome::InsufficientQuantity => "insufficient_quantity",
+        Outcome::RiskRefused => "risk_refused",
     }
 }
 
@@ -571,6 +576,7 @@ fn explain_refusal(outcome: Outcome) -> &'static str {
         Outcome::InvalidState => "the reservation is in a state that does not allow this",
         Outcome::StaleEvent => "an event at least as new from this source was already applied to this position",
         Outcome::InsufficientQuantity => "the decrease is larger than the quantity it decreases",
+        Outcome::RiskRefused => "the checkout risk gate refused a line",
         Outcome::Unspecified => "the server gave no outcome",
     }
 }
@@ -630,13 +636,41 @@ pub fn reserve_json(response: &ReserveResponse) -> Value {
         "applied_index": response.applied_index,
         "reservation": response.reservation.as_ref().map(reservation_json),
         "shortfalls": response.shortfalls.iter().map(shortfall_json).collect::<Vec<_>>(),
+        "risk": response.risk.iter().map(line_risk_json).collect::<Vec<_>>(),
     })
 }
 
-pub fn reserve_human(reservation_id: &str, response: &ReserveResponse) -> String {
+/// One line's gate verdict; `p_sellable` is null when no model answered.
+pub fn line_risk_json(risk: &LineRisk) -> Value {
+    json!({
+        "p_sellable": risk.scored.then_some(risk.p_sellable),
+        "threshold": risk.threshold,
+        "model_version": risk.model_version,
+        "refused_by": risk.refused_by,
+        "degraded": risk.degraded,
+    })
+}
+
+/// The gate's verdicts, a row per line.
+pub fn risk_table(lines: &[Line], risk: &[LineRisk]) -> String {
+    let rows: Vec<Vec<String>> = lines
+        .iter()
+        .zip(risk)
+        .map(|(line, r)| {
+            let p = if r.scored { format!("{:.3}", r.p_sellable) } else { "-".to_owned() };
+            let verdict = if r.refused_by.is_empty() { "pass".to_owned() } else { format!("refused: {}", r.refused_by.join(", ")) };
+            let degraded = if r.degraded.is_empty() { "-".to_owned() } else { r.degraded.join(", ") };
+            vec![line.sku.clone(), line.location.clone(), p, format!("{:.3}", r.threshold), verdict, degraded]
+        })
+        .collect();
+    render_table(&["SKU", "LOCATION", "P_SELLABLE", "THRESHOLD", "GATE", "DEGRADED"], &rows)
+}
+
+pub fn reserve_human(reservation_id: &str, lines: &[Line], response: &ReserveResponse) -> String {
     let outcome = response.outcome();
     let label = outcome_label(outcome, response.replay);
     let mut out = match outcome {
+        Outcome::RiskRefused => format!("{label}: reservation {reservation_id} not made: {}\n", explain_refusal(outcome)),
         Outcome::Ok => format!("{label}: reserved {reservation_id}\n"),
         Outcome::InsufficientStock => {
             let mut text = format!("{label}: reservation {reservation_id} not made, short on:\n");
@@ -649,6 +683,9 @@ pub fn reserve_human(reservation_id: &str, response: &ReserveResponse) -> String
         if let Some(reservation) = &response.reservation {
             out.push_str(&reservation_human(reservation));
         }
+    }
+    if !response.risk.is_empty() {
+        out.push_str(&risk_table(lines, &response.risk));
     }
     out
 }

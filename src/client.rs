@@ -857,7 +857,12 @@ mod tests {
     }
 
     fn cart(id: &str) -> ReserveRequest {
-        ReserveRequest { reservation_id: id.to_owned(), lines: vec![crate::proto::v1::Line { sku: "a".into(), location: "dc".into(), quantity: 1 }], ttl_ms: 0 }
+        ReserveRequest {
+            reservation_id: id.to_owned(),
+            lines: vec![crate::proto::v1::Line { sku: "a".into(), location: "dc".into(), quantity: 1 }],
+            ttl_ms: 0,
+            risk_gate: None,
+        }
     }
 
     fn quick() -> ClientConfig {

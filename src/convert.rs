@@ -41,6 +41,7 @@ pub fn outcome_to_pb(o: m::Outcome) -> pb::Outcome {
         m::Outcome::InvalidState => pb::Outcome::InvalidState,
         m::Outcome::StaleEvent => pb::Outcome::StaleEvent,
         m::Outcome::InsufficientQuantity => pb::Outcome::InsufficientQuantity,
+        m::Outcome::RiskRefused => pb::Outcome::RiskRefused,
     }
 }
 
@@ -108,6 +109,18 @@ pub fn reserve_response(index: u64, r: &m::CommandResult) -> pb::ReserveResponse
             .map(|s| pb::Shortfall { sku: s.sku.clone(), location: s.location.clone(), requested: s.requested, atp: s.atp })
             .collect(),
         applied_index: index,
+        risk: Vec::new(),
+    }
+}
+
+pub fn line_risk_to_pb(r: &m::LineRisk) -> pb::LineRisk {
+    pb::LineRisk {
+        p_sellable: r.p_sellable_ppm.map_or(0.0, |ppm| f64::from(ppm) / 1e6),
+        scored: r.p_sellable_ppm.is_some(),
+        threshold: f64::from(r.threshold_ppm) / 1e6,
+        model_version: r.model_version.clone(),
+        refused_by: r.refused_by.clone(),
+        degraded: r.degraded.clone(),
     }
 }
 

@@ -17,6 +17,7 @@ use crate::availability::enum_name;
 use crate::availability::Availability;
 use crate::availability::CheckRequest;
 use crate::availability::Evaluation;
+use crate::availability::GateRequest;
 use crate::convert;
 use crate::node::Consistency;
 use crate::node::Node;
@@ -112,7 +113,7 @@ impl InventoryService {
 
     /// Validates a reserve request; `prefix` qualifies field names inside a
     /// batch (`reservations[3].`).
-    fn reserve_command(&self, r: &pb::ReserveRequest, prefix: &str) -> Result<(m::GroupId, m::Command), Status> {
+    fn reserve_command(&self, r: &pb::ReserveRequest, prefix: &str) -> Result<(m::GroupId, m::Command, Option<GateRequest>), Status> {
         let limits = &self.node.config.input_limits;
         let ttl_ms = if r.ttl_ms == 0 { limits.ttl_ms_default } else { r.ttl_ms };
         let command = m::Command::Reserve { reservation_id: r.reservation_id.clone(), lines: r.lines.iter().map(convert::line_from_pb).collect(), ttl_ms };
@@ -135,7 +136,14 @@ impl InventoryService {
             }
         }
         let group = group.ok_or_else(|| status::invalid_field(&format!("{prefix}lines"), "must not be empty"))?;
-        Ok((group, command))
+        let gate = match &r.risk_gate {
+            None => None,
+            Some(gate) => {
+                let route_key = Self::route_key(&r.reservation_id, gate.route_key.clone()).map_err(|e| status::prefixed(&format!("{prefix}risk_gate."), e))?;
+                Some(GateRequest { route_key, promo: gate.promo })
+            }
+        };
+        Ok((group, command, gate))
     }
 
     fn group_of(&self, sku: &str, field: &str) -> Result<m::GroupId, Status> {
@@ -147,7 +155,9 @@ impl InventoryService {
             .ok_or_else(|| status::invalid_field(field, format!("no shard of region {region} holds this sku")))
     }
 
-    async fn reserve_one(&self, group: m::GroupId, command: m::Command) -> Result<pb::ReserveResponse, Status> {
+    /// Proposes a validated reserve; behind the risk gate, the lines are
+    /// scored first and the verdicts go into the log with the command.
+    async fn reserve_one(&self, group: m::GroupId, command: m::Command, gate: Option<GateRequest>) -> Result<pb::ReserveResponse, Status> {
         if let m::Command::Reserve { reservation_id, .. } = &command {
             // An id already used in another range is a reused id.
             if let Some(other) = self.node.locate_locally(reservation_id, Some(group)) {
@@ -159,8 +169,16 @@ impl InventoryService {
                 });
             }
         }
+        let (command, verdicts) = match (command, gate) {
+            (m::Command::Reserve { reservation_id, lines, ttl_ms }, Some(request)) => {
+                let gate = self.availability.gate(group, &lines, &request).await.map_err(status::group_error)?;
+                let verdicts = gate.lines.iter().map(convert::line_risk_to_pb).collect();
+                (m::Command::ReserveGated { reservation_id, lines, ttl_ms, gate }, verdicts)
+            }
+            (command, _) => (command, Vec::new()),
+        };
         let (index, result) = self.node.propose(group, command).await.map_err(status::group_error)?;
-        Ok(convert::reserve_response(index, &result))
+        Ok(pb::ReserveResponse { risk: verdicts, ..convert::reserve_response(index, &result) })
     }
 
     /// Commit, release, fulfill, cancel: find the reservation's group, then
@@ -257,11 +275,11 @@ fn check_text(field: &str, value: &str, max: usize) -> Result<(), Status> {
 impl Inventory for InventoryService {
     #[tracing::instrument(level = "debug", skip_all, fields(node = self.node.id(), id = %request.get_ref().reservation_id))]
     async fn reserve(&self, request: Request<pb::ReserveRequest>) -> Result<Response<pb::ReserveResponse>, Status> {
-        let (group, command) = self.reserve_command(request.get_ref(), "")?;
+        let (group, command, gate) = self.reserve_command(request.get_ref(), "")?;
         if lost_ack_failpoint() {
             return Ok(Response::new(pb::ReserveResponse { outcome: pb::Outcome::Ok as i32, ..Default::default() }));
         }
-        Ok(Response::new(self.reserve_one(group, command).await?))
+        Ok(Response::new(self.reserve_one(group, command, gate).await?))
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(node = self.node.id(), count = request.get_ref().reservations.len()))]
@@ -275,7 +293,7 @@ impl Inventory for InventoryService {
         for (i, r) in batch.iter().enumerate() {
             commands.push(self.reserve_command(r, &format!("reservations[{i}]."))?);
         }
-        let results = futures::future::join_all(commands.into_iter().map(|(g, c)| self.reserve_one(g, c))).await;
+        let results = futures::future::join_all(commands.into_iter().map(|(g, c, gate)| self.reserve_one(g, c, gate))).await;
         let results = results.into_iter().collect::<Result<Vec<_>, Status>>()?;
         Ok(Response::new(pb::BatchReserveResponse { results }))
     }

@@ -10,7 +10,7 @@ use serde_json::Value;
 use stockd::cli::{self, AdjustKindArg, Cli, Command, Transition};
 use stockd::client::{ClientError, NodeStatusReport};
 use stockd::proto::v1::{
-    AdjustResponse, AdjustmentKind, Consistency, GroupStatus, Line, NodeStatus, Outcome, Position, PositionResponse, Replication, Reservation,
+    AdjustResponse, AdjustmentKind, Consistency, GroupStatus, Line, LineRisk, NodeStatus, Outcome, Position, PositionResponse, Replication, Reservation,
     ReservationResponse, ReservationState, ReserveResponse, Shortfall, StatusResponse,
 };
 
@@ -95,6 +95,10 @@ fn reserve_takes_repeated_lines_and_a_ttl() {
     let cli = parse(&["reserve", "--id", "r1", "--line", "a:dc1:2"]).expect("valid");
     let Command::Reserve(args) = cli.command else { panic!("reserve expected") };
     assert_eq!(args.ttl, Duration::ZERO, "0 = server default");
+    assert!(!args.risk_gate, "ungated unless asked");
+    let cli = parse(&["reserve", "--id", "r1", "--line", "a:dc1:2", "--risk-gate"]).expect("valid");
+    let Command::Reserve(args) = cli.command else { panic!("reserve expected") };
+    assert!(args.risk_gate);
 }
 
 #[test]
@@ -268,13 +272,43 @@ fn replays_are_flagged_in_both_formats() {
         reservation: Some(reservation(ReservationState::Pending)),
         shortfalls: vec![],
         applied_index: 12,
+        risk: vec![],
     };
-    assert!(cli::reserve_human("r1", &response).starts_with("ok (replay): reserved r1\n"));
+    assert!(cli::reserve_human("r1", &[], &response).starts_with("ok (replay): reserved r1\n"));
     let value = cli::reserve_json(&response);
     assert_eq!(value["outcome"], "ok");
     assert_eq!(value["replay"], true);
     assert_eq!(value["reservation"]["id"], "r1");
     assert_eq!(cli::exit_code_for_outcome(response.outcome()), 0, "a replayed success is a success");
+}
+
+#[test]
+fn a_risk_refusal_prints_each_lines_verdict() {
+    let pass = LineRisk { p_sellable: 0.9731, scored: true, threshold: 0.9, model_version: "v1".into(), refused_by: vec![], degraded: vec![] };
+    let refused = LineRisk {
+        p_sellable: 0.0,
+        scored: false,
+        threshold: 0.9,
+        model_version: String::new(),
+        refused_by: vec!["CONSERVATIVE_RULE".into()],
+        degraded: vec!["MODEL_UNAVAILABLE".into()],
+    };
+    let response = ReserveResponse { outcome: Outcome::RiskRefused as i32, risk: vec![pass, refused], ..Default::default() };
+    let lines = [Line { sku: "sku-a".into(), location: "dc1".into(), quantity: 1 }, Line { sku: "sku-b".into(), location: "3p-7".into(), quantity: 2 }];
+    let text = cli::reserve_human("r5", &lines, &response);
+    let mut out = text.lines();
+    assert_eq!(out.next(), Some("risk_refused: reservation r5 not made: the checkout risk gate refused a line"));
+    assert_eq!(out.next(), Some("SKU    LOCATION  P_SELLABLE  THRESHOLD  GATE                        DEGRADED"));
+    assert_eq!(out.next(), Some("sku-a  dc1       0.973       0.900      pass                        -"));
+    assert_eq!(out.next(), Some("sku-b  3p-7      -           0.900      refused: CONSERVATIVE_RULE  MODEL_UNAVAILABLE"));
+    let value = cli::reserve_json(&response);
+    assert_eq!(value["outcome"], "risk_refused");
+    assert_eq!(value["risk"][0]["p_sellable"], 0.9731);
+    assert_eq!(
+        value["risk"][1],
+        serde_json::json!({"p_sellable": null, "threshold": 0.9, "model_version": "", "refused_by": ["CONSERVATIVE_RULE"], "degraded": ["MODEL_UNAVAILABLE"]})
+    );
+    assert_eq!(cli::exit_code_for_outcome(response.outcome()), 1, "a refusal is a refusal");
 }
 
 #[test]
@@ -285,8 +319,9 @@ fn insufficient_stock_prints_the_shortfalls() {
         reservation: None,
         shortfalls: vec![Shortfall { sku: "sku-a".into(), location: "dc1".into(), requested: 5, atp: 3 }],
         applied_index: 7,
+        risk: vec![],
     };
-    let text = cli::reserve_human("r9", &response);
+    let text = cli::reserve_human("r9", &[], &response);
     let mut lines = text.lines();
     assert!(lines.next().expect("first line").starts_with("insufficient_stock: reservation r9 not made"));
     assert_eq!(lines.next(), Some("SKU    LOCATION  REQUESTED  ATP"));

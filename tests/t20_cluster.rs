@@ -120,8 +120,8 @@ async fn invalid_input_is_rejected_naming_the_field() {
     let err = c
         .batch_reserve(pb::BatchReserveRequest {
             reservations: vec![
-                pb::ReserveRequest { reservation_id: "ok-1".into(), lines: vec![line(SKU, LOC, 1)], ttl_ms: 0 },
-                pb::ReserveRequest { reservation_id: "bad id".into(), lines: vec![line(SKU, LOC, 1)], ttl_ms: 0 },
+                pb::ReserveRequest { reservation_id: "ok-1".into(), lines: vec![line(SKU, LOC, 1)], ttl_ms: 0, risk_gate: None },
+                pb::ReserveRequest { reservation_id: "bad id".into(), lines: vec![line(SKU, LOC, 1)], ttl_ms: 0, risk_gate: None },
             ],
         })
         .await

@@ -260,3 +260,80 @@ async fn a_new_version_loads_promotes_and_rolls_back_without_a_restart() {
     assert_eq!(status["serving"], "v1");
     cluster.shutdown().await;
 }
+
+fn gated(id: &str, lines: Vec<pb::Line>) -> pb::ReserveRequest {
+    pb::ReserveRequest { reservation_id: id.into(), lines, ttl_ms: 0, risk_gate: Some(pb::RiskGate::default()) }
+}
+
+async fn reserved_at(client: &mut stockd::proto::v1::inventory_client::InventoryClient<Channel>, location: &str) -> u64 {
+    common::position(client, SKU, location, pb::Consistency::Strong).await.position.expect("position").reserved
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_checkout_risk_gate_refuses_risky_carts_whole_and_logs_its_verdict() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(1, single_node()).await;
+    let mut client = cluster.client(1).await;
+    let mut admin = admin(&cluster).await;
+    receive(&mut client, "rcv-1", SKU, "dc-1", 50).await;
+    receive(&mut client, "rcv-2", SKU, "dc-2", 1).await;
+
+    // Plenty of fresh stock: the gate lets it through, says why, and the
+    // verdict is kept in the position's change history.
+    let ok = client.reserve(gated("g-1", vec![common::line(SKU, "dc-1", 1)])).await.expect("reserve").into_inner();
+    assert_eq!(ok.outcome, pb::Outcome::Ok as i32, "{ok:?}");
+    assert_eq!(ok.risk.len(), 1, "{ok:?}");
+    let verdict = &ok.risk[0];
+    assert!(verdict.scored && verdict.p_sellable >= verdict.threshold, "{verdict:?}");
+    assert_eq!((verdict.model_version.as_str(), verdict.refused_by.len()), ("v1", 0));
+    let history = common::position(&mut client, SKU, "dc-1", pb::Consistency::Strong).await.position.expect("position").recent_changes;
+    let change = history.last().expect("a change");
+    assert_eq!((change.kind.as_str(), change.reference.as_str()), ("reserve", "g-1"));
+    assert!(change.reason.starts_with(&format!("risk gate: p_sellable {:.3} (v1), threshold", verdict.p_sellable)), "{change:?}");
+
+    // The last recorded unit: the model's checkout answer refuses it, so the
+    // gate does, though exact ATP covers it; an ungated reserve still may.
+    let check = client.check_availability(request("dc-2", 1, pb::RequestContext::Checkout)).await.expect("check").into_inner();
+    assert!(check.rules.contains(&"MODEL_RISK".to_owned()), "the shipped model doubts a last unit: {check:?}");
+    let risky = client.reserve(gated("g-2", vec![common::line(SKU, "dc-2", 1)])).await.expect("reserve").into_inner();
+    assert_eq!(risky.outcome, pb::Outcome::RiskRefused as i32, "{risky:?}");
+    assert_eq!(risky.reservation, None);
+    assert_eq!(risky.risk[0].refused_by, vec!["MODEL_RISK".to_owned()]);
+    assert!(risky.risk[0].p_sellable < risky.risk[0].threshold, "{risky:?}");
+    // A cart with one risky line is refused whole.
+    let cart = client.reserve(gated("g-3", vec![common::line(SKU, "dc-1", 2), common::line(SKU, "dc-2", 1)])).await.expect("reserve").into_inner();
+    assert_eq!(cart.outcome, pb::Outcome::RiskRefused as i32, "{cart:?}");
+    assert_eq!((cart.risk[0].refused_by.len(), cart.risk[1].refused_by.len()), (0, 1), "{cart:?}");
+    assert_eq!((reserved_at(&mut client, "dc-1").await, reserved_at(&mut client, "dc-2").await), (1, 0), "nothing of a refused cart was reserved");
+    let ungated = reserve(&mut client, "plain-2", vec![common::line(SKU, "dc-2", 1)], 0).await.expect("reserve");
+    assert_eq!(ungated.outcome, pb::Outcome::Ok as i32, "the exact path alone is unchanged: {ungated:?}");
+    assert!(ungated.risk.is_empty());
+
+    // A retry of an accepted gated reserve is a replay.
+    let again = client.reserve(gated("g-1", vec![common::line(SKU, "dc-1", 1)])).await.expect("reserve").into_inner();
+    assert_eq!((again.outcome, again.replay), (pb::Outcome::Ok as i32, true), "{again:?}");
+    assert_eq!(reserved_at(&mut client, "dc-1").await, 1);
+
+    // Kill switch: the conservative rule decides for the gate and says so.
+    admin.set_model_disabled(pb::SetModelDisabledRequest { disabled: true }).await.expect("disable");
+    let plenty = client.reserve(gated("g-4", vec![common::line(SKU, "dc-1", 1)])).await.expect("reserve").into_inner();
+    assert_eq!(plenty.outcome, pb::Outcome::Ok as i32, "{plenty:?}");
+    assert!(!plenty.risk[0].scored);
+    assert_eq!(plenty.risk[0].degraded, vec!["MODEL_DISABLED".to_owned()]);
+    // 48 available, 47 asked: 1 left is inside the conservative margin of 2.
+    let tight = client.reserve(gated("g-5", vec![common::line(SKU, "dc-1", 47)])).await.expect("reserve").into_inner();
+    assert_eq!(tight.outcome, pb::Outcome::RiskRefused as i32, "{tight:?}");
+    assert_eq!(tight.risk[0].refused_by, vec!["CONSERVATIVE_RULE".to_owned()]);
+    // Exact ATP is still the exact path's: past it, the answer is a shortfall.
+    let over = client.reserve(gated("g-6", vec![common::line(SKU, "dc-1", 49)])).await.expect("reserve").into_inner();
+    assert_eq!(over.outcome, pb::Outcome::InsufficientStock as i32, "{over:?}");
+    assert_eq!(over.shortfalls[0].atp, 48);
+    admin.set_model_disabled(pb::SetModelDisabledRequest { disabled: false }).await.expect("enable");
+
+    let mut long_key = gated("g-7", vec![common::line(SKU, "dc-1", 1)]);
+    long_key.risk_gate = Some(pb::RiskGate { route_key: "k".repeat(stockd::server::ROUTE_KEY_BYTES_MAX + 1), promo: false });
+    let invalid = client.reserve(long_key).await.expect_err("route key too long");
+    assert_eq!(invalid.code(), tonic::Code::InvalidArgument);
+    assert!(invalid.message().contains("risk_gate.route_key"), "{invalid:?}");
+    cluster.shutdown().await;
+}

@@ -179,6 +179,7 @@ pub async fn perform(client: &Client, op: &Op) -> (Kind, Value) {
                 reservation_id: id.clone(),
                 lines: vec![pb::Line { sku: sku.clone(), location: LOCATION.into(), quantity: *qty }],
                 ttl_ms: *ttl_ms,
+                risk_gate: None,
             })
             .await
             .map(|r| json!({"outcome": outcome_name(r.outcome), "replay": r.replay, "applied_index": r.applied_index})),

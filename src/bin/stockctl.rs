@@ -90,13 +90,15 @@ async fn run(cli: Cli) -> u8 {
                 return fail_usage(&format!("invalid --line: at most {} lines per reservation", cli::LINES_MAX));
             }
             let ttl_ms = u64::try_from(args.ttl.as_millis()).unwrap_or(u64::MAX);
-            let request = ReserveRequest { reservation_id: args.id.clone(), lines: args.lines, ttl_ms };
+            let risk_gate = args.risk_gate.then(stockd::proto::v1::RiskGate::default);
+            let lines = args.lines.clone();
+            let request = ReserveRequest { reservation_id: args.id.clone(), lines: args.lines, ttl_ms, risk_gate };
             match client.reserve(request).await {
                 Ok(response) => {
                     if json {
                         emit_json(&cli::reserve_json(&response));
                     } else {
-                        emit(&cli::reserve_human(&args.id, &response));
+                        emit(&cli::reserve_human(&args.id, &lines, &response));
                     }
                     cli::exit_code_for_outcome(response.outcome())
                 }

@@ -33,11 +33,13 @@ use crate::model::Command;
 use crate::model::CommandResult;
 use crate::model::Limits;
 use crate::model::Line;
+use crate::model::LineRisk;
 use crate::model::Outcome;
 use crate::model::Position;
 use crate::model::PositionKey;
 use crate::model::Reservation;
 use crate::model::ReservationState;
+use crate::model::RiskGate;
 use crate::model::Shortfall;
 use crate::model::Signals;
 use crate::model::RELIABILITY_HALF_LIFE_MS;
@@ -298,7 +300,8 @@ impl Inventory {
     fn apply_command(&mut self, at: At, command: &Command) -> CommandResult {
         use ReservationState::*;
         match command {
-            Command::Reserve { reservation_id, lines, ttl_ms } => self.reserve(at, reservation_id, lines, *ttl_ms),
+            Command::Reserve { reservation_id, lines, ttl_ms } => self.reserve(at, reservation_id, lines, *ttl_ms, None),
+            Command::ReserveGated { reservation_id, lines, ttl_ms, gate } => self.reserve(at, reservation_id, lines, *ttl_ms, Some(gate)),
             Command::Commit { reservation_id } => self.advance(at, reservation_id, Pending, Committed),
             Command::Release { reservation_id } => self.advance(at, reservation_id, Pending, Released),
             Command::Fulfill { reservation_id } => self.advance(at, reservation_id, Committed, Fulfilled),
@@ -336,12 +339,18 @@ impl Inventory {
         }
     }
 
-    fn reserve(&mut self, at: At, id: &str, lines: &[Line], ttl_ms: u64) -> CommandResult {
+    /// Reserves every line or nothing. A retry of a stored reservation is a
+    /// replay whatever its gate says now; otherwise a gate that refuses any
+    /// line refuses the whole reservation before ATP is looked at.
+    fn reserve(&mut self, at: At, id: &str, lines: &[Line], ttl_ms: u64, gate: Option<&RiskGate>) -> CommandResult {
         if let Some(existing) = self.reservations.get(id) {
             if existing.lines == lines && existing.ttl_ms == ttl_ms {
                 return reservation_result(Outcome::Ok, true, existing.clone());
             }
             return reservation_result(Outcome::IdempotencyConflict, false, existing.clone());
+        }
+        if gate.is_some_and(|gate| gate.lines.iter().any(LineRisk::refuses)) {
+            return CommandResult { outcome: Outcome::RiskRefused, replay: false, reservation: None, shortfalls: Vec::new(), position: None };
         }
         let totals = line_totals(lines);
         let shortfalls: Vec<Shortfall> = totals
@@ -355,7 +364,12 @@ impl Inventory {
             return CommandResult { outcome: Outcome::InsufficientStock, replay: false, reservation: None, shortfalls, position: None };
         }
         for (key, quantity) in &totals {
-            self.update_position(at, key, "reserve", id, "", |position| {
+            // The gate's evidence for this position's lines, as audit text.
+            let reason = gate.map_or_else(String::new, |gate| {
+                let texts: Vec<String> = lines.iter().zip(&gate.lines).filter(|(line, _)| line.key() == *key).map(|(_, risk)| risk.describe()).collect();
+                texts.join("; ")
+            });
+            self.update_position(at, key, "reserve", id, &reason, |position| {
                 position.reserved = position.reserved.saturating_add(*quantity);
                 for (counter, half_life_ms) in position.signals.velocity.iter_mut().zip(VELOCITY_HALF_LIVES_MS) {
                     counter.add(at.ms, half_life_ms, *quantity);
@@ -811,6 +825,72 @@ mod tests {
             (slim.on_hand, slim.reserved, slim.committed, slim.atp(), &slim.signals),
             (position.on_hand, position.reserved, position.committed, position.atp(), &position.signals)
         );
+    }
+
+    fn risk(p: Option<f64>, refused_by: &[&str]) -> LineRisk {
+        LineRisk {
+            p_sellable_ppm: p.map(|p| (p * 1e6) as u32),
+            threshold_ppm: 900_000,
+            model_version: if p.is_some() { "v1".to_owned() } else { String::new() },
+            refused_by: refused_by.iter().map(|r| (*r).to_owned()).collect(),
+            degraded: if p.is_some() { Vec::new() } else { vec!["MODEL_UNAVAILABLE".to_owned()] },
+        }
+    }
+
+    fn reserve_gated(id: &str, lines: Vec<Line>, verdicts: Vec<LineRisk>) -> Command {
+        Command::ReserveGated { reservation_id: id.to_owned(), lines, ttl_ms: TTL, gate: RiskGate { lines: verdicts } }
+    }
+
+    #[test]
+    fn a_gate_that_refuses_any_line_refuses_the_reservation_and_changes_nothing() {
+        let mut inventory = stocked(10);
+        let before = main_position(&inventory).clone();
+        let lines = vec![line(SKU, DC, 1), line("sku-2", DC, 1)];
+        let result = apply_one(&mut inventory, 2_000, reserve_gated("r1", lines, vec![risk(Some(0.97), &[]), risk(Some(0.4), &["MODEL_RISK"])]));
+        assert_eq!(result.outcome, Outcome::RiskRefused);
+        assert_eq!(result.reservation, None);
+        assert_eq!(inventory.reservation("r1"), None);
+        assert_eq!(main_position(&inventory), &before, "nothing applied, not even an audit entry");
+        assert_eq!(inventory.position(&key("sku-2", DC)), None);
+        assert_eq!(inventory.pending_count(), 0);
+    }
+
+    #[test]
+    fn a_gate_that_passes_reserves_as_usual_and_leaves_its_evidence_in_the_audit_trail() {
+        let mut inventory = stocked(10);
+        let result = apply_one(&mut inventory, 2_000, reserve_gated("r1", vec![line(SKU, DC, 3)], vec![risk(Some(0.975), &[])]));
+        assert_eq!(result.outcome, Outcome::Ok);
+        assert_eq!(main_position(&inventory).atp(), 7);
+        let change = last_change(&inventory);
+        assert_eq!((change.kind.as_str(), change.reserved_delta), ("reserve", 3));
+        assert_eq!(change.reason, "risk gate: p_sellable 0.975 (v1), threshold 0.900");
+        // Without a score the conservative rule's verdict is recorded the same way.
+        apply_one(&mut inventory, 2_100, reserve_gated("r2", vec![line(SKU, DC, 1)], vec![risk(None, &[])]));
+        assert_eq!(last_change(&inventory).reason, "risk gate: no score, threshold 0.900, degraded MODEL_UNAVAILABLE");
+    }
+
+    #[test]
+    fn a_gated_retry_of_a_stored_reservation_replays_whatever_the_gate_says_now() {
+        let mut inventory = stocked(10);
+        assert_eq!(apply_one(&mut inventory, 2_000, reserve_gated("r1", vec![line(SKU, DC, 2)], vec![risk(Some(0.95), &[])])).outcome, Outcome::Ok);
+        let retry = apply_one(&mut inventory, 2_500, reserve_gated("r1", vec![line(SKU, DC, 2)], vec![risk(Some(0.2), &["MODEL_RISK"])]));
+        assert_eq!((retry.outcome, retry.replay), (Outcome::Ok, true));
+        assert_eq!(main_position(&inventory).reserved, 2, "reserved once");
+        // The gate passing does not let a reservation past exact ATP.
+        let over = apply_one(&mut inventory, 3_000, reserve_gated("r2", vec![line(SKU, DC, 9)], vec![risk(Some(0.99), &[])]));
+        assert_eq!(over.outcome, Outcome::InsufficientStock);
+    }
+
+    #[test]
+    fn appended_variants_keep_the_encoding_of_earlier_commands_and_outcomes() {
+        // bincode writes an enum's variant index first; logs and snapshots
+        // written before the gate existed must still decode.
+        let tag = |command: &Command| bincode::serialize(command).expect("serialize")[..4].to_vec();
+        assert_eq!(tag(&reserve("r1", vec![line(SKU, DC, 1)], TTL)), 0u32.to_le_bytes());
+        assert_eq!(tag(&adjust("a", AdjustmentKind::Count, 1, "wms", 1)), 5u32.to_le_bytes());
+        assert_eq!(tag(&reserve_gated("r1", vec![line(SKU, DC, 1)], vec![risk(Some(0.9), &[])])), 6u32.to_le_bytes());
+        assert_eq!(bincode::serialize(&Outcome::InsufficientQuantity).expect("serialize"), 6u32.to_le_bytes());
+        assert_eq!(bincode::serialize(&Outcome::RiskRefused).expect("serialize"), 7u32.to_le_bytes());
     }
 
     #[test]

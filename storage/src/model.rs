@@ -281,12 +281,78 @@ pub struct Adjustment {
 /// they are proposed; apply still refuses nothing silently.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    Reserve { reservation_id: String, lines: Vec<Line>, ttl_ms: u64 },
-    Commit { reservation_id: String },
-    Release { reservation_id: String },
-    Fulfill { reservation_id: String },
-    Cancel { reservation_id: String },
+    Reserve {
+        reservation_id: String,
+        lines: Vec<Line>,
+        ttl_ms: u64,
+    },
+    Commit {
+        reservation_id: String,
+    },
+    Release {
+        reservation_id: String,
+    },
+    Fulfill {
+        reservation_id: String,
+    },
+    Cancel {
+        reservation_id: String,
+    },
     Adjust(Adjustment),
+    /// A `Reserve` behind the checkout risk gate: the gate's verdict for each
+    /// line, computed by the proposing node before proposing, travels in the
+    /// log as data, so every replica applies the same decision. (A variant of
+    /// its own, appended, so logs written before it still decode.)
+    ReserveGated {
+        reservation_id: String,
+        lines: Vec<Line>,
+        ttl_ms: u64,
+        gate: RiskGate,
+    },
+}
+
+/// The risk gate's verdict on a reservation, one entry per line in line order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RiskGate {
+    pub lines: Vec<LineRisk>,
+}
+
+/// The checkout decision for one line, as the gate saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineRisk {
+    /// Calibrated probability the units can be fulfilled, in millionths;
+    /// `None` when no model answered (the conservative rule decided).
+    pub p_sellable_ppm: Option<u32>,
+    /// The checkout threshold it was held to, in millionths.
+    pub threshold_ppm: u32,
+    /// The model version that scored it (empty without a score).
+    pub model_version: String,
+    /// The rules that refuse this line (empty: the gate lets it through).
+    pub refused_by: Vec<String>,
+    /// Why the answer was less informed than usual.
+    pub degraded: Vec<String>,
+}
+
+impl LineRisk {
+    pub fn refuses(&self) -> bool {
+        !self.refused_by.is_empty()
+    }
+
+    /// One line of audit text for the position's change history.
+    pub fn describe(&self) -> String {
+        let score = match self.p_sellable_ppm {
+            Some(ppm) => format!("p_sellable {:.3} ({})", f64::from(ppm) / 1e6, self.model_version),
+            None => "no score".to_owned(),
+        };
+        let mut text = format!("risk gate: {score}, threshold {:.3}", f64::from(self.threshold_ppm) / 1e6);
+        if !self.degraded.is_empty() {
+            text.push_str(&format!(", degraded {}", self.degraded.join("+")));
+        }
+        if self.refuses() {
+            text.push_str(&format!(", refused by {}", self.refused_by.join("+")));
+        }
+        text
+    }
 }
 
 /// The payload of one Raft entry: commands from many concurrent clients
@@ -308,6 +374,8 @@ pub enum Outcome {
     InvalidState,
     StaleEvent,
     InsufficientQuantity,
+    /// A gated reserve that the risk gate refused; nothing was applied.
+    RiskRefused,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

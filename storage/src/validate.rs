@@ -12,6 +12,7 @@ use crate::model::Adjustment;
 use crate::model::AdjustmentKind;
 use crate::model::Command;
 use crate::model::Line;
+use crate::model::RiskGate;
 
 /// Bounds on client input. Enforced by the node that accepts a command, before
 /// it is proposed.
@@ -119,11 +120,44 @@ pub fn validate_command(command: &Command, limits: &InputLimits) -> Result<(), I
             check_lines(lines, limits)?;
             check_range("ttl_ms", *ttl_ms, limits.ttl_ms_min, limits.ttl_ms_max)
         }
+        Command::ReserveGated { reservation_id, lines, ttl_ms, gate } => {
+            check_token("reservation_id", reservation_id, limits.id_bytes_max)?;
+            check_lines(lines, limits)?;
+            check_range("ttl_ms", *ttl_ms, limits.ttl_ms_min, limits.ttl_ms_max)?;
+            check_gate(gate, lines.len())
+        }
         Command::Commit { reservation_id } | Command::Release { reservation_id } | Command::Fulfill { reservation_id } | Command::Cancel { reservation_id } => {
             check_token("reservation_id", reservation_id, limits.id_bytes_max)
         }
         Command::Adjust(adjustment) => check_adjustment(adjustment, limits),
     }
+}
+
+/// Most names in a gate verdict's rule and degraded lists, and their length.
+const GATE_NAMES_MAX: usize = 16;
+const GATE_NAME_BYTES_MAX: usize = 64;
+
+/// The gate's verdict comes from the proposing node, not the client, but it
+/// goes into the log: bounded like everything else there.
+fn check_gate(gate: &RiskGate, lines: usize) -> Result<(), InvalidInput> {
+    if gate.lines.len() != lines {
+        return Err(InvalidInput::new("risk_gate.lines", format!("has {} verdicts for {lines} lines", gate.lines.len())));
+    }
+    for (i, risk) in gate.lines.iter().enumerate() {
+        let field = |name: &str| format!("risk_gate.lines[{i}].{name}");
+        if risk.p_sellable_ppm.is_some_and(|ppm| ppm > 1_000_000) || risk.threshold_ppm > 1_000_000 {
+            return Err(InvalidInput::new(field("p_sellable_ppm"), "probabilities are at most 1000000 ppm"));
+        }
+        if risk.model_version.len() > GATE_NAME_BYTES_MAX {
+            return Err(InvalidInput::new(field("model_version"), format!("longer than {GATE_NAME_BYTES_MAX} bytes")));
+        }
+        for (name, list) in [("refused_by", &risk.refused_by), ("degraded", &risk.degraded)] {
+            if list.len() > GATE_NAMES_MAX || list.iter().any(|entry| entry.len() > GATE_NAME_BYTES_MAX) {
+                return Err(InvalidInput::new(field(name), format!("at most {GATE_NAMES_MAX} names of at most {GATE_NAME_BYTES_MAX} bytes")));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_lines(lines: &[Line], limits: &InputLimits) -> Result<(), InvalidInput> {
@@ -209,6 +243,31 @@ mod tests {
 
     fn reserve(id: &str, lines: Vec<Line>, ttl_ms: u64) -> Command {
         Command::Reserve { reservation_id: id.to_owned(), lines, ttl_ms }
+    }
+
+    #[test]
+    fn a_gate_verdict_must_match_the_lines_and_stay_bounded() {
+        let verdict = crate::model::LineRisk {
+            p_sellable_ppm: Some(950_000),
+            threshold_ppm: 900_000,
+            model_version: "v1".to_owned(),
+            refused_by: Vec::new(),
+            degraded: Vec::new(),
+        };
+        let gated = |verdicts: Vec<crate::model::LineRisk>| Command::ReserveGated {
+            reservation_id: "r1".to_owned(),
+            lines: vec![line("sku-1", "dc-1", 1), line("sku-1", "dc-2", 1)],
+            ttl_ms: 60_000,
+            gate: RiskGate { lines: verdicts },
+        };
+        assert_eq!(refused_field(&gated(vec![verdict.clone(), verdict.clone()])), None);
+        assert_eq!(refused_field(&gated(vec![verdict.clone()])).as_deref(), Some("risk_gate.lines"));
+        let mut odd = verdict.clone();
+        odd.p_sellable_ppm = Some(1_000_001);
+        assert_eq!(refused_field(&gated(vec![verdict.clone(), odd])).as_deref(), Some("risk_gate.lines[1].p_sellable_ppm"));
+        let mut long = verdict.clone();
+        long.refused_by = vec!["X".repeat(65)];
+        assert_eq!(refused_field(&gated(vec![long, verdict])).as_deref(), Some("risk_gate.lines[0].refused_by"));
     }
 
     fn adjustment(kind: AdjustmentKind, quantity: u64) -> Adjustment {

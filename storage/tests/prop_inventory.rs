@@ -25,11 +25,13 @@ use storage::model::Command;
 use storage::model::CommandResult;
 use storage::model::Limits;
 use storage::model::Line;
+use storage::model::LineRisk;
 use storage::model::Outcome;
 use storage::model::Position;
 use storage::model::PositionKey;
 use storage::model::Reservation;
 use storage::model::ReservationState;
+use storage::model::RiskGate;
 use storage::model::Shortfall;
 
 const SKUS: [&str; 2] = ["sku-a", "sku-b"];
@@ -104,6 +106,9 @@ fn adjustment(event_id: String, position: usize, kind: AdjustmentKind, quantity:
 #[derive(Debug, Clone)]
 enum Op {
     ReserveCanonical(usize),
+    /// The canonical cart behind the risk gate; bit i of `refuse` makes the
+    /// gate refuse line i.
+    ReserveGated(usize, u8),
     Reserve {
         r: usize,
         lines: Vec<(usize, u64)>,
@@ -155,6 +160,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
     let r = 0..RESERVATION_IDS;
     prop_oneof![
         3 => r.clone().prop_map(Op::ReserveCanonical),
+        2 => (r.clone(), prop_oneof![2 => Just(0u8), 1 => any::<u8>()]).prop_map(|(r, refuse)| Op::ReserveGated(r, refuse)),
         2 => (r.clone(), prop::collection::vec((0..POSITIONS, 1..=4u64), 1..=3), 0..TTLS.len())
             .prop_map(|(r, lines, ttl)| Op::Reserve { r, lines, ttl }),
         3 => r.clone().prop_map(Op::Commit),
@@ -250,6 +256,19 @@ impl Harness {
         for (i, op) in generated.ops.iter().enumerate() {
             let command = match op {
                 Op::ReserveCanonical(r) => canonical_reserve(*r),
+                Op::ReserveGated(r, refuse) => {
+                    let Command::Reserve { reservation_id, lines, ttl_ms } = canonical_reserve(*r) else { unreachable!("canonical reserves are reserves") };
+                    let verdicts = (0..lines.len())
+                        .map(|i| LineRisk {
+                            p_sellable_ppm: Some(if refuse & (1 << i) != 0 { 100_000 } else { 990_000 }),
+                            threshold_ppm: 900_000,
+                            model_version: "v1".to_owned(),
+                            refused_by: if refuse & (1 << i) != 0 { vec!["MODEL_RISK".to_owned()] } else { Vec::new() },
+                            degraded: Vec::new(),
+                        })
+                        .collect();
+                    Command::ReserveGated { reservation_id, lines, ttl_ms, gate: RiskGate { lines: verdicts } }
+                }
                 Op::Reserve { r, lines, ttl } => Command::Reserve {
                     reservation_id: reservation_id(*r),
                     lines: lines.iter().map(|(position, quantity)| line(*position, *quantity)).collect(),
@@ -390,7 +409,8 @@ impl Harness {
         let post = &self.stepped;
         let now = post.log_time_ms();
         match command {
-            Command::Reserve { reservation_id, lines, ttl_ms } => {
+            Command::Reserve { reservation_id, lines, ttl_ms } | Command::ReserveGated { reservation_id, lines, ttl_ms, .. } => {
+                let gate_refuses = matches!(command, Command::ReserveGated { gate, .. } if gate.lines.iter().any(LineRisk::refuses));
                 if let Some(existing) = pre.reservation(reservation_id) {
                     prop_assert_eq!(result.reservation.as_ref(), Some(existing));
                     if existing.lines == *lines && existing.ttl_ms == *ttl_ms {
@@ -405,6 +425,12 @@ impl Harness {
                         prop_assert_eq!((result.outcome, result.replay), (Outcome::IdempotencyConflict, false));
                     }
                     prop_assert!(post == pre, "a replay or conflict changed state");
+                    return Ok(());
+                }
+                if gate_refuses {
+                    // (d) a refusing gate refuses the whole cart and changes nothing.
+                    prop_assert_eq!((result.outcome, result.replay, result.reservation.as_ref()), (Outcome::RiskRefused, false, None));
+                    prop_assert!(post == pre, "a gate refusal changed state");
                     return Ok(());
                 }
                 let mut totals: BTreeMap<PositionKey, u64> = BTreeMap::new();
@@ -549,6 +575,7 @@ impl Harness {
     fn record_outcome(&mut self, command: &Command, result: &CommandResult) {
         let command_kind = match command {
             Command::Reserve { .. } => "reserve",
+            Command::ReserveGated { .. } => "reserve-gated",
             Command::Commit { .. } => "commit",
             Command::Release { .. } => "release",
             Command::Fulfill { .. } => "fulfill",
@@ -558,7 +585,7 @@ impl Harness {
         let replay = if result.replay { " (replay)" } else { "" };
         *self.coverage.outcomes.entry(format!("{command_kind} {:?}{replay}", result.outcome)).or_default() += 1;
         match command {
-            Command::Reserve { reservation_id, .. } if result.outcome == Outcome::Ok && !result.replay => {
+            Command::Reserve { reservation_id, .. } | Command::ReserveGated { reservation_id, .. } if result.outcome == Outcome::Ok && !result.replay => {
                 if let Some(reservation) = &result.reservation {
                     self.original_reserves.insert(reservation_id.clone(), reservation.clone());
                 }
@@ -680,6 +707,10 @@ fn generated_sequences_cover_every_outcome() {
         "reserve Ok (replay)",
         "reserve InsufficientStock",
         "reserve IdempotencyConflict",
+        "reserve-gated Ok",
+        "reserve-gated Ok (replay)",
+        "reserve-gated RiskRefused",
+        "reserve-gated InsufficientStock",
         "commit Ok",
         "commit Ok (replay)",
         "commit NotFound",

@@ -196,7 +196,7 @@ pub async fn receive(client: &mut InventoryClient<Channel>, event_id: &str, sku:
 static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 pub async fn reserve(client: &mut InventoryClient<Channel>, id: &str, lines: Vec<pb::Line>, ttl_ms: u64) -> Result<pb::ReserveResponse, tonic::Status> {
-    client.reserve(pb::ReserveRequest { reservation_id: id.into(), lines, ttl_ms }).await.map(|r| r.into_inner())
+    client.reserve(pb::ReserveRequest { reservation_id: id.into(), lines, ttl_ms, risk_gate: None }).await.map(|r| r.into_inner())
 }
 
 pub async fn position(client: &mut InventoryClient<Channel>, sku: &str, location: &str, consistency: pb::Consistency) -> pb::PositionResponse {
