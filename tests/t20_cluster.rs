@@ -245,8 +245,13 @@ async fn far_behind_node_catches_up_by_snapshot() {
     }
     let leader = cluster.leader_of_sku(SKU).expect("leader");
     let group = cluster.node(leader).shard_map().group_for("local", SKU).expect("range").group;
-    let purged = cluster.node(leader).group(group).expect("group").raft().metrics().borrow().purged.map(|l| l.index).unwrap_or(0);
-    assert!(purged > 0, "the leader purged its log behind a snapshot");
+    // The snapshot is built, and the log purged behind it, in the background.
+    let raft = cluster.node(leader).group(group).expect("group").raft().clone();
+    poll("the leader to purge its log behind a snapshot", Duration::from_secs(15), || {
+        let purged = raft.metrics().borrow().purged.map_or(0, |l| l.index);
+        async move { purged > 0 }
+    })
+    .await;
     cluster.start_node(3).await;
     let node = cluster.node(3).clone();
     poll("node 3 to install a snapshot and catch up", Duration::from_secs(20), || {
