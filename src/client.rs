@@ -18,7 +18,7 @@
 //! [`ClientError`].
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -68,7 +68,15 @@ pub struct ClientConfig {
     /// refreshed in the background; `None` turns leader routing off (writes
     /// then go to the node that answered last, which forwards them).
     pub routes_max_age: Option<Duration>,
+    /// Availability reads (CheckAvailability, CheckAvailabilityBatch,
+    /// RankFulfillment) start at each known node in turn instead of the one
+    /// that answered last, so their load spreads over the replicas; a node
+    /// that just failed is passed over for [`FAILED_NODE_PAUSE`].
+    pub spread_reads: bool,
 }
+
+/// How long a node whose attempt failed is passed over by spread reads.
+pub const FAILED_NODE_PAUSE: Duration = Duration::from_secs(2);
 
 impl Default for ClientConfig {
     fn default() -> Self {
@@ -82,6 +90,7 @@ impl Default for ClientConfig {
             backoff_max: Duration::from_secs(1),
             nodes_max: 64,
             routes_max_age: Some(Duration::from_secs(1)),
+            spread_reads: true,
         }
     }
 }
@@ -192,6 +201,15 @@ struct Node {
     /// Normalized URI, `http://host:port`.
     addr: String,
     channel: Channel,
+    /// Milliseconds since the client's `epoch` before which spread reads pass
+    /// this node over (0: never failed).
+    failed_until_ms: AtomicU64,
+}
+
+impl Node {
+    fn new(addr: String, channel: Channel) -> Node {
+        Node { addr, channel, failed_until_ms: AtomicU64::new(0) }
+    }
 }
 
 struct Inner {
@@ -199,6 +217,10 @@ struct Inner {
     nodes: RwLock<Vec<Node>>,
     /// Index of the node that answered last; calls start there.
     preferred: AtomicUsize,
+    /// Turn of the next spread read.
+    next_read: AtomicUsize,
+    /// Time origin of `Node::failed_until_ms`.
+    epoch: Instant,
     /// Which node leads which SKU range, learned from `Admin.Status`, so
     /// that writes go straight to the leader instead of being forwarded.
     routes: RwLock<Routes>,
@@ -263,13 +285,15 @@ impl Client {
                 continue;
             }
             let channel = open_channel(&addr, &config)?;
-            nodes.push(Node { addr, channel });
+            nodes.push(Node::new(addr, channel));
         }
         Ok(Client {
             inner: Arc::new(Inner {
                 config,
                 nodes: RwLock::new(nodes),
                 preferred: AtomicUsize::new(0),
+                next_read: AtomicUsize::new(0),
+                epoch: Instant::now(),
                 routes: RwLock::new(Routes::default()),
                 refreshing: AtomicBool::new(false),
             }),
@@ -409,20 +433,24 @@ impl Client {
     }
 
     pub async fn check_availability(&self, request: CheckAvailabilityRequest) -> Result<CheckAvailabilityResponse, ClientError> {
-        self.call("CheckAvailability", Effect::Read, request, |channel, request| async move { InventoryClient::new(channel).check_availability(request).await })
-            .await
+        self.call_from(self.spread(), "CheckAvailability", Effect::Read, request, |channel, request| async move {
+            InventoryClient::new(channel).check_availability(request).await
+        })
+        .await
     }
 
     pub async fn check_availability_batch(&self, request: CheckAvailabilityBatchRequest) -> Result<CheckAvailabilityBatchResponse, ClientError> {
-        self.call("CheckAvailabilityBatch", Effect::Read, request, |channel, request| async move {
+        self.call_from(self.spread(), "CheckAvailabilityBatch", Effect::Read, request, |channel, request| async move {
             InventoryClient::new(channel).check_availability_batch(request).await
         })
         .await
     }
 
     pub async fn rank_fulfillment(&self, request: RankFulfillmentRequest) -> Result<RankFulfillmentResponse, ClientError> {
-        self.call("RankFulfillment", Effect::Read, request, |channel, request| async move { InventoryClient::new(channel).rank_fulfillment(request).await })
-            .await
+        self.call_from(self.spread(), "RankFulfillment", Effect::Read, request, |channel, request| async move {
+            InventoryClient::new(channel).rank_fulfillment(request).await
+        })
+        .await
     }
 
     /// `Admin.Status` of every known node, concurrently; a down node gives an
@@ -443,6 +471,28 @@ impl Client {
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
         self.call_from(None, rpc, effect, request, send).await
+    }
+
+    /// Where a spread read starts: the next node in turn that has not just
+    /// failed. `None` (start at the preferred node) when spreading is off or
+    /// every node failed recently.
+    fn spread(&self) -> Option<usize> {
+        if !self.inner.config.spread_reads {
+            return None;
+        }
+        let now_ms = self.inner.epoch.elapsed().as_millis() as u64;
+        let nodes = self.read_nodes();
+        let first = self.inner.next_read.fetch_add(1, Ordering::Relaxed);
+        (0..nodes.len()).map(|k| (first + k) % nodes.len()).find(|&i| nodes[i].failed_until_ms.load(Ordering::Relaxed) <= now_ms)
+    }
+
+    /// Spread reads pass node `index` over for a while.
+    fn mark_failed(&self, index: usize) {
+        let until_ms = (self.inner.epoch.elapsed() + FAILED_NODE_PAUSE).as_millis() as u64;
+        let nodes = self.read_nodes();
+        if let Some(node) = nodes.get(index % nodes.len().max(1)) {
+            node.failed_until_ms.store(until_ms, Ordering::Relaxed);
+        }
     }
 
     /// The node believed to lead the range of `sku`, refreshing the route
@@ -545,6 +595,7 @@ impl Client {
                     if effect == Effect::Write && !never_sent(&status) {
                         maybe_applied = true;
                     }
+                    self.mark_failed(index);
                     last_failure = format!("{addr}: {}", describe(&status));
                 }
                 code => return Err(ClientError::Rpc { code, message: status.message().to_owned() }),
@@ -589,7 +640,7 @@ impl Client {
             return Err(ClientError::InvalidAddress { addr, message: format!("already {} nodes known (nodes_max)", nodes.len()) });
         }
         let channel = open_channel(&addr, &self.inner.config)?;
-        nodes.push(Node { addr, channel });
+        nodes.push(Node::new(addr, channel));
         Ok(nodes.len() - 1)
     }
 
@@ -844,8 +895,9 @@ mod tests {
             async fn get_position(&self, _: Request<GetPositionRequest>) -> Result<Response<PositionResponse>, Status> {
                 unimplemented()
             }
-            async fn check_availability(&self, _: Request<CheckAvailabilityRequest>) -> Result<Response<CheckAvailabilityResponse>, Status> {
-                unimplemented()
+            async fn check_availability(&self, request: Request<CheckAvailabilityRequest>) -> Result<Response<CheckAvailabilityResponse>, Status> {
+                self.seen.lock().expect("lock").push(format!("check {}", request.get_ref().sku));
+                Ok(Response::new(CheckAvailabilityResponse::default()))
             }
             async fn check_availability_batch(&self, _: Request<CheckAvailabilityBatchRequest>) -> Result<Response<CheckAvailabilityBatchResponse>, Status> {
                 unimplemented()
@@ -915,6 +967,39 @@ mod tests {
         let client = Client::with_config(&[lost.addr.as_str(), up.addr.as_str()], quick()).expect("client");
         client.reserve(cart("r1")).await.expect("the next node answers");
         assert_eq!((lost.seen(), up.seen()), (vec!["r1".to_owned()], vec!["r1".to_owned()]));
+    }
+
+    fn check(sku: &str) -> CheckAvailabilityRequest {
+        CheckAvailabilityRequest { sku: sku.to_owned(), ..Default::default() }
+    }
+
+    #[tokio::test]
+    async fn availability_reads_spread_over_the_nodes_unless_turned_off() {
+        let a = fake::start(vec![]).await;
+        let b = fake::start(vec![]).await;
+        let client = Client::with_config(&[a.addr.as_str(), b.addr.as_str()], quick()).expect("client");
+        for i in 0..10 {
+            client.check_availability(check(&format!("s{i}"))).await.expect("answer");
+        }
+        assert_eq!((a.seen().len(), b.seen().len()), (5, 5), "in turn");
+        let sticky = Client::with_config(&[a.addr.as_str(), b.addr.as_str()], ClientConfig { spread_reads: false, ..quick() }).expect("client");
+        for i in 0..4 {
+            sticky.check_availability(check(&format!("t{i}"))).await.expect("answer");
+        }
+        assert_eq!((a.seen().len(), b.seen().len()), (9, 5), "all to the node that answered last");
+    }
+
+    #[tokio::test]
+    async fn spread_reads_pass_over_a_node_that_just_failed() {
+        let up = fake::start(vec![]).await;
+        let client = Client::with_config(&[closed_addr(), up.addr.clone()], quick()).expect("client");
+        client.check_availability(check("first")).await.expect("answered by the live node after the closed one");
+        // Two turns in a row: neither starts at the closed node (index 0).
+        assert_eq!((client.spread(), client.spread()), (Some(1), Some(1)), "the failed node is passed over");
+        for i in 0..6 {
+            client.check_availability(check(&format!("s{i}"))).await.expect("answer");
+        }
+        assert_eq!(up.seen().len(), 7);
     }
 
     #[tokio::test]
