@@ -670,7 +670,6 @@ pub fn reserve_human(reservation_id: &str, lines: &[Line], response: &ReserveRes
     let outcome = response.outcome();
     let label = outcome_label(outcome, response.replay);
     let mut out = match outcome {
-        Outcome::RiskRefused => format!("{label}: reservation {reservation_id} not made: {}\n", explain_refusal(outcome)),
         Outcome::Ok => format!("{label}: reserved {reservation_id}\n"),
         Outcome::InsufficientStock => {
             let mut text = format!("{label}: reservation {reservation_id} not made, short on:\n");

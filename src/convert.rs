@@ -115,9 +115,9 @@ pub fn reserve_response(index: u64, r: &m::CommandResult) -> pb::ReserveResponse
 
 pub fn line_risk_to_pb(r: &m::LineRisk) -> pb::LineRisk {
     pb::LineRisk {
-        p_sellable: r.p_sellable_ppm.map_or(0.0, |ppm| f64::from(ppm) / 1e6),
+        p_sellable: r.p_sellable().unwrap_or(0.0),
         scored: r.p_sellable_ppm.is_some(),
-        threshold: f64::from(r.threshold_ppm) / 1e6,
+        threshold: r.threshold(),
         model_version: r.model_version.clone(),
         refused_by: r.refused_by.clone(),
         degraded: r.degraded.clone(),

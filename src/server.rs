@@ -111,35 +111,32 @@ impl InventoryService {
         Ok(if route_key.is_empty() { sku.to_owned() } else { route_key })
     }
 
-    /// Validates a reserve request; `prefix` qualifies field names inside a
-    /// batch (`reservations[3].`).
-    fn reserve_command(&self, r: &pb::ReserveRequest, prefix: &str) -> Result<(m::GroupId, m::Command, Option<GateRequest>), Status> {
+    /// Validates a reserve request (inside a batch, the caller names the
+    /// fields as `reservations[3].` with [`status::prefixed`]).
+    fn reserve_command(&self, r: &pb::ReserveRequest) -> Result<(m::GroupId, m::Command, Option<GateRequest>), Status> {
         let limits = &self.node.config.input_limits;
         let ttl_ms = if r.ttl_ms == 0 { limits.ttl_ms_default } else { r.ttl_ms };
         let command = m::Command::Reserve { reservation_id: r.reservation_id.clone(), lines: r.lines.iter().map(convert::line_from_pb).collect(), ttl_ms };
-        validate_command(&command, limits).map_err(|mut e| {
-            e.field = format!("{prefix}{}", e.field);
-            status::invalid(e)
-        })?;
+        validate_command(&command, limits).map_err(status::invalid)?;
         let mut group = None;
         for (i, line) in r.lines.iter().enumerate() {
-            let g = self.group_of(&line.sku, &format!("{prefix}lines[{i}].sku"))?;
+            let g = self.group_of(&line.sku, &format!("lines[{i}].sku"))?;
             match group {
                 None => group = Some(g),
                 Some(first) if first != g => {
                     return Err(status::invalid_field(
-                        &format!("{prefix}lines"),
+                        "lines",
                         format!("lines fall in shard groups {first} and {g}; a reservation must stay within one SKU range (cross-range reservations are not supported yet)"),
                     ))
                 }
                 Some(_) => {}
             }
         }
-        let group = group.ok_or_else(|| status::invalid_field(&format!("{prefix}lines"), "must not be empty"))?;
+        let group = group.ok_or_else(|| status::invalid_field("lines", "must not be empty"))?;
         let gate = match &r.risk_gate {
             None => None,
             Some(gate) => {
-                let route_key = Self::route_key(&r.reservation_id, gate.route_key.clone()).map_err(|e| status::prefixed(&format!("{prefix}risk_gate."), e))?;
+                let route_key = Self::route_key(&r.reservation_id, gate.route_key.clone()).map_err(|e| status::prefixed("risk_gate.", e))?;
                 Some(GateRequest { route_key, promo: gate.promo })
             }
         };
@@ -275,7 +272,7 @@ fn check_text(field: &str, value: &str, max: usize) -> Result<(), Status> {
 impl Inventory for InventoryService {
     #[tracing::instrument(level = "debug", skip_all, fields(node = self.node.id(), id = %request.get_ref().reservation_id))]
     async fn reserve(&self, request: Request<pb::ReserveRequest>) -> Result<Response<pb::ReserveResponse>, Status> {
-        let (group, command, gate) = self.reserve_command(request.get_ref(), "")?;
+        let (group, command, gate) = self.reserve_command(request.get_ref())?;
         if lost_ack_failpoint() {
             return Ok(Response::new(pb::ReserveResponse { outcome: pb::Outcome::Ok as i32, ..Default::default() }));
         }
@@ -291,7 +288,7 @@ impl Inventory for InventoryService {
         // Validate everything first: an invalid batch applies nothing.
         let mut commands = Vec::with_capacity(batch.len());
         for (i, r) in batch.iter().enumerate() {
-            commands.push(self.reserve_command(r, &format!("reservations[{i}]."))?);
+            commands.push(self.reserve_command(r).map_err(|e| status::prefixed(&format!("reservations[{i}]."), e))?);
         }
         let results = futures::future::join_all(commands.into_iter().map(|(g, c, gate)| self.reserve_one(g, c, gate))).await;
         let results = results.into_iter().collect::<Result<Vec<_>, Status>>()?;

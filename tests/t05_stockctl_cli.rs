@@ -580,6 +580,21 @@ fn binary_exits_2_on_a_malformed_line() {
 }
 
 #[test]
+fn binary_exits_2_on_more_skus_than_one_check_batch_holds() {
+    let addr = closed_addr();
+    let skus: Vec<String> = (0..=stockd::server::BATCH_CHECKS_MAX).map(|i| format!("sku-{i}")).collect();
+    let mut args = vec!["--addr", addr.as_str(), "check", "--qty", "1", "--context", "product-page"];
+    for sku in &skus {
+        args.extend(["--sku", sku.as_str()]);
+    }
+    let output = stockctl(&args);
+    assert_eq!(output.status.code(), Some(2), "refused before any call (nothing listens, which would be exit 3)");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim_end(), "error: --sku: at most 256 SKUs in one check");
+    assert!(output.stdout.is_empty());
+}
+
+#[test]
 fn binary_exits_3_when_no_node_answers() {
     let addr = closed_addr();
     let started = std::time::Instant::now();

@@ -388,12 +388,18 @@ mod tests {
         assert_eq!(p.apply(&Call::Read), Ret::Read { on_hand: 5, reserved: 0, committed: 3 });
     }
 
-    #[test]
-    fn an_expired_reservation_returns_its_units() {
+    /// A position with reservation ids 0..3, each made with a 5 ms TTL.
+    fn three_ids_with_ttl_5() -> Position {
         let mut p = Position::new(3, 1);
         for id in 0..3 {
             p.set_ttl(id, 5);
         }
+        p
+    }
+
+    #[test]
+    fn an_expired_reservation_returns_its_units() {
+        let mut p = three_ids_with_ttl_5();
         p.apply(&Call::Receipt { event: 0, qty: 3 });
         assert_eq!(p.apply(&Call::Expire { id: 0, ttl_ms: 5 }), Ret::Write(Outcome::InvalidState), "nothing to expire");
         assert_eq!(p.apply(&Call::Reserve { id: 0, qty: 3 }), Ret::Write(Outcome::Ok));
@@ -413,10 +419,7 @@ mod tests {
 
     #[test]
     fn reservations_of_one_ttl_expire_in_the_order_they_were_made() {
-        let mut p = Position::new(3, 1);
-        for id in 0..3 {
-            p.set_ttl(id, 5);
-        }
+        let mut p = three_ids_with_ttl_5();
         p.apply(&Call::Receipt { event: 0, qty: 9 });
         p.apply(&Call::Reserve { id: 2, qty: 1 });
         p.apply(&Call::Reserve { id: 0, qty: 1 });

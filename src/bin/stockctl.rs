@@ -141,8 +141,7 @@ async fn run(cli: Cli) -> u8 {
         }
         Command::Check(args) => {
             if args.sku.len() > stockd::server::BATCH_CHECKS_MAX {
-                eprintln!("error: --sku: at most {} SKUs in one check", stockd::server::BATCH_CHECKS_MAX);
-                return cli::EXIT_USAGE;
+                return fail_usage(&format!("--sku: at most {} SKUs in one check", stockd::server::BATCH_CHECKS_MAX));
             }
             let requests: Vec<CheckAvailabilityRequest> = args
                 .sku

@@ -338,13 +338,22 @@ impl LineRisk {
         !self.refused_by.is_empty()
     }
 
+    /// The score as a probability, if there was one.
+    pub fn p_sellable(&self) -> Option<f64> {
+        self.p_sellable_ppm.map(|ppm| f64::from(ppm) / 1e6)
+    }
+
+    pub fn threshold(&self) -> f64 {
+        f64::from(self.threshold_ppm) / 1e6
+    }
+
     /// One line of audit text for the position's change history.
     pub fn describe(&self) -> String {
-        let score = match self.p_sellable_ppm {
-            Some(ppm) => format!("p_sellable {:.3} ({})", f64::from(ppm) / 1e6, self.model_version),
+        let score = match self.p_sellable() {
+            Some(p) => format!("p_sellable {p:.3} ({})", self.model_version),
             None => "no score".to_owned(),
         };
-        let mut text = format!("risk gate: {score}, threshold {:.3}", f64::from(self.threshold_ppm) / 1e6);
+        let mut text = format!("risk gate: {score}, threshold {:.3}", self.threshold());
         if !self.degraded.is_empty() {
             text.push_str(&format!(", degraded {}", self.degraded.join("+")));
         }
