@@ -33,9 +33,9 @@ use storage::model::LineRisk;
 use storage::model::Position;
 use storage::model::RiskGate;
 
-use crate::node::Consistency;
 use crate::node::Node;
-use crate::node::ReadQuery;
+use crate::read::Consistency;
+use crate::read::ReadQuery;
 
 /// Thresholds used when no model version is loaded. No score exists then, so
 /// they only appear in answers, never decide.

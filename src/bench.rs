@@ -20,8 +20,9 @@ use hdrhistogram::Histogram;
 use raft::group::wall_clock_ms;
 use tokio::time::Instant;
 
-use crate::client::{Client, ClientError};
-use crate::proto::v1::{
+use stockd_client::{Client, ClientError};
+use stockd_proto::limits::BATCH_CHECKS_MAX;
+use stockd_proto::v1::{
     AdjustRequest, AdjustmentKind, BatchReserveRequest, CheckAvailabilityBatchRequest, CheckAvailabilityRequest, Consistency, Decision, GetPositionRequest,
     Line, Outcome, RequestContext, ReserveRequest, ReserveResponse,
 };
@@ -187,16 +188,24 @@ pub fn sku_name(run: &str, index: u32) -> String {
     format!("{:x}{:07x}-b{run}-{index}", hash >> 60, (hash >> 32) & 0x0fff_ffff)
 }
 
+/// The clients of a benchmark: one stocks the SKUs as a feed would, the
+/// other makes the load and the final reads (a checkout or a reader).
+pub struct BenchClients {
+    pub stock: Client,
+    pub load: Client,
+}
+
 /// Stocks, loads and checks; see the module documentation.
-pub async fn run(client: &Client, config: &BenchConfig) -> Result<BenchReport, BenchError> {
-    if config.workload == Workload::Check && config.batch as usize > crate::server::BATCH_CHECKS_MAX {
-        return Err(BenchError::InvalidArgument(format!("--batch: the check workload sends 1 to {} checks per call", crate::server::BATCH_CHECKS_MAX)));
+pub async fn run(clients: &BenchClients, config: &BenchConfig) -> Result<BenchReport, BenchError> {
+    let client = &clients.load;
+    if config.workload == Workload::Check && config.batch as usize > BATCH_CHECKS_MAX {
+        return Err(BenchError::InvalidArgument(format!("--batch: the check workload sends 1 to {} checks per call", BATCH_CHECKS_MAX)));
     }
     let run = run_id();
     let skus: Arc<Vec<String>> = Arc::new((0..config.sku_count()).map(|index| sku_name(&run, index)).collect());
     let stock = config.stock_per_sku();
     tracing::info!(run, skus = skus.len(), stock, "stocking");
-    stock_all(client, &run, &skus, &config.location, stock).await?;
+    stock_all(&clients.stock, &run, &skus, &config.location, stock).await?;
 
     let tally = Arc::new(Tally::new(skus.len()));
     let end = Instant::now() + config.duration;
@@ -376,9 +385,14 @@ impl Tally {
         self.errors.fetch_add(sku_indexes.len() as u64, Ordering::Relaxed);
         self.first_error.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get_or_insert_with(|| error.to_string());
         match error {
-            ClientError::InvalidArgument(message) => {
+            // No retry can help: stop the run with the reason.
+            ClientError::InvalidArgument(_) | ClientError::PermissionDenied(_) | ClientError::Unauthenticated(_) => {
+                let message = match error {
+                    ClientError::InvalidArgument(message) => message.clone(),
+                    other => other.to_string(),
+                };
                 let mut fatal = self.fatal_message.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                fatal.get_or_insert_with(|| message.clone());
+                fatal.get_or_insert(message);
                 self.fatal.store(true, Ordering::Relaxed);
             }
             ClientError::InvalidAddress { .. } | ClientError::InvalidConfig(_) | ClientError::Unavailable { outcome_unknown: false, .. } => {}

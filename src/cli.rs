@@ -1,26 +1,29 @@
 //! `stockctl`: command-line surface, input parsers, exit codes and output
 //! formatting. The binary (`src/bin/stockctl.rs`) only wires these to a
-//! [`crate::client::Client`].
+//! [`stockd_client::Client`].
 //!
 //! Invariants:
 //! - Exit codes: [`EXIT_DONE`] done as asked (replays of a success included),
 //!   [`EXIT_REFUSED`] refused by a business rule, [`EXIT_USAGE`] bad usage or
-//!   invalid input, [`EXIT_UNAVAILABLE`] unavailable or outcome unknown.
+//!   invalid input, [`EXIT_UNAVAILABLE`] unavailable or outcome unknown,
+//!   [`EXIT_DENIED`] the certificate or its role was refused.
 //! - Formatting functions are pure: they return the text, callers print it.
 //! - Words are the proto's in lower case ("pending", "insufficient_stock").
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
+use stockd_proto::roles::Role;
 
 use crate::bench::{BenchError, BenchReport, Workload};
-use crate::client::{ClientError, NodeStatusReport};
-use crate::proto::v1::{
+use stockd_client::{ClientError, NodeStatusReport};
+use stockd_proto::v1::{
     AdjustResponse, AdjustmentKind, Change, Consistency, GroupStatus, Line, LineRisk, Outcome, Position, PositionResponse, Reservation, ReservationResponse,
     ReservationState, ReserveResponse, Shortfall, StatusResponse,
 };
-use crate::proto::v1::{CheckAvailabilityResponse, Decision, ModelStatusResponse, RankFulfillmentResponse};
+use stockd_proto::v1::{CheckAvailabilityResponse, Decision, ModelStatusResponse, RankFulfillmentResponse};
 
 /// Done as asked, including the replay of an earlier success.
 pub const EXIT_DONE: u8 = 0;
@@ -30,6 +33,9 @@ pub const EXIT_REFUSED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// Unavailable, or the outcome of a write is unknown.
 pub const EXIT_UNAVAILABLE: u8 = 3;
+/// The node refused the certificate (none, another CA's, expired) or its
+/// role for the RPC.
+pub const EXIT_DENIED: u8 = 4;
 
 /// Addresses of the cluster `stockd dev` starts.
 pub const DEFAULT_ADDRS: &str = "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103";
@@ -55,6 +61,27 @@ pub struct Cli {
     /// retries on other nodes for at most twice this long.
     #[arg(long, global = true, default_value = "5s", value_parser = parse_timeout, value_name = "DURATION")]
     pub timeout: Duration,
+    /// Certificates made by `stockd certs` (ca.crt, <role>.crt/.key).
+    /// Default: $STOCKCTL_CERTS, else ./data/certs (the `make dev` cluster's).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub certs: Option<PathBuf>,
+    /// Call as this role (its certificate in --certs): reader, checkout,
+    /// feed or operator. Default: $STOCKCTL_ROLE, else the least role the
+    /// command needs (see `stockctl roles`).
+    #[arg(long, global = true, value_parser = parse_role, value_name = "ROLE")]
+    pub role: Option<Role>,
+    /// The CA certificate, instead of --certs (alone: anonymous, health only).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// This client's certificate (its OU names the role), with --ca and --key.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// The key of --cert.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// Plaintext, for nodes started with --insecure.
+    #[arg(long, global = true)]
+    pub insecure: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -88,6 +115,8 @@ pub enum Command {
     /// Model serving on every node: status, load, promote, rollback, candidate, kill switch.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Which role may call which RPC (the nodes' role table).
+    Roles,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -137,7 +166,8 @@ pub enum ModelCommand {
     Status,
     /// Load a version directory (verified by SHA-256 and golden vectors) beside the others.
     Load {
-        /// Directory with manifest.json, as the node sees it.
+        /// Directory with manifest.json under the node's model root (a
+        /// relative path is taken from the root: `v2`).
         dir: String,
     },
     /// Make a loaded version the serving one.
@@ -315,6 +345,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
+/// `--role`: one of the client roles.
+pub fn parse_role(text: &str) -> Result<Role, String> {
+    match Role::parse(text) {
+        Some(role) if role != Role::Peer => Ok(role),
+        Some(_) => Err("`peer` is the nodes' own role; a client is reader, checkout, feed or operator".into()),
+        None => Err(format!("`{text}` is not a role: reader, checkout, feed or operator")),
+    }
+}
+
 /// A duration that must not be zero (`--timeout`).
 pub fn parse_timeout(text: &str) -> Result<Duration, String> {
     let duration = parse_duration(text)?;
@@ -408,6 +447,7 @@ pub fn exit_code_for_error(error: &ClientError) -> u8 {
     match error {
         ClientError::InvalidAddress { .. } | ClientError::InvalidConfig(_) | ClientError::InvalidArgument(_) => EXIT_USAGE,
         ClientError::Unavailable { .. } | ClientError::Rpc { .. } => EXIT_UNAVAILABLE,
+        ClientError::PermissionDenied(_) | ClientError::Unauthenticated(_) => EXIT_DENIED,
     }
 }
 
@@ -415,7 +455,10 @@ pub fn exit_code_for_error(error: &ClientError) -> u8 {
 pub fn error_line(error: &ClientError) -> String {
     let text = match error {
         ClientError::InvalidAddress { addr, message } => format!("invalid --addr {addr:?}: {message}"),
+        ClientError::InvalidConfig(message) if message.starts_with("TLS") => format!("invalid certificates: {message}"),
         ClientError::InvalidConfig(message) => format!("invalid --timeout: {message}"),
+        ClientError::PermissionDenied(message) => format!("permission denied: {message}"),
+        ClientError::Unauthenticated(message) => format!("not authenticated: {message}"),
         ClientError::InvalidArgument(message) if message.starts_with("invalid") => message.clone(),
         ClientError::InvalidArgument(message) => format!("invalid argument: {message}"),
         ClientError::Unavailable { outcome_unknown: true, message } => {

@@ -2,7 +2,9 @@
 //! values command-line flags override, validated into [`Config`].
 //!
 //! `[cluster]` settings must be identical on every node (they shape the shard
-//! map and the state machine); `[node]` settings are this process's own.
+//! map and the state machine): they travel as a fingerprint with every peer
+//! message, and a node refuses a peer whose fingerprint differs. `[node]`
+//! settings are this process's own.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -21,6 +23,10 @@ use models::policy::PolicyConfig;
 use models::ScoringConfig;
 
 use crate::shard_map::ShardMap;
+
+/// A node's peer plane listens this many ports above its client address
+/// unless its `peer-addr` says otherwise.
+pub const PEER_PORT_OFFSET: u16 = 100;
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -198,9 +204,30 @@ impl Default for ClusterFile {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct NodeEntry {
     pub id: NodeId,
+    /// Client plane (`host:port`): the public API, and the address leader
+    /// hints name.
     pub addr: String,
+    /// Peer plane (`host:port`): Raft and forwarded requests between nodes.
+    /// Default: the client address's port + 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_addr: Option<String>,
     #[serde(default = "default_region")]
     pub region: String,
+}
+
+impl NodeEntry {
+    /// The peer-plane address: the explicit one, else the client port + 100.
+    pub fn resolved_peer_addr(&self) -> Result<String, String> {
+        if let Some(addr) = &self.peer_addr {
+            return Ok(addr.clone());
+        }
+        let (host, port) = self.addr.rsplit_once(':').ok_or_else(|| format!("node {}: address `{}` is not HOST:PORT", self.id, self.addr))?;
+        let port: u16 = port.parse().map_err(|_| format!("node {}: address `{}` has no valid port", self.id, self.addr))?;
+        let peer_port = port
+            .checked_add(PEER_PORT_OFFSET)
+            .ok_or_else(|| format!("node {}: client port {port} + {PEER_PORT_OFFSET} is past 65535; give its peer address", self.id))?;
+        Ok(format!("{host}:{peer_port}"))
+    }
 }
 
 fn default_region() -> String {
@@ -212,15 +239,68 @@ fn default_region() -> String {
 pub struct NodeFile {
     pub id: Option<NodeId>,
     pub listen: Option<String>,
+    /// Where the peer plane binds; default: this node's peer address.
+    pub peer_listen: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub region: Option<String>,
     /// Deadline for a forwarded client request or a peer RPC.
     pub rpc_timeout_ms: u64,
+    /// Directory made by `stockd certs`: `ca.crt`, `node-<id>.crt/.key`.
+    pub certs: Option<PathBuf>,
+    /// Serve plaintext and check no certificate or role (both planes).
+    pub insecure: bool,
+    /// How often the certificate files are checked for a change (SIGHUP
+    /// reloads at once).
+    pub tls_reload_ms: u64,
 }
 
 impl Default for NodeFile {
     fn default() -> Self {
-        Self { id: None, listen: None, data_dir: None, region: None, rpc_timeout_ms: 5_000 }
+        Self {
+            id: None,
+            listen: None,
+            peer_listen: None,
+            data_dir: None,
+            region: None,
+            rpc_timeout_ms: 5_000,
+            certs: None,
+            insecure: false,
+            tls_reload_ms: 2_000,
+        }
+    }
+}
+
+/// How a node secures its two planes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Security {
+    /// mTLS with the certificates of this directory, reloaded when they
+    /// change.
+    Tls { certs: PathBuf, reload_ms: u64 },
+    /// Plaintext, nobody authenticated (`--insecure`).
+    Insecure,
+}
+
+/// One node of `--peers`: `ID=HOST:PORT` or `ID=HOST:PORT/PEER_HOST:PEER_PORT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerArg {
+    pub id: NodeId,
+    pub addr: String,
+    pub peer_addr: Option<String>,
+}
+
+impl NodeFile {
+    fn security(&self) -> Result<Security, String> {
+        match (&self.certs, self.insecure) {
+            (Some(_), true) => Err("give either --certs DIR or --insecure, not both".into()),
+            (None, true) => Ok(Security::Insecure),
+            (Some(certs), false) => {
+                if !(100..=3_600_000).contains(&self.tls_reload_ms) {
+                    return Err(format!("tls-reload-ms must be in 100..=3600000, not {}", self.tls_reload_ms));
+                }
+                Ok(Security::Tls { certs: certs.clone(), reload_ms: self.tls_reload_ms })
+            }
+            (None, false) => Err("TLS is on by default: give --certs DIR (made by `stockd certs`), or --insecure for plaintext without authentication".into()),
+        }
     }
 }
 
@@ -232,7 +312,10 @@ pub const GROUPS_PER_REGION_MAX: u32 = 1024;
 pub struct Overrides {
     pub node_id: Option<NodeId>,
     pub listen: Option<String>,
-    pub peers: Option<Vec<(NodeId, String)>>,
+    pub peer_listen: Option<String>,
+    pub peers: Option<Vec<PeerArg>>,
+    pub certs: Option<PathBuf>,
+    pub insecure: bool,
     pub data_dir: Option<PathBuf>,
     pub region: Option<String>,
     pub model_dir: Option<PathBuf>,
@@ -242,7 +325,14 @@ pub struct Overrides {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub node_id: NodeId,
+    /// Client plane.
     pub listen: SocketAddr,
+    /// Peer plane.
+    pub peer_listen: SocketAddr,
+    pub security: Security,
+    /// Digest of the `[cluster]` settings (nodes included), compared on every
+    /// peer message.
+    pub cluster_fingerprint: String,
     pub data_dir: PathBuf,
     pub region: String,
     pub rpc_timeout_ms: u64,
@@ -260,16 +350,32 @@ pub fn builtin_model_dir() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/models"))
 }
 
-/// Parses `1=host:port,2=host:port`.
-pub fn parse_peers(text: &str) -> Result<Vec<(NodeId, String)>, String> {
+/// Parses `1=host:port,2=host:port` (each optionally `/peer_host:peer_port`).
+pub fn parse_peers(text: &str) -> Result<Vec<PeerArg>, String> {
     text.split(',')
         .filter(|p| !p.trim().is_empty())
         .map(|pair| {
-            let (id, addr) = pair.split_once('=').ok_or_else(|| format!("--peers: `{pair}` is not ID=HOST:PORT"))?;
+            let (id, addrs) = pair.split_once('=').ok_or_else(|| format!("--peers: `{pair}` is not ID=HOST:PORT[/PEER_HOST:PEER_PORT]"))?;
             let id: NodeId = id.trim().parse().map_err(|_| format!("--peers: `{id}` is not a node id"))?;
-            Ok((id, addr.trim().to_string()))
+            let (addr, peer_addr) = match addrs.split_once('/') {
+                Some((addr, peer)) => (addr.trim(), Some(peer.trim().to_string())),
+                None => (addrs.trim(), None),
+            };
+            if addr.is_empty() || peer_addr.as_deref().is_some_and(str::is_empty) {
+                return Err(format!("--peers: `{pair}` has an empty address"));
+            }
+            Ok(PeerArg { id, addr: addr.to_string(), peer_addr })
         })
         .collect()
+}
+
+/// The digest of the cluster-wide settings every node must share.
+fn cluster_fingerprint(cluster: &ClusterFile, nodes: &BTreeMap<NodeId, NodeEntry>) -> String {
+    use sha2::Digest;
+    let settings = ClusterFile { nodes: nodes.values().cloned().collect(), ..cluster.clone() };
+    let text = serde_json::to_string(&settings).expect("the cluster settings serialize");
+    let digest = sha2::Sha256::digest(text.as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl FileConfig {
@@ -287,6 +393,13 @@ impl FileConfig {
         if let Some(v) = o.listen {
             self.node.listen = Some(v);
         }
+        if let Some(v) = o.peer_listen {
+            self.node.peer_listen = Some(v);
+        }
+        if let Some(v) = o.certs {
+            self.node.certs = Some(v);
+        }
+        self.node.insecure |= o.insecure;
         if let Some(v) = o.data_dir {
             self.node.data_dir = Some(v);
         }
@@ -303,7 +416,7 @@ impl FileConfig {
         self.availability.validate()?;
         let region = self.node.region.clone().unwrap_or_else(default_region);
         if let Some(peers) = o.peers {
-            self.cluster.nodes = peers.into_iter().map(|(id, addr)| NodeEntry { id, addr, region: region.clone() }).collect();
+            self.cluster.nodes = peers.into_iter().map(|p| NodeEntry { id: p.id, addr: p.addr, peer_addr: p.peer_addr, region: region.clone() }).collect();
         }
         let c = &self.cluster;
         let node_id = self.node.id.ok_or("node id is required (--node-id or [node] id)")?;
@@ -313,7 +426,8 @@ impl FileConfig {
             if n.id == 0 {
                 return Err("node ids start at 1 (0 means unknown in the API)".into());
             }
-            if nodes.insert(n.id, n.clone()).is_some() {
+            let resolved = NodeEntry { peer_addr: Some(n.resolved_peer_addr()?), ..n.clone() };
+            if nodes.insert(n.id, resolved).is_some() {
                 return Err(format!("node {} is listed twice in peers", n.id));
             }
         }
@@ -323,6 +437,12 @@ impl FileConfig {
         }
         let listen_text = self.node.listen.clone().unwrap_or_else(|| me.addr.clone());
         let listen: SocketAddr = listen_text.parse().map_err(|e| format!("listen address `{listen_text}`: {e}"))?;
+        let peer_listen_text = self.node.peer_listen.clone().or_else(|| me.peer_addr.clone()).unwrap_or_default();
+        let peer_listen: SocketAddr = peer_listen_text.parse().map_err(|e| format!("peer listen address `{peer_listen_text}`: {e}"))?;
+        if peer_listen == listen {
+            return Err(format!("the peer plane ({peer_listen}) needs an address of its own, apart from the client plane"));
+        }
+        let security = self.node.security()?;
         if !(c.replication_factor == 1 || c.replication_factor == 3 || c.replication_factor == 5) {
             return Err(format!("replication-factor must be 1, 3 or 5, not {}", c.replication_factor));
         }
@@ -375,10 +495,15 @@ impl FileConfig {
         if c.groups_per_region > GROUPS_PER_REGION_MAX {
             return Err(format!("groups-per-region must be at most {GROUPS_PER_REGION_MAX}, not {}", c.groups_per_region));
         }
-        let shard_map = ShardMap::build(&nodes, c.groups_per_region, c.split_points.clone(), c.replication_factor)?;
+        let members = nodes.values().map(|n| (n.id, n.region.as_str()));
+        let shard_map = ShardMap::build(members, c.groups_per_region, c.split_points.clone(), c.replication_factor)?;
+        let cluster_fingerprint = cluster_fingerprint(c, &nodes);
         Ok(Config {
             node_id,
             listen,
+            peer_listen,
+            security,
+            cluster_fingerprint,
             data_dir,
             region,
             rpc_timeout_ms: self.node.rpc_timeout_ms,
@@ -401,6 +526,7 @@ mod tests {
             node_id: Some(1),
             peers: Some(parse_peers("1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103").expect("peers")),
             data_dir: Some("d".into()),
+            insecure: true,
             ..Default::default()
         }
     }
@@ -409,8 +535,48 @@ mod tests {
     fn defaults_with_peers_validate() {
         let c = FileConfig::default().validate(peers()).expect("valid");
         assert_eq!(c.listen.port(), 7101);
+        assert_eq!(c.peer_listen.port(), 7201, "the peer plane is 100 ports up");
+        assert_eq!(c.nodes[&2].peer_addr.as_deref(), Some("127.0.0.1:7202"));
         assert_eq!(c.shard_map.ranges.len(), 8);
         assert_eq!(c.region, "local");
+        assert_eq!(c.security, Security::Insecure);
+    }
+
+    #[test]
+    fn peer_addresses_can_be_given_and_planes_stay_apart() {
+        let peers = parse_peers("1=127.0.0.1:7101/127.0.0.1:9001,2=h2:7102,3=h3:7103").expect("peers");
+        assert_eq!(peers[0].peer_addr.as_deref(), Some("127.0.0.1:9001"));
+        assert_eq!(peers[1].peer_addr, None);
+        assert!(parse_peers("1=a:1/").is_err());
+        let c = FileConfig::default().validate(Overrides { peers: Some(peers.clone()), ..peers_with(1) }).expect("valid");
+        assert_eq!(c.peer_listen.port(), 9001);
+        let same = Overrides { peer_listen: Some("127.0.0.1:7101".into()), peers: Some(peers), ..peers_with(1) };
+        assert!(FileConfig::default().validate(same).expect_err("same port").contains("peer plane"));
+    }
+
+    fn peers_with(id: NodeId) -> Overrides {
+        Overrides { node_id: Some(id), ..peers() }
+    }
+
+    #[test]
+    fn tls_needs_certificates_or_an_explicit_insecure() {
+        let neither = Overrides { insecure: false, ..peers() };
+        assert!(FileConfig::default().validate(neither.clone()).expect_err("no certs").contains("--certs"));
+        let both = Overrides { insecure: true, certs: Some("c".into()), ..peers() };
+        assert!(FileConfig::default().validate(both).expect_err("both").contains("not both"));
+        let tls = FileConfig::default().validate(Overrides { certs: Some("c".into()), ..neither }).expect("tls");
+        assert_eq!(tls.security, Security::Tls { certs: "c".into(), reload_ms: 2_000 });
+    }
+
+    #[test]
+    fn nodes_with_other_cluster_settings_have_another_fingerprint() {
+        let a = FileConfig::default().validate(peers()).expect("valid");
+        let b = FileConfig::default().validate(peers_with(2)).expect("valid");
+        assert_eq!(a.cluster_fingerprint, b.cluster_fingerprint, "per-node settings do not count");
+        let mut other = FileConfig::default();
+        other.cluster.line_quantity_max = 10;
+        let c = other.validate(peers()).expect("valid");
+        assert_ne!(a.cluster_fingerprint, c.cluster_fingerprint);
     }
 
     #[test]

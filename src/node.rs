@@ -15,16 +15,12 @@ use raft::wal_sync::WalSyncer;
 use raft::Group;
 use raft::GroupError;
 use raft::NodeId;
-use serde::Deserialize;
-use serde::Serialize;
 use storage::codec;
 use storage::keys;
 use storage::model::Command;
 use storage::model::CommandResult;
 use storage::model::GroupId;
-use storage::model::Position;
 use storage::model::PositionKey;
-use storage::model::Reservation;
 use storage::Durability;
 use storage::Engine;
 use storage::RocksEngine;
@@ -33,8 +29,14 @@ use storage::WriteBatch;
 use thiserror::Error;
 
 use crate::config::Config;
-use crate::peer::PeerNetwork;
+use crate::config::Security;
+use crate::peer_client::PeerNetwork;
+use crate::read::Consistency;
+use crate::read::ReadAnswer;
+use crate::read::ReadQuery;
 use crate::shard_map::ShardMap;
+use crate::tls::CertFiles;
+use crate::tls::NodeTls;
 
 const SHARD_MAP_KEY: &str = "shard-map";
 /// Most attempts one request makes to reach its group's leader: leader-hint
@@ -57,51 +59,26 @@ pub enum NodeError {
     ShardMapChanged { dir: String },
     #[error("failed to start group {group}: {source}")]
     Group { group: GroupId, source: GroupError },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Consistency {
-    Strong,
-    Bounded { max_staleness_ms: u64 },
-    Any,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ReadQuery {
-    Position(PositionKey),
-    Reservation(String),
-    /// What the risk path reads: one location of a SKU, or every location
-    /// (at most `locations_max`, in location order), each position without
-    /// its audit trail and feed sequences ([`Position::without_history`]).
-    SkuPositions {
-        sku: String,
-        location: Option<String>,
-        locations_max: usize,
-    },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReadAnswer {
-    pub position: Option<Position>,
-    pub reservation: Option<Reservation>,
-    /// For `SkuPositions`: (location, position) pairs.
-    pub positions: Vec<(String, Position)>,
-    pub applied_index: u64,
-    pub staleness_ms: u64,
-    pub served_by: NodeId,
-    pub leader: Option<NodeId>,
+    #[error("failed to load the TLS certificates: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("invalid peer settings: {0}")]
+    Peers(String),
 }
 
 /// Where one routing attempt goes.
 enum Target {
     Local,
-    Peer(NodeId, String),
+    Peer(NodeId),
 }
 
 pub struct Node {
     pub config: Config,
     groups: BTreeMap<GroupId, Arc<Group>>,
     peers: Arc<PeerNetwork>,
+    /// `None` on an `--insecure` node.
+    tls: Option<Arc<NodeTls>>,
+    /// The certificate reloader, stopped with the node.
+    tls_reloader: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Node {
@@ -113,7 +90,22 @@ impl Node {
         let engine: Arc<dyn Engine> =
             Arc::new(RocksEngine::open(&config.data_dir.join("db")).map_err(|e| NodeError::Storage { dir: dir.clone(), reason: e.to_string() })?);
         check_shard_map(engine.as_ref(), &config.shard_map, &dir)?;
-        let peers = Arc::new(PeerNetwork::new(config.rpc_timeout_ms));
+        let (tls, tls_reloader) = match &config.security {
+            Security::Tls { certs, reload_ms } => {
+                let tls = NodeTls::load(CertFiles::in_dir(certs, config.node_id))?;
+                let reloader = tls.spawn_reloader(Duration::from_millis(*reload_ms));
+                (Some(tls), Some(reloader))
+            }
+            Security::Insecure => {
+                tracing::warn!(
+                    node = config.node_id,
+                    "--insecure: both planes serve plaintext and check no certificate or role; anyone who reaches them can read, write and send Raft messages"
+                );
+                (None, None)
+            }
+        };
+        let peer_addrs = config.nodes.values().filter_map(|n| n.peer_addr.clone().map(|a| (n.id, a))).collect();
+        let peers = Arc::new(PeerNetwork::new(peer_addrs, tls.clone(), config.rpc_timeout_ms, &config.cluster_fingerprint).map_err(NodeError::Peers)?);
         let transport: Arc<dyn PeerTransport> = peers.clone();
         let syncer = WalSyncer::start(engine.clone(), WAL_SYNC_QUEUE_MAX);
         let mut groups = BTreeMap::new();
@@ -123,7 +115,7 @@ impl Node {
                 .map_err(|source| NodeError::Group { group: range.group, source })?;
             groups.insert(range.group, Arc::new(group));
         }
-        let node = Arc::new(Node { config, groups, peers });
+        let node = Arc::new(Node { config, groups, peers, tls, tls_reloader });
         node.initialize_groups().await?;
         Ok(node)
     }
@@ -157,16 +149,39 @@ impl Node {
         self.groups.get(&id)
     }
 
+    /// The node's certificates; `None` when it runs `--insecure`.
+    pub fn tls(&self) -> Option<&Arc<NodeTls>> {
+        self.tls.as_ref()
+    }
+
+    /// Refuses a command that names a SKU outside `group`'s range: nothing
+    /// is ever proposed to the wrong group.
+    pub fn check_command_in_group(&self, group: GroupId, command: &Command) -> Result<(), GroupError> {
+        match command {
+            Command::Reserve { lines, .. } | Command::ReserveGated { lines, .. } => lines.iter().try_for_each(|line| self.check_sku_in_group(group, &line.sku)),
+            Command::Adjust(adjustment) => self.check_sku_in_group(group, &adjustment.sku),
+            Command::Commit { .. } | Command::Release { .. } | Command::Fulfill { .. } | Command::Cancel { .. } => Ok(()),
+        }
+    }
+
+    /// Refuses `sku` unless `group` holds its range.
+    pub fn check_sku_in_group(&self, group: GroupId, sku: &str) -> Result<(), GroupError> {
+        match self.config.shard_map.range(group) {
+            Some(range) if range.contains(sku) => Ok(()),
+            Some(range) => Err(GroupError::Invalid {
+                group,
+                reason: format!("invalid sku: `{sku}` is outside the range of group {group} ({:?}..{:?})", range.start_sku, range.end_sku),
+            }),
+            None => Err(GroupError::Invalid { group, reason: format!("invalid group_id: no group {group} in the shard map") }),
+        }
+    }
+
     pub fn groups(&self) -> impl Iterator<Item = &Arc<Group>> {
         self.groups.values()
     }
 
     fn deadline(&self) -> Instant {
         Instant::now() + Duration::from_millis(self.config.rpc_timeout_ms)
-    }
-
-    fn addr_of(&self, node: NodeId) -> Option<String> {
-        self.config.nodes.get(&node).map(|n| n.addr.clone())
     }
 
     /// Where to send a request for `group` next: the hinted leader, else the
@@ -201,7 +216,7 @@ impl Node {
                         Some(g) => g.propose(command).await,
                         None => Err(GroupError::Unavailable { group, reason: "group not hosted here".into() }),
                     },
-                    Target::Peer(id, addr) => self.peers.propose(id, &addr, group, &command).await,
+                    Target::Peer(id) => self.peers.propose(id, group, &command).await,
                 }
             }
         })
@@ -224,10 +239,7 @@ impl Node {
             let target = self.next_target(group, hint.take(), tries);
             let result = match target {
                 Some(t) if t == self.id() => attempt(Target::Local).await,
-                Some(t) => match self.addr_of(t) {
-                    Some(addr) => attempt(Target::Peer(t, addr)).await,
-                    None => Err(GroupError::Unavailable { group, reason: format!("node {t} has no address") }),
-                },
+                Some(t) => attempt(Target::Peer(t)).await,
                 None => Err(GroupError::NotLeader { group, leader: None }),
             };
             match result {
@@ -328,7 +340,7 @@ impl Node {
             async move {
                 match target {
                     Target::Local => self.read_local(group, &query, consistency).await,
-                    Target::Peer(id, addr) => self.peers.read(id, &addr, group, &query, consistency).await,
+                    Target::Peer(id) => self.peers.read(id, group, &query, consistency).await,
                 }
             }
         })
@@ -365,6 +377,9 @@ impl Node {
     }
 
     pub async fn shutdown(&self) {
+        if let Some(reloader) = &self.tls_reloader {
+            reloader.abort();
+        }
         for g in self.groups.values() {
             g.shutdown().await;
         }

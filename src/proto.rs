@@ -1,14 +1,10 @@
-//! Generated gRPC code (see `proto/`).
+//! Generated gRPC code: the public API comes from `stockd-proto`; the peer
+//! protocol (`proto/stockd/peer/v1/peer.proto`), which only nodes speak, is
+//! generated here.
 
-#![allow(clippy::all, clippy::pedantic, missing_docs)]
+pub use stockd_proto::v1;
 
-pub mod v1 {
-    tonic::include_proto!("stockd.v1");
-}
-
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod peer {
     tonic::include_proto!("stockd.peer.v1");
 }
-
-/// Encoded file descriptors of every service, for gRPC server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("stockd_descriptor");

@@ -1,5 +1,8 @@
-//! The public gRPC services (`Inventory`, `Admin`), gRPC health and
-//! reflection, and the peer service, all on the node's one listen address.
+//! The node's two planes. The client plane (`listen`) serves the public
+//! services (`Inventory`, `Admin`), gRPC health, and reflection (v1 and
+//! v1alpha) of those public services only; the peer plane (`peer-listen`)
+//! serves `RaftPeer` alone. Both sit behind the security layer (mTLS and the
+//! role table), or serve plaintext on an `--insecure` node.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,26 +22,24 @@ use crate::availability::CheckRequest;
 use crate::availability::Evaluation;
 use crate::availability::GateRequest;
 use crate::convert;
-use crate::node::Consistency;
 use crate::node::Node;
-use crate::node::ReadQuery;
-use crate::peer::PeerService;
-use crate::peer::PEER_MESSAGE_BYTES_MAX;
+use crate::peer_service::PeerService;
 use crate::proto::peer::raft_peer_server::RaftPeerServer;
 use crate::proto::v1 as pb;
 use crate::proto::v1::admin_server::Admin;
 use crate::proto::v1::admin_server::AdminServer;
 use crate::proto::v1::inventory_server::Inventory;
 use crate::proto::v1::inventory_server::InventoryServer;
+use crate::read::Consistency;
+use crate::read::ReadQuery;
+use crate::security;
+use crate::security::AuthorizeLayer;
 use crate::status;
-
-/// Most reservations in one `BatchReserve` call.
-pub const BATCH_RESERVATIONS_MAX: usize = 1024;
-/// Most questions in one CheckAvailabilityBatch call.
-pub const BATCH_CHECKS_MAX: usize = 256;
-
-/// Longest A/B route key.
-pub const ROUTE_KEY_BYTES_MAX: usize = 256;
+use crate::tls;
+use crate::tls::Plane;
+use stockd_proto::limits::BATCH_CHECKS_MAX;
+use stockd_proto::limits::BATCH_RESERVATIONS_MAX;
+use stockd_proto::limits::ROUTE_KEY_BYTES_MAX;
 
 #[derive(Clone)]
 pub struct InventoryService {
@@ -503,77 +504,169 @@ impl Admin for AdminService {
     }
 
     async fn load_model(&self, request: Request<pb::LoadModelRequest>) -> Result<Response<pb::ModelStatusResponse>, Status> {
+        let caller = security::caller(&request);
         let r = request.into_inner();
-        if r.dir.is_empty() {
-            return Err(status::invalid_field("dir", "must not be empty"));
-        }
-        // Loading verifies checksums and golden vectors: blocking work.
-        let scorer = self.availability.scorer().clone();
-        let dir = std::path::PathBuf::from(&r.dir);
-        let loaded = tokio::task::spawn_blocking(move || scorer.load(&dir)).await.map_err(|e| Status::internal(format!("load task failed: {e}")))?;
-        let version = loaded.map_err(status::model_error)?;
-        tracing::info!(version, dir = r.dir, "model version loaded");
+        let detail = format!("dir={}", r.dir);
+        let loaded = self.load_model_dir(&r.dir).await;
+        security::audit(&caller, "LoadModel", &detail, &loaded.as_ref().map(|_| ()).map_err(|e| e.message().to_owned()));
+        loaded?;
         self.model_status()
     }
 
     async fn promote_model(&self, request: Request<pb::PromoteModelRequest>) -> Result<Response<pb::ModelStatusResponse>, Status> {
+        let caller = security::caller(&request);
         let r = request.into_inner();
-        self.availability.scorer().promote(&r.version).map_err(status::model_error)?;
-        tracing::info!(version = r.version, "model version promoted");
+        let promoted = self.availability.scorer().promote(&r.version).map_err(status::model_error);
+        security::audit(&caller, "PromoteModel", &format!("version={}", r.version), &outcome(&promoted));
+        promoted?;
         self.model_status()
     }
 
-    async fn rollback_model(&self, _request: Request<pb::ModelStatusRequest>) -> Result<Response<pb::ModelStatusResponse>, Status> {
-        let version = self.availability.scorer().rollback().map_err(status::model_error)?;
-        tracing::info!(version, "model rolled back");
+    async fn rollback_model(&self, request: Request<pb::ModelStatusRequest>) -> Result<Response<pb::ModelStatusResponse>, Status> {
+        let caller = security::caller(&request);
+        let rolled = self.availability.scorer().rollback().map_err(status::model_error);
+        let detail = rolled.as_ref().map_or_else(|_| String::new(), |version| format!("now serving {version}"));
+        security::audit(&caller, "RollbackModel", &detail, &outcome(&rolled));
+        rolled?;
         self.model_status()
     }
 
     async fn set_model_candidate(&self, request: Request<pb::SetModelCandidateRequest>) -> Result<Response<pb::ModelStatusResponse>, Status> {
+        let caller = security::caller(&request);
         let r = request.into_inner();
-        let ab_percent =
-            u8::try_from(r.ab_percent).ok().filter(|p| *p <= 100).ok_or_else(|| status::invalid_field("ab_percent", "must be between 0 and 100"))?;
-        let version = (!r.version.is_empty()).then_some(r.version.as_str());
-        self.availability.scorer().set_candidate(version, ab_percent, r.shadow).map_err(status::model_error)?;
-        tracing::info!(candidate = r.version, ab_percent, shadow = r.shadow, "model candidate set");
+        let detail = format!("candidate={} ab_percent={} shadow={}", r.version, r.ab_percent, r.shadow);
+        let set =
+            u8::try_from(r.ab_percent).ok().filter(|p| *p <= 100).ok_or_else(|| status::invalid_field("ab_percent", "must be between 0 and 100")).and_then(
+                |ab_percent| {
+                    let version = (!r.version.is_empty()).then_some(r.version.as_str());
+                    self.availability.scorer().set_candidate(version, ab_percent, r.shadow).map_err(status::model_error)
+                },
+            );
+        security::audit(&caller, "SetModelCandidate", &detail, &outcome(&set));
+        set?;
         self.model_status()
     }
 
     async fn set_model_disabled(&self, request: Request<pb::SetModelDisabledRequest>) -> Result<Response<pb::ModelStatusResponse>, Status> {
-        let r = request.into_inner();
-        self.availability.scorer().set_disabled(r.disabled);
-        tracing::warn!(disabled = r.disabled, "model kill switch set");
+        let caller = security::caller(&request);
+        let disabled = request.into_inner().disabled;
+        self.availability.scorer().set_disabled(disabled);
+        security::audit(&caller, "SetModelDisabled", &format!("kill switch {}", if disabled { "on" } else { "off" }), &Ok(()));
         self.model_status()
     }
 }
 
-/// Serves every service on the node's listen address until `shutdown`
-/// resolves.
-pub async fn serve(node: Arc<Node>, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), tonic::transport::Error> {
+/// An Admin result as the audit line reports it.
+fn outcome<T>(result: &Result<T, Status>) -> Result<(), String> {
+    result.as_ref().map(|_| ()).map_err(|e| e.message().to_owned())
+}
+
+impl AdminService {
+    /// Loads a version from a directory under the node's model root (a
+    /// relative `dir` is taken from the root); anything outside it, `..` and
+    /// symbolic links included, is refused.
+    async fn load_model_dir(&self, dir: &str) -> Result<String, Status> {
+        if dir.is_empty() {
+            return Err(status::invalid_field("dir", "must not be empty"));
+        }
+        let dir = model_dir_under_root(&self.node.config.scoring.model_dir, dir)?;
+        // Loading verifies checksums and golden vectors: blocking work.
+        let scorer = self.availability.scorer().clone();
+        let loaded = tokio::task::spawn_blocking(move || scorer.load(&dir)).await.map_err(|e| Status::internal(format!("load task failed: {e}")))?;
+        loaded.map_err(status::model_error)
+    }
+}
+
+/// `dir` resolved (symbolic links and `..` followed) and checked to lie
+/// strictly inside `root`.
+pub fn model_dir_under_root(root: &std::path::Path, dir: &str) -> Result<std::path::PathBuf, Status> {
+    let root = std::fs::canonicalize(root).map_err(|e| Status::failed_precondition(format!("the model root {} cannot be read: {e}", root.display())))?;
+    let requested = std::path::Path::new(dir);
+    let joined = if requested.is_absolute() { requested.to_path_buf() } else { root.join(requested) };
+    let resolved = std::fs::canonicalize(&joined).map_err(|e| status::invalid_field("dir", format!("{}: {e}", joined.display())))?;
+    if resolved == root || !resolved.starts_with(&root) {
+        return Err(status::invalid_field("dir", format!("{} is not a directory under the node's model root {}", resolved.display(), root.display())));
+    }
+    if !resolved.is_dir() {
+        return Err(status::invalid_field("dir", format!("{} is not a directory", resolved.display())));
+    }
+    Ok(resolved)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("failed to listen on {addr} (the {plane} plane): {source}")]
+    Bind { addr: std::net::SocketAddr, plane: &'static str, source: std::io::Error },
+    #[error("failed to serve: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Reflection of the public services (and health) only, in both protocol
+/// versions: grpcurl and Postman speak v1, Python's grpcio-reflection and
+/// older tools v1alpha.
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(stockd_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+async fn bind(addr: std::net::SocketAddr, plane: &'static str) -> Result<tokio::net::TcpListener, ServeError> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, plane, source })
+}
+
+/// Serves both planes until `shutdown` resolves.
+pub async fn serve(node: Arc<Node>, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<InventoryServer<InventoryService>>().await;
     health_reporter.set_serving::<AdminServer<AdminService>>().await;
-    let health_watch = tokio::spawn(watch_groups(node.clone(), health_reporter));
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .expect("the embedded descriptor set is valid");
-    let listen = node.config.listen;
+    let v1 = reflection_builder().build_v1().expect("the embedded descriptor sets are valid");
+    let v1alpha = reflection_builder().build_v1alpha().expect("the embedded descriptor sets are valid");
     let availability = Arc::new(Availability::new(node.clone()));
-    tracing::info!(node = node.id(), %listen, groups = node.groups().count(), model = ?availability.scorer().status().serving, "serving");
-    let served = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+    let insecure = node.tls().is_none();
+    let client_plane = tonic::transport::Server::builder()
+        .layer(AuthorizeLayer::new(insecure))
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(v1)
+        .add_service(v1alpha)
         .add_service(InventoryServer::new(InventoryService::new(node.clone(), availability.clone())))
-        .add_service(AdminServer::new(AdminService { node: node.clone(), availability }))
-        .add_service(
-            RaftPeerServer::new(PeerService { node }).max_decoding_message_size(PEER_MESSAGE_BYTES_MAX).max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
-        )
-        .serve_with_shutdown(listen, shutdown)
-        .await;
+        .add_service(AdminServer::new(AdminService { node: node.clone(), availability: availability.clone() }));
+    let peer_plane = tonic::transport::Server::builder().layer(AuthorizeLayer::new(insecure)).add_service(
+        RaftPeerServer::new(PeerService { node: node.clone() })
+            .max_decoding_message_size(raft::wire::RAFT_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(raft::wire::RAFT_MESSAGE_BYTES_MAX),
+    );
+    let (listen, peer_listen) = (node.config.listen, node.config.peer_listen);
+    let client_listener = bind(listen, "client").await?;
+    let peer_listener = bind(peer_listen, "peer").await?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+    let signal = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+    let health_watch = tokio::spawn(watch_groups(node.clone(), health_reporter));
+    tracing::info!(node = node.id(), %listen, %peer_listen, tls = !insecure, groups = node.groups().count(), model = ?availability.scorer().status().serving, "serving");
+    let served = match node.tls().cloned() {
+        Some(tls) => {
+            futures::future::try_join(
+                client_plane.serve_with_incoming_shutdown(tls::incoming(client_listener, tls.clone(), Plane::Client), signal(stopped.clone())),
+                peer_plane.serve_with_incoming_shutdown(tls::incoming(peer_listener, tls, Plane::Peer), signal(stopped)),
+            )
+            .await
+        }
+        None => {
+            let plain = |listener| tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            futures::future::try_join(
+                client_plane.serve_with_incoming_shutdown(plain(client_listener), signal(stopped.clone())),
+                peer_plane.serve_with_incoming_shutdown(plain(peer_listener), signal(stopped)),
+            )
+            .await
+        }
+    };
     health_watch.abort();
-    served
+    served.map(|_| ()).map_err(ServeError::Serve)
 }
 
 /// How often the health of the node's groups is looked at.

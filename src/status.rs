@@ -7,17 +7,19 @@
 //! | proposal queue full           | RESOURCE_EXHAUSTED  | back off, retry      |
 //! | outcome unknown / no leader   | UNAVAILABLE         | retry with same id   |
 //! | group stopped                 | UNAVAILABLE         | try another node     |
+//! | refused by a peer as invalid  | INVALID_ARGUMENT    | fix the request      |
+//!
+//! The security layer's refusals (UNAUTHENTICATED, PERMISSION_DENIED) are
+//! made in `security.rs`, before any handler runs.
 
 use raft::GroupError;
 use storage::validate::InvalidInput;
 use tonic::metadata::MetadataValue;
 use tonic::Status;
 
-pub const LEADER_ID: &str = "stockd-leader-id";
-pub const LEADER_ADDR: &str = "stockd-leader-addr";
-/// Start of the FAILED_PRECONDITION message of a node that cannot serve or
-/// forward a request; clients treat it as a redirect.
-pub const NOT_LEADER_PREFIX: &str = "not leader";
+use stockd_proto::metadata::LEADER_ADDR;
+use stockd_proto::metadata::LEADER_ID;
+use stockd_proto::metadata::NOT_LEADER_PREFIX;
 
 pub fn invalid(e: InvalidInput) -> Status {
     Status::invalid_argument(e.to_string())
@@ -62,5 +64,6 @@ pub fn group_error(e: GroupError) -> Status {
         GroupError::Overloaded { group } => Status::resource_exhausted(format!("group {group} is overloaded; not applied, retry later")),
         GroupError::Unavailable { group, reason } => Status::unavailable(format!("group {group}: outcome unknown, retry with the same id: {reason}")),
         GroupError::Fatal { group, reason } => Status::unavailable(format!("group {group} stopped on this node: {reason}")),
+        GroupError::Invalid { reason, .. } => Status::invalid_argument(reason),
     }
 }

@@ -15,6 +15,8 @@ fn example_config_is_valid_and_matches_the_defaults() {
     let defaults = toml::to_string(&FileConfig::default()).expect("serializes");
     assert_eq!(as_toml, defaults, "stockd.example.toml must show the defaults");
     let peers = parse_peers("1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103").expect("peers");
-    let config = file.validate(Overrides { node_id: Some(2), peers: Some(peers), data_dir: Some("/tmp/x".into()), ..Default::default() }).expect("valid");
+    let config = file
+        .validate(Overrides { node_id: Some(2), peers: Some(peers), data_dir: Some("/tmp/x".into()), insecure: true, ..Default::default() })
+        .expect("valid");
     assert_eq!(config.shard_map.ranges.len(), 8);
 }

@@ -8,11 +8,11 @@ use clap::Parser;
 use serde_json::Value;
 
 use stockd::cli::{self, AdjustKindArg, Cli, Command, Transition};
-use stockd::client::{ClientError, NodeStatusReport};
 use stockd::proto::v1::{
     AdjustResponse, AdjustmentKind, Consistency, GroupStatus, Line, LineRisk, NodeStatus, Outcome, Position, PositionResponse, Replication, Reservation,
     ReservationResponse, ReservationState, ReserveResponse, Shortfall, StatusResponse,
 };
+use stockd_client::{ClientError, NodeStatusReport};
 
 fn line(sku: &str, location: &str, quantity: u64) -> Line {
     Line { sku: sku.to_owned(), location: location.to_owned(), quantity }
@@ -192,6 +192,8 @@ fn outcomes_and_errors_map_to_exit_codes() {
     assert_eq!(cli::exit_code_for_error(&ClientError::Unavailable { outcome_unknown: true, message: "m".into() }), 3);
     assert_eq!(cli::exit_code_for_error(&ClientError::Unavailable { outcome_unknown: false, message: "m".into() }), 3);
     assert_eq!(cli::exit_code_for_error(&ClientError::Rpc { code: tonic::Code::Internal, message: "m".into() }), 3);
+    assert_eq!(cli::exit_code_for_error(&ClientError::PermissionDenied("role reader may not call x".into())), cli::EXIT_DENIED);
+    assert_eq!(cli::exit_code_for_error(&ClientError::Unauthenticated("no certificate".into())), 4);
 }
 
 #[test]
@@ -558,8 +560,109 @@ fn bench_report_json_has_the_documented_keys() {
 // The binary
 // ---------------------------------------------------------------------------
 
+/// stockctl against plaintext (`--insecure`) addresses: these tests judge
+/// parsing, exit codes and output, not TLS (tests/t40_security.rs does).
 fn stockctl(args: &[&str]) -> std::process::Output {
-    Process::new(env!("CARGO_BIN_EXE_stockctl")).args(args).env_remove("STOCKCTL_ADDR").env_remove("RUST_LOG").output().expect("stockctl runs")
+    Process::new(env!("CARGO_BIN_EXE_stockctl"))
+        .arg("--insecure")
+        .args(args)
+        .env_remove("STOCKCTL_ADDR")
+        .env_remove("STOCKCTL_CERTS")
+        .env_remove("STOCKCTL_ROLE")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("stockctl runs")
+}
+
+#[test]
+fn binary_without_certificates_says_how_to_get_them() {
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let output = Process::new(env!("CARGO_BIN_EXE_stockctl"))
+        .args(["--addr", &closed_addr(), "status"])
+        .current_dir(elsewhere.path())
+        .env_remove("STOCKCTL_CERTS")
+        .env_remove("STOCKCTL_ROLE")
+        .output()
+        .expect("stockctl runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--certs") && stderr.contains("--insecure"), "{stderr}");
+}
+
+#[test]
+fn credentials_come_from_flags_then_env_then_the_dev_directory() {
+    use stockd::cli_access::{resolve_access, AccessArgs, Credentials};
+    use stockd_proto::roles::Role;
+    let none = std::path::Path::new("/nonexistent/dev/certs");
+    let dev = tempfile::tempdir().expect("dev dir");
+    let args = |f: fn(&mut AccessArgs)| {
+        let mut a = AccessArgs::default();
+        f(&mut a);
+        a
+    };
+    assert!(resolve_access(&AccessArgs::default(), None, None, none).expect_err("nothing").contains("--insecure"));
+    assert_eq!(resolve_access(&AccessArgs::default(), None, None, dev.path()), Ok(Credentials::Dir { dir: dev.path().to_path_buf(), role: None }));
+    assert_eq!(
+        resolve_access(&AccessArgs::default(), Some("/etc/c"), Some("feed"), dev.path()),
+        Ok(Credentials::Dir { dir: "/etc/c".into(), role: Some(Role::Feed) }),
+        "the environment before the dev directory"
+    );
+    let flagged = args(|a| {
+        a.certs = Some("/f".into());
+        a.role = Some(Role::Operator);
+    });
+    assert_eq!(resolve_access(&flagged, Some("/etc/c"), Some("feed"), dev.path()), Ok(Credentials::Dir { dir: "/f".into(), role: Some(Role::Operator) }));
+    assert_eq!(resolve_access(&args(|a| a.insecure = true), Some("/etc/c"), None, dev.path()), Ok(Credentials::Insecure));
+    assert!(
+        resolve_access(
+            &args(|a| {
+                a.insecure = true;
+                a.certs = Some("/f".into())
+            }),
+            None,
+            None,
+            none
+        )
+        .is_err(),
+        "insecure takes no certificates"
+    );
+    assert!(resolve_access(&args(|a| a.cert = Some("/c".into())), None, None, none).expect_err("no --ca").contains("--ca"));
+    assert!(resolve_access(
+        &args(|a| {
+            a.ca = Some("/ca".into());
+            a.cert = Some("/c".into())
+        }),
+        None,
+        None,
+        none
+    )
+    .expect_err("no --key")
+    .contains("--key"));
+    assert_eq!(
+        resolve_access(&args(|a| a.ca = Some("/ca".into())), None, None, none),
+        Ok(Credentials::Files { ca: "/ca".into(), identity: None }),
+        "anonymous"
+    );
+    assert!(resolve_access(&AccessArgs::default(), None, Some("admin"), dev.path()).expect_err("bad env role").contains("STOCKCTL_ROLE"));
+    assert!(cli::parse_role("peer").is_err(), "a client is never a peer");
+}
+
+#[test]
+fn each_command_calls_with_the_least_role_it_needs() {
+    use stockd::cli_access::command_rpcs;
+    use stockd_proto::roles::{least_client_role, Role};
+    let role_of = |args: &[&str]| least_client_role(&command_rpcs(&parse(args).expect("valid").command));
+    assert_eq!(role_of(&["status"]), Some(Role::Reader));
+    assert_eq!(role_of(&["get", "--sku", "a", "--location", "b"]), Some(Role::Reader));
+    assert_eq!(role_of(&["check", "--sku", "a", "--qty", "1", "--context", "checkout"]), Some(Role::Reader));
+    assert_eq!(role_of(&["reserve", "--id", "r", "--line", "a:b:1"]), Some(Role::Checkout));
+    assert_eq!(role_of(&["commit", "--id", "r"]), Some(Role::Checkout));
+    assert_eq!(role_of(&["adjust", "--event-id", "e", "--sku", "a", "--location", "b", "--kind", "receipt", "--qty", "1"]), Some(Role::Feed));
+    assert_eq!(role_of(&["model", "status"]), Some(Role::Reader));
+    assert_eq!(role_of(&["model", "disable"]), Some(Role::Operator));
+    assert_eq!(role_of(&["bench", "--workload", "hot"]), Some(Role::Checkout));
+    assert_eq!(role_of(&["bench", "--workload", "check"]), Some(Role::Reader));
+    assert_eq!(least_client_role(&stockd::cli_access::bench_stock_rpcs()), Some(Role::Feed));
 }
 
 /// An address where nothing listens: a port bound then released.
@@ -582,7 +685,7 @@ fn binary_exits_2_on_a_malformed_line() {
 #[test]
 fn binary_exits_2_on_more_skus_than_one_check_batch_holds() {
     let addr = closed_addr();
-    let skus: Vec<String> = (0..=stockd::server::BATCH_CHECKS_MAX).map(|i| format!("sku-{i}")).collect();
+    let skus: Vec<String> = (0..=stockd_proto::limits::BATCH_CHECKS_MAX).map(|i| format!("sku-{i}")).collect();
     let mut args = vec!["--addr", addr.as_str(), "check", "--qty", "1", "--context", "product-page"];
     for sku in &skus {
         args.extend(["--sku", sku.as_str()]);
@@ -683,7 +786,7 @@ fn check_takes_several_skus_up_to_a_batch() {
     assert_eq!(args.sku, vec!["a", "b"]);
     assert!(parse(&["check", "--qty", "1", "--context", "product-page"]).is_err(), "a SKU is required");
     let mut argv = vec!["check", "--addr", "127.0.0.1:1", "--qty", "1", "--context", "checkout"];
-    for _ in 0..=stockd::server::BATCH_CHECKS_MAX {
+    for _ in 0..=stockd_proto::limits::BATCH_CHECKS_MAX {
         argv.extend(["--sku", "s"]);
     }
     let output = stockctl(&argv);

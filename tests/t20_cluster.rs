@@ -70,7 +70,7 @@ async fn any_node_serves_or_forwards_every_request() {
     assert_eq!(p.served_by, follower, "a fresh follower serves bounded reads itself");
 
     // gRPC health checking and server reflection are served.
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", cluster.addrs[0])).expect("uri").connect_lazy();
+    let channel = cluster.channel(1, None);
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
     let serving = health.check(tonic_health::pb::HealthCheckRequest { service: "stockd.v1.Inventory".into() }).await.expect("health").into_inner();
     assert_eq!(serving.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);

@@ -28,7 +28,7 @@ fn single_node() -> FileConfig {
 }
 
 async fn admin(cluster: &Cluster) -> AdminClient<Channel> {
-    AdminClient::connect(format!("http://{}", cluster.addrs[0])).await.expect("connect admin")
+    AdminClient::new(cluster.channel(1, Some("operator")))
 }
 
 fn request(location: &str, quantity: u64, context: pb::RequestContext) -> pb::CheckAvailabilityRequest {
@@ -114,7 +114,7 @@ async fn check_scores_with_the_shipped_model_and_the_kill_switch_degrades_safely
     assert!(invalid.message().contains("checks[1].quantity"), "{invalid:?}");
     let empty = client.check_availability_batch(pb::CheckAvailabilityBatchRequest { checks: Vec::new() }).await.expect_err("empty batch");
     assert!(empty.message().contains("checks"), "{empty:?}");
-    let too_many = vec![request("dc-1", 1, pb::RequestContext::ProductPage); stockd::server::BATCH_CHECKS_MAX + 1];
+    let too_many = vec![request("dc-1", 1, pb::RequestContext::ProductPage); stockd_proto::limits::BATCH_CHECKS_MAX + 1];
     let too_many = client.check_availability_batch(pb::CheckAvailabilityBatchRequest { checks: too_many }).await.expect_err("too many");
     assert!(too_many.message().contains("1 to 256"), "{too_many:?}");
     cluster.shutdown().await;
@@ -203,12 +203,11 @@ async fn ranking_puts_eligible_locations_first_and_honours_residency() {
     cluster.shutdown().await;
 }
 
-/// A copy of the shipped version under another name, as an operator would
-/// stage a retrained model.
-fn stage_copy_of_v1(as_version: &str) -> tempfile::TempDir {
+/// A copy of the shipped version under another name in `root`, as an
+/// operator would stage a retrained model.
+fn stage_copy_of_v1(root: &std::path::Path, as_version: &str) {
     let shipped = std::path::Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR")).join("models/v1");
-    let staging = tempfile::tempdir().expect("tempdir");
-    let dir = staging.path().join(as_version);
+    let dir = root.join(as_version);
     std::fs::create_dir(&dir).expect("mkdir");
     for entry in std::fs::read_dir(&shipped).expect("read models/v1") {
         let entry = entry.expect("entry");
@@ -218,21 +217,33 @@ fn stage_copy_of_v1(as_version: &str) -> tempfile::TempDir {
     let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest_path).expect("manifest")).expect("json");
     manifest["version"] = serde_json::json!(as_version);
     std::fs::write(&manifest_path, serde_json::to_vec_pretty(&manifest).expect("encode")).expect("write");
-    staging
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_new_version_loads_promotes_and_rolls_back_without_a_restart() {
     let _serial = SERIAL.lock().await;
-    let cluster = Cluster::start(1, single_node()).await;
+    let root = tempfile::tempdir().expect("model root");
+    stage_copy_of_v1(root.path(), "v1");
+    let mut file = single_node();
+    file.model.model_dir = root.path().to_path_buf();
+    let cluster = Cluster::start(1, file).await;
     let mut client = cluster.client(1).await;
     let mut admin = admin(&cluster).await;
     receive(&mut client, "rcv-1", SKU, "dc-1", 50).await;
     let version_of = |answer: &pb::CheckAvailabilityResponse| answer.model_version.clone();
 
-    let staging = stage_copy_of_v1("v2");
-    let dir = staging.path().join("v2").display().to_string();
-    admin.load_model(pb::LoadModelRequest { dir: dir.clone() }).await.expect("load v2");
+    // Only directories under the node's model root load, named from the root.
+    let outside = tempfile::tempdir().expect("elsewhere");
+    stage_copy_of_v1(outside.path(), "v4");
+    let absolute = outside.path().join("v4").display().to_string();
+    let escape = format!("../{}/v4", outside.path().file_name().expect("name").to_string_lossy());
+    for dir in [absolute, escape, ".".to_owned()] {
+        let refused = admin.load_model(pb::LoadModelRequest { dir: dir.clone() }).await.expect_err("outside the model root");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{dir}: {refused:?}");
+        assert!(refused.message().contains("invalid dir") && refused.message().contains("model root"), "{dir}: {refused:?}");
+    }
+    stage_copy_of_v1(root.path(), "v2");
+    admin.load_model(pb::LoadModelRequest { dir: "v2".into() }).await.expect("load v2");
     let answer = client.check_availability(request("dc-1", 1, pb::RequestContext::Checkout)).await.expect("check").into_inner();
     assert_eq!(version_of(&answer), "v1", "loading does not change what serves");
 
@@ -247,17 +258,18 @@ async fn a_new_version_loads_promotes_and_rolls_back_without_a_restart() {
     assert_eq!(version_of(&answer), "v1");
 
     // A tampered copy is refused and changes nothing.
-    let tampered = stage_copy_of_v1("v3");
-    let onnx = tampered.path().join("v3/model.onnx");
+    stage_copy_of_v1(root.path(), "v3");
+    let onnx = root.path().join("v3/model.onnx");
     let mut bytes = std::fs::read(&onnx).expect("read");
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
     std::fs::write(&onnx, bytes).expect("write");
-    let refused = admin.load_model(pb::LoadModelRequest { dir: tampered.path().join("v3").display().to_string() }).await.expect_err("checksum");
+    let refused = admin.load_model(pb::LoadModelRequest { dir: root.path().join("v3").display().to_string() }).await.expect_err("checksum");
     assert!(refused.message().contains("model.onnx"), "{refused:?}");
     let status = admin.model_status(pb::ModelStatusRequest {}).await.expect("status").into_inner();
     let status: serde_json::Value = serde_json::from_str(&status.status_json).expect("json");
     assert_eq!(status["serving"], "v1");
+    assert!(!status.to_string().contains("\"v4\""), "nothing from outside the root was loaded: {status}");
     cluster.shutdown().await;
 }
 
@@ -331,7 +343,7 @@ async fn the_checkout_risk_gate_refuses_risky_carts_whole_and_logs_its_verdict()
     admin.set_model_disabled(pb::SetModelDisabledRequest { disabled: false }).await.expect("enable");
 
     let mut long_key = gated("g-7", vec![common::line(SKU, "dc-1", 1)]);
-    long_key.risk_gate = Some(pb::RiskGate { route_key: "k".repeat(stockd::server::ROUTE_KEY_BYTES_MAX + 1), promo: false });
+    long_key.risk_gate = Some(pb::RiskGate { route_key: "k".repeat(stockd_proto::limits::ROUTE_KEY_BYTES_MAX + 1), promo: false });
     let invalid = client.reserve(long_key).await.expect_err("route key too long");
     assert_eq!(invalid.code(), tonic::Code::InvalidArgument);
     assert!(invalid.message().contains("risk_gate.route_key"), "{invalid:?}");

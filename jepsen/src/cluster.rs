@@ -9,8 +9,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use stockd::client::Client;
-use stockd::client::ClientConfig;
+use stockd_client::Client;
+use stockd_client::ClientConfig;
+use stockd_client::TlsConfig;
 use tokio::time::Instant;
 
 /// How a node process is started.
@@ -33,11 +34,22 @@ pub enum Wrapper {
 /// writes, which makes tokio panic: a fault of the harness, not of a disk.)
 pub const FIU_FAULT: &str = "posix/io/sync/*";
 
+/// Where one node listens.
+#[derive(Debug, Clone)]
+pub struct NodeAddrs {
+    /// Client plane, `host:port`.
+    pub addr: String,
+    /// Peer plane, `host:port`.
+    pub peer_addr: String,
+    /// Network namespace the node runs in (`None` in loopback mode).
+    pub netns: Option<String>,
+}
+
 /// One node of the cluster.
 #[derive(Debug)]
 pub struct Node {
     pub id: u64,
-    /// `host:port` the node listens on and peers reach it at.
+    /// `host:port` of the node's client plane (its peer plane is in `peers`).
     pub addr: String,
     /// Network namespace the node runs in (`None` in loopback mode).
     pub netns: Option<String>,
@@ -63,6 +75,8 @@ pub struct Cluster {
     pub exe: PathBuf,
     pub nodes: Vec<Node>,
     peers: String,
+    /// Certificates of every node and client role (`stockd certs`).
+    pub certs: PathBuf,
     /// Extra environment of every node process (the failpoint of `--bug`).
     env: Vec<(String, String)>,
 }
@@ -72,17 +86,26 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Cluster {
-    /// Describes (does not start) nodes `1..=addrs.len()` under `dir`.
-    pub fn new(exe: PathBuf, addrs: Vec<(String, Option<String>)>, dir: &Path, env: Vec<(String, String)>) -> anyhow::Result<Cluster> {
-        let peers = addrs.iter().enumerate().map(|(i, (a, _))| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
+    /// Describes (does not start) nodes `1..=addrs.len()` under `dir`, and
+    /// makes their certificates (`stockd certs`, SANs for every node host):
+    /// every run goes through mTLS.
+    pub fn new(exe: PathBuf, addrs: Vec<NodeAddrs>, dir: &Path, env: Vec<(String, String)>) -> anyhow::Result<Cluster> {
+        let peers = addrs.iter().enumerate().map(|(i, a)| format!("{}={}/{}", i + 1, a.addr, a.peer_addr)).collect::<Vec<_>>().join(",");
+        let certs = dir.join("certs");
+        make_certs(&exe, &certs, &addrs)?;
         let mut nodes = Vec::new();
-        for (i, (addr, netns)) in addrs.into_iter().enumerate() {
+        for (i, a) in addrs.into_iter().enumerate() {
             let id = i as u64 + 1;
             let node_dir = dir.join(format!("n{id}"));
             std::fs::create_dir_all(node_dir.join("data")).with_context(|| format!("create {}", node_dir.display()))?;
-            nodes.push(Node { id, addr, netns, dir: node_dir, wrapper: Wrapper::Plain, paused: false, child: None });
+            nodes.push(Node { id, addr: a.addr, netns: a.netns, dir: node_dir, wrapper: Wrapper::Plain, paused: false, child: None });
         }
-        Ok(Cluster { exe, nodes, peers, env })
+        Ok(Cluster { exe, nodes, peers, certs, env })
+    }
+
+    /// A client of this cluster with the certificate of `role`.
+    pub fn client(&self, role: &str, config: ClientConfig) -> anyhow::Result<Client> {
+        client_for(&self.addrs(), &self.certs, role, config)
     }
 
     pub fn addrs(&self) -> Vec<String> {
@@ -101,6 +124,7 @@ impl Cluster {
     pub fn start(&mut self, id: u64, wrapper: Wrapper) -> anyhow::Result<()> {
         let exe = self.exe.clone();
         let peers = self.peers.clone();
+        let certs = self.certs.clone();
         let env = self.env.clone();
         let node = self.node_mut(id)?;
         if node.child.is_some() {
@@ -127,6 +151,8 @@ impl Cluster {
         program.push(peers);
         program.push("--data-dir".into());
         program.push(node.dir.join("data").display().to_string());
+        program.push("--certs".into());
+        program.push(certs.display().to_string());
         let mut cmd = tokio::process::Command::new(&program[0]);
         cmd.args(&program[1..]);
         for (k, v) in &env {
@@ -212,7 +238,7 @@ impl Cluster {
             total_deadline: Duration::from_secs(1),
             ..ClientConfig::default()
         };
-        let client = Client::with_config(&self.addrs(), config).context("make a status client")?;
+        let client = self.client("reader", config).context("make a status client")?;
         loop {
             let mut missing = Vec::new();
             for node in self.nodes.iter().filter(|n| n.is_running()) {
@@ -238,7 +264,7 @@ impl Cluster {
             total_deadline: Duration::from_millis(700),
             ..ClientConfig::default()
         };
-        let client = Client::with_config(&self.addrs(), config).ok()?;
+        let client = self.client("reader", config).ok()?;
         for node in self.nodes.iter().filter(|n| n.is_running() && !n.paused) {
             let Ok(status) = client.status_of(&node.addr).await else { continue };
             let group = status.groups.iter().find(|g| g.start_sku.as_str() <= sku && (g.end_sku.is_empty() || sku < g.end_sku.as_str()));
@@ -259,6 +285,29 @@ fn signal(pid: Option<u32>, name: &str) {
             .stderr(std::process::Stdio::null())
             .status();
     }
+}
+
+/// A client of the nodes at `addrs` with the certificate of `role` from
+/// `certs`.
+pub fn client_for(addrs: &[String], certs: &Path, role: &str, config: ClientConfig) -> anyhow::Result<Client> {
+    let tls = TlsConfig::from_dir(certs, role).with_context(|| format!("read the {role} certificate"))?;
+    Client::with_config(addrs, ClientConfig { tls: Some(tls), ..config }).context("make a client")
+}
+
+/// `stockd certs` for the nodes of `addrs`.
+fn make_certs(exe: &Path, out: &Path, addrs: &[NodeAddrs]) -> anyhow::Result<()> {
+    let nodes = (1..=addrs.len()).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+    let mut hosts: Vec<&str> = addrs.iter().filter_map(|a| a.addr.rsplit_once(':').map(|(host, _)| host)).collect();
+    hosts.sort_unstable();
+    hosts.dedup();
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("certs").arg("--out").arg(out).arg("--nodes").arg(&nodes).arg("--days").arg("2");
+    if !hosts.is_empty() {
+        cmd.arg("--hosts").arg(hosts.join(","));
+    }
+    let output = cmd.output().with_context(|| format!("run {} certs", exe.display()))?;
+    anyhow::ensure!(output.status.success(), "stockd certs failed: {}", String::from_utf8_lossy(&output.stderr).trim());
+    Ok(())
 }
 
 /// `n` free TCP ports on 127.0.0.1 (bound, then released).

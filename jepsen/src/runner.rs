@@ -19,12 +19,12 @@ use std::time::Duration;
 use anyhow::Context;
 use futures::StreamExt;
 use serde_json::json;
-use stockd::client::Client;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::checks;
 use crate::cluster::Cluster;
+use crate::cluster::NodeAddrs;
 use crate::cluster::READY_TIMEOUT;
 use crate::history;
 use crate::history::Kind;
@@ -33,6 +33,8 @@ use crate::nemesis::Nemesis;
 use crate::net::Net;
 use crate::rng::Rng;
 use crate::workload;
+use crate::workload::Clients;
+use crate::workload::Endpoints;
 use crate::workload::Op;
 use crate::workload::Shared;
 use crate::workload::Workload;
@@ -184,10 +186,12 @@ pub async fn run_test(config: &TestConfig) -> anyhow::Result<TestOutcome> {
         println!("note: {note}");
     }
 
-    let addrs: Vec<(String, Option<String>)> = if net.is_some() {
-        ids.iter().map(|id| (format!("{}:7100", crate::net::node_ip(*id)), Some(Net::netns(*id)))).collect()
+    let addrs: Vec<NodeAddrs> = if net.is_some() {
+        let at = |id: u64, port: u16| format!("{}:{port}", crate::net::node_ip(id));
+        ids.iter().map(|id| NodeAddrs { addr: at(*id, 7100), peer_addr: at(*id, 7200), netns: Some(Net::netns(*id)) }).collect()
     } else {
-        crate::cluster::free_ports(ids.len())?.into_iter().map(|p| (format!("127.0.0.1:{p}"), None)).collect()
+        let ports = crate::cluster::free_ports(2 * ids.len())?;
+        ports.chunks(2).map(|p| NodeAddrs { addr: format!("127.0.0.1:{}", p[0]), peer_addr: format!("127.0.0.1:{}", p[1]), netns: None }).collect()
     };
     let env = match config.bug.as_deref() {
         None => Vec::new(),
@@ -220,7 +224,10 @@ async fn drive(
         let waited = c.wait_ready(READY_TIMEOUT).await.context("wait for the cluster")?;
         println!("cluster of {} ready in {} ms: {}", config.nodes, waited.as_millis(), c.addrs().join(" "));
     }
-    let addrs = cluster.lock().await.addrs();
+    let endpoints = {
+        let c = cluster.lock().await;
+        Endpoints { addrs: c.addrs(), certs: c.certs.clone() }
+    };
     let shared = Shared::new(std::time::Instant::now());
     let skus = Arc::new(config.workload.skus(config.time_limit_s));
 
@@ -230,8 +237,8 @@ async fn drive(
         let op = Op::Receipt { sku: sku.clone(), event: format!("initial-{sku}"), qty: workload::INITIAL_STOCK };
         loop {
             let process = shared.new_process();
-            let client = Client::with_config(&addrs, workload::client_config())?;
-            if workload::run_op(&shared, &client, process, &op, false).await.0 == Kind::Ok {
+            let clients = Clients::connect(&endpoints)?;
+            if workload::run_op(&shared, &clients, process, &op, false).await.0 == Kind::Ok {
                 break;
             }
             anyhow::ensure!(Instant::now() < setup_deadline, "could not receive the initial stock of {sku}");
@@ -241,7 +248,7 @@ async fn drive(
     let deadline = Instant::now() + Duration::from_secs(config.time_limit_s);
     let mut tasks = tokio::task::JoinSet::new();
     for slot in 0..config.concurrency {
-        tasks.spawn(workload::run_slot(shared.clone(), addrs.clone(), config.workload, skus.clone(), root.fork(slot + 1), deadline, config.ttl_ms));
+        tasks.spawn(workload::run_slot(shared.clone(), endpoints.clone(), config.workload, skus.clone(), root.fork(slot + 1), deadline, config.ttl_ms));
     }
     let nemesis = Arc::new(Nemesis {
         shared: shared.clone(),
@@ -281,7 +288,7 @@ async fn drive(
             None
         }
     };
-    final_reads(&shared, &addrs).await?;
+    final_reads(&shared, &endpoints).await?;
     {
         let mut c = cluster.lock().await;
         c.stop_all().await;
@@ -309,7 +316,7 @@ async fn drive(
 /// Strong reads of every SKU and lookups of every reservation id, each
 /// retried until it succeeds or its deadline passes; every attempt is in
 /// the history with `final: true`.
-async fn final_reads(shared: &Arc<Shared>, addrs: &[String]) -> anyhow::Result<()> {
+async fn final_reads(shared: &Arc<Shared>, endpoints: &Endpoints) -> anyhow::Result<()> {
     let mut targets: Vec<Op> = Vec::new();
     {
         let recorder = shared.recorder.lock().unwrap_or_else(|p| p.into_inner());
@@ -329,10 +336,10 @@ async fn final_reads(shared: &Arc<Shared>, addrs: &[String]) -> anyhow::Result<(
         targets.extend(skus.into_iter().map(|sku| Op::Read { sku }));
     }
     let deadline = Instant::now() + FINAL_READ_TIMEOUT;
-    let client = Client::with_config(addrs, workload::client_config())?;
+    let clients = Clients::connect(endpoints)?;
     futures::stream::iter(targets)
         .for_each_concurrent(FINAL_CONCURRENCY, |op| {
-            let (shared, client) = (shared.clone(), client.clone());
+            let (shared, client) = (shared.clone(), clients.clone());
             async move {
                 loop {
                     let process = shared.new_process();

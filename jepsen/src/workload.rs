@@ -14,6 +14,7 @@
 //!
 //! Reads that get no answer are `fail` (they changed nothing).
 
+use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -22,10 +23,10 @@ use std::time::Duration;
 
 use serde_json::json;
 use serde_json::Value;
-use stockd::client::Client;
-use stockd::client::ClientConfig;
-use stockd::client::ClientError;
-use stockd::proto::v1 as pb;
+use stockd_client::Client;
+use stockd_client::ClientConfig;
+use stockd_client::ClientError;
+use stockd_proto::v1 as pb;
 use tokio::time::Instant;
 
 use crate::history::Kind;
@@ -108,6 +109,36 @@ impl Shared {
     }
 }
 
+/// The connections of one process, through mTLS: receipts go as a feed,
+/// everything else (reservations, reads, lookups) as a checkout.
+#[derive(Clone)]
+pub struct Clients {
+    checkout: Client,
+    feed: Client,
+}
+
+/// Where a process connects, and with which certificates.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    pub addrs: Vec<String>,
+    /// The cluster's `stockd certs` directory.
+    pub certs: PathBuf,
+}
+
+impl Clients {
+    pub fn connect(endpoints: &Endpoints) -> anyhow::Result<Clients> {
+        let client = |role| crate::cluster::client_for(&endpoints.addrs, &endpoints.certs, role, client_config());
+        Ok(Clients { checkout: client("checkout")?, feed: client("feed")? })
+    }
+
+    fn for_op(&self, op: &Op) -> &Client {
+        match op {
+            Op::Receipt { .. } => &self.feed,
+            _ => &self.checkout,
+        }
+    }
+}
+
 /// Client limits of one process: short enough that a partition turns into
 /// `info` / `fail` within seconds.
 pub fn client_config() -> ClientConfig {
@@ -172,7 +203,8 @@ fn state_name(state: i32) -> String {
 }
 
 /// Performs `op` once: the completion kind and value.
-pub async fn perform(client: &Client, op: &Op) -> (Kind, Value) {
+pub async fn perform(clients: &Clients, op: &Op) -> (Kind, Value) {
+    let client = clients.for_op(op);
     let result: Result<Value, ClientError> = match op {
         Op::Reserve { sku, id, qty, ttl_ms } => client
             .reserve(pb::ReserveRequest {
@@ -234,9 +266,9 @@ fn reservation_value(r: &pb::ReservationResponse) -> Value {
 }
 
 /// Invokes, performs and completes `op` as `process`.
-pub async fn run_op(shared: &Shared, client: &Client, process: u64, op: &Op, is_final: bool) -> (Kind, Value) {
+pub async fn run_op(shared: &Shared, clients: &Clients, process: u64, op: &Op, is_final: bool) -> (Kind, Value) {
     shared.record(Kind::Invoke, op.f(), op.value(is_final), Process::Client(process));
-    let (kind, mut value) = perform(client, op).await;
+    let (kind, mut value) = perform(clients, op).await;
     if is_final {
         value["final"] = json!(true);
     }
@@ -260,7 +292,7 @@ struct Slot {
 /// replaced by fresh ones.
 pub async fn run_slot(
     shared: Arc<Shared>,
-    addrs: Vec<String>,
+    endpoints: Endpoints,
     workload: Workload,
     skus: Arc<Vec<String>>,
     mut rng: Rng,
@@ -270,7 +302,7 @@ pub async fn run_slot(
     let mut slot = Slot::default();
     while Instant::now() < deadline {
         let process = shared.new_process();
-        let client = Client::with_config(&addrs, client_config())?;
+        let client = Clients::connect(&endpoints)?;
         while Instant::now() < deadline {
             let sku = workload.sku_at(&skus, shared.started.elapsed(), &mut rng);
             let op = next_op(&mut slot, &mut rng, process, sku, ttl_ms);

@@ -41,7 +41,7 @@ use crate::features::FEATURE_COUNT;
 use crate::registry::Route;
 use crate::registry::Variant;
 use crate::registry::VersionModels;
-use crate::scorer::Score;
+use crate::score::Score;
 
 /// Highest value the latency histogram tracks: 60 s in microseconds.
 const LATENCY_US_MAX: u64 = 60_000_000;

@@ -18,6 +18,7 @@ pub mod error;
 pub mod manifest;
 pub mod registry;
 pub mod runtime;
+pub mod score;
 pub mod scorer;
 
 pub use error::ModelError;
@@ -25,7 +26,7 @@ pub use error::ScoreError;
 pub use manifest::Thresholds;
 pub use registry::Arm;
 pub use registry::Variant;
+pub use score::Score;
 pub use scorer::ModelStatus;
-pub use scorer::Score;
 pub use scorer::Scorer;
 pub use scorer::ScoringConfig;

@@ -53,13 +53,12 @@ use crate::manifest::Thresholds;
 use crate::manifest::MANIFEST_FILE;
 use crate::registry::compare_versions;
 use crate::registry::verify_version;
-use crate::registry::Arm;
 use crate::registry::Registry;
-use crate::registry::Variant;
 use crate::registry::VersionInfo;
 use crate::registry::SERVING_FILE;
 use crate::runtime::Runtime;
 use crate::runtime::SESSION_ROWS_MAX;
+pub use crate::score::Score;
 
 /// Largest `batch_max`.
 pub const BATCH_MAX_LIMIT: usize = 1_024;
@@ -114,18 +113,6 @@ impl ScoringConfig {
         }
         Ok(())
     }
-}
-
-/// One request's score.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Score {
-    /// Calibrated P(sellable).
-    pub p_sellable: f64,
-    /// The model's own P(sellable), before calibration.
-    pub raw: f64,
-    pub model_version: String,
-    pub variant: Variant,
-    pub arm: Arm,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -588,6 +575,7 @@ impl Scorer {
 mod tests {
     use super::*;
     use crate::features::FEATURE_COUNT;
+    use crate::registry::Variant;
 
     #[test]
     fn default_config_is_valid_and_bad_relations_are_refused() {

@@ -1,3 +1,6 @@
+//! The errors a group reports to its callers, split as openraft splits them:
+//! definitely not applied, outcome unknown, fatal.
+
 use serde::Deserialize;
 use serde::Serialize;
 use storage::model::GroupId;
@@ -5,9 +8,10 @@ use thiserror::Error;
 
 use crate::NodeId;
 
-/// Why a group could not serve a request. `NotLeader` and `Overloaded` mean
-/// the command was definitely not applied by this call; `Unavailable` means
-/// its outcome is unknown (retry with the same id); `Fatal` stops the group.
+/// Why a group could not serve a request. `NotLeader`, `Overloaded` and
+/// `Invalid` mean the command was definitely not applied by this call;
+/// `Unavailable` means its outcome is unknown (retry with the same id);
+/// `Fatal` stops the group.
 #[derive(Debug, Clone, Error, PartialEq, Eq, Serialize, Deserialize)]
 pub enum GroupError {
     #[error("node is not the leader of group {group}")]
@@ -18,11 +22,15 @@ pub enum GroupError {
     Unavailable { group: GroupId, reason: String },
     #[error("group {group} stopped: {reason}")]
     Fatal { group: GroupId, reason: String },
+    /// A node refused a forwarded command or read as invalid input, with the
+    /// message a client would get for it (`invalid lines[0].quantity: ...`).
+    #[error("{reason}")]
+    Invalid { group: GroupId, reason: String },
 }
 
 impl GroupError {
     /// True when the command was certainly not applied.
     pub fn definitely_not_applied(&self) -> bool {
-        matches!(self, GroupError::Overloaded { .. })
+        matches!(self, GroupError::Overloaded { .. } | GroupError::Invalid { .. })
     }
 }

@@ -50,10 +50,12 @@ pub enum TransportError {
 
 pub type TransportFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, TransportError>> + Send>>;
 
-/// Sends one encoded Raft RPC of `group` to `target` at `addr` and returns
-/// the encoded reply. Implemented by the node over gRPC.
+/// Sends one encoded Raft RPC of `group` to node `target` and returns the
+/// encoded reply. Implemented by the node over gRPC; the node knows where
+/// its peers listen (their peer-plane address, not the client address that
+/// the membership records for leader hints).
 pub trait PeerTransport: Send + Sync + 'static {
-    fn call(&self, target: NodeId, addr: &str, group: GroupId, rpc: PeerRpc, payload: Vec<u8>, timeout: Duration) -> TransportFuture;
+    fn call(&self, target: NodeId, group: GroupId, rpc: PeerRpc, payload: Vec<u8>, timeout: Duration) -> TransportFuture;
 }
 
 /// Creates per-target network clients for one group.
@@ -72,8 +74,8 @@ impl GroupNetwork {
 impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
     type Network = PeerClient;
 
-    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
-        PeerClient { transport: self.transport.clone(), group: self.group, target, addr: node.addr.clone() }
+    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> PeerClient {
+        PeerClient { transport: self.transport.clone(), group: self.group, target }
     }
 }
 
@@ -81,7 +83,6 @@ pub struct PeerClient {
     transport: Arc<dyn PeerTransport>,
     group: GroupId,
     target: NodeId,
-    addr: String,
 }
 
 impl PeerClient {
@@ -91,7 +92,7 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let reply = self.transport.call(self.target, &self.addr, self.group, rpc, wire::encode(req), option.hard_ttl()).await.map_err(|e| match e {
+        let reply = self.transport.call(self.target, self.group, rpc, wire::encode(req), option.hard_ttl()).await.map_err(|e| match e {
             TransportError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),
             TransportError::Failed { .. } => RPCError::Network(NetworkError::new(&e)),
         })?;

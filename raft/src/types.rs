@@ -1,3 +1,6 @@
+//! openraft's type configuration for stockd: node ids, the entry payload
+//! (a batch of commands) and what applying one returns.
+
 use std::io::Cursor;
 
 use serde::Deserialize;

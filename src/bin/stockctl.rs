@@ -2,6 +2,7 @@
 //! formats live in `stockd::cli`; this file wires them to the client.
 
 use std::io::Write;
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -9,10 +10,12 @@ use clap::Parser;
 use raft::group::wall_clock_ms;
 use serde_json::Value;
 
-use stockd::bench::{self, BenchConfig};
+use stockd::bench::{self, BenchClients, BenchConfig};
 use stockd::cli::{self, Cli, Command, Transition};
-use stockd::client::{Client, ClientConfig, ClientError, ModelOp};
-use stockd::proto::v1::{
+use stockd::cli_access::{self, Credentials};
+use stockd_client::{Client, ClientConfig, ClientError, ModelOp};
+use stockd_proto::limits::BATCH_CHECKS_MAX;
+use stockd_proto::v1::{
     AdjustRequest, AdjustmentKind, CheckAvailabilityBatchRequest, CheckAvailabilityRequest, GetPositionRequest, RankFulfillmentRequest, RequestContext,
     ReserveRequest,
 };
@@ -31,11 +34,26 @@ fn init_tracing() {
 }
 
 async fn run(cli: Cli) -> u8 {
+    if matches!(cli.command, Command::Roles) {
+        if cli.json {
+            emit_json(&cli_access::roles_json());
+        } else {
+            emit(&cli_access::roles_human());
+        }
+        return cli::EXIT_DONE;
+    }
     let env_addr = std::env::var(cli::ADDR_ENV).ok();
     let addrs = match cli::resolve_addrs(&cli.addr, env_addr.as_deref()) {
         Ok(addrs) => addrs,
         Err(message) => return fail_usage(&message),
     };
+    let env_certs = std::env::var(cli_access::CERTS_ENV).ok();
+    let env_role = std::env::var(cli_access::ROLE_ENV).ok();
+    let credentials =
+        match cli_access::resolve_access(&cli_access::AccessArgs::of(&cli), env_certs.as_deref(), env_role.as_deref(), Path::new(cli_access::DEV_CERTS_DIR)) {
+            Ok(credentials) => credentials,
+            Err(message) => return fail_usage(&message),
+        };
     let config = ClientConfig {
         connect_timeout: cli.timeout.min(Duration::from_secs(1)),
         request_timeout: cli.timeout,
@@ -45,9 +63,9 @@ async fn run(cli: Cli) -> u8 {
         routes_max_age: if matches!(cli.command, Command::Bench(_)) { ClientConfig::default().routes_max_age } else { None },
         ..ClientConfig::default()
     };
-    let client = match Client::with_config(&addrs, config) {
+    let client = match client_for(&addrs, &config, &credentials, &cli_access::command_rpcs(&cli.command)) {
         Ok(client) => client,
-        Err(error) => return fail(&error),
+        Err(code) => return code,
     };
     let json = cli.json;
     match cli.command {
@@ -90,7 +108,7 @@ async fn run(cli: Cli) -> u8 {
                 return fail_usage(&format!("invalid --line: at most {} lines per reservation", cli::LINES_MAX));
             }
             let ttl_ms = u64::try_from(args.ttl.as_millis()).unwrap_or(u64::MAX);
-            let risk_gate = args.risk_gate.then(stockd::proto::v1::RiskGate::default);
+            let risk_gate = args.risk_gate.then(stockd_proto::v1::RiskGate::default);
             let lines = args.lines.clone();
             let request = ReserveRequest { reservation_id: args.id.clone(), lines: args.lines, ttl_ms, risk_gate };
             match client.reserve(request).await {
@@ -140,8 +158,8 @@ async fn run(cli: Cli) -> u8 {
             }
         }
         Command::Check(args) => {
-            if args.sku.len() > stockd::server::BATCH_CHECKS_MAX {
-                return fail_usage(&format!("--sku: at most {} SKUs in one check", stockd::server::BATCH_CHECKS_MAX));
+            if args.sku.len() > BATCH_CHECKS_MAX {
+                return fail_usage(&format!("--sku: at most {} SKUs in one check", BATCH_CHECKS_MAX));
             }
             let requests: Vec<CheckAvailabilityRequest> = args
                 .sku
@@ -221,6 +239,7 @@ async fn run(cli: Cli) -> u8 {
             }
             cli::model_exit_code(&reports)
         }
+        Command::Roles => unreachable!("answered before any client is made"),
         Command::Bench(args) => {
             let config = BenchConfig {
                 workload: args.workload,
@@ -230,7 +249,11 @@ async fn run(cli: Cli) -> u8 {
                 location: args.location,
                 batch: args.batch,
             };
-            match bench::run(&client, &config).await {
+            let stock = match client_for(&addrs, client.config(), &credentials, &cli_access::bench_stock_rpcs()) {
+                Ok(stock) => stock,
+                Err(code) => return code,
+            };
+            match bench::run(&BenchClients { stock, load: client.clone() }, &config).await {
                 Ok(report) => {
                     if json {
                         emit_json(&cli::bench_json(&report));
@@ -246,6 +269,13 @@ async fn run(cli: Cli) -> u8 {
             }
         }
     }
+}
+
+/// A client for calls that make `rpcs`, with the certificate of the role
+/// they need; on failure, the exit code (the message is printed).
+fn client_for(addrs: &[String], config: &ClientConfig, credentials: &Credentials, rpcs: &[&str]) -> Result<Client, u8> {
+    let tls = cli_access::tls_for(credentials, rpcs).map_err(|message| fail_usage(&message))?;
+    Client::with_config(addrs, ClientConfig { tls, ..config.clone() }).map_err(|error| fail(&error))
 }
 
 async fn transition(client: &Client, transition: Transition, reservation_id: &str, json: bool) -> u8 {

@@ -1,4 +1,6 @@
-//! `stockd start`: run one node. `stockd dev`: run a local cluster.
+//! `stockd start`: run one node. `stockd dev`: run a local cluster (with
+//! certificates made on first start). `stockd certs`: make a cluster's CA and
+//! certificates.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,13 +10,15 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Parser;
 use clap::Subcommand;
+use stockd::certs;
 use stockd::config::parse_peers;
 use stockd::config::FileConfig;
 use stockd::config::Overrides;
+use stockd::config::PEER_PORT_OFFSET;
 use stockd::node::Node;
-use stockd::proto::v1::admin_client::AdminClient;
-use stockd::proto::v1::ModelStatusRequest;
-use stockd::proto::v1::StatusRequest;
+use stockd_client::Client;
+use stockd_client::ClientConfig;
+use stockd_client::TlsConfig;
 
 #[derive(Parser)]
 #[command(name = "stockd", version, about = "Distributed, replicated inventory engine")]
@@ -29,12 +33,23 @@ enum Cmd {
     Start {
         #[arg(long)]
         node_id: Option<u64>,
-        /// Address to serve on (host:port); default: this node's peer address.
+        /// Client plane (host:port); default: this node's address in --peers.
         #[arg(long)]
         listen: Option<String>,
-        /// Every node of the cluster: 1=host:port,2=host:port,...
+        /// Peer plane (host:port); default: this node's peer address (its
+        /// client port + 100 unless --peers gives one).
+        #[arg(long)]
+        peer_listen: Option<String>,
+        /// Every node of the cluster: 1=host:port,2=host:port,... (each may
+        /// add its peer address: 1=host:port/host:peerport).
         #[arg(long)]
         peers: Option<String>,
+        /// Certificates made by `stockd certs`: ca.crt, node-<id>.crt/.key.
+        #[arg(long, value_name = "DIR")]
+        certs: Option<PathBuf>,
+        /// Serve plaintext without authentication or roles (both planes).
+        #[arg(long)]
+        insecure: bool,
         #[arg(long)]
         data_dir: Option<PathBuf>,
         #[arg(long)]
@@ -60,6 +75,25 @@ enum Cmd {
         /// Model versions passed to every node (default: this source tree's models/).
         #[arg(long)]
         model_dir: Option<PathBuf>,
+        /// Plaintext, no certificates (default: mTLS with certificates made
+        /// under DATA_DIR/certs on first start).
+        #[arg(long)]
+        insecure: bool,
+    },
+    /// Make a CA (or reuse the one in DIR) and the certificates of a cluster:
+    /// node-<id>.crt/.key per node, <role>.crt/.key per client role.
+    Certs {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Node ids, comma separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<u64>,
+        /// Extra host names or IP addresses of the nodes (beyond 127.0.0.1 and localhost).
+        #[arg(long, value_delimiter = ',')]
+        hosts: Vec<String>,
+        /// Validity of the node and client certificates.
+        #[arg(long, default_value_t = certs::LEAF_DAYS_DEFAULT)]
+        days: u32,
     },
 }
 
@@ -74,10 +108,11 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Cmd::Start { node_id, listen, peers, data_dir, region, model_dir, config } => {
-                start(Overrides { node_id, listen, peers: None, data_dir, region, model_dir }, peers, config).await
+            Cmd::Start { node_id, listen, peer_listen, peers, certs, insecure, data_dir, region, model_dir, config } => {
+                start(Overrides { node_id, listen, peer_listen, peers: None, certs, insecure, data_dir, region, model_dir }, peers, config).await
             }
-            Cmd::Dev { nodes, data_dir, port, config, model_dir } => dev(nodes, data_dir, port, config, model_dir).await,
+            Cmd::Dev { nodes, data_dir, port, config, model_dir, insecure } => dev(DevArgs { nodes, data_dir, port, config, model_dir, insecure }).await,
+            Cmd::Certs { out, nodes, hosts, days } => make_certs(&certs::CertRequest { out, nodes, hosts, days }),
         }
     });
     match result {
@@ -124,23 +159,94 @@ async fn start(mut overrides: Overrides, peers: Option<String>, config: Option<P
     Ok(())
 }
 
+fn make_certs(request: &certs::CertRequest) -> anyhow::Result<()> {
+    let report = certs::create(request).context("make the certificates")?;
+    let ca = if report.ca_reused { "reused the CA in" } else { "made a new CA in" };
+    println!("stockd certs: {ca} {}", request.out.display());
+    for path in &report.written {
+        println!("  wrote {}", path.display());
+    }
+    println!("start each node with: stockd start --certs {} ...", request.out.display());
+    println!("use stockctl with:    stockctl --certs {} [--role reader|checkout|feed|operator] ...", request.out.display());
+    Ok(())
+}
+
 struct Child {
     id: u64,
     addr: String,
     process: tokio::process::Child,
 }
 
-async fn dev(nodes: u64, data_dir: PathBuf, port: u16, config: Option<PathBuf>, model_dir: Option<PathBuf>) -> anyhow::Result<()> {
-    anyhow::ensure!((1..=9).contains(&nodes), "--nodes must be between 1 and 9");
-    anyhow::ensure!(nodes == 1 || nodes >= 3, "--nodes must be 1 or at least 3 (replication factor 3)");
+struct DevArgs {
+    nodes: u64,
+    data_dir: PathBuf,
+    port: u16,
+    config: Option<PathBuf>,
+    model_dir: Option<PathBuf>,
+    insecure: bool,
+}
+
+async fn dev(args: DevArgs) -> anyhow::Result<()> {
+    anyhow::ensure!((1..=9).contains(&args.nodes), "--nodes must be between 1 and 9");
+    anyhow::ensure!(args.nodes == 1 || args.nodes >= 3, "--nodes must be 1 or at least 3 (replication factor 3)");
+    anyhow::ensure!(
+        u32::from(args.port) + 9 + u32::from(PEER_PORT_OFFSET) <= 65535,
+        "--port leaves no room for the peer ports (port + node + {PEER_PORT_OFFSET})"
+    );
+    let certs = dev_certs(&args)?;
+    let mut children = spawn_nodes(&args, certs.as_deref())?;
+    println!("stockd dev: {} node(s), data in {}, {}", args.nodes, args.data_dir.display(), if certs.is_some() { "mTLS on" } else { "plaintext (--insecure)" });
+    for c in &children {
+        println!("  node {}  {}  log: {}", c.id, c.addr, args.data_dir.join(format!("node-{}", c.id)).join("stockd.log").display());
+    }
+    let client = dev_client(&children, certs.as_deref())?;
+    match wait_ready(&client, Duration::from_secs(60)).await {
+        Ok(()) => {
+            println!("ready: every group has a leader");
+            println!("{}", model_line(&client).await);
+        }
+        Err(e) => println!("not ready yet ({e}); the nodes keep trying"),
+    }
+    print_try_lines(&children, certs.as_deref());
+    tokio::select! {
+        _ = shutdown_signal() => println!("stopping..."),
+        (id, status) = first_exit(&mut children) => {
+            println!("node {id} exited ({status}); stopping the others...");
+            if let Some(reason) = last_error_line(&args.data_dir.join(format!("node-{id}")).join("stockd.log")) {
+                println!("  {reason}");
+            }
+        }
+    }
+    stop_nodes(&mut children).await;
+    println!("stopped");
+    Ok(())
+}
+
+/// The dev cluster's certificates, made under DATA_DIR/certs on first start
+/// (and completed when more nodes are asked for); `None` with --insecure.
+fn dev_certs(args: &DevArgs) -> anyhow::Result<Option<PathBuf>> {
+    if args.insecure {
+        return Ok(None);
+    }
+    let dir = stockd_client::tls::dev_certs_dir(&args.data_dir);
+    let ids: Vec<u64> = (1..=args.nodes).collect();
+    if !certs::complete(&dir, &ids) {
+        certs::create(&certs::CertRequest { out: dir.clone(), nodes: ids, hosts: Vec::new(), days: certs::LEAF_DAYS_DEFAULT })
+            .context("make the dev cluster's certificates")?;
+        println!("stockd dev: made a CA and certificates in {}", dir.display());
+    }
+    Ok(Some(dir))
+}
+
+fn spawn_nodes(args: &DevArgs, certs: Option<&std::path::Path>) -> anyhow::Result<Vec<Child>> {
     let exe = std::env::current_exe().context("find the stockd executable")?;
-    let peers: Vec<(u64, String)> = (1..=nodes).map(|i| (i, format!("127.0.0.1:{}", port + i as u16))).collect();
+    let peers: Vec<(u64, String)> = (1..=args.nodes).map(|i| (i, format!("127.0.0.1:{}", args.port + i as u16))).collect();
     let peer_arg = peers.iter().map(|(i, a)| format!("{i}={a}")).collect::<Vec<_>>().join(",");
-    let dev_config = match config {
-        Some(c) => c,
-        None if nodes == 1 => {
-            std::fs::create_dir_all(&data_dir).context("create the data dir")?;
-            let path = data_dir.join("dev-single.toml");
+    let dev_config = match &args.config {
+        Some(c) => c.clone(),
+        None if args.nodes == 1 => {
+            std::fs::create_dir_all(&args.data_dir).context("create the data dir")?;
+            let path = args.data_dir.join("dev-single.toml");
             std::fs::write(&path, "[cluster]\nreplication-factor = 1\n").context("write the single-node config")?;
             path
         }
@@ -148,73 +254,81 @@ async fn dev(nodes: u64, data_dir: PathBuf, port: u16, config: Option<PathBuf>, 
     };
     let mut children = Vec::new();
     for (id, addr) in &peers {
-        let dir = data_dir.join(format!("node-{id}"));
+        let dir = args.data_dir.join(format!("node-{id}"));
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("stockd.log")).context("open the node log")?;
         let mut cmd = tokio::process::Command::new(&exe);
         cmd.arg("start").arg("--node-id").arg(id.to_string()).arg("--listen").arg(addr).arg("--peers").arg(&peer_arg).arg("--data-dir").arg(&dir);
+        match certs {
+            Some(certs) => cmd.arg("--certs").arg(certs),
+            None => cmd.arg("--insecure"),
+        };
         if !dev_config.as_os_str().is_empty() {
             cmd.arg("--config").arg(&dev_config);
         }
-        if let Some(model_dir) = &model_dir {
+        if let Some(model_dir) = &args.model_dir {
             cmd.arg("--model-dir").arg(model_dir);
         }
         cmd.stdout(log.try_clone().context("clone the log handle")?).stderr(log).kill_on_drop(true);
         let process = cmd.spawn().context("spawn a node")?;
         children.push(Child { id: *id, addr: addr.clone(), process });
     }
-    println!("stockd dev: {nodes} node(s), data in {}", data_dir.display());
-    for c in &children {
-        println!("  node {}  {}  log: {}", c.id, c.addr, data_dir.join(format!("node-{}", c.id)).join("stockd.log").display());
-    }
-    let addrs = children.iter().map(|c| c.addr.clone()).collect::<Vec<_>>().join(",");
-    match wait_ready(&children, Duration::from_secs(60)).await {
-        Ok(()) => {
-            println!("ready: every group has a leader");
-            if let Some(first) = children.first() {
-                println!("{}", model_line(&first.addr).await);
-            }
-        }
-        Err(e) => println!("not ready yet ({e}); the nodes keep trying"),
-    }
+    Ok(children)
+}
+
+/// The client `stockd dev` watches the cluster with (the reader role).
+fn dev_client(children: &[Child], certs: Option<&std::path::Path>) -> anyhow::Result<Client> {
+    let tls = certs.map(|dir| TlsConfig::from_dir(dir, "reader")).transpose()?;
+    let config = ClientConfig {
+        request_timeout: Duration::from_secs(2),
+        total_deadline: Duration::from_secs(2),
+        attempts_max: 1,
+        routes_max_age: None,
+        tls,
+        ..ClientConfig::default()
+    };
+    let addrs: Vec<&str> = children.iter().map(|c| c.addr.as_str()).collect();
+    Ok(Client::with_config(&addrs, config)?)
+}
+
+fn print_try_lines(children: &[Child], certs: Option<&std::path::Path>) {
     // Name stockctl the way the user can run it: ./bin/stockctl after
     // `make dev`, else the binary beside this one.
+    let exe = std::env::current_exe().unwrap_or_default();
     let stockctl =
         if std::path::Path::new("bin/stockctl").exists() { "bin/stockctl".to_string() } else { exe.with_file_name("stockctl").display().to_string() };
+    let addrs = children.iter().map(|c| c.addr.clone()).collect::<Vec<_>>().join(",");
+    let security = match certs {
+        Some(dir) => format!("--certs {}", dir.display()),
+        None => "--insecure".to_owned(),
+    };
+    let stockctl = format!("{stockctl} --addr {addrs} {security}");
     println!();
-    println!("try:");
-    println!("  {stockctl} --addr {addrs} status");
-    println!("  {stockctl} --addr {addrs} adjust --event-id rcv-1 --sku a-100 --location wh1 --kind receipt --qty 10");
-    println!("  {stockctl} --addr {addrs} reserve --id cart-1 --line a-100:wh1:2 --ttl 60s");
-    println!("  {stockctl} --addr {addrs} get --sku a-100 --location wh1");
-    println!("  {stockctl} --addr {addrs} check --sku a-100 --location wh1 --qty 1 --context checkout");
-    println!("  {stockctl} --addr {addrs} model status");
-    println!("Ctrl-C stops the cluster; running this again recovers the same data.");
-    tokio::select! {
-        _ = shutdown_signal() => println!("stopping..."),
-        (id, status) = first_exit(&mut children) => {
-            println!("node {id} exited ({status}); stopping the others...");
-            if let Some(reason) = last_error_line(&data_dir.join(format!("node-{id}")).join("stockd.log")) {
-                println!("  {reason}");
-            }
-        }
+    match certs {
+        Some(dir) => println!("stockctl picks the role each command needs from {} (or give --role):", dir.display()),
+        None => println!("try:"),
     }
-    for c in &children {
+    println!("  {stockctl} status");
+    println!("  {stockctl} adjust --event-id rcv-1 --sku a-100 --location wh1 --kind receipt --qty 10");
+    println!("  {stockctl} reserve --id cart-1 --line a-100:wh1:2 --ttl 60s");
+    println!("  {stockctl} get --sku a-100 --location wh1");
+    println!("  {stockctl} check --sku a-100 --location wh1 --qty 1 --context checkout");
+    println!("  {stockctl} model status");
+    println!("Ctrl-C stops the cluster; running this again recovers the same data.");
+}
+
+async fn stop_nodes(children: &mut [Child]) {
+    for c in children.iter() {
         if let Some(pid) = c.process.id() {
             // SIGTERM: the node shuts its groups down cleanly.
             let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
         }
     }
-    for c in &mut children {
-        match tokio::time::timeout(Duration::from_secs(10), c.process.wait()).await {
-            Ok(_) => {}
-            Err(_) => {
-                let _ = c.process.kill().await;
-            }
+    for c in children.iter_mut() {
+        if tokio::time::timeout(Duration::from_secs(10), c.process.wait()).await.is_err() {
+            let _ = c.process.kill().await;
         }
     }
-    println!("stopped");
-    Ok(())
 }
 
 /// The last `error:` line of a node's log: why it stopped.
@@ -235,13 +349,10 @@ async fn first_exit(children: &mut [Child]) -> (u64, std::process::ExitStatus) {
     }
 }
 
-/// Polls every node's status until each hosted group reports a leader.
-/// One line on the model serving of the node at `addr`.
-async fn model_line(addr: &str) -> String {
-    let status = match AdminClient::connect(format!("http://{addr}")).await {
-        Ok(mut client) => client.model_status(ModelStatusRequest {}).await.map(|r| r.into_inner().status_json).map_err(|e| e.message().to_owned()),
-        Err(e) => Err(e.to_string()),
-    };
+/// One line on the model serving of the first node that answers.
+async fn model_line(client: &Client) -> String {
+    let Some(addr) = client.addrs().into_iter().next() else { return "model: no node".to_owned() };
+    let status = client.model_op_on(&addr, &stockd_client::ModelOp::Status).await.map(|r| r.status_json);
     let status: serde_json::Value = match status.map(|json| serde_json::from_str(&json)) {
         Ok(Ok(value)) => value,
         Ok(Err(e)) => return format!("model: unreadable status ({e})"),
@@ -255,22 +366,18 @@ async fn model_line(addr: &str) -> String {
     }
 }
 
-async fn wait_ready(children: &[Child], limit: Duration) -> anyhow::Result<()> {
+/// Polls every node's status until each hosted group reports a leader.
+async fn wait_ready(client: &Client, limit: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
     loop {
-        let mut ready = true;
-        for c in children {
-            let ok = match AdminClient::connect(format!("http://{}", c.addr)).await {
-                Ok(mut client) => match client.status(StatusRequest {}).await {
-                    Ok(s) => s.get_ref().groups.iter().all(|g| g.leader != 0),
-                    Err(_) => false,
-                },
-                Err(_) => false,
-            };
-            ready &= ok;
-        }
+        let reports = client.status_all().await;
+        let ready = reports.iter().all(|r| r.result.as_ref().is_ok_and(|s| s.groups.iter().all(|g| g.leader != 0)));
         if ready {
             return Ok(());
+        }
+        // A refused certificate will not get better by waiting.
+        if let Some(refused) = reports.iter().find_map(|r| r.result.as_ref().err().filter(|e| e.is_refusal())) {
+            anyhow::bail!("the nodes refuse the dev certificates: {refused}");
         }
         anyhow::ensure!(Instant::now() < deadline, "no leader everywhere after {}s", limit.as_secs());
         tokio::time::sleep(Duration::from_millis(250)).await;

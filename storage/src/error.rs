@@ -1,3 +1,6 @@
+//! The one error type of the storage crate: every storage failure is fatal
+//! for the group that meets it.
+
 use thiserror::Error;
 
 /// Errors of the storage engines. Every one is fatal for the group that hit

@@ -199,7 +199,7 @@ fn check_adjustment(adjustment: &Adjustment, limits: &InputLimits) -> Result<(),
 
 /// An identifier-like value: non-empty, bounded, no whitespace or control
 /// characters.
-fn check_token(field: &str, value: &str, bytes_max: usize) -> Result<(), InvalidInput> {
+pub fn check_token(field: &str, value: &str, bytes_max: usize) -> Result<(), InvalidInput> {
     if value.is_empty() {
         return Err(InvalidInput::new(field, "must not be empty"));
     }

@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use stockd::config::FileConfig;
 use stockd::config::Overrides;
+use stockd::config::PeerArg;
 use stockd::node::Node;
 use stockd::proto::v1 as pb;
 use stockd::proto::v1::inventory_client::InventoryClient;
@@ -32,7 +33,12 @@ struct Running {
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub file: FileConfig,
+    /// Client plane of each node.
     pub addrs: Vec<String>,
+    /// Peer plane of each node.
+    pub peer_addrs: Vec<String>,
+    /// mTLS with the certificates of this directory; `None`: `--insecure`.
+    pub certs: Option<PathBuf>,
     running: Vec<Option<Running>>,
 }
 
@@ -58,10 +64,29 @@ pub fn test_config() -> FileConfig {
 }
 
 impl Cluster {
+    /// Nodes run `--insecure` (most tests judge inventory behaviour, not
+    /// security).
     pub async fn start(nodes: usize, file: FileConfig) -> Cluster {
+        Cluster::start_with(nodes, file, false).await
+    }
+
+    /// Nodes run with mTLS, certificates made by `stockd certs` in the
+    /// cluster's directory (`certs/`).
+    pub async fn start_tls(nodes: usize, file: FileConfig) -> Cluster {
+        Cluster::start_with(nodes, file, true).await
+    }
+
+    async fn start_with(nodes: usize, file: FileConfig, tls: bool) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let addrs: Vec<String> = (0..nodes).map(|_| format!("127.0.0.1:{}", free_port())).collect();
-        let mut cluster = Cluster { dir, file, addrs, running: (0..nodes).map(|_| None).collect() };
+        let peer_addrs: Vec<String> = (0..nodes).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+        let certs = tls.then(|| {
+            let certs = dir.path().join("certs");
+            let request = stockd::certs::CertRequest { out: certs.clone(), nodes: (1..=nodes as u64).collect(), hosts: Vec::new(), days: 2 };
+            stockd::certs::create(&request).expect("test certificates");
+            certs
+        });
+        let mut cluster = Cluster { dir, file, addrs, peer_addrs, certs, running: (0..nodes).map(|_| None).collect() };
         for id in 1..=nodes as u64 {
             cluster.start_node(id).await;
         }
@@ -74,12 +99,22 @@ impl Cluster {
     }
 
     pub async fn start_node(&mut self, id: u64) {
-        let peers = self.addrs.iter().enumerate().map(|(i, a)| (i as u64 + 1, a.clone())).collect();
-        let config = self
-            .file
-            .clone()
-            .validate(Overrides { node_id: Some(id), peers: Some(peers), data_dir: Some(self.data_dir(id)), ..Default::default() })
-            .expect("valid test config");
+        let peers = self
+            .addrs
+            .iter()
+            .zip(&self.peer_addrs)
+            .enumerate()
+            .map(|(i, (addr, peer))| PeerArg { id: i as u64 + 1, addr: addr.clone(), peer_addr: Some(peer.clone()) })
+            .collect();
+        let overrides = Overrides {
+            node_id: Some(id),
+            peers: Some(peers),
+            data_dir: Some(self.data_dir(id)),
+            insecure: self.certs.is_none(),
+            certs: self.certs.clone(),
+            ..Default::default()
+        };
+        let config = self.file.clone().validate(overrides).expect("valid test config");
         // A stopped node's database closes once its last task has ended.
         let deadline = Instant::now() + Duration::from_secs(10);
         let node = loop {
@@ -126,9 +161,29 @@ impl Cluster {
         self.running[id as usize - 1].is_some()
     }
 
+    /// A client of node `id` (on a TLS cluster, with the checkout role).
     pub async fn client(&self, id: u64) -> InventoryClient<Channel> {
-        let channel = Channel::from_shared(format!("http://{}", self.addrs[id as usize - 1])).expect("uri").connect_lazy();
-        InventoryClient::new(channel)
+        InventoryClient::new(self.channel(id, Some("checkout")))
+    }
+
+    /// A client of node `id` with the feed role, for adjustments.
+    pub async fn feed(&self, id: u64) -> InventoryClient<Channel> {
+        InventoryClient::new(self.channel(id, Some("feed")))
+    }
+
+    /// A channel to node `id`'s client plane: plaintext on an insecure
+    /// cluster, else TLS with the certificate of `role` (`None`: anonymous).
+    pub fn channel(&self, id: u64, role: Option<&str>) -> Channel {
+        self.channel_to(&self.addrs[id as usize - 1], role)
+    }
+
+    /// A channel to `addr` (either plane of a node), as [`Cluster::channel`].
+    pub fn channel_to(&self, addr: &str, role: Option<&str>) -> Channel {
+        let Some(certs) = &self.certs else {
+            return Channel::from_shared(format!("http://{addr}")).expect("uri").connect_lazy();
+        };
+        let tls = tls_config(certs, role);
+        Channel::from_shared(format!("https://{addr}")).expect("uri").tls_config(tls).expect("tls settings").connect_lazy()
     }
 
     /// The leader of the group holding `sku`, as the running nodes see it.
@@ -151,6 +206,17 @@ impl Cluster {
         for id in 1..=self.addrs.len() as u64 {
             self.stop_node(id).await;
         }
+    }
+}
+
+/// TLS settings with the CA of `certs` and the certificate of `role`
+/// (`None`: anonymous, a CA only).
+pub fn tls_config(certs: &std::path::Path, role: Option<&str>) -> tonic::transport::ClientTlsConfig {
+    let read = |name: String| std::fs::read(certs.join(name)).expect("certificate file");
+    let config = tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(read("ca.crt".into())));
+    match role {
+        Some(role) => config.identity(tonic::transport::Identity::from_pem(read(format!("{role}.crt")), read(format!("{role}.key")))),
+        None => config,
     }
 }
 

@@ -1,5 +1,8 @@
-//! The stockd client library: one lazily connected gRPC channel per node,
-//! leader hints followed, unavailable nodes skipped, idempotent retries.
+//! stockd-client: the Rust client of stockd. One lazily connected gRPC
+//! channel per node (TLS with the caller's certificate, or plaintext against
+//! nodes run `--insecure`), leader hints followed, unavailable nodes skipped,
+//! idempotent retries, writes routed to their range's leader, availability
+//! reads spread over the replicas.
 //!
 //! Invariants:
 //! - A request is retried only with the very same message, so its idempotency
@@ -9,13 +12,22 @@
 //!   `leader_hops_max` "not leader" redirections.
 //! - UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED and broken
 //!   connections (a CANCELLED/UNKNOWN/INTERNAL status made by this client, not
-//!   by a server) are retried on the next node after a backoff; a "not leader" answer is retried at once on
-//!   the hinted leader, or after a backoff on the next node without a hint.
+//!   by a server) are retried on the next node after a backoff; a "not leader"
+//!   answer is retried at once on the hinted leader, or after a backoff on the
+//!   next node without a hint.
+//! - A refused certificate or role (UNAUTHENTICATED, PERMISSION_DENIED, a
+//!   failed TLS handshake) is never retried: another node would refuse it too.
 //! - Business refusals are not errors: they come back in the response's
-//!   `outcome`. Only transport and input failures become [`ClientError`].
+//!   `outcome`. Only transport, permission and input failures become
+//!   [`ClientError`].
 //!
-//! Boundary: this module knows tonic; callers see prost messages and
-//! [`ClientError`].
+//! Boundary: depends on `stockd-proto` and tonic's client side only (no
+//! RocksDB, openraft, ort or server code; `tests/tidy.rs` checks it); callers
+//! see prost messages and [`ClientError`].
+
+pub mod tls;
+
+pub use tls::TlsConfig;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -27,23 +39,23 @@ use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
-use crate::proto::v1::admin_client::AdminClient;
-use crate::proto::v1::inventory_client::InventoryClient;
-use crate::proto::v1::{
+use stockd_proto::v1::admin_client::AdminClient;
+use stockd_proto::v1::inventory_client::InventoryClient;
+use stockd_proto::v1::{
     AdjustRequest, AdjustResponse, BatchReserveRequest, BatchReserveResponse, Consistency, GetPositionRequest, PositionResponse, ReservationRef,
     ReservationResponse, ReserveRequest, ReserveResponse, StatusRequest, StatusResponse,
 };
-use crate::proto::v1::{
+use stockd_proto::v1::{
     CheckAvailabilityBatchRequest, CheckAvailabilityBatchResponse, CheckAvailabilityRequest, CheckAvailabilityResponse, LoadModelRequest, ModelStatusRequest,
     ModelStatusResponse, PromoteModelRequest, RankFulfillmentRequest, RankFulfillmentResponse, SetModelCandidateRequest, SetModelDisabledRequest,
 };
 
 /// gRPC metadata key carrying the address (`host:port`) of the group leader.
-pub const LEADER_ADDR_METADATA: &str = crate::status::LEADER_ADDR;
+pub const LEADER_ADDR_METADATA: &str = stockd_proto::metadata::LEADER_ADDR;
 /// gRPC metadata key carrying the node id of the group leader.
-pub const LEADER_ID_METADATA: &str = crate::status::LEADER_ID;
+pub const LEADER_ID_METADATA: &str = stockd_proto::metadata::LEADER_ID;
 /// Prefix of the FAILED_PRECONDITION message of a node that is not the leader.
-pub const NOT_LEADER_PREFIX: &str = crate::status::NOT_LEADER_PREFIX;
+pub const NOT_LEADER_PREFIX: &str = stockd_proto::metadata::NOT_LEADER_PREFIX;
 
 /// Limits of a [`Client`]. Every field is a bound; see [`ClientConfig::validate`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +85,9 @@ pub struct ClientConfig {
     /// that answered last, so their load spreads over the replicas; a node
     /// that just failed is passed over for [`FAILED_NODE_PAUSE`].
     pub spread_reads: bool,
+    /// TLS (`https://`) with this CA and certificate; `None`: plaintext
+    /// (`http://`), for nodes started with `--insecure`.
+    pub tls: Option<TlsConfig>,
 }
 
 /// How long a node whose attempt failed is passed over by spread reads.
@@ -91,6 +106,7 @@ impl Default for ClientConfig {
             nodes_max: 64,
             routes_max_age: Some(Duration::from_secs(1)),
             spread_reads: true,
+            tls: None,
         }
     }
 }
@@ -137,8 +153,10 @@ pub enum ModelOp {
 
 /// The error of a call made once to one node (reads, no retry).
 fn one_shot_error(status: &tonic::Status) -> ClientError {
+    if let Some(refused) = refusal(status) {
+        return refused;
+    }
     match status.code() {
-        Code::InvalidArgument => ClientError::InvalidArgument(status.message().to_owned()),
         code if is_retryable(code) || is_transport_failure(status) => ClientError::Unavailable { outcome_unknown: false, message: message_or_code(status) },
         code => ClientError::Rpc { code, message: status.message().to_owned() },
     }
@@ -161,9 +179,30 @@ pub enum ClientError {
     /// true the write may have been applied: retry it with the same id.
     #[error("unavailable{}: {message}", unknown_suffix(.outcome_unknown))]
     Unavailable { outcome_unknown: bool, message: String },
+    /// The node refused this client's role for the RPC (PERMISSION_DENIED);
+    /// the message names the role and the RPC. Never retried.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// No usable client certificate: none was presented (UNAUTHENTICATED), or
+    /// the TLS handshake failed (a certificate not signed by the CA the other
+    /// side trusts, expired, or for another host). Never retried.
+    #[error("not authenticated: {0}")]
+    Unauthenticated(String),
     /// Any other gRPC status.
     #[error("{code:?}: {message}")]
     Rpc { code: Code, message: String },
+}
+
+/// The error of an answer no other node or attempt would change: invalid
+/// input, a refused role or certificate.
+fn refusal(status: &tonic::Status) -> Option<ClientError> {
+    match status.code() {
+        Code::InvalidArgument => Some(ClientError::InvalidArgument(status.message().to_owned())),
+        Code::PermissionDenied => Some(ClientError::PermissionDenied(status.message().to_owned())),
+        Code::Unauthenticated => Some(ClientError::Unauthenticated(status.message().to_owned())),
+        _ if is_tls_failure(status) => Some(ClientError::Unauthenticated(format!("TLS handshake failed: {}", tls_failure_detail(status)))),
+        _ => None,
+    }
 }
 
 fn unknown_suffix(outcome_unknown: &bool) -> &'static str {
@@ -178,6 +217,12 @@ impl ClientError {
     /// True when a write may have been applied although no answer came back.
     pub fn is_outcome_unknown(&self) -> bool {
         matches!(self, ClientError::Unavailable { outcome_unknown: true, .. })
+    }
+
+    /// True when asking again cannot help: invalid input, or a refused
+    /// certificate or role.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, ClientError::InvalidArgument(_) | ClientError::PermissionDenied(_) | ClientError::Unauthenticated(_))
     }
 }
 
@@ -252,14 +297,21 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// Turns `host:port` into `http://host:port`; keeps an explicit scheme.
-pub fn normalize_addr(addr: &str) -> String {
+/// Turns `host:port` into `https://host:port` (TLS) or `http://host:port`;
+/// an explicit scheme must agree with `tls`.
+pub fn normalize_addr(addr: &str, tls: bool) -> Result<String, ClientError> {
     let addr = addr.trim().trim_end_matches('/');
-    if addr.starts_with("http://") || addr.starts_with("https://") {
-        addr.to_owned()
-    } else {
-        format!("http://{addr}")
+    let scheme = if tls { "https://" } else { "http://" };
+    let other = if tls { "http://" } else { "https://" };
+    if addr.starts_with(other) {
+        let message = if tls {
+            "plaintext address for a TLS client (drop the scheme)"
+        } else {
+            "TLS address for a plaintext client (drop the scheme, or give the client TLS)"
+        };
+        return Err(ClientError::InvalidAddress { addr: addr.to_owned(), message: message.to_owned() });
     }
+    Ok(if addr.starts_with(scheme) { addr.to_owned() } else { format!("{scheme}{addr}") })
 }
 
 impl Client {
@@ -280,7 +332,7 @@ impl Client {
         }
         let mut nodes: Vec<Node> = Vec::with_capacity(addrs.len());
         for addr in addrs {
-            let addr = normalize_addr(addr.as_ref());
+            let addr = normalize_addr(addr.as_ref(), config.tls.is_some())?;
             if nodes.iter().any(|node| node.addr == addr) {
                 continue;
             }
@@ -569,8 +621,10 @@ impl Client {
                 Ok(Err(status)) => status,
                 Err(_elapsed) => tonic::Status::deadline_exceeded(format!("no answer within {} ms", timeout.as_millis())),
             };
+            if let Some(refused) = refusal(&status) {
+                return Err(refused);
+            }
             match status.code() {
-                Code::InvalidArgument => return Err(ClientError::InvalidArgument(status.message().to_owned())),
                 Code::FailedPrecondition if status.message().starts_with(NOT_LEADER_PREFIX) => {
                     // Definitely not applied: the node neither served nor forwarded it.
                     hops += 1;
@@ -628,7 +682,7 @@ impl Client {
     }
 
     fn index_of_or_add(&self, addr: &str) -> Result<usize, ClientError> {
-        let addr = normalize_addr(addr);
+        let addr = normalize_addr(addr, self.inner.config.tls.is_some())?;
         if let Some(index) = self.read_nodes().iter().position(|node| node.addr == addr) {
             return Ok(index);
         }
@@ -662,8 +716,48 @@ impl Client {
 }
 
 fn open_channel(addr: &str, config: &ClientConfig) -> Result<Channel, ClientError> {
-    let endpoint = Endpoint::from_shared(addr.to_owned()).map_err(|error| ClientError::InvalidAddress { addr: addr.to_owned(), message: error.to_string() })?;
+    let mut endpoint =
+        Endpoint::from_shared(addr.to_owned()).map_err(|error| ClientError::InvalidAddress { addr: addr.to_owned(), message: error.to_string() })?;
+    if let Some(tls) = &config.tls {
+        endpoint =
+            endpoint.tls_config(tls.tonic_config()).map_err(|error| ClientError::InvalidConfig(format!("TLS ({}): {}", tls.source(), error_chain(&error))))?;
+    }
     Ok(endpoint.connect_timeout(config.connect_timeout).tcp_nodelay(true).connect_lazy())
+}
+
+/// An error and its sources, `: `-separated (tonic's own messages are short:
+/// "transport error").
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+/// True when a status made by this client says the TLS handshake failed:
+/// the other side's certificate was refused here, or ours there (a TLS
+/// alert). Nothing was served: the server reads no request before its
+/// handshake completes.
+fn is_tls_failure(status: &tonic::Status) -> bool {
+    if !status.metadata().is_empty() {
+        return false;
+    }
+    let detail = tls_failure_detail(status).to_ascii_lowercase();
+    ["invalid peer certificate", "received fatal alert", "certificate required", "unknownissuer", "badcertificate", "certificate expired"]
+        .iter()
+        .any(|needle| detail.contains(needle))
+}
+
+/// The message of `status` with the sources of the error under it.
+fn tls_failure_detail(status: &tonic::Status) -> String {
+    match std::error::Error::source(status) {
+        Some(source) => format!("{}: {}", status.message(), error_chain(source)),
+        None => status.message().to_owned(),
+    }
 }
 
 fn reservation_ref(reservation_id: &str) -> ReservationRef {
@@ -744,9 +838,12 @@ mod tests {
 
     #[test]
     fn addresses_get_a_scheme_once() {
-        assert_eq!(normalize_addr("127.0.0.1:7101"), "http://127.0.0.1:7101");
-        assert_eq!(normalize_addr(" http://h:1/ "), "http://h:1");
-        assert_eq!(normalize_addr("https://h:1"), "https://h:1");
+        assert_eq!(normalize_addr("127.0.0.1:7101", false), Ok("http://127.0.0.1:7101".to_owned()));
+        assert_eq!(normalize_addr(" http://h:1/ ", false), Ok("http://h:1".to_owned()));
+        assert_eq!(normalize_addr("h:1", true), Ok("https://h:1".to_owned()));
+        assert_eq!(normalize_addr("https://h:1", true), Ok("https://h:1".to_owned()));
+        assert!(normalize_addr("https://h:1", false).is_err(), "a TLS address for a plaintext client");
+        assert!(normalize_addr("http://h:1", true).is_err(), "a plaintext address for a TLS client");
     }
 
     #[test]
@@ -795,8 +892,8 @@ mod tests {
 
         use tonic::{Request, Response, Status};
 
-        use crate::proto::v1::inventory_server::{Inventory, InventoryServer};
-        use crate::proto::v1::*;
+        use stockd_proto::v1::inventory_server::{Inventory, InventoryServer};
+        use stockd_proto::v1::*;
 
         /// What a fake node answers to its n-th Reserve (the last one repeats).
         #[derive(Clone, Debug)]
@@ -911,7 +1008,7 @@ mod tests {
     fn cart(id: &str) -> ReserveRequest {
         ReserveRequest {
             reservation_id: id.to_owned(),
-            lines: vec![crate::proto::v1::Line { sku: "a".into(), location: "dc".into(), quantity: 1 }],
+            lines: vec![stockd_proto::v1::Line { sku: "a".into(), location: "dc".into(), quantity: 1 }],
             ttl_ms: 0,
             risk_gate: None,
         }
@@ -939,10 +1036,10 @@ mod tests {
         let follower = fake::start(vec![fake::Reply::NotLeader(Some(leader.addr.clone()))]).await;
         let client = Client::with_config(&[follower.addr.as_str()], quick()).expect("client");
         let response = client.reserve(cart("r1")).await.expect("answered by the hinted leader");
-        assert_eq!(response.outcome(), crate::proto::v1::Outcome::Ok);
+        assert_eq!(response.outcome(), stockd_proto::v1::Outcome::Ok);
         assert_eq!(follower.seen(), vec!["r1"]);
         assert_eq!(leader.seen(), vec!["r1"], "the same id is sent to the leader");
-        assert_eq!(client.addrs(), vec![normalize_addr(&follower.addr), normalize_addr(&leader.addr)]);
+        assert_eq!(client.addrs(), vec![format!("http://{}", follower.addr), format!("http://{}", leader.addr)]);
         client.reserve(cart("r2")).await.expect("second call");
         assert_eq!(follower.seen(), vec!["r1"], "the node that answered is preferred next time");
     }

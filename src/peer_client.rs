@@ -1,0 +1,164 @@
+//! The client side of the peer plane: one HTTP/2 channel per peer, shared by
+//! every Raft group and by forwarded requests; mTLS with this node's
+//! certificate (reconnecting after a certificate reload), or plaintext on an
+//! `--insecure` node. Every message carries this node's cluster fingerprint,
+//! which the receiver compares with its own.
+
+use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use raft::network::PeerRpc;
+use raft::network::PeerTransport;
+use raft::network::TransportError;
+use raft::network::TransportFuture;
+use raft::wire;
+use raft::GroupError;
+use raft::NodeId;
+use storage::model::Command;
+use storage::model::CommandResult;
+use storage::model::GroupId;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::transport::Channel;
+use tonic::transport::Endpoint;
+use tonic::Request;
+use tonic::Status;
+
+use crate::proto::peer::raft_peer_client::RaftPeerClient;
+use crate::proto::peer::RaftMessage;
+use crate::read::Consistency;
+use crate::read::ReadAnswer;
+use crate::read::ReadQuery;
+use crate::tls::NodeTls;
+
+/// Metadata of every peer message: the sender's cluster fingerprint.
+pub const FINGERPRINT_METADATA: &str = "stockd-cluster-fingerprint";
+
+/// Channels to the peers, made for one TLS generation.
+#[derive(Default)]
+struct Channels {
+    generation: u64,
+    by_node: HashMap<NodeId, Channel>,
+}
+
+pub struct PeerNetwork {
+    /// Peer-plane address of every node.
+    addrs: BTreeMap<NodeId, String>,
+    tls: Option<Arc<NodeTls>>,
+    channels: Mutex<Channels>,
+    rpc_timeout: Duration,
+    fingerprint: AsciiMetadataValue,
+}
+
+impl PeerNetwork {
+    pub fn new(addrs: BTreeMap<NodeId, String>, tls: Option<Arc<NodeTls>>, rpc_timeout_ms: u64, fingerprint: &str) -> Result<Self, String> {
+        let fingerprint = AsciiMetadataValue::try_from(fingerprint).map_err(|e| format!("cluster fingerprint `{fingerprint}`: {e}"))?;
+        Ok(Self { addrs, tls, channels: Mutex::new(Channels::default()), rpc_timeout: Duration::from_millis(rpc_timeout_ms), fingerprint })
+    }
+
+    fn client(&self, target: NodeId) -> Result<RaftPeerClient<Channel>, String> {
+        let addr = self.addrs.get(&target).ok_or_else(|| format!("node {target} has no peer address"))?;
+        let generation = self.tls.as_ref().map_or(0, |tls| tls.generation());
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if channels.generation != generation {
+            // Certificates were reloaded: new connections present the new ones.
+            *channels = Channels { generation, by_node: HashMap::new() };
+        }
+        let channel = match channels.by_node.get(&target) {
+            Some(c) => c.clone(),
+            None => {
+                let c = self.endpoint(addr)?.connect_lazy();
+                channels.by_node.insert(target, c.clone());
+                c
+            }
+        };
+        Ok(RaftPeerClient::new(channel).max_decoding_message_size(wire::RAFT_MESSAGE_BYTES_MAX).max_encoding_message_size(wire::RAFT_MESSAGE_BYTES_MAX))
+    }
+
+    fn endpoint(&self, addr: &str) -> Result<Endpoint, String> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(|e| format!("bad peer address {addr}: {e}"))?;
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.peer_client_config()).map_err(|e| format!("peer TLS settings for {addr}: {e}"))?;
+        }
+        Ok(endpoint
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_while_idle(true))
+    }
+
+    async fn call_raw(&self, target: NodeId, group: GroupId, rpc: Rpc, payload: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, Status> {
+        let client = self.client(target).map_err(Status::unavailable)?;
+        send(client, self.fingerprint.clone(), group, rpc, payload, timeout).await
+    }
+
+    /// Forwards a command to `target` (believed to lead `group`).
+    pub async fn propose(&self, target: NodeId, group: GroupId, command: &Command) -> Result<(u64, CommandResult), GroupError> {
+        let reply = self.call_raw(target, group, Rpc::Propose, wire::encode(command), self.rpc_timeout).await.map_err(|s| forward_error(group, target, &s))?;
+        wire::decode::<Result<(u64, CommandResult), GroupError>>(&reply).map_err(|reason| GroupError::Unavailable { group, reason })?
+    }
+
+    /// Forwards a read to `target`.
+    pub async fn read(&self, target: NodeId, group: GroupId, query: &ReadQuery, consistency: Consistency) -> Result<ReadAnswer, GroupError> {
+        let reply = self
+            .call_raw(target, group, Rpc::Read, wire::encode(&(query, consistency)), self.rpc_timeout)
+            .await
+            .map_err(|s| forward_error(group, target, &s))?;
+        wire::decode::<Result<ReadAnswer, GroupError>>(&reply).map_err(|reason| GroupError::Unavailable { group, reason })?
+    }
+}
+
+/// A forwarded request's failure: the peer's refusal of invalid input
+/// passes through as the client would see it; anything else leaves the
+/// outcome unknown.
+fn forward_error(group: GroupId, target: NodeId, status: &Status) -> GroupError {
+    match status.code() {
+        tonic::Code::InvalidArgument => GroupError::Invalid { group, reason: status.message().to_owned() },
+        code => GroupError::Unavailable { group, reason: format!("forwarded to node {target}: {code:?}: {}", status.message()) },
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Rpc {
+    Raft(PeerRpc),
+    Propose,
+    Read,
+}
+
+async fn send(
+    mut client: RaftPeerClient<Channel>,
+    fingerprint: AsciiMetadataValue,
+    group: GroupId,
+    rpc: Rpc,
+    payload: Vec<u8>,
+    timeout: Duration,
+) -> Result<Vec<u8>, Status> {
+    let mut request = Request::new(RaftMessage { group_id: group, payload });
+    request.set_timeout(timeout);
+    request.metadata_mut().insert(FINGERPRINT_METADATA, fingerprint);
+    let reply = match rpc {
+        Rpc::Raft(PeerRpc::AppendEntries) => client.append_entries(request).await,
+        Rpc::Raft(PeerRpc::Vote) => client.vote(request).await,
+        Rpc::Raft(PeerRpc::InstallSnapshot) => client.install_snapshot(request).await,
+        Rpc::Propose => client.propose(request).await,
+        Rpc::Read => client.read(request).await,
+    };
+    reply.map(|r| r.into_inner().payload)
+}
+
+impl PeerTransport for PeerNetwork {
+    fn call(&self, target: NodeId, group: GroupId, rpc: PeerRpc, payload: Vec<u8>, timeout: Duration) -> TransportFuture {
+        let client = self.client(target);
+        let fingerprint = self.fingerprint.clone();
+        Box::pin(async move {
+            let client = client.map_err(|reason| TransportError::Unreachable { target, reason })?;
+            send(client, fingerprint, group, Rpc::Raft(rpc), payload, timeout).await.map_err(|s| match s.code() {
+                tonic::Code::Unavailable => TransportError::Unreachable { target, reason: s.message().to_owned() },
+                code => TransportError::Failed { target, reason: format!("{code:?}: {}", s.message()) },
+            })
+        })
+    }
+}

@@ -1,0 +1,143 @@
+//! The server side of the peer plane (`stockd.peer.v1.RaftPeer`), served on
+//! its own listener. The security layer lets only certificates with the peer
+//! role in; then every message is checked as a client request would be:
+//!
+//! - the sender's cluster fingerprint equals this node's (FAILED_PRECONDITION
+//!   otherwise: two nodes with different `[cluster]` settings never work
+//!   together);
+//! - every payload is decoded within a named bound ([`PEER_COMMAND_BYTES_MAX`]
+//!   for forwarded commands and reads, `raft::wire::RAFT_MESSAGE_BYTES_MAX`
+//!   for Raft messages);
+//! - a forwarded command passes `validate_command` with this node's limits
+//!   (the same errors a client gets) and names only keys of its group;
+//! - a `ReserveGated` (risk verdicts going into the log) is taken only from
+//!   an authenticated peer.
+
+use std::sync::Arc;
+
+use raft::network::PeerRpc;
+use raft::wire;
+use storage::model::Command;
+use storage::validate::check_token;
+use storage::validate::validate_command;
+use tonic::Request;
+use tonic::Response;
+use tonic::Status;
+
+use crate::node::Node;
+use crate::peer_client::FINGERPRINT_METADATA;
+use crate::proto::peer::raft_peer_server::RaftPeer;
+use crate::proto::peer::RaftMessage;
+use crate::read::Consistency;
+use crate::read::ReadQuery;
+use crate::security;
+use crate::status;
+
+/// Largest forwarded command or read: a reservation of the most lines at the
+/// longest ids, SKUs and locations, with its risk verdicts, is a few tens of
+/// KiB.
+pub const PEER_COMMAND_BYTES_MAX: usize = 1 << 20;
+
+pub struct PeerService {
+    pub node: Arc<Node>,
+}
+
+impl PeerService {
+    /// Refuses a message from a node with other cluster settings.
+    fn check_fingerprint<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let ours = &self.node.config.cluster_fingerprint;
+        match request.metadata().get(FINGERPRINT_METADATA).and_then(|v| v.to_str().ok()) {
+            Some(theirs) if theirs == ours => Ok(()),
+            theirs => Err(Status::failed_precondition(format!(
+                "cluster settings differ: this node's [cluster] fingerprint is {ours}, the sender's {}; every node must run identical [cluster] settings",
+                theirs.unwrap_or("missing")
+            ))),
+        }
+    }
+
+    async fn raft_rpc(&self, rpc: PeerRpc, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.check_fingerprint(&request)?;
+        let m = request.into_inner();
+        let group = self.node.group(m.group_id).ok_or_else(|| Status::not_found(format!("group {} is not hosted on node {}", m.group_id, self.node.id())))?;
+        let payload = group.handle_peer_rpc(rpc, &m.payload).await.map_err(Status::invalid_argument)?;
+        Ok(Response::new(RaftMessage { group_id: m.group_id, payload }))
+    }
+
+    /// A forwarded command, checked exactly as the client's request was.
+    fn checked_command(&self, caller: &security::Caller, m: &RaftMessage) -> Result<Command, Status> {
+        let command: Command = wire::decode_bounded(&m.payload, PEER_COMMAND_BYTES_MAX).map_err(Status::invalid_argument)?;
+        validate_command(&command, &self.node.config.input_limits).map_err(status::invalid)?;
+        if matches!(command, Command::ReserveGated { .. }) && !caller.is_trusted_peer() {
+            return Err(Status::permission_denied(format!("risk verdicts are taken from authenticated peers only, not from {}", caller.subject)));
+        }
+        self.node.check_command_in_group(m.group_id, &command).map_err(status::group_error)?;
+        Ok(command)
+    }
+
+    /// A forwarded read, bounded as the client's request was.
+    fn checked_read(&self, m: &RaftMessage) -> Result<(ReadQuery, Consistency), Status> {
+        let (query, consistency): (ReadQuery, Consistency) = wire::decode_bounded(&m.payload, PEER_COMMAND_BYTES_MAX).map_err(Status::invalid_argument)?;
+        let limits = &self.node.config.input_limits;
+        let invalid = |e| status::invalid(e);
+        let sku = match &query {
+            ReadQuery::Position(key) => {
+                check_token("location", &key.location, limits.location_bytes_max).map_err(invalid)?;
+                Some(key.sku.as_str())
+            }
+            ReadQuery::Reservation(id) => {
+                check_token("reservation_id", id, limits.id_bytes_max).map_err(invalid)?;
+                None
+            }
+            ReadQuery::SkuPositions { sku, location, locations_max } => {
+                if let Some(location) = location {
+                    check_token("location", location, limits.location_bytes_max).map_err(invalid)?;
+                }
+                let max = self.node.config.availability.locations_max;
+                if *locations_max == 0 || *locations_max > max {
+                    return Err(status::invalid_field("locations_max", format!("must be between 1 and {max}")));
+                }
+                Some(sku.as_str())
+            }
+        };
+        if let Some(sku) = sku {
+            check_token("sku", sku, limits.sku_bytes_max).map_err(invalid)?;
+            self.node.check_sku_in_group(m.group_id, sku).map_err(status::group_error)?;
+        }
+        Ok((query, consistency))
+    }
+}
+
+#[tonic::async_trait]
+impl RaftPeer for PeerService {
+    #[tracing::instrument(level = "trace", skip_all, fields(group = request.get_ref().group_id))]
+    async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.raft_rpc(PeerRpc::AppendEntries, request).await
+    }
+
+    async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.raft_rpc(PeerRpc::Vote, request).await
+    }
+
+    async fn install_snapshot(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.raft_rpc(PeerRpc::InstallSnapshot, request).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(group = request.get_ref().group_id))]
+    async fn propose(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.check_fingerprint(&request)?;
+        let caller = security::caller(&request);
+        let m = request.into_inner();
+        let command = self.checked_command(&caller, &m)?;
+        let result = self.node.propose_local(m.group_id, command).await;
+        Ok(Response::new(RaftMessage { group_id: m.group_id, payload: wire::encode(&result) }))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(group = request.get_ref().group_id))]
+    async fn read(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.check_fingerprint(&request)?;
+        let m = request.into_inner();
+        let (query, consistency) = self.checked_read(&m)?;
+        let result = self.node.read_local(m.group_id, &query, consistency).await;
+        Ok(Response::new(RaftMessage { group_id: m.group_id, payload: wire::encode(&result) }))
+    }
+}

@@ -1,0 +1,42 @@
+//! What a read asks and what it answers: the types a node serves locally and
+//! forwards to a replica over the peer plane.
+
+use raft::NodeId;
+use serde::Deserialize;
+use serde::Serialize;
+use storage::model::Position;
+use storage::model::PositionKey;
+use storage::model::Reservation;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Consistency {
+    Strong,
+    Bounded { max_staleness_ms: u64 },
+    Any,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadQuery {
+    Position(PositionKey),
+    Reservation(String),
+    /// What the risk path reads: one location of a SKU, or every location
+    /// (at most `locations_max`, in location order), each position without
+    /// its audit trail and feed sequences ([`Position::without_history`]).
+    SkuPositions {
+        sku: String,
+        location: Option<String>,
+        locations_max: usize,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadAnswer {
+    pub position: Option<Position>,
+    pub reservation: Option<Reservation>,
+    /// For `SkuPositions`: (location, position) pairs.
+    pub positions: Vec<(String, Position)>,
+    pub applied_index: u64,
+    pub staleness_ms: u64,
+    pub served_by: NodeId,
+    pub leader: Option<NodeId>,
+}
