@@ -43,8 +43,8 @@ if [ "$py_status" -ne 0 ]; then
   status=1
   if [ "$py_failed" -eq 0 ]; then failed=$((failed + 1)); fi
 fi
-# Fault injection against real nodes (jepsen/): a few short seeded runs, then
-# the planted lost-ack bug, which the checkers must catch (exit 1).
+# Fault injection against real nodes (jepsen/), through mTLS: a few short
+# seeded runs, then the planted bugs, which the checkers must catch (exit 1).
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 jepsen_store="$(mktemp -d)"
 cargo build --workspace --bins --quiet
@@ -55,16 +55,17 @@ else
   echo "jepsen: the quick runs found a violation or could not run (store: $jepsen_store/quick)"
   failed=$((failed + 1))
 fi
-bug_status=0
-"$jepsen" test --quick --bug lost-ack --store "$jepsen_store/bug" >"$jepsen_store/bug.log" 2>&1 || bug_status=$?
-if [ "$bug_status" -eq 1 ]; then
-  echo "jepsen: the planted lost-ack bug was caught (exit 1), as it must be"
-  passed=$((passed + 1))
-else
-  echo "jepsen: the planted lost-ack bug was NOT caught (exit $bug_status); log: $jepsen_store/bug.log"
-  failed=$((failed + 1))
-fi
-
+for bug in lost-ack peer-invalid-after-apply; do
+  bug_status=0
+  "$jepsen" test --quick --bug "$bug" --store "$jepsen_store/bug-$bug" >"$jepsen_store/bug-$bug.log" 2>&1 || bug_status=$?
+  if [ "$bug_status" -eq 1 ]; then
+    echo "jepsen: the planted $bug bug was caught (exit 1), as it must be"
+    passed=$((passed + 1))
+  else
+    echo "jepsen: the planted $bug bug was NOT caught (exit $bug_status); log: $jepsen_store/bug-$bug.log"
+    failed=$((failed + 1))
+  fi
+done
 echo
 echo "tests: ${passed} passed, ${failed} failed"
 if [ "$status" -ne 0 ] || [ "$failed" -ne 0 ] || [ "$passed" -eq 0 ]; then

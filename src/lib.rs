@@ -10,6 +10,7 @@ pub mod cli;
 pub mod cli_access;
 pub mod config;
 pub mod convert;
+pub mod failpoint;
 pub mod node;
 pub mod peer_client;
 pub mod peer_service;

@@ -24,6 +24,7 @@ use tonic::Request;
 use tonic::Response;
 use tonic::Status;
 
+use crate::failpoint;
 use crate::node::Node;
 use crate::peer_client::FINGERPRINT_METADATA;
 use crate::proto::peer::raft_peer_server::RaftPeer;
@@ -128,7 +129,11 @@ impl RaftPeer for PeerService {
         let caller = security::caller(&request);
         let m = request.into_inner();
         let command = self.checked_command(&caller, &m)?;
+        let transition = matches!(command, Command::Commit { .. } | Command::Release { .. });
         let result = self.node.propose_local(m.group_id, command).await;
+        if transition && result.is_ok() && failpoint::active(failpoint::PEER_INVALID_AFTER_APPLY) {
+            return Err(Status::invalid_argument("invalid command: refused after it was applied (failpoint)"));
+        }
         Ok(Response::new(RaftMessage { group_id: m.group_id, payload: wire::encode(&result) }))
     }
 

@@ -192,16 +192,6 @@ impl InventoryService {
     }
 }
 
-/// Test-only failpoint for the fault-injection harness (`jepsen/`,
-/// `stockd-jepsen test --bug lost-ack`): with `STOCKD_FAILPOINT=lost-ack` in
-/// its environment the node acknowledges every Reserve as OK without
-/// proposing it to Raft, a lost acknowledged write the checkers must catch.
-/// Never set it outside that harness.
-fn lost_ack_failpoint() -> bool {
-    static LOST_ACK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *LOST_ACK.get_or_init(|| std::env::var("STOCKD_FAILPOINT").is_ok_and(|v| v == "lost-ack"))
-}
-
 fn consistency_from_pb(r: &pb::GetPositionRequest) -> Result<Consistency, Status> {
     consistency_or(r.consistency, r.max_staleness_ms, Consistency::Strong)
 }
@@ -274,7 +264,7 @@ impl Inventory for InventoryService {
     #[tracing::instrument(level = "debug", skip_all, fields(node = self.node.id(), id = %request.get_ref().reservation_id))]
     async fn reserve(&self, request: Request<pb::ReserveRequest>) -> Result<Response<pb::ReserveResponse>, Status> {
         let (group, command, gate) = self.reserve_command(request.get_ref())?;
-        if lost_ack_failpoint() {
+        if crate::failpoint::active(crate::failpoint::LOST_ACK) {
             return Ok(Response::new(pb::ReserveResponse { outcome: pb::Outcome::Ok as i32, ..Default::default() }));
         }
         Ok(Response::new(self.reserve_one(group, command, gate).await?))

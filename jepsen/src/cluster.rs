@@ -77,6 +77,8 @@ pub struct Cluster {
     peers: String,
     /// Certificates of every node and client role (`stockd certs`).
     pub certs: PathBuf,
+    /// Host names the node certificates name.
+    cert_hosts: Vec<String>,
     /// Extra environment of every node process (the failpoint of `--bug`).
     env: Vec<(String, String)>,
 }
@@ -92,7 +94,10 @@ impl Cluster {
     pub fn new(exe: PathBuf, addrs: Vec<NodeAddrs>, dir: &Path, env: Vec<(String, String)>) -> anyhow::Result<Cluster> {
         let peers = addrs.iter().enumerate().map(|(i, a)| format!("{}={}/{}", i + 1, a.addr, a.peer_addr)).collect::<Vec<_>>().join(",");
         let certs = dir.join("certs");
-        make_certs(&exe, &certs, &addrs)?;
+        let mut cert_hosts: Vec<String> = addrs.iter().filter_map(|a| a.addr.rsplit_once(':').map(|(host, _)| host.to_owned())).collect();
+        cert_hosts.sort_unstable();
+        cert_hosts.dedup();
+        make_certs(&exe, &certs, addrs.len(), &cert_hosts)?;
         let mut nodes = Vec::new();
         for (i, a) in addrs.into_iter().enumerate() {
             let id = i as u64 + 1;
@@ -100,7 +105,19 @@ impl Cluster {
             std::fs::create_dir_all(node_dir.join("data")).with_context(|| format!("create {}", node_dir.display()))?;
             nodes.push(Node { id, addr: a.addr, netns: a.netns, dir: node_dir, wrapper: Wrapper::Plain, paused: false, child: None });
         }
-        Ok(Cluster { exe, nodes, peers, certs, env })
+        Ok(Cluster { exe, nodes, peers, certs, cert_hosts, env })
+    }
+
+    /// New node and client certificates from the same CA, then SIGHUP to
+    /// every running node: they reload while serving. Returns the nodes
+    /// signalled.
+    pub fn rotate_certs(&self) -> anyhow::Result<Vec<u64>> {
+        make_certs(&self.exe, &self.certs, self.nodes.len(), &self.cert_hosts)?;
+        let running: Vec<u64> = self.nodes.iter().filter(|n| n.is_running()).map(|n| n.id).collect();
+        for node in self.nodes.iter().filter(|n| n.is_running()) {
+            signal(node.pid(), "HUP");
+        }
+        Ok(running)
     }
 
     /// A client of this cluster with the certificate of `role`.
@@ -294,12 +311,10 @@ pub fn client_for(addrs: &[String], certs: &Path, role: &str, config: ClientConf
     Client::with_config(addrs, ClientConfig { tls: Some(tls), ..config }).context("make a client")
 }
 
-/// `stockd certs` for the nodes of `addrs`.
-fn make_certs(exe: &Path, out: &Path, addrs: &[NodeAddrs]) -> anyhow::Result<()> {
-    let nodes = (1..=addrs.len()).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
-    let mut hosts: Vec<&str> = addrs.iter().filter_map(|a| a.addr.rsplit_once(':').map(|(host, _)| host)).collect();
-    hosts.sort_unstable();
-    hosts.dedup();
+/// `stockd certs` for nodes `1..=nodes` at `hosts` (the CA in `out` is
+/// reused when there is one).
+fn make_certs(exe: &Path, out: &Path, nodes: usize, hosts: &[String]) -> anyhow::Result<()> {
+    let nodes = (1..=nodes).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("certs").arg("--out").arg(out).arg("--nodes").arg(&nodes).arg("--days").arg("2");
     if !hosts.is_empty() {

@@ -39,7 +39,7 @@ struct TestArgs {
     /// hot-sku or multi-sku.
     #[arg(long, default_value = "hot-sku")]
     workload: String,
-    /// none, kill, pause, partition, clock, disk, all, or a comma-separated list.
+    /// none, kill, pause, partition, clock, disk, rotate, all, or a comma-separated list.
     #[arg(long, default_value = "none")]
     nemesis: String,
     /// Seconds of workload (the final phase comes after).
@@ -73,7 +73,9 @@ struct TestArgs {
     /// A few short runs (under 5 minutes in total).
     #[arg(long)]
     quick: bool,
-    /// Run against deliberately broken nodes: lost-ack (Reserve acknowledged without being proposed).
+    /// Run against deliberately broken nodes: lost-ack (Reserve acknowledged
+    /// without being proposed), peer-invalid-after-apply (a forwarded command
+    /// applied, then reported invalid: an applied write reported failed).
     #[arg(long)]
     bug: Option<String>,
     /// auto (namespaces when available), netns, or loopback.
@@ -83,6 +85,9 @@ struct TestArgs {
     #[arg(long)]
     stockd: Option<PathBuf>,
 }
+
+/// The planted bugs `--bug` can turn on (stockd's `src/failpoint.rs`).
+const BUGS: &[&str] = &["lost-ack", "peer-invalid-after-apply"];
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -124,7 +129,7 @@ async fn test(args: TestArgs) -> anyhow::Result<bool> {
     anyhow::ensure!(args.ttl_ms >= 1, "--ttl-ms must be at least 1");
     anyhow::ensure!((2..=3600).contains(&args.skew_max_s), "--skew-max-s must be 2 to 3600 seconds");
     if let Some(bug) = &args.bug {
-        anyhow::ensure!(bug == "lost-ack", "unknown --bug {bug:?} (lost-ack)");
+        anyhow::ensure!(BUGS.contains(&bug.as_str()), "unknown --bug {bug:?} ({})", BUGS.join(", "));
     }
     let net = match args.net.as_str() {
         "auto" => NetMode::Auto,
@@ -153,10 +158,13 @@ async fn test(args: TestArgs) -> anyhow::Result<bool> {
     };
     let runs: Vec<TestConfig> = if !args.quick {
         vec![base]
-    } else if base.bug.is_some() {
-        vec![TestConfig { workload: Workload::HotSku, nemesis: Vec::new(), nemesis_spec: "none".into(), time_limit_s: 10, ..base }]
+    } else if let Some(bug) = base.bug.clone() {
+        // A forwarded command needs a leader elsewhere than the node a
+        // client prefers: many SKUs, whose groups' leaders are spread.
+        let workload = if bug == "peer-invalid-after-apply" { Workload::MultiSku } else { Workload::HotSku };
+        vec![TestConfig { workload, nemesis: Vec::new(), nemesis_spec: "none".into(), time_limit_s: 10, ..base }]
     } else {
-        [(Workload::HotSku, "none", 10), (Workload::HotSku, "kill", 25), (Workload::MultiSku, "pause", 25), (Workload::HotSku, "partition,clock", 25)]
+        [(Workload::HotSku, "none", 10), (Workload::HotSku, "kill", 25), (Workload::MultiSku, "pause,rotate", 25), (Workload::HotSku, "partition,clock", 25)]
             .into_iter()
             .enumerate()
             .map(|(i, (workload, spec, secs))| TestConfig {

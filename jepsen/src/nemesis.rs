@@ -38,6 +38,8 @@ pub enum FaultKind {
     Partition,
     Clock,
     Disk,
+    /// New certificates (same CA) and SIGHUP to every node, under load.
+    Rotate,
 }
 
 impl FaultKind {
@@ -47,12 +49,13 @@ impl FaultKind {
         for part in spec.split(',') {
             match part.trim() {
                 "none" => {}
-                "all" => out.extend([FaultKind::Kill, FaultKind::Pause, FaultKind::Partition, FaultKind::Clock, FaultKind::Disk]),
+                "all" => out.extend([FaultKind::Kill, FaultKind::Pause, FaultKind::Partition, FaultKind::Clock, FaultKind::Disk, FaultKind::Rotate]),
                 "kill" => out.push(FaultKind::Kill),
                 "pause" => out.push(FaultKind::Pause),
                 "partition" => out.push(FaultKind::Partition),
                 "clock" => out.push(FaultKind::Clock),
                 "disk" => out.push(FaultKind::Disk),
+                "rotate" => out.push(FaultKind::Rotate),
                 _ => return None,
             }
         }
@@ -67,6 +70,7 @@ impl FaultKind {
             FaultKind::Partition => "partition",
             FaultKind::Clock => "clock",
             FaultKind::Disk => "disk",
+            FaultKind::Rotate => "rotate",
         }
     }
 }
@@ -101,6 +105,8 @@ enum Active {
     Paused(Vec<u64>),
     Partitioned,
     Wrapped(Vec<u64>),
+    /// Nothing to heal: the new certificates stay.
+    Rotated,
 }
 
 impl Nemesis {
@@ -215,6 +221,12 @@ impl Nemesis {
                 self.record(Kind::Info, f, json!({"target": "leader", "nodes": [leader], "offset_s": offset_s}));
                 Ok(Active::Wrapped(vec![leader]))
             }
+            FaultKind::Rotate => {
+                self.record(Kind::Invoke, f, json!({}));
+                let nodes = self.cluster.lock().await.rotate_certs()?;
+                self.record(Kind::Info, f, json!({"nodes": nodes}));
+                Ok(Active::Rotated)
+            }
             FaultKind::Disk => {
                 let ids = self.cluster.lock().await.ids();
                 let node = if rng.chance(0.5) { self.leader(rng).await } else { *rng.pick(&ids) };
@@ -254,6 +266,7 @@ impl Nemesis {
                     self.record(Kind::Info, "heal-partition", json!({}));
                 }
             }
+            Active::Rotated => {}
             Active::Wrapped(nodes) => {
                 if nodes.is_empty() {
                     return Ok(());
