@@ -360,3 +360,46 @@ async fn accept_loop(listener: TcpListener, tls: Arc<NodeTls>, plane: Plane, tx:
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn certs() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        crate::certs::create(&crate::certs::CertRequest { out: dir.path().to_path_buf(), nodes: vec![1, 2], hosts: Vec::new(), days: 2 }).expect("certs");
+        dir
+    }
+
+    #[test]
+    fn a_node_loads_its_own_certificate_and_refuses_others() {
+        let dir = certs();
+        let tls = NodeTls::load(CertFiles::in_dir(dir.path(), 1)).expect("node 1 loads");
+        assert_eq!(tls.generation(), 0);
+        assert!(!tls.reload().expect("same files"), "unchanged files are no reload");
+
+        let client_cert = CertFiles { ca: dir.path().join("ca.crt"), cert: dir.path().join("checkout.crt"), key: dir.path().join("checkout.key") };
+        let error = NodeTls::load(client_cert).err().expect("a client certificate is no node certificate").to_string();
+        assert!(error.contains("not a node certificate"), "{error}");
+
+        let mismatched = CertFiles { key: dir.path().join("node-2.key"), ..CertFiles::in_dir(dir.path(), 1) };
+        let error = NodeTls::load(mismatched).err().expect("another node's key").to_string();
+        assert!(error.contains("node-2.key"), "{error}");
+
+        let missing = CertFiles::in_dir(dir.path(), 9);
+        let error = NodeTls::load(missing).err().expect("no such node").to_string();
+        assert!(error.contains("node-9.crt"), "{error}");
+    }
+
+    #[test]
+    fn a_changed_valid_set_is_installed_and_a_broken_one_is_not() {
+        let dir = certs();
+        let tls = NodeTls::load(CertFiles::in_dir(dir.path(), 1)).expect("loads");
+        crate::certs::create(&crate::certs::CertRequest { out: dir.path().to_path_buf(), nodes: vec![1], hosts: Vec::new(), days: 2 }).expect("new leaves");
+        assert!(tls.reload().expect("valid"), "new certificates are installed");
+        assert_eq!(tls.generation(), 1);
+        std::fs::write(dir.path().join("node-1.key"), "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").expect("write");
+        assert!(tls.reload().is_err(), "a broken key is refused");
+        assert_eq!(tls.generation(), 1, "and the last good set stays");
+    }
+}
