@@ -54,8 +54,12 @@ const RULES: &[Rule] = &[
     Rule { krate: "stockd", allowed: &["stockd-proto", "stockd-client", "storage", "raft", "models"], forbidden: &[] },
 ];
 
-/// Package id -> (name, normal dependency ids), from `cargo metadata`.
-fn dependency_graph() -> (BTreeMap<String, (String, Vec<String>)>, BTreeSet<String>) {
+/// Package id -> (name, normal dependency ids).
+type PackageGraph = BTreeMap<String, (String, Vec<String>)>;
+
+/// The resolved packages and the workspace members' names, from
+/// `cargo metadata`.
+fn dependency_graph() -> (PackageGraph, BTreeSet<String>) {
     let metadata: Value = serde_json::from_str(&cargo(&["metadata", "--format-version", "1", "--offline"])).expect("metadata is JSON");
     let names: BTreeMap<String, String> = metadata["packages"]
         .as_array()

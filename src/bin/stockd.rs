@@ -83,6 +83,8 @@ enum Cmd {
     /// Make a CA (or reuse the one in DIR) and the certificates of a cluster:
     /// node-<id>.crt/.key per node, <role>.crt/.key per client role.
     Certs {
+        /// Directory to write into (made if missing); a CA already there
+        /// (ca.crt and ca.key) is reused.
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
         /// Node ids, comma separated.
