@@ -738,18 +738,32 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// True when a status made by this client says the TLS handshake failed:
-/// the other side's certificate was refused here, or ours there (a TLS
-/// alert). Nothing was served: the server reads no request before its
+/// What a refused certificate looks like in the error a TLS handshake gives:
+/// the other side's certificate refused here ("invalid peer certificate:
+/// UnknownIssuer"), or ours there (the alert it sent: "received fatal alert:
+/// CertificateRequired"). Only certificate alerts count: another fatal
+/// alert could come after requests were served.
+const CERTIFICATE_REFUSALS: &[&str] = &[
+    "invalid peer certificate",
+    "alert: certificaterequired",
+    "alert: badcertificate",
+    "alert: unsupportedcertificate",
+    "alert: certificaterevoked",
+    "alert: certificateexpired",
+    "alert: certificateunknown",
+    "alert: unknownca",
+    "alert: accessdenied",
+];
+
+/// True when a status made by this client says the TLS handshake refused a
+/// certificate. Nothing was served: a server reads no request before its
 /// handshake completes.
 fn is_tls_failure(status: &tonic::Status) -> bool {
     if !status.metadata().is_empty() {
         return false;
     }
     let detail = tls_failure_detail(status).to_ascii_lowercase();
-    ["invalid peer certificate", "received fatal alert", "certificate required", "unknownissuer", "badcertificate", "certificate expired"]
-        .iter()
-        .any(|needle| detail.contains(needle))
+    CERTIFICATE_REFUSALS.iter().any(|needle| detail.contains(needle))
 }
 
 /// The message of `status` with the sources of the error under it.
@@ -863,6 +877,17 @@ mod tests {
         let mut from_server = tonic::Status::unavailable("tcp connect error");
         from_server.metadata_mut().insert("content-type", tonic::metadata::MetadataValue::from_static("application/grpc"));
         assert!(!never_sent(&from_server));
+    }
+
+    #[test]
+    fn only_refused_certificates_count_as_tls_refusals() {
+        assert!(is_tls_failure(&tonic::Status::unavailable("tcp connect error: invalid peer certificate: UnknownIssuer")));
+        assert!(is_tls_failure(&tonic::Status::unknown("connection error: received fatal alert: CertificateRequired")));
+        assert!(!is_tls_failure(&tonic::Status::unknown("connection error: received fatal alert: DecryptError")), "not a certificate refusal");
+        let mut from_server = tonic::Status::unavailable("invalid peer certificate");
+        from_server.metadata_mut().insert("content-type", tonic::metadata::MetadataValue::from_static("application/grpc"));
+        assert!(!is_tls_failure(&from_server), "a server's own message");
+        assert!(matches!(refusal(&tonic::Status::unavailable("x: invalid peer certificate: Expired")), Some(ClientError::Unauthenticated(_))));
     }
 
     #[test]
