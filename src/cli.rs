@@ -632,7 +632,8 @@ pub fn line_json(line: &Line) -> Value {
     json!({ "sku": line.sku, "location": line.location, "quantity": line.quantity })
 }
 
-/// `{id, state, lines: [{sku, location, quantity}], expires_at_ms, created_at_ms, finished_at_ms}`.
+/// `{id, state, lines: [{sku, location, quantity}], expires_at_ms, created_at_ms, finished_at_ms,
+/// home_group, parts: [{group_id, state, lines}]}`.
 pub fn reservation_json(reservation: &Reservation) -> Value {
     json!({
         "id": reservation.id,
@@ -641,20 +642,52 @@ pub fn reservation_json(reservation: &Reservation) -> Value {
         "expires_at_ms": reservation.expires_at_ms,
         "created_at_ms": reservation.created_at_ms,
         "finished_at_ms": reservation.finished_at_ms,
+        "home_group": reservation.home_group,
+        "parts": reservation.parts.iter().map(|part| json!({
+            "group_id": part.group_id,
+            "state": part_state_word(part),
+            "lines": part.lines.iter().map(line_json).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
     })
 }
 
-/// A short aligned block: id, state, times, then the lines as a table.
+/// A part's state; `following` while its group has not yet confirmed the
+/// state of the reservation's record.
+fn part_state_word(part: &crate::proto::v1::ReservationPart) -> &'static str {
+    match part.state() {
+        ReservationState::Unspecified => "following",
+        state => state_word(state),
+    }
+}
+
+/// A short aligned block: id, state, times, home group, then the lines as a
+/// table grouped by shard group, with each group's state.
 pub fn reservation_human(reservation: &Reservation) -> String {
-    let mut out = render_key_values(&[
+    let mut fields = vec![
         ("id", reservation.id.clone()),
         ("state", state_word(reservation.state()).to_owned()),
         ("created_at_ms", ms_with_time(reservation.created_at_ms)),
         ("expires_at_ms", ms_with_time(reservation.expires_at_ms)),
         ("finished_at_ms", ms_with_time(reservation.finished_at_ms)),
-    ]);
-    let rows: Vec<Vec<String>> = reservation.lines.iter().map(|line| vec![line.sku.clone(), line.location.clone(), line.quantity.to_string()]).collect();
-    out.push_str(&render_table(&["SKU", "LOCATION", "QUANTITY"], &rows));
+    ];
+    if reservation.parts.is_empty() {
+        let mut out = render_key_values(&fields);
+        let rows: Vec<Vec<String>> = reservation.lines.iter().map(|line| vec![line.sku.clone(), line.location.clone(), line.quantity.to_string()]).collect();
+        out.push_str(&render_table(&["SKU", "LOCATION", "QUANTITY"], &rows));
+        return out;
+    }
+    fields.push(("home_group", reservation.home_group.to_string()));
+    let mut out = render_key_values(&fields);
+    let rows: Vec<Vec<String>> = reservation
+        .parts
+        .iter()
+        .flat_map(|part| {
+            part.lines.iter().map(move |line| {
+                vec![part.group_id.to_string(), line.sku.clone(), line.location.clone(), line.quantity.to_string(), part_state_word(part).to_owned()]
+            })
+        })
+        .collect();
+    out.push_str(&render_table(&["GROUP", "SKU", "LOCATION", "QUANTITY", "STATE"], &rows));
     out
 }
 

@@ -56,14 +56,43 @@ pub fn state_to_pb(s: m::ReservationState) -> pb::ReservationState {
     }
 }
 
-pub fn reservation_to_pb(r: &m::Reservation) -> pb::Reservation {
+/// A reservation held in one group, `group` (its home).
+pub fn reservation_to_pb(r: &m::Reservation, group: m::GroupId) -> pb::Reservation {
+    let lines: Vec<pb::Line> = r.lines.iter().map(line_to_pb).collect();
     pb::Reservation {
         id: r.id.clone(),
         state: state_to_pb(r.state) as i32,
-        lines: r.lines.iter().map(line_to_pb).collect(),
+        lines: lines.clone(),
         created_at_ms: r.created_at_ms,
         expires_at_ms: r.expires_at_ms,
         finished_at_ms: r.finished_at_ms.unwrap_or(0),
+        home_group: group,
+        parts: vec![pb::ReservationPart { group_id: group, lines, state: state_to_pb(r.state) as i32 }],
+    }
+}
+
+/// A cart across groups, from its home record: each group's lines with the
+/// state that group confirmed (unspecified while it has not yet).
+pub fn cart_to_pb(cart: &m::Cart) -> pb::Reservation {
+    let parts = cart
+        .parts
+        .iter()
+        .map(|(group, part)| pb::ReservationPart {
+            group_id: *group,
+            lines: part.lines.iter().map(line_to_pb).collect(),
+            state: part.followed.map_or(pb::ReservationState::Unspecified, state_to_pb) as i32,
+        })
+        .collect();
+    pb::Reservation { home_group: cart.home, parts, ..reservation_to_pb(&cart.as_reservation(), cart.home) }
+}
+
+/// The reservation a command result carries: a cart's record, else the
+/// plain reservation of `group`.
+fn result_reservation(r: &m::CommandResult, group: m::GroupId) -> Option<pb::Reservation> {
+    match (&r.cart, &r.reservation) {
+        (Some(cart), _) => Some(cart_to_pb(cart)),
+        (None, Some(plain)) => Some(reservation_to_pb(plain, group)),
+        (None, None) => None,
     }
 }
 
@@ -98,11 +127,11 @@ pub fn position_to_pb(region: &str, key: &m::PositionKey, p: &m::Position) -> pb
     }
 }
 
-pub fn reserve_response(index: u64, r: &m::CommandResult) -> pb::ReserveResponse {
+pub fn reserve_response(index: u64, r: &m::CommandResult, group: m::GroupId) -> pb::ReserveResponse {
     pb::ReserveResponse {
         outcome: outcome_to_pb(r.outcome) as i32,
         replay: r.replay,
-        reservation: r.reservation.as_ref().map(reservation_to_pb),
+        reservation: result_reservation(r, group),
         shortfalls: r
             .shortfalls
             .iter()
@@ -124,11 +153,6 @@ pub fn line_risk_to_pb(r: &m::LineRisk) -> pb::LineRisk {
     }
 }
 
-pub fn reservation_response(index: u64, r: &m::CommandResult) -> pb::ReservationResponse {
-    pb::ReservationResponse {
-        outcome: outcome_to_pb(r.outcome) as i32,
-        replay: r.replay,
-        reservation: r.reservation.as_ref().map(reservation_to_pb),
-        applied_index: index,
-    }
+pub fn reservation_response(index: u64, r: &m::CommandResult, group: m::GroupId) -> pb::ReservationResponse {
+    pb::ReservationResponse { outcome: outcome_to_pb(r.outcome) as i32, replay: r.replay, reservation: result_reservation(r, group), applied_index: index }
 }

@@ -5,6 +5,7 @@
 
 pub mod availability;
 pub mod bench;
+pub mod cart;
 pub mod certs;
 pub mod cli;
 pub mod cli_access;

@@ -79,6 +79,10 @@ pub struct Node {
     tls: Option<Arc<NodeTls>>,
     /// The certificate reloader, stopped with the node.
     tls_reloader: Option<tokio::task::JoinHandle<()>>,
+    /// Background tasks started for this node, stopped with it.
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// This node, for the tasks it starts.
+    me: std::sync::Weak<Node>,
 }
 
 impl Node {
@@ -115,7 +119,7 @@ impl Node {
                 .map_err(|source| NodeError::Group { group: range.group, source })?;
             groups.insert(range.group, Arc::new(group));
         }
-        let node = Arc::new(Node { config, groups, peers, tls, tls_reloader });
+        let node = Arc::new_cyclic(|me| Node { config, groups, peers, tls, tls_reloader, tasks: std::sync::Mutex::new(Vec::new()), me: me.clone() });
         node.initialize_groups().await?;
         Ok(node)
     }
@@ -154,13 +158,47 @@ impl Node {
         self.tls.as_ref()
     }
 
-    /// Refuses a command that names a SKU outside `group`'s range: nothing
-    /// is ever proposed to the wrong group.
+    /// Refuses a command that does not belong in `group`: a SKU outside its
+    /// range, or a reservation record (plain or a cart's) for an id whose
+    /// home is another group. Nothing is ever proposed to the wrong group.
     pub fn check_command_in_group(&self, group: GroupId, command: &Command) -> Result<(), GroupError> {
+        let skus_in = |lines: &[storage::model::Line], group: GroupId| lines.iter().try_for_each(|line| self.check_sku_in_group(group, &line.sku));
+        let id = command.reservation_id().unwrap_or_default();
         match command {
-            Command::Reserve { lines, .. } | Command::ReserveGated { lines, .. } => lines.iter().try_for_each(|line| self.check_sku_in_group(group, &line.sku)),
+            Command::Reserve { lines, .. } | Command::ReserveGated { lines, .. } => {
+                skus_in(lines, group)?;
+                self.check_home(group, id)
+            }
             Command::Adjust(adjustment) => self.check_sku_in_group(group, &adjustment.sku),
-            Command::Commit { .. } | Command::Release { .. } | Command::Fulfill { .. } | Command::Cancel { .. } => Ok(()),
+            Command::Commit { .. } | Command::Release { .. } | Command::Fulfill { .. } | Command::Cancel { .. } => self.check_home(group, id),
+            Command::CartDecide { .. } | Command::CartFollowed { .. } => self.check_home(group, id),
+            Command::CartBegin { home, parts, .. } => {
+                self.check_home(group, id)?;
+                if *home != group {
+                    return Err(GroupError::Invalid { group, reason: format!("invalid home: a cart record of group {group} names home {home}") });
+                }
+                parts.iter().try_for_each(|(part_group, lines)| skus_in(lines, *part_group))
+            }
+            Command::CartPrepare { of, lines, .. } => {
+                skus_in(lines, group)?;
+                self.check_home(of.home, id)
+            }
+            Command::CartFollow { of, .. } => self.check_home(of.home, id),
+        }
+    }
+
+    /// The group that holds reservation `id`'s record, in this node's region.
+    pub fn home_of(&self, id: &str) -> Option<GroupId> {
+        self.config.shard_map.home_for(&self.config.region, id).map(|r| r.group)
+    }
+
+    /// Refuses `group` unless it is reservation `id`'s home.
+    fn check_home(&self, group: GroupId, id: &str) -> Result<(), GroupError> {
+        let region = self.config.shard_map.range(group).map(|r| r.region.clone()).unwrap_or_default();
+        match self.config.shard_map.home_for(&region, id) {
+            Some(home) if home.group == group => Ok(()),
+            Some(home) => Err(GroupError::Invalid { group, reason: format!("invalid reservation_id: its home is group {}, not group {group}", home.group) }),
+            None => Err(GroupError::Invalid { group, reason: format!("invalid group_id: no group {group} in the shard map") }),
         }
     }
 
@@ -286,7 +324,7 @@ impl Node {
         let inventory = g.state().read();
         let (position, reservation, positions) = match query {
             ReadQuery::Position(key) => (inventory.position(key).cloned(), None, Vec::new()),
-            ReadQuery::Reservation(id) => (None, inventory.reservation(id).cloned(), Vec::new()),
+            ReadQuery::Reservation(id) => (None, inventory.reservation(id).filter(|_| inventory.intent_of(id).is_none()).cloned(), Vec::new()),
             ReadQuery::SkuPositions { sku, location: Some(location), .. } => {
                 let positions = inventory
                     .position(&PositionKey::new(sku.as_str(), location.as_str()))
@@ -301,9 +339,14 @@ impl Node {
                 (None, None, positions)
             }
         };
+        let cart = match query {
+            ReadQuery::Reservation(id) => inventory.cart(id).cloned(),
+            _ => None,
+        };
         Ok(ReadAnswer {
             position,
             reservation,
+            cart,
             positions,
             applied_index: g.state().applied_index(),
             staleness_ms,
@@ -347,38 +390,22 @@ impl Node {
         .await
     }
 
-    /// The group of this node's region that holds reservation `id`: first
-    /// from the local replicas, then by strong reads of every group.
-    pub async fn locate_reservation(&self, id: &str) -> Result<Option<GroupId>, GroupError> {
-        if let Some(g) = self.locate_locally(id, None) {
-            return Ok(Some(g));
-        }
-        let groups: Vec<GroupId> = self.config.shard_map.groups_in(&self.config.region).map(|r| r.group).collect();
-        let reads = groups.iter().map(|g| self.read(*g, ReadQuery::Reservation(id.to_string()), Consistency::Strong));
-        let answers = futures::future::join_all(reads).await;
-        let mut first_error = None;
-        for (group, answer) in groups.iter().zip(answers) {
-            match answer {
-                Ok(a) if a.reservation.is_some() => return Ok(Some(*group)),
-                Ok(_) => {}
-                Err(e) => first_error = first_error.or(Some(e)),
-            }
-        }
-        // A group we could not ask might hold it: the answer is unknown.
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(None),
-        }
+    /// Keeps a background task to stop with the node.
+    pub fn add_task(&self, task: tokio::task::JoinHandle<()>) {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(task);
     }
 
-    /// A local replica that holds reservation `id`, other than `except`.
-    pub fn locate_locally(&self, id: &str, except: Option<GroupId>) -> Option<GroupId> {
-        self.groups.iter().filter(|(g, _)| Some(**g) != except).find(|(_, g)| g.state().read().reservation(id).is_some()).map(|(id, _)| *id)
+    /// This node as an `Arc`, while it runs.
+    pub fn me(&self) -> Option<Arc<Node>> {
+        self.me.upgrade()
     }
 
     pub async fn shutdown(&self) {
         if let Some(reloader) = &self.tls_reloader {
             reloader.abort();
+        }
+        for task in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            task.abort();
         }
         for g in self.groups.values() {
             g.shutdown().await;

@@ -71,6 +71,13 @@ impl PeerService {
         if matches!(command, Command::ReserveGated { .. }) && !caller.is_trusted_peer() {
             return Err(Status::permission_denied(format!("risk verdicts are taken from authenticated peers only, not from {}", caller.subject)));
         }
+        let cart_step = matches!(
+            command,
+            Command::CartBegin { .. } | Command::CartPrepare { .. } | Command::CartDecide { .. } | Command::CartFollow { .. } | Command::CartFollowed { .. }
+        );
+        if cart_step && !caller.is_trusted_peer() {
+            return Err(Status::permission_denied(format!("cart protocol steps are taken from authenticated peers only, not from {}", caller.subject)));
+        }
         self.node.check_command_in_group(m.group_id, &command).map_err(status::group_error)?;
         Ok(command)
     }

@@ -4,6 +4,7 @@
 use raft::NodeId;
 use serde::Deserialize;
 use serde::Serialize;
+use storage::model::Cart;
 use storage::model::Position;
 use storage::model::PositionKey;
 use storage::model::Reservation;
@@ -32,7 +33,11 @@ pub enum ReadQuery {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReadAnswer {
     pub position: Option<Position>,
+    /// For `Reservation`: a plain reservation held in this group (never a
+    /// cart's intent).
     pub reservation: Option<Reservation>,
+    /// For `Reservation`: the home record of a cart homed in this group.
+    pub cart: Option<Cart>,
     /// For `SkuPositions`: (location, position) pairs.
     pub positions: Vec<(String, Position)>,
     pub applied_index: u64,

@@ -4,6 +4,7 @@
 //! serves `RaftPeer` alone. Both sit behind the security layer (mTLS and the
 //! role table), or serve plaintext on an `--insecure` node.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -21,6 +22,7 @@ use crate::availability::Availability;
 use crate::availability::CheckRequest;
 use crate::availability::Evaluation;
 use crate::availability::GateRequest;
+use crate::cart::Plan;
 use crate::convert;
 use crate::node::Node;
 use crate::peer_service::PeerService;
@@ -113,27 +115,21 @@ impl InventoryService {
     }
 
     /// Validates a reserve request (inside a batch, the caller names the
-    /// fields as `reservations[3].` with [`status::prefixed`]).
-    fn reserve_command(&self, r: &pb::ReserveRequest) -> Result<(m::GroupId, m::Command, Option<GateRequest>), Status> {
+    /// fields as `reservations[3].` with [`status::prefixed`]) and plans
+    /// where its lines and its record go.
+    fn reserve_command(&self, r: &pb::ReserveRequest) -> Result<(Plan, m::Command, Option<GateRequest>), Status> {
         let limits = &self.node.config.input_limits;
         let ttl_ms = if r.ttl_ms == 0 { limits.ttl_ms_default } else { r.ttl_ms };
         let command = m::Command::Reserve { reservation_id: r.reservation_id.clone(), lines: r.lines.iter().map(convert::line_from_pb).collect(), ttl_ms };
         validate_command(&command, limits).map_err(status::invalid)?;
-        let mut group = None;
+        let region = &self.node.config.region;
+        let home =
+            self.node.home_of(&r.reservation_id).ok_or_else(|| status::invalid_field("reservation_id", format!("region {region} has no shard group")))?;
+        let mut parts: BTreeMap<m::GroupId, Vec<m::Line>> = BTreeMap::new();
         for (i, line) in r.lines.iter().enumerate() {
             let g = self.group_of(&line.sku, &format!("lines[{i}].sku"))?;
-            match group {
-                None => group = Some(g),
-                Some(first) if first != g => {
-                    return Err(status::invalid_field(
-                        "lines",
-                        format!("lines fall in shard groups {first} and {g}; a reservation must stay within one SKU range (cross-range reservations are not supported yet)"),
-                    ))
-                }
-                Some(_) => {}
-            }
+            parts.entry(g).or_default().push(convert::line_from_pb(line));
         }
-        let group = group.ok_or_else(|| status::invalid_field("lines", "must not be empty"))?;
         let gate = match &r.risk_gate {
             None => None,
             Some(gate) => {
@@ -141,7 +137,7 @@ impl InventoryService {
                 Some(GateRequest { route_key, promo: gate.promo })
             }
         };
-        Ok((group, command, gate))
+        Ok((Plan { home, parts }, command, gate))
     }
 
     fn group_of(&self, sku: &str, field: &str) -> Result<m::GroupId, Status> {
@@ -153,44 +149,79 @@ impl InventoryService {
             .ok_or_else(|| status::invalid_field(field, format!("no shard of region {region} holds this sku")))
     }
 
-    /// Proposes a validated reserve; behind the risk gate, the lines are
-    /// scored first and the verdicts go into the log with the command.
-    async fn reserve_one(&self, group: m::GroupId, command: m::Command, gate: Option<GateRequest>) -> Result<pb::ReserveResponse, Status> {
-        if let m::Command::Reserve { reservation_id, .. } = &command {
-            // An id already used in another range is a reused id.
-            if let Some(other) = self.node.locate_locally(reservation_id, Some(group)) {
-                let existing = self.node.group(other).and_then(|g| g.state().read().reservation(reservation_id).cloned());
-                return Ok(pb::ReserveResponse {
-                    outcome: pb::Outcome::IdempotencyConflict as i32,
-                    reservation: existing.as_ref().map(convert::reservation_to_pb),
-                    ..Default::default()
-                });
-            }
-        }
-        let (command, verdicts) = match (command, gate) {
-            (m::Command::Reserve { reservation_id, lines, ttl_ms }, Some(request)) => {
-                let gate = self.availability.gate(group, &lines, &request).await.map_err(status::group_error)?;
-                let verdicts = gate.lines.iter().map(convert::line_risk_to_pb).collect();
-                (m::Command::ReserveGated { reservation_id, lines, ttl_ms, gate }, verdicts)
-            }
-            (command, _) => (command, Vec::new()),
+    /// Proposes a validated reserve: in one command when every line is in
+    /// the id's home group, else as a cart across groups (`crate::cart`).
+    /// Behind the risk gate, the lines are scored first; a plain reserve's
+    /// verdicts go into the log with the command.
+    async fn reserve_one(&self, plan: Plan, command: m::Command, gate: Option<GateRequest>) -> Result<pb::ReserveResponse, Status> {
+        let m::Command::Reserve { reservation_id, lines, ttl_ms } = command else { unreachable!("reserve_command builds a Reserve") };
+        let (in_order, gates) = match &gate {
+            Some(request) => self.gate_lines(&plan, &lines, request).await?,
+            None => (Vec::new(), BTreeMap::new()),
         };
-        let (index, result) = self.node.propose(group, command).await.map_err(status::group_error)?;
-        Ok(pb::ReserveResponse { risk: verdicts, ..convert::reserve_response(index, &result) })
+        let verdicts: Vec<pb::LineRisk> = in_order.iter().map(convert::line_risk_to_pb).collect();
+        let refused = in_order.iter().any(m::LineRisk::refuses);
+        let (index, result) = if plan.is_local() {
+            let command = match gates.into_values().next() {
+                Some(gate) => m::Command::ReserveGated { reservation_id, lines, ttl_ms, gate },
+                None => m::Command::Reserve { reservation_id, lines, ttl_ms },
+            };
+            self.node.propose(plan.home, command).await.map_err(status::group_error)?
+        } else if refused {
+            self.refused_cart(&plan, &reservation_id, &lines, ttl_ms).await?
+        } else {
+            self.node.reserve_cart(&reservation_id, &lines, ttl_ms, &plan, &gates).await.map_err(status::group_error)?
+        };
+        Ok(pb::ReserveResponse { risk: verdicts, ..convert::reserve_response(index, &result, plan.home) })
     }
 
-    /// Commit, release, fulfill, cancel: find the reservation's group, then
-    /// propose there.
+    /// The risk gate's verdicts, each line scored by its own group: in line
+    /// order (for the answer) and per group in part order (for the log).
+    async fn gate_lines(&self, plan: &Plan, lines: &[m::Line], request: &GateRequest) -> Result<GateVerdicts, Status> {
+        let mut in_order: Vec<Option<m::LineRisk>> = vec![None; lines.len()];
+        let mut gates = BTreeMap::new();
+        for (group, part) in &plan.parts {
+            let gate = self.availability.gate(*group, part, request).await.map_err(status::group_error)?;
+            let mut scored = gate.lines.iter().cloned();
+            for (slot, line) in in_order.iter_mut().zip(lines) {
+                if slot.is_none() && self.group_of(&line.sku, "lines").ok() == Some(*group) {
+                    *slot = scored.next();
+                }
+            }
+            gates.insert(*group, gate);
+        }
+        Ok((in_order.into_iter().flatten().collect(), gates))
+    }
+
+    /// A cart the risk gate refuses: nothing is written, unless the id's
+    /// record already holds this cart, which is then replayed.
+    async fn refused_cart(&self, plan: &Plan, id: &str, lines: &[m::Line], ttl_ms: u64) -> Result<(u64, m::CommandResult), Status> {
+        let answer = self.node.read(plan.home, ReadQuery::Reservation(id.to_owned()), Consistency::Strong).await.map_err(status::group_error)?;
+        let result = match answer.cart {
+            Some(cart) => cart.replay(cart.lines == lines && cart.ttl_ms == ttl_ms),
+            None => m::CommandResult::bare(m::Outcome::RiskRefused),
+        };
+        Ok((answer.applied_index, result))
+    }
+
+    /// Commit, release, fulfill, cancel: proposed at the id's home group
+    /// (one hop); a cart's line groups follow.
     async fn transition(&self, r: pb::ReservationRef, make: fn(String) -> m::Command) -> Result<Response<pb::ReservationResponse>, Status> {
         let command = make(r.reservation_id.clone());
         validate_command(&command, &self.node.config.input_limits).map_err(status::invalid)?;
-        let Some(group) = self.node.locate_reservation(&r.reservation_id).await.map_err(status::group_error)? else {
-            return Ok(Response::new(pb::ReservationResponse { outcome: pb::Outcome::NotFound as i32, ..Default::default() }));
-        };
-        let (index, result) = self.node.propose(group, command).await.map_err(status::group_error)?;
-        Ok(Response::new(convert::reservation_response(index, &result)))
+        let home = self.home(&r.reservation_id)?;
+        let (index, result) = self.node.transition_at_home(home, command).await.map_err(status::group_error)?;
+        Ok(Response::new(convert::reservation_response(index, &result, home)))
+    }
+
+    fn home(&self, id: &str) -> Result<m::GroupId, Status> {
+        let region = &self.node.config.region;
+        self.node.home_of(id).ok_or_else(|| status::invalid_field("reservation_id", format!("region {region} has no shard group")))
     }
 }
+
+/// The gate's verdicts in line order, and per group.
+type GateVerdicts = (Vec<m::LineRisk>, BTreeMap<m::GroupId, m::RiskGate>);
 
 fn consistency_from_pb(r: &pb::GetPositionRequest) -> Result<Consistency, Status> {
     consistency_or(r.consistency, r.max_staleness_ms, Consistency::Strong)
@@ -310,17 +341,16 @@ impl Inventory for InventoryService {
     async fn get_reservation(&self, request: Request<pb::ReservationRef>) -> Result<Response<pb::ReservationResponse>, Status> {
         let id = request.into_inner().reservation_id;
         check_text("reservation_id", &id, self.node.config.input_limits.id_bytes_max)?;
-        let Some(group) = self.node.locate_reservation(&id).await.map_err(status::group_error)? else {
-            return Ok(Response::new(pb::ReservationResponse { outcome: pb::Outcome::NotFound as i32, ..Default::default() }));
+        let home = self.home(&id)?;
+        let answer = self.node.read(home, ReadQuery::Reservation(id), Consistency::Strong).await.map_err(status::group_error)?;
+        let reservation = match (&answer.cart, &answer.reservation) {
+            (Some(cart), _) if cart.state != m::CartState::Aborted => Some(convert::cart_to_pb(cart)),
+            (Some(_), _) => None,
+            (None, Some(plain)) => Some(convert::reservation_to_pb(plain, home)),
+            (None, None) => None,
         };
-        let answer = self.node.read(group, ReadQuery::Reservation(id), Consistency::Strong).await.map_err(status::group_error)?;
-        let outcome = if answer.reservation.is_some() { pb::Outcome::Ok } else { pb::Outcome::NotFound };
-        Ok(Response::new(pb::ReservationResponse {
-            outcome: outcome as i32,
-            replay: false,
-            reservation: answer.reservation.as_ref().map(convert::reservation_to_pb),
-            applied_index: answer.applied_index,
-        }))
+        let outcome = if reservation.is_some() { pb::Outcome::Ok } else { pb::Outcome::NotFound };
+        Ok(Response::new(pb::ReservationResponse { outcome: outcome as i32, replay: false, reservation, applied_index: answer.applied_index }))
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(node = self.node.id(), event = %request.get_ref().event_id))]
@@ -612,6 +642,7 @@ pub async fn serve(node: Arc<Node>, shutdown: impl Future<Output = ()> + Send + 
     let v1 = reflection_builder().build_v1().expect("the embedded descriptor sets are valid");
     let v1alpha = reflection_builder().build_v1alpha().expect("the embedded descriptor sets are valid");
     let availability = Arc::new(Availability::new(node.clone()));
+    node.add_task(crate::cart::spawn_resolver(node.clone()));
     let insecure = node.tls().is_none();
     let client_plane = tonic::transport::Server::builder()
         .layer(AuthorizeLayer::new(insecure))

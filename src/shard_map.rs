@@ -91,6 +91,15 @@ impl ShardMap {
         self.ranges.iter().find(|r| r.region == region && r.contains(sku))
     }
 
+    /// The home group of reservation `id` in `region`: the group that holds
+    /// its record. The region's groups split the 64-bit hash space of ids
+    /// into equal ranges, in group order.
+    pub fn home_for(&self, region: &str, id: &str) -> Option<&ShardRange> {
+        let groups: Vec<&ShardRange> = self.ranges.iter().filter(|r| r.region == region).collect();
+        let slot = (u128::from(id_hash(id)) * groups.len() as u128) >> 64;
+        groups.get(slot as usize).copied()
+    }
+
     pub fn range(&self, group: GroupId) -> Option<&ShardRange> {
         self.ranges.iter().find(|r| r.group == group)
     }
@@ -103,6 +112,12 @@ impl ShardMap {
     pub fn hosted_by(&self, node: NodeId) -> impl Iterator<Item = &ShardRange> {
         self.ranges.iter().filter(move |r| r.replicas.contains(&node))
     }
+}
+
+/// FNV-1a, 64 bits: stable across versions and platforms, as a reservation's
+/// home must be.
+pub fn id_hash(id: &str) -> u64 {
+    id.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 #[cfg(test)]
@@ -125,6 +140,23 @@ mod tests {
         assert_eq!(map.group_for("local", "2").map(|r| r.group), Some(2));
         assert_eq!(map.group_for("local", "ffff").map(|r| r.group), Some(8));
         assert!(map.group_for("elsewhere", "1").is_none());
+    }
+
+    #[test]
+    fn homes_are_stable_and_spread_over_the_region() {
+        // Pinned: a reservation's home must never move between versions.
+        assert_eq!(id_hash(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(id_hash("a"), 0xaf63_dc4c_8601_ec8c);
+        let map = ShardMap::build(nodes(3), 8, None, 3).expect("map");
+        let mut counts = BTreeMap::new();
+        for i in 0..8000 {
+            let home = map.home_for("local", &format!("order-{i}")).expect("home").group;
+            *counts.entry(home).or_insert(0) += 1;
+        }
+        assert_eq!(counts.len(), 8, "every group is home to some ids");
+        assert!(counts.values().all(|&n| (700..1300).contains(&n)), "{counts:?}");
+        assert_eq!(map.home_for("local", "order-1").map(|r| r.group), map.home_for("local", "order-1").map(|r| r.group));
+        assert!(map.home_for("elsewhere", "order-1").is_none());
     }
 
     #[test]

@@ -221,6 +221,7 @@ fn reservation(state: ReservationState) -> Reservation {
         created_at_ms: 1_700_000_000_000,
         expires_at_ms: 1_700_000_030_000,
         finished_at_ms: 0,
+        ..Default::default()
     }
 }
 
@@ -242,7 +243,7 @@ fn words_are_lower_case_proto_names() {
 fn reservation_json_has_the_documented_shape() {
     let value = cli::reservation_json(&reservation(ReservationState::Committed));
     let keys: Vec<&str> = value.as_object().expect("object").keys().map(String::as_str).collect();
-    let mut expected = vec!["id", "state", "lines", "expires_at_ms", "created_at_ms", "finished_at_ms"];
+    let mut expected = vec!["id", "state", "lines", "expires_at_ms", "created_at_ms", "finished_at_ms", "home_group", "parts"];
     expected.sort_unstable();
     let mut keys_sorted = keys.clone();
     keys_sorted.sort_unstable();
@@ -264,6 +265,27 @@ fn reservation_human_is_aligned() {
     assert_eq!(table[1].find("dc1"), Some(column), "{text}");
     assert_eq!(table[2].find("dc22"), Some(column), "{text}");
     assert!(text.lines().all(|l| l == l.trim_end()), "no trailing spaces: {text:?}");
+}
+
+#[test]
+fn a_cart_shows_its_home_and_each_line_by_group_with_its_state() {
+    let mut cart = reservation(ReservationState::Committed);
+    cart.home_group = 3;
+    cart.parts = vec![
+        stockd::proto::v1::ReservationPart { group_id: 1, lines: vec![line("b", "dc22", 10)], state: ReservationState::Committed as i32 },
+        stockd::proto::v1::ReservationPart { group_id: 7, lines: vec![line("sku-long-name", "dc1", 2)], state: ReservationState::Unspecified as i32 },
+    ];
+    let text = cli::reservation_human(&cart);
+    assert!(text.contains("home_group      3\n"), "{text}");
+    let table: Vec<&str> = text.lines().skip_while(|l| !l.starts_with("GROUP")).collect();
+    assert_eq!(table.len(), 3, "{text}");
+    assert!(table[1].starts_with("1 ") && table[1].ends_with("committed"), "{text}");
+    assert!(table[2].starts_with("7 ") && table[2].ends_with("following"), "a group that has not confirmed yet: {text}");
+    let json = cli::reservation_json(&cart);
+    assert_eq!(json["home_group"], 3);
+    assert_eq!(json["parts"][1]["group_id"], 7);
+    assert_eq!(json["parts"][1]["state"], "following");
+    assert_eq!(json["parts"][0]["lines"][0]["sku"], "b");
 }
 
 #[test]

@@ -29,6 +29,7 @@ use serde::Serialize;
 use storage::codec;
 use storage::inventory::Inventory;
 use storage::inventory::InventorySnapshot;
+use storage::inventory::Records;
 use storage::keys;
 use storage::model::GroupId;
 use storage::model::Limits;
@@ -111,21 +112,26 @@ impl StateMachineStore {
                 Some(bytes) => codec::decode(&bytes, "applied state").map_err(read_err)?,
                 None => (None, StoredMembership::default(), 0),
             };
-        let mut positions = Vec::new();
+        let mut records = Records::default();
         for (_, value) in scan(keys::STATE_POSITION)? {
-            positions.push(codec::decode(&value, "position").map_err(read_err)?);
+            records.positions.push(codec::decode(&value, "position").map_err(read_err)?);
         }
-        let mut reservations = Vec::new();
         for (_, value) in scan(keys::STATE_RESERVATION)? {
             let r: storage::model::Reservation = codec::decode(&value, "reservation").map_err(read_err)?;
-            reservations.push((r.id.clone(), r));
+            records.reservations.push((r.id.clone(), r));
         }
-        let mut events = Vec::new();
         for (_, value) in scan(keys::STATE_EVENT)? {
-            events.push(codec::decode(&value, "event record").map_err(read_err)?);
+            records.events.push(codec::decode(&value, "event record").map_err(read_err)?);
+        }
+        for (_, value) in scan(keys::STATE_CART)? {
+            let cart: storage::model::Cart = codec::decode(&value, "cart").map_err(read_err)?;
+            records.carts.push((cart.id.clone(), cart));
+        }
+        for (_, value) in scan(keys::STATE_INTENT)? {
+            records.intents.push(codec::decode(&value, "intent").map_err(read_err)?);
         }
         let applied_index = last_applied.map(|l| l.index).unwrap_or(0);
-        let inventory = Inventory::load(limits.clone(), log_time_ms, applied_index, positions, reservations, events);
+        let inventory = Inventory::load(limits.clone(), log_time_ms, applied_index, records);
         let state =
             Arc::new(GroupState { inventory: RwLock::new(inventory), applied_index: AtomicU64::new(applied_index), log_time_ms: AtomicU64::new(log_time_ms) });
         Ok(Self { engine, group, limits, state, last_applied, membership, snapshot_seq: Arc::new(AtomicU64::new(0)) })
@@ -153,18 +159,16 @@ impl StateMachineStore {
             }
         }
         for (id, reservation) in dirty.reservations {
-            let k = keys::reservation_key(self.group, &id);
-            match reservation {
-                Some(r) => batch.put(Table::State, k, codec::encode(&r)),
-                None => batch.delete(Table::State, k),
-            }
+            put_or_delete(batch, keys::reservation_key(self.group, &id), reservation.map(|r| codec::encode(&r)));
         }
         for (id, event) in dirty.events {
-            let k = keys::event_key(self.group, &id);
-            match event {
-                Some(e) => batch.put(Table::State, k, codec::encode(&(id, e))),
-                None => batch.delete(Table::State, k),
-            }
+            put_or_delete(batch, keys::event_key(self.group, &id), event.map(|e| codec::encode(&(&id, e))));
+        }
+        for (id, cart) in dirty.carts {
+            put_or_delete(batch, keys::record_key(self.group, keys::STATE_CART, &id), cart.map(|c| codec::encode(&c)));
+        }
+        for (id, intent) in dirty.intents {
+            put_or_delete(batch, keys::record_key(self.group, keys::STATE_INTENT, &id), intent.map(|of| codec::encode(&(&id, of))));
         }
         batch.put(Table::State, keys::state_meta_key(self.group, APPLIED), codec::encode(&(self.last_applied, &self.membership, inventory.log_time_ms())));
     }
@@ -180,6 +184,14 @@ impl StateMachineStore {
             Some(bytes) => Ok(Some(codec::decode(&bytes, "snapshot").map_err(read_err)?)),
             None => Ok(None),
         }
+    }
+}
+
+/// Writes a record, or deletes it when it is gone.
+fn put_or_delete(batch: &mut WriteBatch, key: Vec<u8>, value: Option<Vec<u8>>) {
+    match value {
+        Some(value) => batch.put(Table::State, key, value),
+        None => batch.delete(Table::State, key),
     }
 }
 
@@ -269,6 +281,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
         for (id, e) in fresh.events() {
             batch.put(Table::State, keys::event_key(self.group, id), codec::encode(&(id, e)));
+        }
+        for (id, cart) in fresh.carts() {
+            batch.put(Table::State, keys::record_key(self.group, keys::STATE_CART, id), codec::encode(cart));
+        }
+        for (id, of) in fresh.intents() {
+            batch.put(Table::State, keys::record_key(self.group, keys::STATE_INTENT, id), codec::encode(&(id, of)));
         }
         self.add_dirty(&mut fresh, &mut batch);
         let stored = StoredSnapshot { meta: meta.clone(), data };

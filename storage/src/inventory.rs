@@ -28,9 +28,11 @@ use serde::Serialize;
 use crate::model::Adjustment;
 use crate::model::AdjustmentKind;
 use crate::model::Batch;
+use crate::model::Cart;
 use crate::model::Change;
 use crate::model::Command;
 use crate::model::CommandResult;
+use crate::model::IntentOf;
 use crate::model::Limits;
 use crate::model::Line;
 use crate::model::LineRisk;
@@ -74,11 +76,13 @@ pub struct Dirty {
     pub positions: Vec<(PositionKey, Option<Position>)>,
     pub reservations: Vec<(String, Option<Reservation>)>,
     pub events: Vec<(String, Option<EventRecord>)>,
+    pub carts: Vec<(String, Option<Cart>)>,
+    pub intents: Vec<(String, Option<IntentOf>)>,
 }
 
 impl Dirty {
     pub fn is_empty(&self) -> bool {
-        self.positions.is_empty() && self.reservations.is_empty() && self.events.is_empty()
+        self.positions.is_empty() && self.reservations.is_empty() && self.events.is_empty() && self.carts.is_empty() && self.intents.is_empty()
     }
 }
 
@@ -91,13 +95,27 @@ pub struct InventorySnapshot {
     pub positions: BTreeMap<PositionKey, Position>,
     pub reservations: BTreeMap<String, Reservation>,
     pub events: BTreeMap<String, EventRecord>,
+    /// Home records of carts homed in this group.
+    pub carts: BTreeMap<String, Cart>,
+    /// Which of `reservations` are intents of carts, and of which record.
+    pub intents: BTreeMap<String, IntentOf>,
+}
+
+/// Records to rebuild an inventory from (see [`Inventory::load`]).
+#[derive(Debug, Default)]
+pub struct Records {
+    pub positions: Vec<(PositionKey, Position)>,
+    pub reservations: Vec<(String, Reservation)>,
+    pub events: Vec<(String, EventRecord)>,
+    pub carts: Vec<(String, Cart)>,
+    pub intents: Vec<(String, IntentOf)>,
 }
 
 /// Log position and log time of the batch being applied.
 #[derive(Debug, Clone, Copy)]
-struct At {
-    log_index: u64,
-    ms: u64,
+pub(crate) struct At {
+    pub(crate) log_index: u64,
+    pub(crate) ms: u64,
 }
 
 /// The inventory state of one Raft group.
@@ -107,18 +125,30 @@ pub struct Inventory {
     /// Log time: the largest `proposed_at_ms` applied so far.
     log_time_ms: u64,
     last_applied_index: u64,
-    positions: BTreeMap<PositionKey, Position>,
-    reservations: BTreeMap<String, Reservation>,
-    /// `(expires_at_ms, id)` of every `Pending` reservation.
-    expiry_index: BTreeSet<(u64, String)>,
+    pub(crate) positions: BTreeMap<PositionKey, Position>,
+    pub(crate) reservations: BTreeMap<String, Reservation>,
+    /// `(expires_at_ms, id)` of every `Pending` reservation that is not an
+    /// intent (an intent expires when its home record says so).
+    pub(crate) expiry_index: BTreeSet<(u64, String)>,
     /// `(finished_at_ms, id)` of every reservation in a final state.
-    finished_index: BTreeSet<(u64, String)>,
+    pub(crate) finished_index: BTreeSet<(u64, String)>,
     events: BTreeMap<String, EventRecord>,
     /// `(applied_at_ms, event_id)` of every event record.
     event_index: BTreeSet<(u64, String)>,
+    /// Home records of carts homed here.
+    pub(crate) carts: BTreeMap<String, Cart>,
+    /// `(expires_at_ms, id)` of every preparing or pending cart.
+    pub(crate) cart_expiry: BTreeSet<(u64, String)>,
+    /// `(finished_at_ms, id)` of every final cart whose line groups all
+    /// followed it (only those may be forgotten).
+    pub(crate) cart_finished: BTreeSet<(u64, String)>,
+    /// The reservations that are intents of carts, with their record.
+    pub(crate) intents: BTreeMap<String, IntentOf>,
     dirty_positions: BTreeSet<PositionKey>,
-    dirty_reservations: BTreeSet<String>,
+    pub(crate) dirty_reservations: BTreeSet<String>,
     dirty_events: BTreeSet<String>,
+    pub(crate) dirty_carts: BTreeSet<String>,
+    pub(crate) dirty_intents: BTreeSet<String>,
 }
 
 /// Equality of state: limits, log time and index, records and indexes. What is
@@ -134,6 +164,10 @@ impl PartialEq for Inventory {
             && self.expiry_index == other.expiry_index
             && self.finished_index == other.finished_index
             && self.event_index == other.event_index
+            && self.carts == other.carts
+            && self.cart_expiry == other.cart_expiry
+            && self.cart_finished == other.cart_finished
+            && self.intents == other.intents
     }
 }
 
@@ -151,33 +185,38 @@ impl Inventory {
             finished_index: BTreeSet::new(),
             events: BTreeMap::new(),
             event_index: BTreeSet::new(),
+            carts: BTreeMap::new(),
+            cart_expiry: BTreeSet::new(),
+            cart_finished: BTreeSet::new(),
+            intents: BTreeMap::new(),
             dirty_positions: BTreeSet::new(),
             dirty_reservations: BTreeSet::new(),
             dirty_events: BTreeSet::new(),
+            dirty_carts: BTreeSet::new(),
+            dirty_intents: BTreeSet::new(),
         }
     }
 
     /// Rebuilds an inventory (with its indexes) from persisted records. Nothing
     /// is dirty afterwards.
-    pub fn load(
-        limits: Limits,
-        log_time_ms: u64,
-        last_applied_index: u64,
-        positions: impl IntoIterator<Item = (PositionKey, Position)>,
-        reservations: impl IntoIterator<Item = (String, Reservation)>,
-        events: impl IntoIterator<Item = (String, EventRecord)>,
-    ) -> Self {
+    pub fn load(limits: Limits, log_time_ms: u64, last_applied_index: u64, records: Records) -> Self {
         let mut inventory = Self::new(limits);
         inventory.log_time_ms = log_time_ms;
         inventory.last_applied_index = last_applied_index;
-        inventory.positions = positions.into_iter().collect();
-        for (id, reservation) in reservations {
+        inventory.positions = records.positions.into_iter().collect();
+        // Intents first: the reservation index leaves them out.
+        inventory.intents = records.intents.into_iter().collect();
+        for (id, reservation) in records.reservations {
             inventory.index_reservation(&id, &reservation);
             inventory.reservations.insert(id, reservation);
         }
-        for (event_id, record) in events {
+        for (event_id, record) in records.events {
             inventory.event_index.insert((record.applied_at_ms, event_id.clone()));
             inventory.events.insert(event_id, record);
+        }
+        for (id, cart) in records.carts {
+            inventory.index_cart(&cart);
+            inventory.carts.insert(id, cart);
         }
         inventory
     }
@@ -189,15 +228,25 @@ impl Inventory {
             positions: self.positions.clone(),
             reservations: self.reservations.clone(),
             events: self.events.clone(),
+            carts: self.carts.clone(),
+            intents: self.intents.clone(),
         }
     }
 
     pub fn from_snapshot(limits: Limits, snapshot: InventorySnapshot) -> Self {
-        Self::load(limits, snapshot.log_time_ms, snapshot.last_applied_index, snapshot.positions, snapshot.reservations, snapshot.events)
+        let records = Records {
+            positions: snapshot.positions.into_iter().collect(),
+            reservations: snapshot.reservations.into_iter().collect(),
+            events: snapshot.events.into_iter().collect(),
+            carts: snapshot.carts.into_iter().collect(),
+            intents: snapshot.intents.into_iter().collect(),
+        };
+        Self::load(limits, snapshot.log_time_ms, snapshot.last_applied_index, records)
     }
 
-    fn index_reservation(&mut self, id: &str, reservation: &Reservation) {
+    pub(crate) fn index_reservation(&mut self, id: &str, reservation: &Reservation) {
         match reservation.state {
+            ReservationState::Pending if self.intents.contains_key(id) => {}
             ReservationState::Pending => {
                 self.expiry_index.insert((reservation.expires_at_ms, id.to_owned()));
             }
@@ -244,6 +293,24 @@ impl Inventory {
         self.events.iter()
     }
 
+    /// The home record of cart `id`, if it is homed here.
+    pub fn cart(&self, id: &str) -> Option<&Cart> {
+        self.carts.get(id)
+    }
+
+    pub fn carts(&self) -> impl Iterator<Item = (&String, &Cart)> + '_ {
+        self.carts.iter()
+    }
+
+    /// The cart record an intent held here belongs to.
+    pub fn intent_of(&self, id: &str) -> Option<IntentOf> {
+        self.intents.get(id).copied()
+    }
+
+    pub fn intents(&self) -> impl Iterator<Item = (&String, &IntentOf)> + '_ {
+        self.intents.iter()
+    }
+
     pub fn log_time_ms(&self) -> u64 {
         self.log_time_ms
     }
@@ -274,7 +341,9 @@ impl Inventory {
     /// Earliest expiry of a `Pending` reservation: the leader proposes a clock
     /// tick (an empty batch) once its clock passes it.
     pub fn next_expiry_ms(&self) -> Option<u64> {
-        self.expiry_index.first().map(|(expires_at_ms, _)| *expires_at_ms)
+        let reservation = self.expiry_index.first().map(|(expires_at_ms, _)| *expires_at_ms);
+        let cart = self.cart_expiry.first().map(|(expires_at_ms, _)| *expires_at_ms);
+        reservation.into_iter().chain(cart).min()
     }
 
     /// Records that a log entry carrying no batch (blank or membership entry)
@@ -291,7 +360,9 @@ impl Inventory {
         self.log_time_ms = self.log_time_ms.max(batch.proposed_at_ms);
         let at = At { log_index, ms: self.log_time_ms };
         self.expire(at);
+        self.expire_carts(at);
         self.prune(at.ms);
+        self.prune_carts(at.ms);
         let results = batch.commands.iter().map(|command| self.apply_command(at, command)).collect();
         self.last_applied_index = log_index;
         results
@@ -302,12 +373,34 @@ impl Inventory {
         match command {
             Command::Reserve { reservation_id, lines, ttl_ms } => self.reserve(at, reservation_id, lines, *ttl_ms, None),
             Command::ReserveGated { reservation_id, lines, ttl_ms, gate } => self.reserve(at, reservation_id, lines, *ttl_ms, Some(gate)),
-            Command::Commit { reservation_id } => self.advance(at, reservation_id, Pending, Committed),
-            Command::Release { reservation_id } => self.advance(at, reservation_id, Pending, Released),
-            Command::Fulfill { reservation_id } => self.advance(at, reservation_id, Committed, Fulfilled),
-            Command::Cancel { reservation_id } => self.advance(at, reservation_id, Committed, Cancelled),
+            Command::Commit { reservation_id } => self.client_transition(at, reservation_id, Pending, Committed),
+            Command::Release { reservation_id } => self.client_transition(at, reservation_id, Pending, Released),
+            Command::Fulfill { reservation_id } => self.client_transition(at, reservation_id, Committed, Fulfilled),
+            Command::Cancel { reservation_id } => self.client_transition(at, reservation_id, Committed, Cancelled),
             Command::Adjust(adjustment) => self.adjust(at, adjustment),
+            Command::CartBegin { reservation_id, lines, ttl_ms, home, parts, own_gate } => {
+                self.cart_begin(at, reservation_id, lines, *ttl_ms, (*home, parts), own_gate.as_ref())
+            }
+            Command::CartPrepare { reservation_id, of, lines, expires_at_ms, gate } => {
+                self.cart_prepare(at, reservation_id, *of, lines, *expires_at_ms, gate.as_ref())
+            }
+            Command::CartDecide { reservation_id, begin_index, hold, shortfalls } => self.cart_decide(at, reservation_id, *begin_index, *hold, shortfalls),
+            Command::CartFollow { reservation_id, of, state } => self.cart_follow(at, reservation_id, *of, *state),
+            Command::CartFollowed { reservation_id, begin_index, group, state } => self.cart_followed(at, reservation_id, *begin_index, *group, *state),
         }
+    }
+
+    /// Commit, release, fulfill, cancel from a client: on a cart's home
+    /// record when the id is a cart homed here; never on an intent (its
+    /// home record decides for it).
+    fn client_transition(&mut self, at: At, id: &str, from: ReservationState, to: ReservationState) -> CommandResult {
+        if self.carts.contains_key(id) {
+            return self.cart_transition(at, id, to);
+        }
+        if self.intents.contains_key(id) {
+            return CommandResult::bare(Outcome::NotFound);
+        }
+        self.advance(at, id, from, to)
     }
 
     /// Expires every `Pending` reservation whose `expires_at_ms <= at.ms`.
@@ -330,6 +423,9 @@ impl Inventory {
         while self.finished_index.first().is_some_and(expired) {
             let Some((_, id)) = self.finished_index.pop_first() else { break };
             self.reservations.remove(&id);
+            if self.intents.remove(&id).is_some() {
+                self.dirty_intents.insert(id.clone());
+            }
             self.dirty_reservations.insert(id);
         }
         while self.event_index.first().is_some_and(expired) {
@@ -343,32 +439,75 @@ impl Inventory {
     /// replay whatever its gate says now; otherwise a gate that refuses any
     /// line refuses the whole reservation before ATP is looked at.
     fn reserve(&mut self, at: At, id: &str, lines: &[Line], ttl_ms: u64, gate: Option<&RiskGate>) -> CommandResult {
+        if let Some(cart) = self.carts.get(id) {
+            return cart.replay(cart.lines == lines && cart.ttl_ms == ttl_ms);
+        }
+        self.forget_finished_intent(id);
         if let Some(existing) = self.reservations.get(id) {
-            if existing.lines == lines && existing.ttl_ms == ttl_ms {
+            if existing.lines == lines && existing.ttl_ms == ttl_ms && !self.intents.contains_key(id) {
                 return reservation_result(Outcome::Ok, true, existing.clone());
             }
             return reservation_result(Outcome::IdempotencyConflict, false, existing.clone());
         }
         if gate.is_some_and(|gate| gate.lines.iter().any(LineRisk::refuses)) {
-            return CommandResult { outcome: Outcome::RiskRefused, replay: false, reservation: None, shortfalls: Vec::new(), position: None };
+            return CommandResult::bare(Outcome::RiskRefused);
         }
-        let totals = line_totals(lines);
-        let shortfalls: Vec<Shortfall> = totals
+        let shortfalls = self.shortfalls(lines);
+        if !shortfalls.is_empty() {
+            return CommandResult { shortfalls, ..CommandResult::bare(Outcome::InsufficientStock) };
+        }
+        let reservation = self.hold(at, id, lines, ttl_ms, at.ms.saturating_add(ttl_ms), gate, None);
+        reservation_result(Outcome::Ok, false, reservation)
+    }
+
+    /// The lines (summed per position) that do not fit in ATP.
+    pub(crate) fn shortfalls(&self, lines: &[Line]) -> Vec<Shortfall> {
+        line_totals(lines)
             .iter()
             .filter_map(|(key, &requested)| {
                 let atp = self.positions.get(key).map_or(0, Position::atp);
                 (requested > atp).then(|| Shortfall { sku: key.sku.clone(), location: key.location.clone(), requested, atp })
             })
-            .collect();
-        if !shortfalls.is_empty() {
-            return CommandResult { outcome: Outcome::InsufficientStock, replay: false, reservation: None, shortfalls, position: None };
+            .collect()
+    }
+
+    /// A finished intent of an earlier cart under `id` gives way to a new
+    /// use of the id (its units are long returned).
+    pub(crate) fn forget_finished_intent(&mut self, id: &str) {
+        let finished = self.reservations.get(id).is_some_and(|r| r.state.is_final());
+        if finished && self.intents.remove(id).is_some() {
+            if let Some(old) = self.reservations.remove(id) {
+                self.finished_index.remove(&(old.finished_at_ms.unwrap_or(old.created_at_ms), id.to_owned()));
+            }
+            self.dirty_intents.insert(id.to_owned());
+            self.dirty_reservations.insert(id.to_owned());
         }
+    }
+
+    /// Holds `lines` (which fit) as a pending reservation, or as an intent of
+    /// cart `of`. Returns the stored record.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn hold(
+        &mut self,
+        at: At,
+        id: &str,
+        lines: &[Line],
+        ttl_ms: u64,
+        expires_at_ms: u64,
+        gate: Option<&RiskGate>,
+        of: Option<IntentOf>,
+    ) -> Reservation {
+        let totals = line_totals(lines);
         for (key, quantity) in &totals {
             // The gate's evidence for this position's lines, as audit text.
-            let reason = gate.map_or_else(String::new, |gate| {
-                let texts: Vec<String> = lines.iter().zip(&gate.lines).filter(|(line, _)| line.key() == *key).map(|(_, risk)| risk.describe()).collect();
-                texts.join("; ")
-            });
+            let reason = match (gate, of) {
+                (Some(gate), _) => {
+                    let texts: Vec<String> = lines.iter().zip(&gate.lines).filter(|(line, _)| line.key() == *key).map(|(_, risk)| risk.describe()).collect();
+                    texts.join("; ")
+                }
+                (None, Some(of)) => of.audit_reason(),
+                (None, None) => String::new(),
+            };
             self.update_position(at, key, "reserve", id, &reason, |position| {
                 position.reserved = position.reserved.saturating_add(*quantity);
                 for (counter, half_life_ms) in position.signals.velocity.iter_mut().zip(VELOCITY_HALF_LIVES_MS) {
@@ -382,20 +521,31 @@ impl Inventory {
             lines: lines.to_vec(),
             ttl_ms,
             created_at_ms: at.ms,
-            expires_at_ms: at.ms.saturating_add(ttl_ms),
+            expires_at_ms,
             finished_at_ms: None,
         };
-        self.index_reservation(id, &reservation);
-        self.reservations.insert(id.to_owned(), reservation.clone());
-        self.dirty_reservations.insert(id.to_owned());
-        reservation_result(Outcome::Ok, false, reservation)
+        self.store_reservation(reservation, of)
+    }
+
+    /// Stores a new reservation record (an intent of cart `of`, if given)
+    /// with its indexes. Returns it.
+    pub(crate) fn store_reservation(&mut self, reservation: Reservation, of: Option<IntentOf>) -> Reservation {
+        let id = reservation.id.clone();
+        if let Some(of) = of {
+            self.intents.insert(id.clone(), of);
+            self.dirty_intents.insert(id.clone());
+        }
+        self.index_reservation(&id, &reservation);
+        self.reservations.insert(id.clone(), reservation.clone());
+        self.dirty_reservations.insert(id);
+        reservation
     }
 
     /// Moves a reservation `from -> to`; already in `to` is a replay, any other
     /// state is `InvalidState`.
     fn advance(&mut self, at: At, id: &str, from: ReservationState, to: ReservationState) -> CommandResult {
         let Some(existing) = self.reservations.get(id) else {
-            return CommandResult { outcome: Outcome::NotFound, replay: false, reservation: None, shortfalls: Vec::new(), position: None };
+            return CommandResult::bare(Outcome::NotFound);
         };
         if existing.state == to {
             return reservation_result(Outcome::Ok, true, existing.clone());
@@ -411,7 +561,7 @@ impl Inventory {
 
     /// Performs a legal state transition of an existing reservation: moves its
     /// units, records the change on every position, keeps indexes up to date.
-    fn transition(&mut self, at: At, id: &str, to: ReservationState) -> Option<Reservation> {
+    pub(crate) fn transition(&mut self, at: At, id: &str, to: ReservationState) -> Option<Reservation> {
         use ReservationState::*;
         let reservation = self.reservations.get_mut(id)?;
         let from = reservation.state;
@@ -422,11 +572,13 @@ impl Inventory {
         if from == Pending {
             self.expiry_index.remove(&(after.expires_at_ms, id.to_owned()));
         }
+        let kind_of_intent = self.intents.contains_key(id);
         if to.is_final() {
             self.finished_index.insert((at.ms, id.to_owned()));
         }
         let (kind, reason) = match to {
             Committed => ("commit", ""),
+            Released if kind_of_intent => ("release", crate::model::INTENT_RELEASE_REASON),
             Released => ("release", ""),
             Expired => ("expire", EXPIRE_REASON),
             Fulfilled => ("fulfill", ""),
@@ -498,7 +650,7 @@ impl Inventory {
     }
 
     fn adjustment_result(&self, outcome: Outcome, replay: bool, key: &PositionKey) -> CommandResult {
-        CommandResult { outcome, replay, reservation: None, shortfalls: Vec::new(), position: Some(self.positions.get(key).cloned().unwrap_or_default()) }
+        CommandResult { replay, position: Some(self.positions.get(key).cloned().unwrap_or_default()), ..CommandResult::bare(outcome) }
     }
 
     /// Mutates one position (creating it if needed) and records the change on
@@ -551,7 +703,9 @@ impl Inventory {
                 (event_id, record)
             })
             .collect();
-        Dirty { positions, reservations, events }
+        let carts = std::mem::take(&mut self.dirty_carts).into_iter().map(|id| (id.clone(), self.carts.get(&id).cloned())).collect();
+        let intents = std::mem::take(&mut self.dirty_intents).into_iter().map(|id| (id.clone(), self.intents.get(&id).copied())).collect();
+        Dirty { positions, reservations, events, carts, intents }
     }
 
     /// Verifies the invariants listed in the module documentation (quantity
@@ -567,6 +721,7 @@ impl Inventory {
                 return Err(format!("reservation stored under {id} has id {}", reservation.id));
             }
             let sums = match reservation.state {
+                ReservationState::Pending if self.intents.contains_key(id) => Some(&mut reserved),
                 ReservationState::Pending => {
                     expiry_index.insert((reservation.expires_at_ms, id.clone()));
                     Some(&mut reserved)
@@ -611,7 +766,10 @@ impl Inventory {
         if event_index != self.event_index {
             return Err("retention index does not match the event records".to_owned());
         }
-        Ok(())
+        if let Some(id) = self.intents.keys().find(|id| !self.reservations.contains_key(*id)) {
+            return Err(format!("intent {id} has no reservation record"));
+        }
+        self.check_cart_invariants()
     }
 }
 
@@ -672,7 +830,7 @@ fn record_feed_signals(signals: &mut Signals, at_ms: u64, adjustment: &Adjustmen
     }
 }
 
-fn line_totals(lines: &[Line]) -> BTreeMap<PositionKey, u64> {
+pub(crate) fn line_totals(lines: &[Line]) -> BTreeMap<PositionKey, u64> {
     let mut totals: BTreeMap<PositionKey, u64> = BTreeMap::new();
     for line in lines {
         let total = totals.entry(line.key()).or_default();
@@ -692,8 +850,8 @@ fn delta(before: u64, after: u64) -> i64 {
     }
 }
 
-fn reservation_result(outcome: Outcome, replay: bool, reservation: Reservation) -> CommandResult {
-    CommandResult { outcome, replay, reservation: Some(reservation), shortfalls: Vec::new(), position: None }
+pub(crate) fn reservation_result(outcome: Outcome, replay: bool, reservation: Reservation) -> CommandResult {
+    CommandResult { replay, reservation: Some(reservation), ..CommandResult::bare(outcome) }
 }
 
 #[cfg(test)]
@@ -1430,8 +1588,13 @@ mod tests {
                 };
             }
             assert!(inventory.take_dirty().is_empty(), "taking clears the dirty set");
-            let loaded =
-                Inventory::load(limits(), inventory.log_time_ms(), inventory.last_applied_index(), positions.clone(), reservations.clone(), events.clone());
+            let records = Records {
+                positions: positions.clone().into_iter().collect(),
+                reservations: reservations.clone().into_iter().collect(),
+                events: events.clone().into_iter().collect(),
+                ..Records::default()
+            };
+            let loaded = Inventory::load(limits(), inventory.log_time_ms(), inventory.last_applied_index(), records);
             assert_eq!(loaded, inventory);
         }
         assert!(saw_deletion, "the scenario prunes records");

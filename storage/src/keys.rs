@@ -9,6 +9,8 @@
 //! | state | group, b'p', sku 0 location | Position                       |
 //! | state | group, b'r', id             | Reservation                    |
 //! | state | group, b'e', event id       | adjustment event record        |
+//! | state | group, b'c', id             | cart home record               |
+//! | state | group, b'i', id             | intent mark (which cart record) |
 //! | state | group, b'm', name           | applied log id, log time, membership |
 
 use crate::model::GroupId;
@@ -21,6 +23,8 @@ pub const STATE_POSITION: u8 = b'p';
 pub const STATE_RESERVATION: u8 = b'r';
 pub const STATE_EVENT: u8 = b'e';
 pub const STATE_META: u8 = b'm';
+pub const STATE_CART: u8 = b'c';
+pub const STATE_INTENT: u8 = b'i';
 
 pub fn group_prefix(group: GroupId) -> Vec<u8> {
     group.to_be_bytes().to_vec()
@@ -83,6 +87,13 @@ pub fn reservation_key(group: GroupId, id: &str) -> Vec<u8> {
 pub fn event_key(group: GroupId, event_id: &str) -> Vec<u8> {
     let mut k = state_prefix(group, STATE_EVENT);
     k.extend_from_slice(event_id.as_bytes());
+    k
+}
+
+/// The key of record `id` under `tag` (reservations, events, carts, intents).
+pub fn record_key(group: GroupId, tag: u8, id: &str) -> Vec<u8> {
+    let mut k = state_prefix(group, tag);
+    k.extend_from_slice(id.as_bytes());
     k
 }
 

@@ -6,6 +6,7 @@
 //! state and the batch. Boundary: no openraft, tonic or ort here — the Raft
 //! layer (`raft`) drives this crate, never the other way round.
 
+pub mod cart;
 pub mod codec;
 pub mod engine;
 pub mod error;

@@ -309,6 +309,212 @@ pub enum Command {
         ttl_ms: u64,
         gate: RiskGate,
     },
+    /// Cart step 1, at the home group: the reservation record of a cart whose
+    /// lines fall in several groups, with the home group's own lines held in
+    /// the same apply. See `crate::cart`.
+    CartBegin {
+        reservation_id: String,
+        lines: Vec<Line>,
+        ttl_ms: u64,
+        /// The group this command is applied in (the id's home).
+        home: GroupId,
+        /// The lines of each group, every line of `lines` in exactly one.
+        parts: BTreeMap<GroupId, Vec<Line>>,
+        /// The risk gate's verdicts on the home group's own lines (in the
+        /// order of its part), for their audit trail.
+        own_gate: Option<RiskGate>,
+    },
+    /// Cart step 2, at a line group: hold the group's lines as an intent
+    /// pointing at the home record.
+    CartPrepare {
+        reservation_id: String,
+        of: IntentOf,
+        lines: Vec<Line>,
+        /// The home record's expiry (home log time), for the line group's
+        /// resolver; the line group never expires an intent by itself.
+        expires_at_ms: u64,
+        /// The risk gate's verdicts on these lines, for their audit trail.
+        gate: Option<RiskGate>,
+    },
+    /// Cart step 3, at the home group: every prepare held (`hold`) or one was
+    /// refused. Applies only to a `Preparing` record of that incarnation.
+    CartDecide {
+        reservation_id: String,
+        begin_index: u64,
+        hold: bool,
+        shortfalls: Vec<Shortfall>,
+    },
+    /// Cart step 4, at a line group: the intent follows the home record's
+    /// state (committed, released, expired, fulfilled, cancelled).
+    CartFollow {
+        reservation_id: String,
+        of: IntentOf,
+        state: ReservationState,
+    },
+    /// Cart step 5, at the home group: `group`'s intent is in `state`.
+    CartFollowed {
+        reservation_id: String,
+        begin_index: u64,
+        group: GroupId,
+        state: ReservationState,
+    },
+}
+
+impl Command {
+    /// The reservation id a command is about, if any.
+    pub fn reservation_id(&self) -> Option<&str> {
+        match self {
+            Command::Reserve { reservation_id, .. }
+            | Command::ReserveGated { reservation_id, .. }
+            | Command::Commit { reservation_id }
+            | Command::Release { reservation_id }
+            | Command::Fulfill { reservation_id }
+            | Command::Cancel { reservation_id }
+            | Command::CartBegin { reservation_id, .. }
+            | Command::CartPrepare { reservation_id, .. }
+            | Command::CartDecide { reservation_id, .. }
+            | Command::CartFollow { reservation_id, .. }
+            | Command::CartFollowed { reservation_id, .. } => Some(reservation_id),
+            Command::Adjust(_) => None,
+        }
+    }
+}
+
+/// Which cart record an intent belongs to: the home group and the log index
+/// of the record's `CartBegin` there (an id reused after its record was
+/// forgotten is another incarnation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct IntentOf {
+    pub home: GroupId,
+    pub begin_index: u64,
+}
+
+/// The state of a cart's home record. `Preparing` until every line group
+/// answered; then as a reservation's, or `Aborted` when a line was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum CartState {
+    Preparing,
+    Pending,
+    Committed,
+    Released,
+    Expired,
+    Fulfilled,
+    Cancelled,
+    Aborted,
+}
+
+impl IntentOf {
+    /// Audit text of a unit hold that is a cart's intent.
+    pub fn audit_reason(self) -> String {
+        format!("cart intent, home group {}", self.home)
+    }
+}
+
+/// Reason on the audit trail when an intent is released because its cart
+/// was released, aborted or refused elsewhere.
+pub const INTENT_RELEASE_REASON: &str = "cart released by its home record";
+
+impl CartState {
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Released | Self::Expired | Self::Fulfilled | Self::Cancelled | Self::Aborted)
+    }
+
+    /// The state every line group's intent must reach for this home state:
+    /// `None` while preparing (intents are being placed).
+    pub fn intent_state(self) -> Option<ReservationState> {
+        match self {
+            Self::Preparing => None,
+            Self::Pending => Some(ReservationState::Pending),
+            Self::Committed => Some(ReservationState::Committed),
+            Self::Released | Self::Aborted => Some(ReservationState::Released),
+            Self::Expired => Some(ReservationState::Expired),
+            Self::Fulfilled => Some(ReservationState::Fulfilled),
+            Self::Cancelled => Some(ReservationState::Cancelled),
+        }
+    }
+
+    /// The reservation state clients see: a preparing cart is pending.
+    pub fn as_reservation_state(self) -> ReservationState {
+        self.intent_state().unwrap_or(ReservationState::Pending)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Preparing => "preparing",
+            Self::Aborted => "aborted",
+            other => other.as_reservation_state().as_str(),
+        }
+    }
+}
+
+/// One line group's share of a cart, as the home record knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CartPart {
+    pub lines: Vec<Line>,
+    /// The newest intent state this group confirmed (`CartFollowed`); the
+    /// home group's own part follows in the same apply.
+    pub followed: Option<ReservationState>,
+}
+
+/// The home record of a cart: the commit point and the idempotency record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cart {
+    pub id: String,
+    pub state: CartState,
+    /// Every line as requested (order kept).
+    pub lines: Vec<Line>,
+    pub ttl_ms: u64,
+    pub home: GroupId,
+    /// Log index of the `CartBegin` in the home group.
+    pub begin_index: u64,
+    pub created_at_ms: u64,
+    pub expires_at_ms: u64,
+    pub finished_at_ms: Option<u64>,
+    pub parts: BTreeMap<GroupId, CartPart>,
+    /// Why it was aborted for stock.
+    pub shortfalls: Vec<Shortfall>,
+}
+
+impl Cart {
+    pub fn of(&self) -> IntentOf {
+        IntentOf { home: self.home, begin_index: self.begin_index }
+    }
+
+    /// Line groups (not the home) whose intents have not yet confirmed the
+    /// state the home record requires.
+    pub fn unfollowed(&self) -> impl Iterator<Item = GroupId> + '_ {
+        // Pending needs no follow: an intent holds from its prepare on.
+        let want = self.state.intent_state().filter(|s| *s != ReservationState::Pending);
+        self.parts.iter().filter(move |(g, part)| **g != self.home && want.is_some() && part.followed != want).map(|(g, _)| *g)
+    }
+
+    /// A result carrying this record (and its reservation view).
+    pub fn result(&self, outcome: Outcome, replay: bool) -> CommandResult {
+        CommandResult { replay, reservation: Some(self.as_reservation()), cart: Some(self.clone()), ..CommandResult::bare(outcome) }
+    }
+
+    /// The answer to a repeated begin (or reserve) of this record: a replay
+    /// of its outcome for the same payload, else a conflict.
+    pub fn replay(&self, same_payload: bool) -> CommandResult {
+        if !same_payload {
+            return self.result(Outcome::IdempotencyConflict, false);
+        }
+        let outcome = if self.state == CartState::Aborted { Outcome::InsufficientStock } else { Outcome::Ok };
+        CommandResult { shortfalls: self.shortfalls.clone(), ..self.result(outcome, true) }
+    }
+
+    /// The cart as a reservation, for answers.
+    pub fn as_reservation(&self) -> Reservation {
+        Reservation {
+            id: self.id.clone(),
+            state: self.state.as_reservation_state(),
+            lines: self.lines.clone(),
+            ttl_ms: self.ttl_ms,
+            created_at_ms: self.created_at_ms,
+            expires_at_ms: self.expires_at_ms,
+            finished_at_ms: self.finished_at_ms,
+        }
+    }
 }
 
 /// The risk gate's verdict on a reservation, one entry per line in line order.
@@ -409,6 +615,15 @@ pub struct CommandResult {
     pub shortfalls: Vec<Shortfall>,
     /// For `Adjust`: the position after the command.
     pub position: Option<Position>,
+    /// For commands on a cart's home record: the record after the command.
+    pub cart: Option<Cart>,
+}
+
+impl CommandResult {
+    /// An outcome with nothing attached.
+    pub fn bare(outcome: Outcome) -> Self {
+        Self { outcome, replay: false, reservation: None, shortfalls: Vec::new(), position: None, cart: None }
+    }
 }
 
 /// Parameters of the state machine. Part of the cluster-wide configuration:

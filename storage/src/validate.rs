@@ -4,6 +4,8 @@
 //! refused, with the offending field named exactly as the public API names it
 //! (`reservation_id`, `lines[2].sku`, `ttl_ms`, `source_seq`...).
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 use serde::Serialize;
 
@@ -11,7 +13,9 @@ use crate::inventory::QUANTITY_MAX;
 use crate::model::Adjustment;
 use crate::model::AdjustmentKind;
 use crate::model::Command;
+use crate::model::GroupId;
 use crate::model::Line;
+use crate::model::ReservationState;
 use crate::model::RiskGate;
 
 /// Bounds on client input. Enforced by the node that accepts a command, before
@@ -130,7 +134,65 @@ pub fn validate_command(command: &Command, limits: &InputLimits) -> Result<(), I
             check_token("reservation_id", reservation_id, limits.id_bytes_max)
         }
         Command::Adjust(adjustment) => check_adjustment(adjustment, limits),
+        Command::CartBegin { reservation_id, lines, ttl_ms, home, parts, own_gate } => {
+            check_token("reservation_id", reservation_id, limits.id_bytes_max)?;
+            check_lines(lines, limits)?;
+            check_range("ttl_ms", *ttl_ms, limits.ttl_ms_min, limits.ttl_ms_max)?;
+            check_parts(lines, parts, *home)?;
+            match own_gate {
+                Some(gate) => check_gate(gate, parts.get(home).map_or(0, Vec::len)),
+                None => Ok(()),
+            }
+        }
+        Command::CartPrepare { reservation_id, lines, gate, .. } => {
+            check_token("reservation_id", reservation_id, limits.id_bytes_max)?;
+            check_lines(lines, limits)?;
+            match gate {
+                Some(gate) => check_gate(gate, lines.len()),
+                None => Ok(()),
+            }
+        }
+        Command::CartDecide { reservation_id, shortfalls, .. } => {
+            check_token("reservation_id", reservation_id, limits.id_bytes_max)?;
+            if shortfalls.len() > limits.lines_max {
+                return Err(InvalidInput::new("shortfalls", format!("has {} entries, more than {}", shortfalls.len(), limits.lines_max)));
+            }
+            for (i, shortfall) in shortfalls.iter().enumerate() {
+                check_token(&format!("shortfalls[{i}].sku"), &shortfall.sku, limits.sku_bytes_max)?;
+                check_token(&format!("shortfalls[{i}].location"), &shortfall.location, limits.location_bytes_max)?;
+            }
+            Ok(())
+        }
+        Command::CartFollow { reservation_id, state, .. } => {
+            check_token("reservation_id", reservation_id, limits.id_bytes_max)?;
+            if *state == ReservationState::Pending {
+                return Err(InvalidInput::new("state", "an intent follows its record to a state after pending"));
+            }
+            Ok(())
+        }
+        Command::CartFollowed { reservation_id, .. } => check_token("reservation_id", reservation_id, limits.id_bytes_max),
     }
+}
+
+/// A cart's parts hold its lines exactly: each line in one part, no empty
+/// part, no line that the cart does not have; and it is not a plain
+/// reservation (every line in the home group).
+fn check_parts(lines: &[Line], parts: &BTreeMap<GroupId, Vec<Line>>, home: GroupId) -> Result<(), InvalidInput> {
+    if parts.is_empty() || (parts.len() == 1 && parts.contains_key(&home)) {
+        return Err(InvalidInput::new("parts", "a cart holds lines outside its home group"));
+    }
+    if parts.values().any(Vec::is_empty) {
+        return Err(InvalidInput::new("parts", "a part holds no line"));
+    }
+    let mut wanted: Vec<&Line> = lines.iter().collect();
+    let mut got: Vec<&Line> = parts.values().flatten().collect();
+    let order = |a: &&Line, b: &&Line| (&a.sku, &a.location, a.quantity).cmp(&(&b.sku, &b.location, b.quantity));
+    wanted.sort_by(order);
+    got.sort_by(order);
+    if wanted != got {
+        return Err(InvalidInput::new("parts", "the parts do not hold exactly the cart's lines"));
+    }
+    Ok(())
 }
 
 /// Most names in a gate verdict's rule and degraded lists, and their length.

@@ -18,6 +18,7 @@ use proptest::test_runner::TestRunner;
 use storage::inventory::EventRecord;
 use storage::inventory::Inventory;
 use storage::inventory::InventorySnapshot;
+use storage::inventory::Records;
 use storage::model::Adjustment;
 use storage::model::AdjustmentKind;
 use storage::model::Batch;
@@ -558,6 +559,11 @@ impl Harness {
                 }
                 self.check_untouched_positions(pre, &BTreeMap::from([(key, 0)]))?;
             }
+            Command::CartBegin { .. }
+            | Command::CartPrepare { .. }
+            | Command::CartDecide { .. }
+            | Command::CartFollow { .. }
+            | Command::CartFollowed { .. } => {}
         }
         Ok(())
     }
@@ -581,6 +587,12 @@ impl Harness {
             Command::Fulfill { .. } => "fulfill",
             Command::Cancel { .. } => "cancel",
             Command::Adjust(_) => "adjust",
+            // Carts across groups have their own property test (prop_carts).
+            Command::CartBegin { .. }
+            | Command::CartPrepare { .. }
+            | Command::CartDecide { .. }
+            | Command::CartFollow { .. }
+            | Command::CartFollowed { .. } => "cart",
         };
         let replay = if result.replay { " (replay)" } else { "" };
         *self.coverage.outcomes.entry(format!("{command_kind} {:?}{replay}", result.outcome)).or_default() += 1;
@@ -659,14 +671,13 @@ impl Harness {
                 }
             };
         }
-        let loaded = Inventory::load(
-            limits(),
-            self.whole.log_time_ms(),
-            self.whole.last_applied_index(),
-            self.persisted.positions.clone(),
-            self.persisted.reservations.clone(),
-            self.persisted.events.clone(),
-        );
+        let records = Records {
+            positions: self.persisted.positions.clone().into_iter().collect(),
+            reservations: self.persisted.reservations.clone().into_iter().collect(),
+            events: self.persisted.events.clone().into_iter().collect(),
+            ..Records::default()
+        };
+        let loaded = Inventory::load(limits(), self.whole.log_time_ms(), self.whole.last_applied_index(), records);
         prop_assert!(loaded == self.whole, "state loaded from dirty records differs");
         prop_assert!(self.whole.take_dirty().is_empty());
         Ok(())

@@ -1,0 +1,231 @@
+//! The cart coordinator: drives a reservation whose lines fall in several
+//! groups through the steps of `storage::cart`, from any node. It keeps no
+//! state of its own: everything it needs is in the home record, so any node
+//! (the next request for the id, or the home leader's resolver) can take
+//! over from any step.
+//!
+//! Reserve: begin at the home (1), prepare every other group in parallel
+//! (2), answer the client, then decide (3) and, when a line was refused,
+//! make every group follow (4, 5) before answering. Commit, release,
+//! fulfill, cancel: one command at the home, then the line groups follow.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use raft::GroupError;
+use storage::model::Cart;
+use storage::model::CartState;
+use storage::model::Command;
+use storage::model::CommandResult;
+use storage::model::GroupId;
+use storage::model::Line;
+use storage::model::Outcome;
+use storage::model::RiskGate;
+use storage::model::Shortfall;
+
+use crate::node::Node;
+
+/// How often each node's resolver looks for home records it leads whose
+/// line groups have not followed yet, or that nobody decided.
+pub const RESOLVE_INTERVAL: Duration = Duration::from_millis(300);
+/// A record still preparing this long after its begin was applied has lost
+/// its coordinator: the resolver decides it.
+pub const PREPARING_STALE_MS: u64 = 2_000;
+/// Most records one resolver pass works on, per group.
+const RESOLVE_BATCH_MAX: usize = 256;
+
+/// Which group holds which lines of a reservation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub home: GroupId,
+    pub parts: BTreeMap<GroupId, Vec<Line>>,
+}
+
+impl Plan {
+    /// One command in one group: every line is in the id's home group.
+    pub fn is_local(&self) -> bool {
+        self.parts.len() == 1 && self.parts.contains_key(&self.home)
+    }
+}
+
+/// What the prepares of every line group answered.
+enum Prepared {
+    Held,
+    Refused(Vec<Shortfall>),
+}
+
+impl Node {
+    /// Reserves a cart across groups (steps 1-3). The answer is the home
+    /// record's: `Ok` only once every line group holds its lines.
+    /// `gates`: the risk gate's verdicts per group (in part order), kept on
+    /// each intent's audit trail.
+    pub async fn reserve_cart(
+        &self,
+        id: &str,
+        lines: &[Line],
+        ttl_ms: u64,
+        plan: &Plan,
+        gates: &BTreeMap<GroupId, RiskGate>,
+    ) -> Result<(u64, CommandResult), GroupError> {
+        let own_gate = gates.get(&plan.home).cloned();
+        let begin = Command::CartBegin { reservation_id: id.to_owned(), lines: lines.to_vec(), ttl_ms, home: plan.home, parts: plan.parts.clone(), own_gate };
+        let (index, begun) = self.propose(plan.home, begin).await?;
+        let Some(cart) = begun.cart.clone() else { return Ok((index, begun)) };
+        if begun.outcome != Outcome::Ok || cart.state != CartState::Preparing {
+            return Ok((index, begun));
+        }
+        match self.prepare_all(&cart, gates).await? {
+            Prepared::Held => {
+                self.spawn_decide(cart.clone(), true, Vec::new());
+                let mut held = cart;
+                held.state = CartState::Pending;
+                Ok((index, CommandResult { reservation: Some(held.as_reservation()), cart: Some(held), ..begun }))
+            }
+            Prepared::Refused(shortfalls) => {
+                let (index, decided) = self.decide(&cart, false, shortfalls).await?;
+                Ok((index, decided))
+            }
+        }
+    }
+
+    /// Step 2 in every line group but the home (which held its own lines
+    /// at begin), in parallel. Repeating it is safe: it is how a stuck
+    /// record is decided.
+    async fn prepare_all(&self, cart: &Cart, gates: &BTreeMap<GroupId, RiskGate>) -> Result<Prepared, GroupError> {
+        let prepares = cart.parts.iter().filter(|(g, _)| **g != cart.home).map(|(group, part)| {
+            let command = Command::CartPrepare {
+                reservation_id: cart.id.clone(),
+                of: cart.of(),
+                lines: part.lines.clone(),
+                expires_at_ms: cart.expires_at_ms,
+                gate: gates.get(group).cloned(),
+            };
+            self.propose(*group, command)
+        });
+        let answers = futures::future::join_all(prepares).await;
+        let mut refused = false;
+        let mut shortfalls = Vec::new();
+        for answer in answers {
+            let (_, result) = answer?;
+            if result.outcome != Outcome::Ok {
+                refused = true;
+                shortfalls.extend(result.shortfalls);
+            }
+        }
+        Ok(if refused { Prepared::Refused(shortfalls) } else { Prepared::Held })
+    }
+
+    /// Step 3, then (for a final record) steps 4-5. Answers with the record
+    /// as decided, which may be another node's earlier decision.
+    async fn decide(&self, cart: &Cart, hold: bool, shortfalls: Vec<Shortfall>) -> Result<(u64, CommandResult), GroupError> {
+        let command = Command::CartDecide { reservation_id: cart.id.clone(), begin_index: cart.begin_index, hold, shortfalls };
+        let (index, decided) = self.propose(cart.home, command).await?;
+        let Some(after) = decided.cart.clone() else { return Ok((index, decided)) };
+        if after.state.is_final() {
+            self.follow_all(&after).await;
+        }
+        let outcome = match after.state {
+            CartState::Aborted => Outcome::InsufficientStock,
+            _ => Outcome::Ok,
+        };
+        Ok((index, CommandResult { outcome, replay: decided.replay, shortfalls: after.shortfalls.clone(), ..decided }))
+    }
+
+    fn spawn_decide(&self, cart: Cart, hold: bool, shortfalls: Vec<Shortfall>) {
+        let Some(node) = self.me() else { return };
+        tokio::spawn(async move {
+            if let Err(e) = node.decide(&cart, hold, shortfalls).await {
+                tracing::debug!(id = %cart.id, error = %e, "cart decision left to the resolver");
+            }
+        });
+    }
+
+    /// Decides a record nobody decided: repeats every prepare, then step 3.
+    pub async fn recover_cart(&self, cart: &Cart) -> Result<(u64, CommandResult), GroupError> {
+        match self.prepare_all(cart, &BTreeMap::new()).await? {
+            Prepared::Held => self.decide(cart, true, Vec::new()).await,
+            Prepared::Refused(shortfalls) => self.decide(cart, false, shortfalls).await,
+        }
+    }
+
+    /// Steps 4 and 5 for every line group that has not followed the record's
+    /// state. Failures are left to the resolver, which repeats them.
+    pub async fn follow_all(&self, cart: &Cart) {
+        let Some(state) = cart.state.intent_state() else { return };
+        let groups: Vec<GroupId> = cart.unfollowed().collect();
+        let follows = groups.iter().map(|group| async move {
+            let command = Command::CartFollow { reservation_id: cart.id.clone(), of: cart.of(), state };
+            let (_, followed) = self.propose(*group, command).await?;
+            if followed.outcome != Outcome::Ok {
+                tracing::error!(id = %cart.id, group, outcome = ?followed.outcome, "a line group refused to follow its cart's record");
+                return Ok(());
+            }
+            let note = Command::CartFollowed { reservation_id: cart.id.clone(), begin_index: cart.begin_index, group: *group, state };
+            self.propose(cart.home, note).await.map(|_| ())
+        });
+        for result in futures::future::join_all(follows).await {
+            if let Err(e) = result {
+                tracing::debug!(id = %cart.id, error = %e, "cart follow left to the resolver");
+            }
+        }
+    }
+
+    /// Commit, release, fulfill or cancel at the id's home group. A cart
+    /// still preparing is decided first; its line groups follow before the
+    /// answer (or, if one cannot be reached, within the resolver's period).
+    pub async fn transition_at_home(&self, home: GroupId, command: Command) -> Result<(u64, CommandResult), GroupError> {
+        let (mut index, mut result) = self.propose(home, command.clone()).await?;
+        if let Some(cart) = result.cart.clone().filter(|c| c.state == CartState::Preparing && result.outcome == Outcome::InvalidState) {
+            let (_, decided) = self.recover_cart(&cart).await?;
+            if decided.cart.as_ref().is_some_and(|c| c.state == CartState::Pending) {
+                (index, result) = self.propose(home, command).await?;
+            }
+        }
+        if let Some(cart) = result.cart.as_ref().filter(|_| result.outcome == Outcome::Ok) {
+            self.follow_all(cart).await;
+        }
+        Ok((index, result))
+    }
+
+    /// One pass of the resolver over the groups this node leads: line
+    /// groups made to follow their records, stuck records decided.
+    pub async fn resolve_carts(&self) {
+        let now_ms = raft::group::wall_clock_ms();
+        for group in self.groups().filter(|g| g.is_leader()) {
+            let work: Vec<Cart> = {
+                let inventory = group.state().read();
+                inventory
+                    .carts()
+                    .map(|(_, cart)| cart)
+                    .filter(|cart| {
+                        cart.unfollowed().next().is_some() || (cart.state == CartState::Preparing && cart.created_at_ms + PREPARING_STALE_MS <= now_ms)
+                    })
+                    .take(RESOLVE_BATCH_MAX)
+                    .cloned()
+                    .collect()
+            };
+            for cart in work {
+                if cart.state == CartState::Preparing {
+                    if let Err(e) = self.recover_cart(&cart).await {
+                        tracing::debug!(id = %cart.id, error = %e, "stuck cart not decided yet");
+                    }
+                } else {
+                    self.follow_all(&cart).await;
+                }
+            }
+        }
+    }
+}
+
+/// Runs the resolver until the node stops.
+pub fn spawn_resolver(node: Arc<Node>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(RESOLVE_INTERVAL);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            node.resolve_carts().await;
+        }
+    })
+}
