@@ -49,6 +49,9 @@ pub enum Workload {
     Hot,
     /// Reservations spread uniformly over many SKUs.
     Uniform,
+    /// Carts of `--lines` distinct SKUs drawn from many (most in different
+    /// shard groups): all-or-nothing reservations across groups.
+    Cart,
     /// CheckAvailability (product page, local replica) over many SKUs: the
     /// probable path end to end (read, features, model, policy). Read-only
     /// after stocking.
@@ -67,6 +70,8 @@ pub struct BenchConfig {
     /// Reservations per BatchReserve call (checks per CheckAvailabilityBatch
     /// call in the check workload); 1 sends plain calls.
     pub batch: u32,
+    /// Lines per reservation: distinct SKUs (the cart workload), else 1.
+    pub lines: u32,
 }
 
 impl BenchConfig {
@@ -74,7 +79,7 @@ impl BenchConfig {
     pub fn sku_count(&self) -> u32 {
         match self.workload {
             Workload::Hot => 1,
-            Workload::Uniform | Workload::Check => self.skus.max(1),
+            Workload::Uniform | Workload::Cart | Workload::Check => self.skus.max(1),
         }
     }
 
@@ -82,7 +87,7 @@ impl BenchConfig {
     pub fn stock_per_sku(&self) -> u64 {
         match self.workload {
             Workload::Hot => HOT_STOCK_UNITS,
-            Workload::Uniform | Workload::Check => UNIFORM_STOCK_UNITS_MIN.max(HOT_STOCK_UNITS / u64::from(self.sku_count())),
+            Workload::Uniform | Workload::Cart | Workload::Check => UNIFORM_STOCK_UNITS_MIN.max(HOT_STOCK_UNITS / u64::from(self.sku_count())),
         }
     }
 }
@@ -94,6 +99,8 @@ pub struct BenchReport {
     pub clients: u32,
     pub batch: u32,
     pub skus: u32,
+    /// Lines per reservation.
+    pub lines: u32,
     /// Measured length of the load phase.
     pub duration: Duration,
     /// Calls answered (latency recorded).
@@ -219,6 +226,7 @@ pub async fn run(clients: &BenchClients, config: &BenchConfig) -> Result<BenchRe
             skus: Arc::clone(&skus),
             location: config.location.clone(),
             batch: config.batch,
+            lines: if config.workload == Workload::Cart { config.lines.max(1) } else { 1 },
             tally: Arc::clone(&tally),
             end,
         };
@@ -240,6 +248,7 @@ pub async fn run(clients: &BenchClients, config: &BenchConfig) -> Result<BenchRe
         clients: config.clients,
         batch: config.batch,
         skus: config.sku_count(),
+        lines: if config.workload == Workload::Cart { config.lines.max(1) } else { 1 },
         duration,
         calls: latency.len(),
         ok: tally.ok.load(Ordering::Relaxed),
@@ -372,17 +381,23 @@ impl Tally {
         }
     }
 
-    fn record_response(&self, sku_index: usize, response: &ReserveResponse) {
+    /// One reservation's answer; `sku_indexes`: its lines (one unit each).
+    fn record_response(&self, sku_indexes: &[usize], response: &ReserveResponse) {
         if response.outcome() == Outcome::Ok {
             self.ok.fetch_add(1, Ordering::Relaxed);
-            self.ok_units[sku_index].fetch_add(1, Ordering::Relaxed);
+            for &index in sku_indexes {
+                self.ok_units[index].fetch_add(1, Ordering::Relaxed);
+            }
         } else {
             self.refused.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    fn record_error(&self, sku_indexes: &[usize], error: &ClientError) {
-        self.errors.fetch_add(sku_indexes.len() as u64, Ordering::Relaxed);
+    /// A call without an answer, for reservations of `lines` lines each
+    /// (`sku_indexes`: all their lines).
+    fn record_error(&self, sku_indexes: &[usize], lines: usize, error: &ClientError) {
+        let reservations = (sku_indexes.len() / lines.max(1)) as u64;
+        self.errors.fetch_add(reservations, Ordering::Relaxed);
         self.first_error.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get_or_insert_with(|| error.to_string());
         match error {
             // No retry can help: stop the run with the reason.
@@ -398,7 +413,7 @@ impl Tally {
             ClientError::InvalidAddress { .. } | ClientError::InvalidConfig(_) | ClientError::Unavailable { outcome_unknown: false, .. } => {}
             // The write may have been applied: count its units as unknown.
             ClientError::Unavailable { outcome_unknown: true, .. } | ClientError::Rpc { .. } => {
-                self.unknown.fetch_add(sku_indexes.len() as u64, Ordering::Relaxed);
+                self.unknown.fetch_add(reservations, Ordering::Relaxed);
                 for &index in sku_indexes {
                     self.unknown_units[index].fetch_add(1, Ordering::Relaxed);
                 }
@@ -423,6 +438,7 @@ struct Load {
     skus: Arc<Vec<String>>,
     location: String,
     batch: u32,
+    lines: u32,
     tally: Arc<Tally>,
     end: Instant,
 }
@@ -434,19 +450,28 @@ impl Load {
         let mut random = splitmix64(wall_clock_ms() ^ (u64::from(self.task) << 32));
         let mut sequence: u64 = 0;
         let batch = self.batch.max(1) as usize;
-        let mut sku_indexes: Vec<usize> = Vec::with_capacity(batch);
+        let per = (self.lines.max(1) as usize).min(self.skus.len());
+        let mut sku_indexes: Vec<usize> = Vec::with_capacity(batch * per);
         let mut requests: Vec<ReserveRequest> = Vec::with_capacity(batch);
         while Instant::now() < self.end && !self.tally.fatal.load(Ordering::Relaxed) {
             sku_indexes.clear();
             requests.clear();
             for _ in 0..batch {
-                random = splitmix64(random);
-                let index = (random % self.skus.len() as u64) as usize;
+                let first = sku_indexes.len();
+                while sku_indexes.len() < first + per {
+                    random = splitmix64(random);
+                    let index = (random % self.skus.len() as u64) as usize;
+                    if !sku_indexes[first..].contains(&index) {
+                        sku_indexes.push(index);
+                    }
+                }
                 sequence += 1;
-                sku_indexes.push(index);
                 requests.push(ReserveRequest {
                     reservation_id: format!("b{}-c{}-{sequence}", self.run, self.task),
-                    lines: vec![Line { sku: self.skus[index].clone(), location: self.location.clone(), quantity: 1 }],
+                    lines: sku_indexes[first..]
+                        .iter()
+                        .map(|&index| Line { sku: self.skus[index].clone(), location: self.location.clone(), quantity: 1 })
+                        .collect(),
                     ttl_ms: RESERVATION_TTL_MS,
                     risk_gate: None,
                 });
@@ -457,26 +482,26 @@ impl Load {
                 match self.client.reserve(request).await {
                     Ok(response) => {
                         latency.saturating_record(elapsed_us(started));
-                        self.tally.record_response(sku_indexes[0], &response);
+                        self.tally.record_response(&sku_indexes, &response);
                     }
-                    Err(error) => self.tally.record_error(&sku_indexes, &error),
+                    Err(error) => self.tally.record_error(&sku_indexes, per, &error),
                 }
             } else {
                 let request = BatchReserveRequest { reservations: std::mem::take(&mut requests) };
                 match self.client.batch_reserve(request).await {
-                    Ok(response) if response.results.len() == sku_indexes.len() => {
+                    Ok(response) if response.results.len() == batch => {
                         latency.saturating_record(elapsed_us(started));
-                        for (index, result) in sku_indexes.iter().zip(&response.results) {
-                            self.tally.record_response(*index, result);
+                        for (indexes, result) in sku_indexes.chunks(per).zip(&response.results) {
+                            self.tally.record_response(indexes, result);
                         }
                     }
                     Ok(response) => {
-                        let message = format!("BatchReserve answered {} results for {} reservations", response.results.len(), sku_indexes.len());
+                        let message = format!("BatchReserve answered {} results for {batch} reservations", response.results.len());
                         tracing::warn!(%message, "counting the batch as unknown");
                         let error = ClientError::Rpc { code: tonic::Code::Internal, message };
-                        self.tally.record_error(&sku_indexes, &error);
+                        self.tally.record_error(&sku_indexes, per, &error);
                     }
-                    Err(error) => self.tally.record_error(&sku_indexes, &error),
+                    Err(error) => self.tally.record_error(&sku_indexes, per, &error),
                 }
             }
         }
@@ -524,7 +549,7 @@ impl Load {
                         }
                     }
                 }
-                Err(error) => self.tally.record_error(&indexes, &error),
+                Err(error) => self.tally.record_error(&indexes, 1, &error),
             }
         }
         latency
@@ -562,7 +587,15 @@ mod tests {
 
     #[test]
     fn stock_covers_the_run() {
-        let hot = BenchConfig { workload: Workload::Hot, skus: 1000, clients: 64, duration: Duration::from_secs(10), location: "bench".to_owned(), batch: 1 };
+        let hot = BenchConfig {
+            workload: Workload::Hot,
+            skus: 1000,
+            clients: 64,
+            duration: Duration::from_secs(10),
+            location: "bench".to_owned(),
+            batch: 1,
+            lines: 1,
+        };
         assert_eq!(hot.sku_count(), 1);
         assert_eq!(hot.stock_per_sku(), HOT_STOCK_UNITS);
         let uniform = BenchConfig { workload: Workload::Uniform, ..hot.clone() };

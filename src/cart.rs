@@ -123,7 +123,8 @@ impl Node {
         let (index, decided) = self.propose(cart.home, command).await?;
         let Some(after) = decided.cart.clone() else { return Ok((index, decided)) };
         if after.state.is_final() {
-            self.follow_all(&after).await;
+            // A refused cart holds nothing anywhere once it is answered.
+            self.follow_all(&after).await?;
         }
         let outcome = match after.state {
             CartState::Aborted => Outcome::InsufficientStock,
@@ -150,30 +151,37 @@ impl Node {
     }
 
     /// Steps 4 and 5 for every line group that has not followed the record's
-    /// state. Failures are left to the resolver, which repeats them.
-    pub async fn follow_all(&self, cart: &Cart) {
-        let Some(state) = cart.state.intent_state() else { return };
+    /// state. An error names a group that could not be reached: the record
+    /// has decided, and the resolver repeats the follow until it lands.
+    pub async fn follow_all(&self, cart: &Cart) -> Result<(), GroupError> {
+        let Some(state) = cart.state.intent_state() else { return Ok(()) };
         let groups: Vec<GroupId> = cart.unfollowed().collect();
         let follows = groups.iter().map(|group| async move {
             let command = Command::CartFollow { reservation_id: cart.id.clone(), of: cart.of(), state };
             let (_, followed) = self.propose(*group, command).await?;
             if followed.outcome != Outcome::Ok {
                 tracing::error!(id = %cart.id, group, outcome = ?followed.outcome, "a line group refused to follow its cart's record");
-                return Ok(());
+                let reason = format!("group {group} refused to follow reservation {} to {}", cart.id, state.as_str());
+                return Err(GroupError::Unavailable { group: *group, reason });
             }
             let note = Command::CartFollowed { reservation_id: cart.id.clone(), begin_index: cart.begin_index, group: *group, state };
             self.propose(cart.home, note).await.map(|_| ())
         });
+        let mut first_error = None;
         for result in futures::future::join_all(follows).await {
             if let Err(e) = result {
                 tracing::debug!(id = %cart.id, error = %e, "cart follow left to the resolver");
+                first_error = first_error.or(Some(e));
             }
         }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Commit, release, fulfill or cancel at the id's home group. A cart
     /// still preparing is decided first; its line groups follow before the
-    /// answer (or, if one cannot be reached, within the resolver's period).
+    /// answer, as one group's reservation is applied before it answers. If
+    /// one cannot be reached the outcome is reported unknown (the record has
+    /// decided; a retry with the same id answers once every group followed).
     pub async fn transition_at_home(&self, home: GroupId, command: Command) -> Result<(u64, CommandResult), GroupError> {
         let (mut index, mut result) = self.propose(home, command.clone()).await?;
         if let Some(cart) = result.cart.clone().filter(|c| c.state == CartState::Preparing && result.outcome == Outcome::InvalidState) {
@@ -183,7 +191,7 @@ impl Node {
             }
         }
         if let Some(cart) = result.cart.as_ref().filter(|_| result.outcome == Outcome::Ok) {
-            self.follow_all(cart).await;
+            self.follow_all(cart).await?;
         }
         Ok((index, result))
     }
@@ -210,8 +218,8 @@ impl Node {
                     if let Err(e) = self.recover_cart(&cart).await {
                         tracing::debug!(id = %cart.id, error = %e, "stuck cart not decided yet");
                     }
-                } else {
-                    self.follow_all(&cart).await;
+                } else if let Err(e) = self.follow_all(&cart).await {
+                    tracing::debug!(id = %cart.id, error = %e, "cart follow not applied yet");
                 }
             }
         }

@@ -256,7 +256,9 @@ pub struct GetArgs {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// hot: every reservation on one SKU; uniform: spread over --skus SKUs;
-    /// check: CheckAvailability (product page) over --skus SKUs, read-only.
+    /// cart: reservations of --lines distinct SKUs of --skus (across shard
+    /// groups); check: CheckAvailability (product page) over --skus SKUs,
+    /// read-only.
     #[arg(long, value_enum)]
     pub workload: Workload,
     /// SKUs of the uniform and check workloads.
@@ -275,6 +277,9 @@ pub struct BenchArgs {
     /// CheckAvailabilityBatch call (at most 256); 1 sends plain calls.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub batch: u32,
+    /// Lines (distinct SKUs) per reservation of the cart workload.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub lines: u32,
 }
 
 /// `--kind` of `stockctl adjust`.
@@ -1171,6 +1176,7 @@ pub fn bench_json(report: &BenchReport) -> Value {
         "clients": report.clients,
         "batch": report.batch,
         "skus": report.skus,
+        "lines": report.lines,
         "duration_s": report.duration.as_secs_f64(),
         "ops_per_s": report.ops_per_s(),
         "calls_per_s": report.calls_per_s(),
@@ -1195,6 +1201,7 @@ pub fn bench_human(report: &BenchReport) -> String {
         ("clients", report.clients.to_string()),
         ("batch", report.batch.to_string()),
         ("skus", report.skus.to_string()),
+        ("lines", report.lines.to_string()),
         ("duration_s", format!("{:.2}", report.duration.as_secs_f64())),
         ("ops_per_s", format!("{:.1}", report.ops_per_s())),
         ("calls_per_s", format!("{:.1}", report.calls_per_s())),
@@ -1220,6 +1227,7 @@ pub fn workload_word(workload: Workload) -> &'static str {
     match workload {
         Workload::Hot => "hot",
         Workload::Uniform => "uniform",
+        Workload::Cart => "cart",
         Workload::Check => "check",
     }
 }

@@ -159,7 +159,7 @@ pub fn command_rpcs(command: &Command) -> Vec<&'static str> {
         })],
         Command::Bench(args) => {
             let load = match args.workload {
-                Workload::Hot | Workload::Uniform => [inventory("Reserve"), inventory("BatchReserve")],
+                Workload::Hot | Workload::Uniform | Workload::Cart => [inventory("Reserve"), inventory("BatchReserve")],
                 Workload::Check => [inventory("CheckAvailability"), inventory("CheckAvailabilityBatch")],
             };
             // Leader routing (Status) and the final conservation reads.

@@ -550,6 +550,7 @@ fn bench_report_json_has_the_documented_keys() {
         clients: 64,
         batch: 1,
         skus: 1000,
+        lines: 1,
         duration: Duration::from_secs(2),
         calls: 1000,
         ok: 900,

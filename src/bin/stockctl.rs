@@ -248,6 +248,7 @@ async fn run(cli: Cli) -> u8 {
                 duration: args.duration,
                 location: args.location,
                 batch: args.batch,
+                lines: args.lines,
             };
             let stock = match client_for(&addrs, client.config(), &credentials, &cli_access::bench_stock_rpcs()) {
                 Ok(stock) => stock,
