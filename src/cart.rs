@@ -43,9 +43,12 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// One command in one group: every line is in the id's home group.
-    pub fn is_local(&self) -> bool {
-        self.parts.len() == 1 && self.parts.contains_key(&self.home)
+    /// Every line in one group: a one-group reservation there, one command.
+    pub fn single_group(&self) -> Option<GroupId> {
+        match self.parts.keys().next() {
+            Some(group) if self.parts.len() == 1 => Some(*group),
+            _ => None,
+        }
     }
 }
 
@@ -80,6 +83,7 @@ impl Node {
                 self.spawn_decide(cart.clone(), true, Vec::new());
                 let mut held = cart;
                 held.state = CartState::Pending;
+                held.parts.values_mut().for_each(|part| part.followed = Some(storage::model::ReservationState::Pending));
                 Ok((index, CommandResult { reservation: Some(held.as_reservation()), cart: Some(held), ..begun }))
             }
             Prepared::Refused(shortfalls) => {
@@ -183,6 +187,11 @@ impl Node {
     /// one cannot be reached the outcome is reported unknown (the record has
     /// decided; a retry with the same id answers once every group followed).
     pub async fn transition_at_home(&self, home: GroupId, command: Command) -> Result<(u64, CommandResult), GroupError> {
+        if matches!(command, Command::Commit { .. }) && crate::failpoint::active(crate::failpoint::PARTIAL_CART) {
+            if let Some(planted) = self.commit_one_group_only(home, &command).await? {
+                return Ok(planted);
+            }
+        }
         let (mut index, mut result) = self.propose(home, command.clone()).await?;
         if let Some(cart) = result.cart.clone().filter(|c| c.state == CartState::Preparing && result.outcome == Outcome::InvalidState) {
             let (_, decided) = self.recover_cart(&cart).await?;
@@ -190,10 +199,28 @@ impl Node {
                 (index, result) = self.propose(home, command).await?;
             }
         }
-        if let Some(cart) = result.cart.as_ref().filter(|_| result.outcome == Outcome::Ok) {
+        if let Some(cart) = result.cart.as_mut().filter(|_| result.outcome == Outcome::Ok) {
             self.follow_all(cart).await?;
+            // Every line group is in the record's state now.
+            let state = cart.state.intent_state();
+            cart.parts.values_mut().for_each(|part| part.followed = state);
         }
         Ok((index, result))
+    }
+
+    /// The planted `partial-cart` bug: a cart's lines committed in one line
+    /// group, the home record left as it is, and OK answered. `None` when
+    /// the id is not a pending cart.
+    async fn commit_one_group_only(&self, home: GroupId, command: &Command) -> Result<Option<(u64, CommandResult)>, GroupError> {
+        let id = command.reservation_id().unwrap_or_default().to_owned();
+        let answer = self.read(home, crate::read::ReadQuery::Reservation(id), crate::read::Consistency::Strong).await?;
+        let Some(cart) = answer.cart.filter(|c| c.state == CartState::Pending) else { return Ok(None) };
+        let Some(group) = cart.parts.keys().copied().find(|g| *g != cart.home) else { return Ok(None) };
+        let follow = Command::CartFollow { reservation_id: cart.id.clone(), of: cart.of(), state: storage::model::ReservationState::Committed };
+        let (index, _) = self.propose(group, follow).await?;
+        let mut shown = cart;
+        shown.state = CartState::Committed;
+        Ok(Some((index, CommandResult { reservation: Some(shown.as_reservation()), cart: Some(shown), ..CommandResult::bare(Outcome::Ok) })))
     }
 
     /// One pass of the resolver over the groups this node leads: line

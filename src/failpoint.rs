@@ -9,6 +9,9 @@
 //!   plane is applied, then answered INVALID_ARGUMENT, which the forwarding
 //!   node reports to its client as definitely not applied (an applied write
 //!   reported as failed).
+//! - `partial-cart`: a Commit of a cart across groups commits the lines of
+//!   one line group and answers OK, without the home record (which stays
+//!   pending, then expires and frees the other lines).
 
 use std::sync::OnceLock;
 
@@ -16,6 +19,7 @@ use std::sync::OnceLock;
 pub const ENV: &str = "STOCKD_FAILPOINT";
 pub const LOST_ACK: &str = "lost-ack";
 pub const PEER_INVALID_AFTER_APPLY: &str = "peer-invalid-after-apply";
+pub const PARTIAL_CART: &str = "partial-cart";
 
 /// True when `name` is this process's failpoint.
 pub fn active(name: &str) -> bool {

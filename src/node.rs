@@ -159,18 +159,17 @@ impl Node {
     }
 
     /// Refuses a command that does not belong in `group`: a SKU outside its
-    /// range, or a reservation record (plain or a cart's) for an id whose
-    /// home is another group. Nothing is ever proposed to the wrong group.
+    /// range, or a cart's record or step for an id whose home is another
+    /// group. Nothing is ever proposed to the wrong group.
     pub fn check_command_in_group(&self, group: GroupId, command: &Command) -> Result<(), GroupError> {
         let skus_in = |lines: &[storage::model::Line], group: GroupId| lines.iter().try_for_each(|line| self.check_sku_in_group(group, &line.sku));
         let id = command.reservation_id().unwrap_or_default();
         match command {
-            Command::Reserve { lines, .. } | Command::ReserveGated { lines, .. } => {
-                skus_in(lines, group)?;
-                self.check_home(group, id)
-            }
+            Command::Reserve { lines, .. } | Command::ReserveGated { lines, .. } => skus_in(lines, group),
             Command::Adjust(adjustment) => self.check_sku_in_group(group, &adjustment.sku),
-            Command::Commit { .. } | Command::Release { .. } | Command::Fulfill { .. } | Command::Cancel { .. } => self.check_home(group, id),
+            // A one-group reservation lives in its lines' group; apply finds
+            // a cart's record only in its home.
+            Command::Commit { .. } | Command::Release { .. } | Command::Fulfill { .. } | Command::Cancel { .. } => Ok(()),
             Command::CartDecide { .. } | Command::CartFollowed { .. } => self.check_home(group, id),
             Command::CartBegin { home, parts, .. } => {
                 self.check_home(group, id)?;
@@ -388,6 +387,54 @@ impl Node {
             }
         })
         .await
+    }
+
+    /// Where reservation `id`'s record is: the group of a one-group
+    /// reservation, or the home group of a cart. Local replicas first (a
+    /// cart's intent names its home), then the id's home group (one hop for
+    /// every cart), then strong reads of the region's groups.
+    pub async fn locate_reservation(&self, id: &str) -> Result<Option<GroupId>, GroupError> {
+        if let Some(g) = self.locate_locally(id, None) {
+            return Ok(Some(g));
+        }
+        let found = |a: &ReadAnswer| a.reservation.is_some() || a.cart.is_some();
+        if let Some(home) = self.home_of(id) {
+            if found(&self.read(home, ReadQuery::Reservation(id.to_string()), Consistency::Strong).await?) {
+                return Ok(Some(home));
+            }
+        }
+        let groups: Vec<GroupId> = self.config.shard_map.groups_in(&self.config.region).map(|r| r.group).collect();
+        let reads = groups.iter().map(|g| self.read(*g, ReadQuery::Reservation(id.to_string()), Consistency::Strong));
+        let answers = futures::future::join_all(reads).await;
+        let mut first_error = None;
+        for (group, answer) in groups.iter().zip(answers) {
+            match answer {
+                Ok(a) if found(&a) => return Ok(Some(*group)),
+                Ok(_) => {}
+                Err(e) => first_error = first_error.or(Some(e)),
+            }
+        }
+        // A group we could not ask might hold it: the answer is unknown.
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(None),
+        }
+    }
+
+    /// The group whose record of `id` a local replica holds, other than
+    /// `except`: a one-group reservation's group, or a cart's home (from its
+    /// record or from one of its intents).
+    pub fn locate_locally(&self, id: &str, except: Option<GroupId>) -> Option<GroupId> {
+        self.groups.iter().filter(|(g, _)| Some(**g) != except).find_map(|(g, group)| {
+            let inventory = group.state().read();
+            if inventory.cart(id).is_some() {
+                Some(*g)
+            } else if let Some(of) = inventory.intent_of(id) {
+                Some(of.home)
+            } else {
+                inventory.reservation(id).map(|_| *g)
+            }
+        })
     }
 
     /// Keeps a background task to stop with the node.

@@ -161,18 +161,38 @@ impl InventoryService {
         };
         let verdicts: Vec<pb::LineRisk> = in_order.iter().map(convert::line_risk_to_pb).collect();
         let refused = in_order.iter().any(m::LineRisk::refuses);
-        let (index, result) = if plan.is_local() {
+        // An id whose record a local replica holds in another group (a
+        // one-group reservation, or a cart homed elsewhere) is a reused id.
+        let record_at = plan.single_group().unwrap_or(plan.home);
+        if let Some(other) = self.node.locate_locally(&reservation_id, Some(record_at)).filter(|g| *g != record_at) {
+            return Ok(pb::ReserveResponse {
+                outcome: pb::Outcome::IdempotencyConflict as i32,
+                reservation: self.local_record(other, &reservation_id),
+                risk: verdicts,
+                ..Default::default()
+            });
+        }
+        let (index, result) = if let Some(group) = plan.single_group() {
             let command = match gates.into_values().next() {
                 Some(gate) => m::Command::ReserveGated { reservation_id, lines, ttl_ms, gate },
                 None => m::Command::Reserve { reservation_id, lines, ttl_ms },
             };
-            self.node.propose(plan.home, command).await.map_err(status::group_error)?
+            self.node.propose(group, command).await.map_err(status::group_error)?
         } else if refused {
             self.refused_cart(&plan, &reservation_id, &lines, ttl_ms).await?
         } else {
             self.node.reserve_cart(&reservation_id, &lines, ttl_ms, &plan, &gates).await.map_err(status::group_error)?
         };
-        Ok(pb::ReserveResponse { risk: verdicts, ..convert::reserve_response(index, &result, plan.home) })
+        Ok(pb::ReserveResponse { risk: verdicts, ..convert::reserve_response(index, &result, record_at) })
+    }
+
+    /// The record of `id` this node's replica of `group` holds, for answers.
+    fn local_record(&self, group: m::GroupId, id: &str) -> Option<pb::Reservation> {
+        let inventory = self.node.group(group)?.state().read();
+        match inventory.cart(id) {
+            Some(cart) => Some(convert::cart_to_pb(cart)),
+            None => inventory.reservation(id).map(|r| convert::reservation_to_pb(r, group)),
+        }
     }
 
     /// The risk gate's verdicts, each line scored by its own group: in line
@@ -204,19 +224,16 @@ impl InventoryService {
         Ok((answer.applied_index, result))
     }
 
-    /// Commit, release, fulfill, cancel: proposed at the id's home group
-    /// (one hop); a cart's line groups follow.
+    /// Commit, release, fulfill, cancel: proposed in the group that holds
+    /// the reservation's record (a cart's home); a cart's line groups follow.
     async fn transition(&self, r: pb::ReservationRef, make: fn(String) -> m::Command) -> Result<Response<pb::ReservationResponse>, Status> {
         let command = make(r.reservation_id.clone());
         validate_command(&command, &self.node.config.input_limits).map_err(status::invalid)?;
-        let home = self.home(&r.reservation_id)?;
-        let (index, result) = self.node.transition_at_home(home, command).await.map_err(status::group_error)?;
-        Ok(Response::new(convert::reservation_response(index, &result, home)))
-    }
-
-    fn home(&self, id: &str) -> Result<m::GroupId, Status> {
-        let region = &self.node.config.region;
-        self.node.home_of(id).ok_or_else(|| status::invalid_field("reservation_id", format!("region {region} has no shard group")))
+        let Some(group) = self.node.locate_reservation(&r.reservation_id).await.map_err(status::group_error)? else {
+            return Ok(Response::new(pb::ReservationResponse { outcome: pb::Outcome::NotFound as i32, ..Default::default() }));
+        };
+        let (index, result) = self.node.transition_at_home(group, command).await.map_err(status::group_error)?;
+        Ok(Response::new(convert::reservation_response(index, &result, group)))
     }
 }
 
@@ -341,7 +358,9 @@ impl Inventory for InventoryService {
     async fn get_reservation(&self, request: Request<pb::ReservationRef>) -> Result<Response<pb::ReservationResponse>, Status> {
         let id = request.into_inner().reservation_id;
         check_text("reservation_id", &id, self.node.config.input_limits.id_bytes_max)?;
-        let home = self.home(&id)?;
+        let Some(home) = self.node.locate_reservation(&id).await.map_err(status::group_error)? else {
+            return Ok(Response::new(pb::ReservationResponse { outcome: pb::Outcome::NotFound as i32, ..Default::default() }));
+        };
         let answer = self.node.read(home, ReadQuery::Reservation(id), Consistency::Strong).await.map_err(status::group_error)?;
         let reservation = match (&answer.cart, &answer.reservation) {
             (Some(cart), _) if cart.state != m::CartState::Aborted => Some(convert::cart_to_pb(cart)),

@@ -2,6 +2,7 @@
 //! processes, a nemesis, a recorded history and independent checkers. See
 //! README.md.
 
+pub mod carts;
 pub mod checks;
 pub mod cluster;
 pub mod history;

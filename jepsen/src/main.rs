@@ -75,7 +75,9 @@ struct TestArgs {
     quick: bool,
     /// Run against deliberately broken nodes: lost-ack (Reserve acknowledged
     /// without being proposed), peer-invalid-after-apply (a forwarded command
-    /// applied, then reported invalid: an applied write reported failed).
+    /// applied, then reported invalid: an applied write reported failed),
+    /// partial-cart (a cart's commit applied in one line group without its
+    /// home record).
     #[arg(long)]
     bug: Option<String>,
     /// auto (namespaces when available), netns, or loopback.
@@ -87,7 +89,7 @@ struct TestArgs {
 }
 
 /// The planted bugs `--bug` can turn on (stockd's `src/failpoint.rs`).
-const BUGS: &[&str] = &["lost-ack", "peer-invalid-after-apply"];
+const BUGS: &[&str] = &["lost-ack", "peer-invalid-after-apply", "partial-cart"];
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -122,7 +124,7 @@ fn default_stockd() -> anyhow::Result<PathBuf> {
 }
 
 async fn test(args: TestArgs) -> anyhow::Result<bool> {
-    let workload = Workload::parse(&args.workload).with_context(|| format!("unknown --workload {:?} (hot-sku, multi-sku)", args.workload))?;
+    let workload = Workload::parse(&args.workload).with_context(|| format!("unknown --workload {:?} (hot-sku, multi-sku, cart)", args.workload))?;
     let nemesis = FaultKind::parse_list(&args.nemesis).with_context(|| format!("unknown --nemesis {:?}", args.nemesis))?;
     anyhow::ensure!(args.nodes == 3 || args.nodes == 5, "--nodes must be 3 or 5");
     anyhow::ensure!((1..=3600).contains(&args.time_limit), "--time-limit must be 1 to 3600 seconds");
@@ -161,10 +163,20 @@ async fn test(args: TestArgs) -> anyhow::Result<bool> {
     } else if let Some(bug) = base.bug.clone() {
         // A forwarded command needs a leader elsewhere than the node a
         // client prefers: many SKUs, whose groups' leaders are spread.
-        let workload = if bug == "peer-invalid-after-apply" { Workload::MultiSku } else { Workload::HotSku };
+        let workload = match bug.as_str() {
+            "peer-invalid-after-apply" => Workload::MultiSku,
+            "partial-cart" => Workload::Cart,
+            _ => Workload::HotSku,
+        };
         vec![TestConfig { workload, nemesis: Vec::new(), nemesis_spec: "none".into(), time_limit_s: 10, ..base }]
     } else {
-        [(Workload::HotSku, "none", 10), (Workload::HotSku, "kill", 25), (Workload::MultiSku, "pause,rotate", 25), (Workload::HotSku, "partition,clock", 25)]
+        [
+            (Workload::HotSku, "none", 10),
+            (Workload::HotSku, "kill", 25),
+            (Workload::MultiSku, "pause,rotate", 25),
+            (Workload::HotSku, "partition,clock", 25),
+            (Workload::Cart, "kill,partition", 25),
+        ]
             .into_iter()
             .enumerate()
             .map(|(i, (workload, spec, secs))| TestConfig {

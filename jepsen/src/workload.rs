@@ -50,7 +50,14 @@ pub enum Workload {
     HotSku,
     /// Eight SKUs, one per shard group.
     MultiSku,
+    /// Carts of 1-6 lines over the eight SKUs of `multi-sku` (so over
+    /// several shard groups), committed, released or left to expire, and
+    /// retried under the same id when their outcome is unknown.
+    Cart,
 }
+
+/// Most lines of one cart of the cart workload.
+pub const CART_LINES_MAX: u64 = 6;
 
 pub const HOT_KEY_SECS: u64 = 10;
 
@@ -59,6 +66,7 @@ impl Workload {
         match name {
             "hot-sku" => Some(Workload::HotSku),
             "multi-sku" => Some(Workload::MultiSku),
+            "cart" => Some(Workload::Cart),
             _ => None,
         }
     }
@@ -67,6 +75,7 @@ impl Workload {
         match self {
             Workload::HotSku => "hot-sku",
             Workload::MultiSku => "multi-sku",
+            Workload::Cart => "cart",
         }
     }
 
@@ -74,7 +83,7 @@ impl Workload {
     pub fn skus(self, time_limit: u64) -> Vec<String> {
         match self {
             Workload::HotSku => (0..=time_limit / HOT_KEY_SECS).map(|k| format!("hot-{k}")).collect(),
-            Workload::MultiSku => "02468ace".chars().map(|c| format!("{c}-sku")).collect(),
+            Workload::MultiSku | Workload::Cart => "02468ace".chars().map(|c| format!("{c}-sku")).collect(),
         }
     }
 
@@ -82,7 +91,7 @@ impl Workload {
     pub fn sku_at(self, skus: &[String], elapsed: Duration, rng: &mut Rng) -> String {
         match self {
             Workload::HotSku => skus[((elapsed.as_secs() / HOT_KEY_SECS) as usize).min(skus.len() - 1)].clone(),
-            Workload::MultiSku => rng.pick(skus).clone(),
+            Workload::MultiSku | Workload::Cart => rng.pick(skus).clone(),
         }
     }
 }
@@ -156,12 +165,47 @@ pub fn client_config() -> ClientConfig {
 /// One operation to perform.
 #[derive(Debug, Clone)]
 pub enum Op {
-    Reserve { sku: String, id: String, qty: u64, ttl_ms: u64 },
-    Commit { sku: String, id: String },
-    Release { sku: String, id: String },
-    Receipt { sku: String, event: String, qty: u64 },
-    Read { sku: String },
-    Lookup { sku: String, id: String },
+    Reserve {
+        sku: String,
+        id: String,
+        qty: u64,
+        ttl_ms: u64,
+    },
+    Commit {
+        sku: String,
+        id: String,
+    },
+    Release {
+        sku: String,
+        id: String,
+    },
+    Receipt {
+        sku: String,
+        event: String,
+        qty: u64,
+    },
+    Read {
+        sku: String,
+    },
+    Lookup {
+        sku: String,
+        id: String,
+    },
+    /// One reservation of several lines, (sku, quantity) each.
+    Cart {
+        id: String,
+        lines: Vec<(String, u64)>,
+        ttl_ms: u64,
+    },
+    CartCommit {
+        id: String,
+    },
+    CartRelease {
+        id: String,
+    },
+    CartLookup {
+        id: String,
+    },
 }
 
 impl Op {
@@ -173,11 +217,15 @@ impl Op {
             Op::Receipt { .. } => "receipt",
             Op::Read { .. } => "read",
             Op::Lookup { .. } => "lookup",
+            Op::Cart { .. } => "cart",
+            Op::CartCommit { .. } => "cart-commit",
+            Op::CartRelease { .. } => "cart-release",
+            Op::CartLookup { .. } => "cart-lookup",
         }
     }
 
     fn is_write(&self) -> bool {
-        !matches!(self, Op::Read { .. } | Op::Lookup { .. })
+        !matches!(self, Op::Read { .. } | Op::Lookup { .. } | Op::CartLookup { .. })
     }
 
     fn value(&self, is_final: bool) -> Value {
@@ -186,6 +234,8 @@ impl Op {
             Op::Commit { sku, id } | Op::Release { sku, id } | Op::Lookup { sku, id } => json!({"sku": sku, "id": id}),
             Op::Receipt { sku, event, qty } => json!({"sku": sku, "event": event, "qty": qty}),
             Op::Read { sku } => json!({"sku": sku}),
+            Op::Cart { id, lines, ttl_ms } => json!({"id": id, "lines": lines, "ttl_ms": ttl_ms}),
+            Op::CartCommit { id } | Op::CartRelease { id } | Op::CartLookup { id } => json!({"id": id}),
         };
         if is_final {
             v["final"] = json!(true);
@@ -215,9 +265,18 @@ pub async fn perform(clients: &Clients, op: &Op) -> (Kind, Value) {
             })
             .await
             .map(|r| json!({"outcome": outcome_name(r.outcome), "replay": r.replay, "applied_index": r.applied_index})),
-        Op::Commit { id, .. } => client.commit(id).await.map(|r| reservation_value(&r)),
-        Op::Release { id, .. } => client.release(id).await.map(|r| reservation_value(&r)),
-        Op::Lookup { id, .. } => client.get_reservation(id).await.map(|r| reservation_value(&r)),
+        Op::Cart { id, lines, ttl_ms } => client
+            .reserve(pb::ReserveRequest {
+                reservation_id: id.clone(),
+                lines: lines.iter().map(|(sku, quantity)| pb::Line { sku: sku.clone(), location: LOCATION.into(), quantity: *quantity }).collect(),
+                ttl_ms: *ttl_ms,
+                risk_gate: None,
+            })
+            .await
+            .map(|r| json!({"outcome": outcome_name(r.outcome), "replay": r.replay, "applied_index": r.applied_index})),
+        Op::Commit { id, .. } | Op::CartCommit { id } => client.commit(id).await.map(|r| reservation_value(&r)),
+        Op::Release { id, .. } | Op::CartRelease { id } => client.release(id).await.map(|r| reservation_value(&r)),
+        Op::Lookup { id, .. } | Op::CartLookup { id } => client.get_reservation(id).await.map(|r| reservation_value(&r)),
         Op::Receipt { sku, event, qty } => client
             .adjust(pb::AdjustRequest {
                 event_id: event.clone(),
@@ -286,6 +345,12 @@ struct Slot {
     /// Every id this slot used, for lookups.
     known: Vec<(String, String)>,
     counter: u64,
+    /// The cart workload's acknowledged carts not committed or released.
+    carts_pending: Vec<String>,
+    /// Carts whose outcome is unknown: retried with the same id and lines.
+    carts_uncertain: Vec<(String, Vec<(String, u64)>)>,
+    /// Every cart id this slot used.
+    carts_known: Vec<String>,
 }
 
 /// Runs one slot until `deadline`: processes that retire on `info` are
@@ -304,10 +369,23 @@ pub async fn run_slot(
         let process = shared.new_process();
         let client = Clients::connect(&endpoints)?;
         while Instant::now() < deadline {
-            let sku = workload.sku_at(&skus, shared.started.elapsed(), &mut rng);
-            let op = next_op(&mut slot, &mut rng, process, sku, ttl_ms);
+            let op = if workload == Workload::Cart {
+                next_cart_op(&mut slot, &mut rng, process, &skus, ttl_ms)
+            } else {
+                let sku = workload.sku_at(&skus, shared.started.elapsed(), &mut rng);
+                next_op(&mut slot, &mut rng, process, sku, ttl_ms)
+            };
             let (kind, value) = run_op(&shared, &client, process, &op, false).await;
             match (&op, kind) {
+                (Op::Cart { id, lines, .. }, Kind::Info) if !slot.carts_uncertain.iter().any(|(u, _)| u == id) => {
+                    slot.carts_uncertain.push((id.clone(), lines.clone()));
+                }
+                (Op::Cart { id, .. }, Kind::Ok) => {
+                    slot.carts_uncertain.retain(|(u, _)| u != id);
+                    if value["outcome"] == "ok" && !slot.carts_pending.contains(id) {
+                        slot.carts_pending.push(id.clone());
+                    }
+                }
                 (Op::Reserve { sku, id, qty, .. }, Kind::Info) if !slot.uncertain.iter().any(|(_, u, _)| u == id) => {
                     slot.uncertain.push((sku.clone(), id.clone(), *qty));
                 }
@@ -354,4 +432,37 @@ fn next_op(slot: &mut Slot, rng: &mut Rng, process: u64, sku: String, ttl_ms: u6
     let id = format!("r{process}-{}", slot.counter);
     slot.known.push((sku.clone(), id.clone()));
     Op::Reserve { sku, id, qty: rng.range(1, 3), ttl_ms }
+}
+
+/// The cart workload's next operation: a new cart of 1 to
+/// [`CART_LINES_MAX`] distinct SKUs, a commit or release of an acknowledged
+/// one, a lookup, or a retry of one whose outcome is unknown.
+fn next_cart_op(slot: &mut Slot, rng: &mut Rng, process: u64, skus: &[String], ttl_ms: u64) -> Op {
+    slot.counter += 1;
+    let roll = rng.below(100);
+    if (40..65).contains(&roll) && !slot.carts_pending.is_empty() {
+        let id = slot.carts_pending.remove(rng.below(slot.carts_pending.len() as u64) as usize);
+        return if roll < 55 { Op::CartCommit { id } } else { Op::CartRelease { id } };
+    }
+    if (65..80).contains(&roll) && !slot.carts_known.is_empty() {
+        return Op::CartLookup { id: rng.pick(&slot.carts_known).clone() };
+    }
+    if (80..90).contains(&roll) {
+        return Op::Read { sku: rng.pick(skus).clone() };
+    }
+    if roll >= 90 && !slot.carts_uncertain.is_empty() {
+        let (id, lines) = rng.pick(&slot.carts_uncertain).clone();
+        return Op::Cart { id, lines, ttl_ms };
+    }
+    let wanted = rng.range(1, CART_LINES_MAX.min(skus.len() as u64)) as usize;
+    let mut lines: Vec<(String, u64)> = Vec::with_capacity(wanted);
+    while lines.len() < wanted {
+        let sku = rng.pick(skus).clone();
+        if !lines.iter().any(|(s, _)| *s == sku) {
+            lines.push((sku, rng.range(1, 2)));
+        }
+    }
+    let id = format!("c{process}-{}", slot.counter);
+    slot.carts_known.push(id.clone());
+    Op::Cart { id, lines, ttl_ms }
 }
