@@ -177,22 +177,22 @@ async fn test(args: TestArgs) -> anyhow::Result<bool> {
             (Workload::HotSku, "partition,clock", 25),
             (Workload::Cart, "kill,partition", 25),
         ]
-            .into_iter()
-            .enumerate()
-            .map(|(i, (workload, spec, secs))| TestConfig {
-                workload,
-                nemesis: FaultKind::parse_list(spec).unwrap_or_default(),
-                nemesis_spec: spec.into(),
-                time_limit_s: secs,
-                seed: base.seed + i as u64,
-                // Clock skew on the leader against reservation expiry: short
-                // TTLs (3 to 8 s) so that reservations do expire under it,
-                // and skew up to twice the TTL.
-                ttl_ms: if spec.contains("clock") { quick_ttl_ms(base.seed + i as u64) } else { base.ttl_ms },
-                skew_max_s: if spec.contains("clock") { 2 * quick_ttl_ms(base.seed + i as u64) / 1_000 } else { base.skew_max_s },
-                ..base.clone()
-            })
-            .collect()
+        .into_iter()
+        .enumerate()
+        .map(|(i, (workload, spec, secs))| TestConfig {
+            workload,
+            nemesis: FaultKind::parse_list(spec).unwrap_or_default(),
+            nemesis_spec: spec.into(),
+            time_limit_s: secs,
+            seed: base.seed + i as u64,
+            // Clock skew on the leader against reservation expiry: short
+            // TTLs (3 to 8 s) so that reservations do expire under it,
+            // and skew up to twice the TTL.
+            ttl_ms: if spec.contains("clock") { quick_ttl_ms(base.seed + i as u64) } else { base.ttl_ms },
+            skew_max_s: if spec.contains("clock") { 2 * quick_ttl_ms(base.seed + i as u64) / 1_000 } else { base.skew_max_s },
+            ..base.clone()
+        })
+        .collect()
     };
     let mut all_valid = true;
     let mut lines = Vec::new();
