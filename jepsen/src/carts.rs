@@ -8,8 +8,9 @@
 //! - `committed` is the sum of that SKU's quantities over committed carts and
 //!   `reserved` over pending ones. A cart with one line committed and another
 //!   freed (the partial cart) breaks this on one of its SKUs;
-//! - `on_hand` is the initial stock (the workload receives nothing else) and
-//!   `reserved + committed <= on_hand` (no oversell).
+//! - `on_hand` lies between the acknowledged receipts and those plus the
+//!   receipts of unknown outcome, and `reserved + committed <= on_hand` (no
+//!   oversell).
 //!
 //! And per cart, from the acknowledgements:
 //! - an acknowledged commit ends committed; an acknowledged release ends
@@ -27,7 +28,6 @@ use crate::checks::CheckResult;
 use crate::checks::Validity;
 use crate::history::Kind;
 use crate::history::Operation;
-use crate::workload::INITIAL_STOCK;
 
 /// A cart's lines, from its reserve invocations (retries repeat them).
 fn lines_of(op: &Operation) -> Vec<(String, u64)> {
@@ -96,7 +96,8 @@ pub fn all_or_nothing(ops: &[Operation]) -> CheckResult {
         }
     }
     check_acknowledgements(ops, &finals, &mut errors);
-    let checked = check_positions(&carts, &finals, &reads, &mut errors);
+    let received = received(ops);
+    let checked = check_positions(&carts, &finals, &(reads, received), &mut errors);
     let valid = if !errors.is_empty() {
         Validity::Invalid
     } else if checked == 0 {
@@ -128,21 +129,36 @@ fn check_acknowledgements(ops: &[Operation], finals: &BTreeMap<&str, String>, er
     }
 }
 
+/// Per SKU: units of acknowledged receipts, and of receipts whose outcome
+/// is unknown.
+fn received(ops: &[Operation]) -> BTreeMap<&str, (u64, u64)> {
+    let mut received: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    for op in ops.iter().filter(|op| op.f == "receipt") {
+        let (Some(sku), Some(qty)) = (op.sku(), op.arg("qty").and_then(Value::as_u64)) else { continue };
+        let entry = received.entry(sku).or_default();
+        match op.kind() {
+            Kind::Ok if acked(op) => entry.0 += qty,
+            Kind::Info => entry.1 += qty,
+            _ => {}
+        }
+    }
+    received
+}
+
+/// Final reads per SKU (on hand, reserved, committed), and units received.
+type Finals<'a> = (BTreeMap<&'a str, (u64, u64, u64)>, BTreeMap<&'a str, (u64, u64)>);
+
 /// Per SKU: the final quantities against the final cart states. Returns how
 /// many SKUs could be checked (every cart on them has a final state).
-fn check_positions(
-    carts: &BTreeMap<&str, Vec<(String, u64)>>,
-    finals: &BTreeMap<&str, String>,
-    reads: &BTreeMap<&str, (u64, u64, u64)>,
-    errors: &mut Vec<String>,
-) -> usize {
+fn check_positions(carts: &BTreeMap<&str, Vec<(String, u64)>>, finals: &BTreeMap<&str, String>, (reads, received): &Finals, errors: &mut Vec<String>) -> usize {
     let mut checked = 0;
     for (sku, &(on_hand, reserved, committed)) in reads {
         if reserved + committed > on_hand {
             errors.push(format!("sku {sku}: reserved {reserved} + committed {committed} > on_hand {on_hand}"));
         }
-        if on_hand != INITIAL_STOCK {
-            errors.push(format!("sku {sku}: on_hand {on_hand}, but only the initial {INITIAL_STOCK} were received"));
+        let (acked_units, unknown_units) = received.get(sku).copied().unwrap_or_default();
+        if on_hand < acked_units || on_hand > acked_units + unknown_units {
+            errors.push(format!("sku {sku}: on_hand {on_hand}, but receipts say {acked_units} to {}", acked_units + unknown_units));
         }
         let on_sku: Vec<(&str, u64)> = carts.iter().filter_map(|(id, lines)| lines.iter().find(|(s, _)| s == sku).map(|(_, q)| (*id, *q))).collect();
         if on_sku.iter().any(|(id, _)| !finals.contains_key(id)) {

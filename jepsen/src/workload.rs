@@ -52,7 +52,8 @@ pub enum Workload {
     MultiSku,
     /// Carts of 1-6 lines over the eight SKUs of `multi-sku` (so over
     /// several shard groups), committed, released or left to expire, and
-    /// retried under the same id when their outcome is unknown.
+    /// retried under the same id when their outcome is unknown; receipts
+    /// restock.
     Cart,
 }
 
@@ -447,10 +448,13 @@ fn next_cart_op(slot: &mut Slot, rng: &mut Rng, process: u64, skus: &[String], t
     if (65..80).contains(&roll) && !slot.carts_known.is_empty() {
         return Op::CartLookup { id: rng.pick(&slot.carts_known).clone() };
     }
-    if (80..90).contains(&roll) {
+    if (80..88).contains(&roll) {
         return Op::Read { sku: rng.pick(skus).clone() };
     }
-    if roll >= 90 && !slot.carts_uncertain.is_empty() {
+    if (88..94).contains(&roll) {
+        return Op::Receipt { sku: rng.pick(skus).clone(), event: format!("e{process}-{}", slot.counter), qty: rng.range(2, 6) };
+    }
+    if roll >= 94 && !slot.carts_uncertain.is_empty() {
         let (id, lines) = rng.pick(&slot.carts_uncertain).clone();
         return Op::Cart { id, lines, ttl_ms };
     }
