@@ -29,9 +29,10 @@ use crate::node::Node;
 /// How often each node's resolver looks for home records it leads whose
 /// line groups have not followed yet, or that nobody decided.
 pub const RESOLVE_INTERVAL: Duration = Duration::from_millis(300);
-/// A record still preparing this long after its begin was applied has lost
-/// its coordinator: the resolver decides it.
-pub const PREPARING_STALE_MS: u64 = 2_000;
+/// A record this node's resolver has seen preparing for this long (by its
+/// own monotonic clock, whatever the leaders' clocks say) has lost its
+/// coordinator: the resolver decides it.
+pub const PREPARING_STALE: Duration = Duration::from_secs(2);
 /// Most records one resolver pass works on, per group.
 const RESOLVE_BATCH_MAX: usize = 256;
 
@@ -225,20 +226,29 @@ impl Node {
 
     /// One pass of the resolver over the groups this node leads: line
     /// groups made to follow their records, stuck records decided.
-    pub async fn resolve_carts(&self) {
-        let now_ms = raft::group::wall_clock_ms();
+    /// `seen`: when this resolver first saw each preparing record.
+    pub async fn resolve_carts(&self, seen: &mut BTreeMap<(GroupId, String), std::time::Instant>) {
+        let now = std::time::Instant::now();
+        let mut still_preparing = BTreeMap::new();
         for group in self.groups().filter(|g| g.is_leader()) {
             let work: Vec<Cart> = {
                 let inventory = group.state().read();
-                inventory
-                    .carts()
-                    .map(|(_, cart)| cart)
-                    .filter(|cart| {
-                        cart.unfollowed().next().is_some() || (cart.state == CartState::Preparing && cart.created_at_ms + PREPARING_STALE_MS <= now_ms)
-                    })
-                    .take(RESOLVE_BATCH_MAX)
-                    .cloned()
-                    .collect()
+                let mut work = Vec::new();
+                for (id, cart) in inventory.carts() {
+                    let stale = cart.state == CartState::Preparing && {
+                        let key = (group.id, id.clone());
+                        let first = seen.get(&key).copied().unwrap_or(now);
+                        still_preparing.insert(key, first);
+                        now.duration_since(first) >= PREPARING_STALE
+                    };
+                    if stale || cart.unfollowed().next().is_some() {
+                        work.push(cart.clone());
+                    }
+                    if work.len() >= RESOLVE_BATCH_MAX {
+                        break;
+                    }
+                }
+                work
             };
             for cart in work {
                 if cart.state == CartState::Preparing {
@@ -250,6 +260,7 @@ impl Node {
                 }
             }
         }
+        *seen = still_preparing;
     }
 }
 
@@ -258,9 +269,10 @@ pub fn spawn_resolver(node: Arc<Node>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(RESOLVE_INTERVAL);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut seen = BTreeMap::new();
         loop {
             interval.tick().await;
-            node.resolve_carts().await;
+            node.resolve_carts(&mut seen).await;
         }
     })
 }

@@ -361,7 +361,13 @@ impl Inventory for InventoryService {
         let Some(home) = self.node.locate_reservation(&id).await.map_err(status::group_error)? else {
             return Ok(Response::new(pb::ReservationResponse { outcome: pb::Outcome::NotFound as i32, ..Default::default() }));
         };
-        let answer = self.node.read(home, ReadQuery::Reservation(id), Consistency::Strong).await.map_err(status::group_error)?;
+        let mut answer = self.node.read(home, ReadQuery::Reservation(id.clone()), Consistency::Strong).await.map_err(status::group_error)?;
+        if let Some(cart) = answer.cart.as_ref().filter(|c| c.state == m::CartState::Preparing) {
+            // Undecided: held or not is not known until every line group
+            // answered, so decide it (as the resolver would) before saying.
+            self.node.recover_cart(cart).await.map_err(status::group_error)?;
+            answer = self.node.read(home, ReadQuery::Reservation(id), Consistency::Strong).await.map_err(status::group_error)?;
+        }
         let reservation = match (&answer.cart, &answer.reservation) {
             (Some(cart), _) if cart.state != m::CartState::Aborted => Some(convert::cart_to_pb(cart)),
             (Some(_), _) => None,

@@ -109,6 +109,9 @@ const FINAL_CONCURRENCY: usize = 4;
 /// Pause before the final reads of a cart run (the resolver's period is
 /// 300 ms; follows of carts whose answers were lost land within it).
 const CART_SETTLE: Duration = Duration::from_secs(2);
+/// A cart run with a TTL up to this also waits the TTL out before the final
+/// phase, so no cart expires between its lookup and the reads.
+const CART_SETTLE_TTL_MAX: Duration = Duration::from_secs(60);
 /// Steps one SKU's linearizability search may take.
 const SEARCH_BUDGET: u64 = 20_000_000;
 
@@ -293,8 +296,10 @@ async fn drive(
     };
     if config.workload == Workload::Cart {
         // Line groups follow a cart whose answer was lost within the
-        // resolver's period: let them settle before the final reads.
-        tokio::time::sleep(CART_SETTLE).await;
+        // resolver's period, and carts with a short TTL expire during the
+        // final phase: let both settle before the final lookups and reads.
+        let ttl = Duration::from_millis(config.ttl_ms);
+        tokio::time::sleep(CART_SETTLE + if ttl <= CART_SETTLE_TTL_MAX { ttl } else { Duration::ZERO }).await;
     }
     final_reads(&shared, &endpoints).await?;
     {
