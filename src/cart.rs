@@ -195,10 +195,10 @@ impl Node {
         }
         let (mut index, mut result) = self.propose(home, command.clone()).await?;
         if let Some(cart) = result.cart.clone().filter(|c| c.state == CartState::Preparing && result.outcome == Outcome::InvalidState) {
-            let (_, decided) = self.recover_cart(&cart).await?;
-            if decided.cart.as_ref().is_some_and(|c| c.state == CartState::Pending) {
-                (index, result) = self.propose(home, command).await?;
-            }
+            // Decided either way now; the command answers from the decision
+            // (an aborted cart is not found, as a refused reserve).
+            self.recover_cart(&cart).await?;
+            (index, result) = self.propose(home, command).await?;
         }
         if let Some(cart) = result.cart.as_mut().filter(|_| result.outcome == Outcome::Ok) {
             self.follow_all(cart).await?;
@@ -234,9 +234,9 @@ impl Node {
             let work: Vec<Cart> = {
                 let inventory = group.state().read();
                 let mut work = Vec::new();
-                for (id, cart) in inventory.carts() {
+                for cart in inventory.unsettled_carts() {
                     let stale = cart.state == CartState::Preparing && {
-                        let key = (group.id, id.clone());
+                        let key = (group.id, cart.id.clone());
                         let first = seen.get(&key).copied().unwrap_or(now);
                         still_preparing.insert(key, first);
                         now.duration_since(first) >= PREPARING_STALE

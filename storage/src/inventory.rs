@@ -142,6 +142,9 @@ pub struct Inventory {
     /// `(finished_at_ms, id)` of every final cart whose line groups all
     /// followed it (only those may be forgotten).
     pub(crate) cart_finished: BTreeSet<(u64, String)>,
+    /// Ids of the carts that are unsettled (`Cart::is_unsettled`): what the
+    /// resolver works on, without scanning every record.
+    pub(crate) cart_unsettled: BTreeSet<String>,
     /// The reservations that are intents of carts, with their record.
     pub(crate) intents: BTreeMap<String, IntentOf>,
     dirty_positions: BTreeSet<PositionKey>,
@@ -167,6 +170,7 @@ impl PartialEq for Inventory {
             && self.carts == other.carts
             && self.cart_expiry == other.cart_expiry
             && self.cart_finished == other.cart_finished
+            && self.cart_unsettled == other.cart_unsettled
             && self.intents == other.intents
     }
 }
@@ -188,6 +192,7 @@ impl Inventory {
             carts: BTreeMap::new(),
             cart_expiry: BTreeSet::new(),
             cart_finished: BTreeSet::new(),
+            cart_unsettled: BTreeSet::new(),
             intents: BTreeMap::new(),
             dirty_positions: BTreeSet::new(),
             dirty_reservations: BTreeSet::new(),
@@ -300,6 +305,12 @@ impl Inventory {
 
     pub fn carts(&self) -> impl Iterator<Item = (&String, &Cart)> + '_ {
         self.carts.iter()
+    }
+
+    /// The carts homed here that are undecided or not yet followed by every
+    /// line group.
+    pub fn unsettled_carts(&self) -> impl Iterator<Item = &Cart> + '_ {
+        self.cart_unsettled.iter().filter_map(|id| self.carts.get(id))
     }
 
     /// The cart record an intent held here belongs to.

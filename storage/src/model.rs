@@ -503,6 +503,12 @@ impl Cart {
         CommandResult { shortfalls: self.shortfalls.clone(), ..self.result(outcome, true) }
     }
 
+    /// Still needs work from someone: undecided, or a line group has not
+    /// followed the record's state.
+    pub fn is_unsettled(&self) -> bool {
+        self.state == CartState::Preparing || self.unfollowed().next().is_some()
+    }
+
     /// The cart as a reservation, for answers.
     pub fn as_reservation(&self) -> Reservation {
         Reservation {

@@ -84,6 +84,7 @@ impl Inventory {
         }
         self.cart_expiry.insert((expires_at_ms, id.to_owned()));
         self.carts.insert(id.to_owned(), cart.clone());
+        self.note_unsettled(id);
         self.dirty_carts.insert(id.to_owned());
         cart.result(Outcome::Ok, false)
     }
@@ -93,6 +94,7 @@ impl Inventory {
         if let Some(cart) = self.carts.remove(id) {
             self.cart_expiry.remove(&(cart.expires_at_ms, id.to_owned()));
             self.cart_finished.remove(&(cart.finished_at_ms.unwrap_or(cart.created_at_ms), id.to_owned()));
+            self.cart_unsettled.remove(id);
             self.dirty_carts.insert(id.to_owned());
         }
     }

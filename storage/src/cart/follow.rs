@@ -92,6 +92,7 @@ impl Inventory {
         if done {
             self.cart_finished.insert((finished_at_ms, id.to_owned()));
         }
+        self.note_unsettled(id);
         self.dirty_carts.insert(id.to_owned());
         after.result(Outcome::Ok, replay)
     }

@@ -85,7 +85,17 @@ impl Inventory {
             let moved = self.follow_intent(at, id, want);
             debug_assert!(moved.is_some(), "the home's own intent of {id} cannot follow to {want:?}");
         }
+        self.note_unsettled(id);
         self.dirty_carts.insert(id.to_owned());
+    }
+
+    /// Keeps `id`'s membership of the unsettled index true to its record.
+    pub(crate) fn note_unsettled(&mut self, id: &str) {
+        if self.carts.get(id).is_some_and(Cart::is_unsettled) {
+            self.cart_unsettled.insert(id.to_owned());
+        } else {
+            self.cart_unsettled.remove(id);
+        }
     }
 
     /// Puts a loaded record in the indexes its state calls for.
@@ -95,6 +105,9 @@ impl Inventory {
         }
         if cart.state.is_final() && cart.unfollowed().next().is_none() {
             self.cart_finished.insert((cart.finished_at_ms.unwrap_or(cart.created_at_ms), cart.id.clone()));
+        }
+        if cart.is_unsettled() {
+            self.cart_unsettled.insert(cart.id.clone());
         }
     }
 
@@ -113,6 +126,7 @@ impl Inventory {
         while self.cart_finished.first().is_some_and(|(at_ms, _)| at_ms.saturating_add(retention_ms) <= now_ms) {
             let Some((_, id)) = self.cart_finished.pop_first() else { break };
             self.carts.remove(&id);
+            self.cart_unsettled.remove(&id);
             self.dirty_carts.insert(id);
         }
     }
@@ -122,7 +136,11 @@ impl Inventory {
     pub(crate) fn check_cart_invariants(&self) -> Result<(), String> {
         let mut expiry = BTreeSet::new();
         let mut finished = BTreeSet::new();
+        let mut unsettled = BTreeSet::new();
         for (id, cart) in &self.carts {
+            if cart.is_unsettled() {
+                unsettled.insert(id.clone());
+            }
             if *id != cart.id {
                 return Err(format!("cart stored under {id} has id {}", cart.id));
             }
@@ -145,6 +163,9 @@ impl Inventory {
         }
         if finished != self.cart_finished {
             return Err("cart retention index does not match the finished carts".to_owned());
+        }
+        if unsettled != self.cart_unsettled {
+            return Err("unsettled-cart index does not match the records".to_owned());
         }
         Ok(())
     }
