@@ -79,8 +79,10 @@ impl Node {
         if begun.outcome != Outcome::Ok || cart.state != CartState::Preparing {
             return Ok((index, begun));
         }
+        self.stop_at(crate::failpoint::CART_STOP_AFTER_BEGIN, plan.home)?;
         match self.prepare_all(&cart, gates).await? {
             Prepared::Held => {
+                self.stop_at(crate::failpoint::CART_STOP_AFTER_PREPARE, plan.home)?;
                 self.spawn_decide(cart.clone(), true, Vec::new());
                 let mut held = cart;
                 held.state = CartState::Pending;
@@ -92,6 +94,37 @@ impl Node {
                 Ok((index, decided))
             }
         }
+    }
+
+    /// A one-group reservation in `group`, away from the id's `home`: the
+    /// reserve there and the home's locator in parallel, so the answer still
+    /// takes one round trip. A locator that names another group (or a record
+    /// of the home under the id) means the id names another payload: what
+    /// this reserve held is released before the conflict is answered, so a
+    /// conflict never holds anything. Answered only once both are applied;
+    /// an unreachable home leaves the outcome unknown.
+    pub async fn reserve_located(&self, home: GroupId, group: GroupId, command: Command) -> Result<(u64, CommandResult), GroupError> {
+        let (id, ttl_ms) = match &command {
+            Command::Reserve { reservation_id, ttl_ms, .. } | Command::ReserveGated { reservation_id, ttl_ms, .. } => (reservation_id.clone(), *ttl_ms),
+            _ => unreachable!("reserve_located takes a reserve"),
+        };
+        let mut located_at = group;
+        if self.failpoint(crate::failpoint::WRONG_LOCATOR) {
+            let region = &self.config.region;
+            located_at = self.config.shard_map.groups_in(region).map(|r| r.group).find(|g| *g != group && *g != home).unwrap_or(group);
+        }
+        let locate = Command::Locate { reservation_id: id.clone(), group: located_at, ttl_ms };
+        let (reserved, located) = tokio::join!(self.propose(group, command), self.propose(home, locate));
+        let (index, result) = reserved?;
+        let (_, locator) = located?;
+        if locator.outcome == Outcome::Ok {
+            return Ok((index, result));
+        }
+        let holds = result.reservation.as_ref().is_some_and(|r| r.state == storage::model::ReservationState::Pending);
+        if result.outcome == Outcome::Ok && holds {
+            self.propose(group, Command::Release { reservation_id: id }).await?;
+        }
+        Ok((index, CommandResult { outcome: Outcome::IdempotencyConflict, replay: false, ..locator }))
     }
 
     /// Step 2 in every line group but the home (which held its own lines
@@ -128,6 +161,7 @@ impl Node {
         let (index, decided) = self.propose(cart.home, command).await?;
         let Some(after) = decided.cart.clone() else { return Ok((index, decided)) };
         if after.state.is_final() {
+            self.stop_at(crate::failpoint::CART_STOP_BEFORE_FOLLOW, cart.home)?;
             // A refused cart holds nothing anywhere once it is answered.
             self.follow_all(&after).await?;
         }
@@ -136,6 +170,15 @@ impl Node {
             _ => Outcome::Ok,
         };
         Ok((index, CommandResult { outcome, replay: decided.replay, shortfalls: after.shortfalls.clone(), ..decided }))
+    }
+
+    /// Test only: the coordinator stops here, as if its node died, when the
+    /// node runs with failpoint `name`.
+    fn stop_at(&self, name: &str, home: GroupId) -> Result<(), GroupError> {
+        if self.failpoint(name) {
+            return Err(GroupError::Unavailable { group: home, reason: format!("coordinator stopped by failpoint {name}") });
+        }
+        Ok(())
     }
 
     fn spawn_decide(&self, cart: Cart, hold: bool, shortfalls: Vec<Shortfall>) {
@@ -188,7 +231,7 @@ impl Node {
     /// one cannot be reached the outcome is reported unknown (the record has
     /// decided; a retry with the same id answers once every group followed).
     pub async fn transition_at_home(&self, home: GroupId, command: Command) -> Result<(u64, CommandResult), GroupError> {
-        if matches!(command, Command::Commit { .. }) && crate::failpoint::active(crate::failpoint::PARTIAL_CART) {
+        if matches!(command, Command::Commit { .. }) && self.failpoint(crate::failpoint::PARTIAL_CART) {
             if let Some(planted) = self.commit_one_group_only(home, &command).await? {
                 return Ok(planted);
             }
@@ -201,6 +244,7 @@ impl Node {
             (index, result) = self.propose(home, command).await?;
         }
         if let Some(cart) = result.cart.as_mut().filter(|_| result.outcome == Outcome::Ok) {
+            self.stop_at(crate::failpoint::CART_STOP_BEFORE_FOLLOW, home)?;
             self.follow_all(cart).await?;
             // Every line group is in the record's state now.
             let state = cart.state.intent_state();
@@ -228,6 +272,11 @@ impl Node {
     /// groups made to follow their records, stuck records decided.
     /// `seen`: when this resolver first saw each preparing record.
     pub async fn resolve_carts(&self, seen: &mut BTreeMap<(GroupId, String), std::time::Instant>) {
+        let stopping = [crate::failpoint::CART_STOP_AFTER_BEGIN, crate::failpoint::CART_STOP_AFTER_PREPARE, crate::failpoint::CART_STOP_BEFORE_FOLLOW];
+        if stopping.iter().any(|name| self.failpoint(name)) {
+            // Test only: this node plays a dead coordinator; others resolve.
+            return;
+        }
         let now = std::time::Instant::now();
         let mut still_preparing = BTreeMap::new();
         for group in self.groups().filter(|g| g.is_leader()) {

@@ -1,7 +1,8 @@
-//! Test-only failpoints for the fault-injection harness (`jepsen/`,
-//! `stockd-jepsen test --bug NAME`): a node whose environment has
-//! `STOCKD_FAILPOINT=NAME` misbehaves on purpose, and the checkers must catch
-//! it. Never set outside that harness.
+//! Test-only failpoints: a node whose environment has `STOCKD_FAILPOINT=NAME`
+//! (the fault-injection harness, `stockd-jepsen test --bug NAME`), or whose
+//! failpoint a cluster test set (`Node::set_failpoint`), misbehaves on
+//! purpose, and the checkers or the test must catch it. Never set outside
+//! tests. Planted bugs:
 //!
 //! - `lost-ack`: every Reserve is acknowledged as OK without being proposed
 //!   (a lost acknowledged write).
@@ -12,17 +13,30 @@
 //! - `partial-cart`: a Commit of a cart across groups commits the lines of
 //!   one line group and answers OK, without the home record (which stays
 //!   pending, then expires and frees the other lines).
-
-use std::sync::OnceLock;
+//! - `wrong-locator`: the home's locator of a one-group reservation names
+//!   another group than the one holding it, so lookups by id (commit,
+//!   release, get) look in the wrong group.
+//!
+//! A coordinator that stops (as if its node died) after one step of a cart
+//! across groups, answering `UNAVAILABLE`; the rest is left to the
+//! resolvers of the other nodes:
+//! - `cart-stop-after-begin`: after the home record is created;
+//! - `cart-stop-after-prepare`: after every line group held its lines,
+//!   before the decide;
+//! - `cart-stop-before-follow`: after the home decided a final state
+//!   (abort, commit, release...), before any line group followed it.
 
 /// Environment variable naming the active failpoint.
 pub const ENV: &str = "STOCKD_FAILPOINT";
 pub const LOST_ACK: &str = "lost-ack";
 pub const PEER_INVALID_AFTER_APPLY: &str = "peer-invalid-after-apply";
 pub const PARTIAL_CART: &str = "partial-cart";
+pub const WRONG_LOCATOR: &str = "wrong-locator";
+pub const CART_STOP_AFTER_BEGIN: &str = "cart-stop-after-begin";
+pub const CART_STOP_AFTER_PREPARE: &str = "cart-stop-after-prepare";
+pub const CART_STOP_BEFORE_FOLLOW: &str = "cart-stop-before-follow";
 
-/// True when `name` is this process's failpoint.
-pub fn active(name: &str) -> bool {
-    static ACTIVE: OnceLock<Option<String>> = OnceLock::new();
-    ACTIVE.get_or_init(|| std::env::var(ENV).ok()).as_deref() == Some(name)
+/// The failpoint of this process's environment, if any.
+pub fn from_env() -> Option<String> {
+    std::env::var(ENV).ok().filter(|name| !name.is_empty())
 }

@@ -83,6 +83,11 @@ pub struct Node {
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// This node, for the tasks it starts.
     me: std::sync::Weak<Node>,
+    /// Reservation lookups that the id's home could not answer, so that
+    /// every group was asked (see [`Node::locate_reservation`]).
+    lookups_everywhere: std::sync::atomic::AtomicU64,
+    /// The test-only failpoint this node runs with (`crate::failpoint`).
+    failpoint: std::sync::RwLock<Option<String>>,
 }
 
 impl Node {
@@ -119,7 +124,17 @@ impl Node {
                 .map_err(|source| NodeError::Group { group: range.group, source })?;
             groups.insert(range.group, Arc::new(group));
         }
-        let node = Arc::new_cyclic(|me| Node { config, groups, peers, tls, tls_reloader, tasks: std::sync::Mutex::new(Vec::new()), me: me.clone() });
+        let node = Arc::new_cyclic(|me| Node {
+            config,
+            groups,
+            peers,
+            tls,
+            tls_reloader,
+            tasks: std::sync::Mutex::new(Vec::new()),
+            me: me.clone(),
+            lookups_everywhere: std::sync::atomic::AtomicU64::new(0),
+            failpoint: std::sync::RwLock::new(crate::failpoint::from_env()),
+        });
         node.initialize_groups().await?;
         Ok(node)
     }
@@ -171,6 +186,13 @@ impl Node {
             // a cart's record only in its home.
             Command::Commit { .. } | Command::Release { .. } | Command::Fulfill { .. } | Command::Cancel { .. } => Ok(()),
             Command::CartDecide { .. } | Command::CartFollowed { .. } => self.check_home(group, id),
+            Command::Locate { group: located, .. } => {
+                self.check_home(group, id)?;
+                if *located == group || self.config.shard_map.range(*located).is_none() {
+                    return Err(GroupError::Invalid { group, reason: format!("invalid group: a locator of group {group} names group {located}") });
+                }
+                Ok(())
+            }
             Command::CartBegin { home, parts, .. } => {
                 self.check_home(group, id)?;
                 if *home != group {
@@ -338,14 +360,15 @@ impl Node {
                 (None, None, positions)
             }
         };
-        let cart = match query {
-            ReadQuery::Reservation(id) => inventory.cart(id).cloned(),
-            _ => None,
+        let (cart, located) = match query {
+            ReadQuery::Reservation(id) => (inventory.cart(id).cloned(), inventory.locator(id).map(|l| l.group)),
+            _ => (None, None),
         };
         Ok(ReadAnswer {
             position,
             reservation,
             cart,
+            located,
             positions,
             applied_index: g.state().applied_index(),
             staleness_ms,
@@ -389,27 +412,38 @@ impl Node {
         .await
     }
 
-    /// Where reservation `id`'s record is: the group of a one-group
-    /// reservation, or the home group of a cart. Local replicas first (a
-    /// cart's intent names its home), then the id's home group (one hop for
-    /// every cart), then strong reads of the region's groups.
+    /// Where reservation `id`'s record is, found through the id's home group
+    /// in one read: a cart's record, or a plain reservation of the home, is
+    /// there; for a one-group reservation in another group the home's
+    /// locator names that group. Only an id the home knows nothing of (never
+    /// reserved; or its locator lost with an unknown outcome, or forgotten
+    /// after a long-lived commit) costs strong reads of every group, and a
+    /// reservation found that way gets its locator back.
     pub async fn locate_reservation(&self, id: &str) -> Result<Option<GroupId>, GroupError> {
-        if let Some(g) = self.locate_locally(id, None) {
-            return Ok(Some(g));
-        }
-        let found = |a: &ReadAnswer| a.reservation.is_some() || a.cart.is_some();
-        if let Some(home) = self.home_of(id) {
-            if found(&self.read(home, ReadQuery::Reservation(id.to_string()), Consistency::Strong).await?) {
+        let home = self.home_of(id);
+        if let Some(home) = home {
+            let answer = self.read(home, ReadQuery::Reservation(id.to_string()), Consistency::Strong).await?;
+            if answer.reservation.is_some() || answer.cart.is_some() {
                 return Ok(Some(home));
             }
+            if let Some(group) = answer.located {
+                return Ok(Some(group));
+            }
         }
-        let groups: Vec<GroupId> = self.config.shard_map.groups_in(&self.config.region).map(|r| r.group).collect();
+        self.lookups_everywhere.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let groups: Vec<GroupId> = self.config.shard_map.groups_in(&self.config.region).map(|r| r.group).filter(|g| Some(*g) != home).collect();
         let reads = groups.iter().map(|g| self.read(*g, ReadQuery::Reservation(id.to_string()), Consistency::Strong));
         let answers = futures::future::join_all(reads).await;
         let mut first_error = None;
         for (group, answer) in groups.iter().zip(answers) {
             match answer {
-                Ok(a) if found(&a) => return Ok(Some(*group)),
+                Ok(a) if a.cart.is_some() => return Ok(Some(*group)),
+                Ok(ReadAnswer { reservation: Some(plain), .. }) => {
+                    if let Some(home) = home {
+                        self.spawn_locate(home, *group, plain.id.clone(), plain.ttl_ms);
+                    }
+                    return Ok(Some(*group));
+                }
                 Ok(_) => {}
                 Err(e) => first_error = first_error.or(Some(e)),
             }
@@ -421,20 +455,30 @@ impl Node {
         }
     }
 
-    /// The group whose record of `id` a local replica holds, other than
-    /// `except`: a one-group reservation's group, or a cart's home (from its
-    /// record or from one of its intents).
-    pub fn locate_locally(&self, id: &str, except: Option<GroupId>) -> Option<GroupId> {
-        self.groups.iter().filter(|(g, _)| Some(**g) != except).find_map(|(g, group)| {
-            let inventory = group.state().read();
-            if inventory.cart(id).is_some() {
-                Some(*g)
-            } else if let Some(of) = inventory.intent_of(id) {
-                Some(of.home)
-            } else {
-                inventory.reservation(id).map(|_| *g)
+    /// True when this node runs with failpoint `name` (`crate::failpoint`).
+    pub fn failpoint(&self, name: &str) -> bool {
+        self.failpoint.read().unwrap_or_else(|p| p.into_inner()).as_deref() == Some(name)
+    }
+
+    /// Test only: sets this node's failpoint (`None` clears it).
+    pub fn set_failpoint(&self, name: Option<&str>) {
+        *self.failpoint.write().unwrap_or_else(|p| p.into_inner()) = name.map(str::to_owned);
+    }
+
+    /// Lookups the id's home could not answer (every group was asked).
+    pub fn lookups_everywhere(&self) -> u64 {
+        self.lookups_everywhere.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Writes the locator of a one-group reservation found without one.
+    fn spawn_locate(&self, home: GroupId, group: GroupId, reservation_id: String, ttl_ms: u64) {
+        let Some(node) = self.me() else { return };
+        tokio::spawn(async move {
+            let command = Command::Locate { reservation_id, group, ttl_ms };
+            if let Err(e) = node.propose(home, command).await {
+                tracing::debug!(error = %e, "locator not written again; the next lookup asks every group");
             }
-        })
+        });
     }
 
     /// Keeps a background task to stop with the node.

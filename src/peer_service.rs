@@ -73,7 +73,12 @@ impl PeerService {
         }
         let cart_step = matches!(
             command,
-            Command::CartBegin { .. } | Command::CartPrepare { .. } | Command::CartDecide { .. } | Command::CartFollow { .. } | Command::CartFollowed { .. }
+            Command::CartBegin { .. }
+                | Command::CartPrepare { .. }
+                | Command::CartDecide { .. }
+                | Command::CartFollow { .. }
+                | Command::CartFollowed { .. }
+                | Command::Locate { .. }
         );
         if cart_step && !caller.is_trusted_peer() {
             return Err(Status::permission_denied(format!("cart protocol steps are taken from authenticated peers only, not from {}", caller.subject)));
@@ -138,7 +143,7 @@ impl RaftPeer for PeerService {
         let command = self.checked_command(&caller, &m)?;
         let transition = matches!(command, Command::Commit { .. } | Command::Release { .. });
         let result = self.node.propose_local(m.group_id, command).await;
-        if transition && result.is_ok() && failpoint::active(failpoint::PEER_INVALID_AFTER_APPLY) {
+        if transition && result.is_ok() && self.node.failpoint(failpoint::PEER_INVALID_AFTER_APPLY) {
             return Err(Status::invalid_argument("invalid command: refused after it was applied (failpoint)"));
         }
         Ok(Response::new(RaftMessage { group_id: m.group_id, payload: wire::encode(&result) }))

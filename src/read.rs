@@ -5,6 +5,7 @@ use raft::NodeId;
 use serde::Deserialize;
 use serde::Serialize;
 use storage::model::Cart;
+use storage::model::GroupId;
 use storage::model::Position;
 use storage::model::PositionKey;
 use storage::model::Reservation;
@@ -38,6 +39,9 @@ pub struct ReadAnswer {
     pub reservation: Option<Reservation>,
     /// For `Reservation`: the home record of a cart homed in this group.
     pub cart: Option<Cart>,
+    /// For `Reservation` at the id's home: the group its one-group
+    /// reservation lives in, when that is another group.
+    pub located: Option<GroupId>,
     /// For `SkuPositions`: (location, position) pairs.
     pub positions: Vec<(String, Position)>,
     pub applied_index: u64,

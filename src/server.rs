@@ -150,7 +150,8 @@ impl InventoryService {
     }
 
     /// Proposes a validated reserve: in one command when every line is in
-    /// the id's home group, else as a cart across groups (`crate::cart`).
+    /// one group (with the id's home locating it, in parallel, when that is
+    /// another group), else as a cart across groups (`crate::cart`).
     /// Behind the risk gate, the lines are scored first; a plain reserve's
     /// verdicts go into the log with the command.
     async fn reserve_one(&self, plan: Plan, command: m::Command, gate: Option<GateRequest>) -> Result<pb::ReserveResponse, Status> {
@@ -161,38 +162,32 @@ impl InventoryService {
         };
         let verdicts: Vec<pb::LineRisk> = in_order.iter().map(convert::line_risk_to_pb).collect();
         let refused = in_order.iter().any(m::LineRisk::refuses);
-        // An id whose record a local replica holds in another group (a
-        // one-group reservation, or a cart homed elsewhere) is a reused id.
         let record_at = plan.single_group().unwrap_or(plan.home);
-        if let Some(other) = self.node.locate_locally(&reservation_id, Some(record_at)).filter(|g| *g != record_at) {
-            return Ok(pb::ReserveResponse {
-                outcome: pb::Outcome::IdempotencyConflict as i32,
-                reservation: self.local_record(other, &reservation_id),
-                risk: verdicts,
-                ..Default::default()
-            });
-        }
-        let (index, result) = if let Some(group) = plan.single_group() {
+        let (index, mut result) = if let Some(group) = plan.single_group() {
             let command = match gates.into_values().next() {
-                Some(gate) => m::Command::ReserveGated { reservation_id, lines, ttl_ms, gate },
-                None => m::Command::Reserve { reservation_id, lines, ttl_ms },
+                Some(gate) => m::Command::ReserveGated { reservation_id: reservation_id.clone(), lines, ttl_ms, gate },
+                None => m::Command::Reserve { reservation_id: reservation_id.clone(), lines, ttl_ms },
             };
-            self.node.propose(group, command).await.map_err(status::group_error)?
+            if group == plan.home {
+                self.node.propose(group, command).await.map_err(status::group_error)?
+            } else {
+                self.node.reserve_located(plan.home, group, command).await.map_err(status::group_error)?
+            }
         } else if refused {
             self.refused_cart(&plan, &reservation_id, &lines, ttl_ms).await?
         } else {
             self.node.reserve_cart(&reservation_id, &lines, ttl_ms, &plan, &gates).await.map_err(status::group_error)?
         };
+        // A conflict with a one-group reservation elsewhere shows that one.
+        let record_at = match result.located.filter(|g| result.outcome == m::Outcome::IdempotencyConflict && *g != record_at) {
+            Some(other) => {
+                let answer = self.node.read(other, ReadQuery::Reservation(reservation_id.clone()), Consistency::Strong).await.ok();
+                result.reservation = answer.and_then(|a| a.reservation);
+                other
+            }
+            None => record_at,
+        };
         Ok(pb::ReserveResponse { risk: verdicts, ..convert::reserve_response(index, &result, record_at) })
-    }
-
-    /// The record of `id` this node's replica of `group` holds, for answers.
-    fn local_record(&self, group: m::GroupId, id: &str) -> Option<pb::Reservation> {
-        let inventory = self.node.group(group)?.state().read();
-        match inventory.cart(id) {
-            Some(cart) => Some(convert::cart_to_pb(cart)),
-            None => inventory.reservation(id).map(|r| convert::reservation_to_pb(r, group)),
-        }
     }
 
     /// The risk gate's verdicts, each line scored by its own group: in line
@@ -312,7 +307,7 @@ impl Inventory for InventoryService {
     #[tracing::instrument(level = "debug", skip_all, fields(node = self.node.id(), id = %request.get_ref().reservation_id))]
     async fn reserve(&self, request: Request<pb::ReserveRequest>) -> Result<Response<pb::ReserveResponse>, Status> {
         let (group, command, gate) = self.reserve_command(request.get_ref())?;
-        if crate::failpoint::active(crate::failpoint::LOST_ACK) {
+        if self.node.failpoint(crate::failpoint::LOST_ACK) {
             return Ok(Response::new(pb::ReserveResponse { outcome: pb::Outcome::Ok as i32, ..Default::default() }));
         }
         Ok(Response::new(self.reserve_one(group, command, gate).await?))

@@ -9,15 +9,17 @@ use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use tonic::transport::Channel;
+
 use common::line;
 use common::poll;
-use common::position;
 use common::receive;
 use common::reserve;
 use common::test_config;
 use common::Cluster;
 use common::SERIAL;
 use stockd::proto::v1 as pb;
+use stockd::proto::v1::inventory_client::InventoryClient;
 use storage::model::CartState;
 use storage::model::Command;
 use storage::model::Line;
@@ -41,10 +43,22 @@ async fn stock(cluster: &Cluster, units: u64) {
     }
 }
 
+/// A strong read through node 2 (node 1 is the one the tests stop),
+/// retried while a group elects a new leader.
 async fn quantities(cluster: &Cluster, sku: &str) -> (u64, u64) {
-    let mut c = cluster.client(1).await;
-    let p = position(&mut c, sku, LOC, pb::Consistency::Strong).await.position.expect("position");
-    (p.reserved, p.committed)
+    let mut c = cluster.client(2).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let request = pb::GetPositionRequest { sku: sku.into(), location: LOC.into(), consistency: pb::Consistency::Strong as i32, max_staleness_ms: 0 };
+        match c.get_position(request).await {
+            Ok(answer) => {
+                let p = answer.into_inner().position.expect("position");
+                return (p.reserved, p.committed);
+            }
+            Err(e) if e.code() == tonic::Code::Unavailable && std::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => panic!("get position of {sku}: {e}"),
+        }
+    }
 }
 
 /// Polls until every SKU shows `(reserved, committed)`.
@@ -217,5 +231,125 @@ async fn a_coordinator_lost_at_any_step_leaves_the_cart_whole() {
     assert_eq!(committed.outcome, pb::Outcome::Ok as i32, "{committed:?}");
     // The short-lived one is freed everywhere, the committed one holds.
     wait_for_quantities(&cluster, "lost carts settled", (0, 1), Duration::from_millis(TTL_MS + 6_000)).await;
+    cluster.shutdown().await;
+}
+
+/// Every reservation id has one home. A one-group reservation away from it
+/// is located there, so the id is found through one read of the home, and
+/// reusing the id for lines in another group (alone or in a cart) is a
+/// conflict that holds nothing there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_one_group_reservation_is_found_through_its_home_and_its_id_is_not_reused_elsewhere() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(3, eight_groups()).await;
+    cluster.wait_for_leaders().await;
+    stock(&cluster, 10).await;
+    let node = cluster.node(1).clone();
+    let group_of = |sku: &str| node.shard_map().group_for("local", sku).expect("group").group;
+    let away = |id: &String| node.home_of(id).is_some_and(|home| SKUS[..3].iter().all(|sku| group_of(sku) != home));
+    let id = (0..).map(|i| format!("order-{i}")).find(away).expect("an id homed away from the first three groups");
+    let home = node.home_of(&id).expect("home");
+    let everywhere = || (1..=3).map(|n| cluster.node(n).lookups_everywhere()).sum::<u64>();
+
+    let mut c = cluster.client(2).await;
+    let first = reserve(&mut c, &id, vec![line(SKUS[0], LOC, 2)], 30_000).await.expect("reserve");
+    assert_eq!(first.outcome, pb::Outcome::Ok as i32, "{first:?}");
+    let at_home = node.read(home, stockd::read::ReadQuery::Reservation(id.clone()), stockd::read::Consistency::Strong).await.expect("read home");
+    assert_eq!(at_home.located, Some(group_of(SKUS[0])), "the home locates it as soon as it is answered");
+
+    let alone = reserve(&mut c, &id, vec![line(SKUS[1], LOC, 1)], 30_000).await.expect("reserve");
+    assert_eq!(alone.outcome, pb::Outcome::IdempotencyConflict as i32, "{alone:?}");
+    let shown = alone.reservation.expect("the conflict shows the reservation under the id");
+    assert_eq!((shown.lines[0].sku.as_str(), shown.home_group), (SKUS[0], group_of(SKUS[0])));
+    let in_cart = reserve(&mut c, &id, vec![line(SKUS[1], LOC, 1), line(SKUS[2], LOC, 1)], 30_000).await.expect("reserve");
+    assert_eq!(in_cart.outcome, pb::Outcome::IdempotencyConflict as i32, "{in_cart:?}");
+    for sku in &SKUS[1..3] {
+        // Released before the conflict was answered.
+        assert_eq!(quantities(&cluster, sku).await, (0, 0), "{sku}");
+    }
+    assert_eq!(quantities(&cluster, SKUS[0]).await, (2, 0));
+
+    let before = everywhere();
+    let got = c.get_reservation(pb::ReservationRef { reservation_id: id.clone() }).await.expect("get").into_inner();
+    assert_eq!(got.reservation.map(|r| r.lines.len()), Some(1));
+    let committed = c.commit(pb::ReservationRef { reservation_id: id.clone() }).await.expect("commit").into_inner();
+    assert_eq!(committed.outcome, pb::Outcome::Ok as i32, "{committed:?}");
+    assert_eq!(quantities(&cluster, SKUS[0]).await, (0, 2));
+    assert_eq!(everywhere(), before, "found through its home, without asking every group");
+
+    let unknown = c.get_reservation(pb::ReservationRef { reservation_id: "never-reserved".into() }).await.expect("get").into_inner();
+    assert_eq!(unknown.outcome, pb::Outcome::NotFound as i32);
+    assert!(everywhere() > before, "an id its home knows nothing of is looked for in every group");
+    cluster.shutdown().await;
+}
+
+/// Sets node 1's failpoint, sends `request` through it (the coordinator
+/// stops at the failpoint and answers UNAVAILABLE), then stops the node as
+/// if it died there. The rest is up to the other nodes' resolvers.
+async fn kill_coordinator_at(cluster: &mut Cluster, failpoint: &str, request: impl std::future::Future<Output = Result<(), tonic::Status>>) {
+    cluster.node(1).set_failpoint(Some(failpoint));
+    let answer = request.await;
+    assert_eq!(answer.err().map(|s| s.code()), Some(tonic::Code::Unavailable), "the coordinator stops at {failpoint}");
+    cluster.stop_node(1).await;
+}
+
+async fn reserve_at(mut c: InventoryClient<Channel>, id: &'static str, lines: Vec<pb::Line>, ttl_ms: u64) -> Result<(), tonic::Status> {
+    reserve(&mut c, id, lines, ttl_ms).await.map(|_| ())
+}
+
+async fn commit_at(mut c: InventoryClient<Channel>, id: &'static str) -> Result<(), tonic::Status> {
+    c.commit(pb::ReservationRef { reservation_id: id.into() }).await.map(|_| ())
+}
+
+/// Killing the coordinating node after each step of the protocol (a
+/// failpoint per step, then the node stopped) leaves every line either held
+/// and committable, or freed once the TTL has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_coordinating_node_after_any_step_leaves_every_line_held_or_freed() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(3, eight_groups()).await;
+    cluster.wait_for_leaders().await;
+    stock(&cluster, 10).await;
+    const SHORT_TTL_MS: u64 = 3_000;
+    let settle = Duration::from_millis(SHORT_TTL_MS + 8_000);
+
+    // After step 1 (the record, nothing prepared), short TTL: freed.
+    let request = reserve_at(cluster.client(1).await, "killed-after-begin", cart(1), SHORT_TTL_MS);
+    kill_coordinator_at(&mut cluster, "cart-stop-after-begin", request).await;
+    wait_for_quantities(&cluster, "a record left after begin expires", (0, 0), settle).await;
+    cluster.start_node(1).await;
+
+    // After step 2 (every line held, no decide): held and committable.
+    let request = reserve_at(cluster.client(1).await, "killed-after-prepare", cart(1), 60_000);
+    kill_coordinator_at(&mut cluster, "cart-stop-after-prepare", request).await;
+    for sku in SKUS {
+        assert_eq!(quantities(&cluster, sku).await, (1, 0), "{sku} held while undecided");
+    }
+    let mut c = cluster.client(2).await;
+    let committed = c.commit(pb::ReservationRef { reservation_id: "killed-after-prepare".into() }).await.expect("commit").into_inner();
+    assert_eq!(committed.outcome, pb::Outcome::Ok as i32, "{committed:?}");
+    wait_for_quantities(&cluster, "the undecided cart committed", (0, 1), settle).await;
+    cluster.start_node(1).await;
+
+    // After the decide of a refused cart (one line short, not in the home
+    // group), before any line group followed: nothing stays held.
+    let node = cluster.node(2).clone();
+    let home = node.home_of("killed-after-abort").expect("home");
+    let short_line = SKUS.iter().position(|sku| node.shard_map().group_for("local", sku).map(|r| r.group) != Some(home)).expect("a line group");
+    let mut short = cart(1);
+    short[short_line].quantity = 100;
+    let request = reserve_at(cluster.client(1).await, "killed-after-abort", short, 60_000);
+    kill_coordinator_at(&mut cluster, "cart-stop-before-follow", request).await;
+    wait_for_quantities(&cluster, "the aborted cart freed", (0, 1), settle).await;
+    cluster.start_node(1).await;
+
+    // After the home committed, before any line group followed: every line
+    // ends committed.
+    let mut c = cluster.client(2).await;
+    let held = reserve(&mut c, "killed-after-commit", cart(1), 60_000).await.expect("reserve");
+    assert_eq!(held.outcome, pb::Outcome::Ok as i32, "{held:?}");
+    let request = commit_at(cluster.client(1).await, "killed-after-commit");
+    kill_coordinator_at(&mut cluster, "cart-stop-before-follow", request).await;
+    wait_for_quantities(&cluster, "the commit followed", (0, 2), settle).await;
     cluster.shutdown().await;
 }

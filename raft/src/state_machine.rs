@@ -130,6 +130,9 @@ impl StateMachineStore {
         for (_, value) in scan(keys::STATE_INTENT)? {
             records.intents.push(codec::decode(&value, "intent").map_err(read_err)?);
         }
+        for (_, value) in scan(keys::STATE_LOCATOR)? {
+            records.locators.push(codec::decode(&value, "locator").map_err(read_err)?);
+        }
         let applied_index = last_applied.map(|l| l.index).unwrap_or(0);
         let inventory = Inventory::load(limits.clone(), log_time_ms, applied_index, records);
         let state =
@@ -169,6 +172,9 @@ impl StateMachineStore {
         }
         for (id, intent) in dirty.intents {
             put_or_delete(batch, keys::record_key(self.group, keys::STATE_INTENT, &id), intent.map(|of| codec::encode(&(&id, of))));
+        }
+        for (id, locator) in dirty.locators {
+            put_or_delete(batch, keys::record_key(self.group, keys::STATE_LOCATOR, &id), locator.map(|l| codec::encode(&(&id, l))));
         }
         batch.put(Table::State, keys::state_meta_key(self.group, APPLIED), codec::encode(&(self.last_applied, &self.membership, inventory.log_time_ms())));
     }
@@ -287,6 +293,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
         for (id, of) in fresh.intents() {
             batch.put(Table::State, keys::record_key(self.group, keys::STATE_INTENT, id), codec::encode(&(id, of)));
+        }
+        for (id, locator) in fresh.locators() {
+            batch.put(Table::State, keys::record_key(self.group, keys::STATE_LOCATOR, id), codec::encode(&(id, locator)));
         }
         self.add_dirty(&mut fresh, &mut batch);
         let stored = StoredSnapshot { meta: meta.clone(), data };

@@ -36,6 +36,7 @@ use crate::model::IntentOf;
 use crate::model::Limits;
 use crate::model::Line;
 use crate::model::LineRisk;
+use crate::model::Locator;
 use crate::model::Outcome;
 use crate::model::Position;
 use crate::model::PositionKey;
@@ -78,11 +79,17 @@ pub struct Dirty {
     pub events: Vec<(String, Option<EventRecord>)>,
     pub carts: Vec<(String, Option<Cart>)>,
     pub intents: Vec<(String, Option<IntentOf>)>,
+    pub locators: Vec<(String, Option<Locator>)>,
 }
 
 impl Dirty {
     pub fn is_empty(&self) -> bool {
-        self.positions.is_empty() && self.reservations.is_empty() && self.events.is_empty() && self.carts.is_empty() && self.intents.is_empty()
+        self.positions.is_empty()
+            && self.reservations.is_empty()
+            && self.events.is_empty()
+            && self.carts.is_empty()
+            && self.intents.is_empty()
+            && self.locators.is_empty()
     }
 }
 
@@ -99,6 +106,8 @@ pub struct InventorySnapshot {
     pub carts: BTreeMap<String, Cart>,
     /// Which of `reservations` are intents of carts, and of which record.
     pub intents: BTreeMap<String, IntentOf>,
+    /// Where the one-group reservations whose home is this group live.
+    pub locators: BTreeMap<String, Locator>,
 }
 
 /// Records to rebuild an inventory from (see [`Inventory::load`]).
@@ -109,6 +118,7 @@ pub struct Records {
     pub events: Vec<(String, EventRecord)>,
     pub carts: Vec<(String, Cart)>,
     pub intents: Vec<(String, IntentOf)>,
+    pub locators: Vec<(String, Locator)>,
 }
 
 /// Log position and log time of the batch being applied.
@@ -147,11 +157,16 @@ pub struct Inventory {
     pub(crate) cart_unsettled: BTreeSet<String>,
     /// The reservations that are intents of carts, with their record.
     pub(crate) intents: BTreeMap<String, IntentOf>,
+    /// Where the one-group reservations homed here live (`cart::locate`).
+    pub(crate) locators: BTreeMap<String, Locator>,
+    /// `(forget_at_ms, id)` of every locator.
+    pub(crate) locator_expiry: BTreeSet<(u64, String)>,
     dirty_positions: BTreeSet<PositionKey>,
     pub(crate) dirty_reservations: BTreeSet<String>,
     dirty_events: BTreeSet<String>,
     pub(crate) dirty_carts: BTreeSet<String>,
     pub(crate) dirty_intents: BTreeSet<String>,
+    pub(crate) dirty_locators: BTreeSet<String>,
 }
 
 /// Equality of state: limits, log time and index, records and indexes. What is
@@ -172,6 +187,8 @@ impl PartialEq for Inventory {
             && self.cart_finished == other.cart_finished
             && self.cart_unsettled == other.cart_unsettled
             && self.intents == other.intents
+            && self.locators == other.locators
+            && self.locator_expiry == other.locator_expiry
     }
 }
 
@@ -194,11 +211,14 @@ impl Inventory {
             cart_finished: BTreeSet::new(),
             cart_unsettled: BTreeSet::new(),
             intents: BTreeMap::new(),
+            locators: BTreeMap::new(),
+            locator_expiry: BTreeSet::new(),
             dirty_positions: BTreeSet::new(),
             dirty_reservations: BTreeSet::new(),
             dirty_events: BTreeSet::new(),
             dirty_carts: BTreeSet::new(),
             dirty_intents: BTreeSet::new(),
+            dirty_locators: BTreeSet::new(),
         }
     }
 
@@ -223,6 +243,10 @@ impl Inventory {
             inventory.index_cart(&cart);
             inventory.carts.insert(id, cart);
         }
+        for (id, locator) in records.locators {
+            inventory.locator_expiry.insert((locator.forget_at_ms, id.clone()));
+            inventory.locators.insert(id, locator);
+        }
         inventory
     }
 
@@ -235,6 +259,7 @@ impl Inventory {
             events: self.events.clone(),
             carts: self.carts.clone(),
             intents: self.intents.clone(),
+            locators: self.locators.clone(),
         }
     }
 
@@ -245,6 +270,7 @@ impl Inventory {
             events: snapshot.events.into_iter().collect(),
             carts: snapshot.carts.into_iter().collect(),
             intents: snapshot.intents.into_iter().collect(),
+            locators: snapshot.locators.into_iter().collect(),
         };
         Self::load(limits, snapshot.log_time_ms, snapshot.last_applied_index, records)
     }
@@ -374,6 +400,7 @@ impl Inventory {
         self.expire_carts(at);
         self.prune(at.ms);
         self.prune_carts(at.ms);
+        self.prune_locators(at.ms);
         let results = batch.commands.iter().map(|command| self.apply_command(at, command)).collect();
         self.last_applied_index = log_index;
         results
@@ -398,6 +425,7 @@ impl Inventory {
             Command::CartDecide { reservation_id, begin_index, hold, shortfalls } => self.cart_decide(at, reservation_id, *begin_index, *hold, shortfalls),
             Command::CartFollow { reservation_id, of, state } => self.cart_follow(at, reservation_id, *of, *state),
             Command::CartFollowed { reservation_id, begin_index, group, state } => self.cart_followed(at, reservation_id, *begin_index, *group, *state),
+            Command::Locate { reservation_id, group, ttl_ms } => self.locate(at, reservation_id, *group, *ttl_ms),
         }
     }
 
@@ -452,6 +480,9 @@ impl Inventory {
     fn reserve(&mut self, at: At, id: &str, lines: &[Line], ttl_ms: u64, gate: Option<&RiskGate>) -> CommandResult {
         if let Some(cart) = self.carts.get(id) {
             return cart.replay(cart.lines == lines && cart.ttl_ms == ttl_ms);
+        }
+        if let Some(conflict) = self.located_elsewhere(id) {
+            return conflict;
         }
         self.forget_finished_intent(id);
         if let Some(existing) = self.reservations.get(id) {
@@ -716,7 +747,8 @@ impl Inventory {
             .collect();
         let carts = std::mem::take(&mut self.dirty_carts).into_iter().map(|id| (id.clone(), self.carts.get(&id).cloned())).collect();
         let intents = std::mem::take(&mut self.dirty_intents).into_iter().map(|id| (id.clone(), self.intents.get(&id).copied())).collect();
-        Dirty { positions, reservations, events, carts, intents }
+        let locators = std::mem::take(&mut self.dirty_locators).into_iter().map(|id| (id.clone(), self.locators.get(&id).copied())).collect();
+        Dirty { positions, reservations, events, carts, intents, locators }
     }
 
     /// Verifies the invariants listed in the module documentation (quantity
@@ -779,6 +811,10 @@ impl Inventory {
         }
         if let Some(id) = self.intents.keys().find(|id| !self.reservations.contains_key(*id)) {
             return Err(format!("intent {id} has no reservation record"));
+        }
+        let locator_expiry: BTreeSet<(u64, String)> = self.locators.iter().map(|(id, l)| (l.forget_at_ms, id.clone())).collect();
+        if locator_expiry != self.locator_expiry {
+            return Err("locator index does not match the locators".to_owned());
         }
         self.check_cart_invariants()
     }

@@ -25,6 +25,7 @@ pub const STATE_EVENT: u8 = b'e';
 pub const STATE_META: u8 = b'm';
 pub const STATE_CART: u8 = b'c';
 pub const STATE_INTENT: u8 = b'i';
+pub const STATE_LOCATOR: u8 = b'l';
 
 pub fn group_prefix(group: GroupId) -> Vec<u8> {
     group.to_be_bytes().to_vec()

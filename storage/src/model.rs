@@ -358,6 +358,15 @@ pub enum Command {
         group: GroupId,
         state: ReservationState,
     },
+    /// At the id's home group, beside a one-group reservation in another
+    /// group: `group` holds reservation `reservation_id` (see
+    /// `storage::cart::locate`). Kept for `ttl_ms` and the idempotency
+    /// retention window.
+    Locate {
+        reservation_id: String,
+        group: GroupId,
+        ttl_ms: u64,
+    },
 }
 
 impl Command {
@@ -374,10 +383,21 @@ impl Command {
             | Command::CartPrepare { reservation_id, .. }
             | Command::CartDecide { reservation_id, .. }
             | Command::CartFollow { reservation_id, .. }
-            | Command::CartFollowed { reservation_id, .. } => Some(reservation_id),
+            | Command::CartFollowed { reservation_id, .. }
+            | Command::Locate { reservation_id, .. } => Some(reservation_id),
             Command::Adjust(_) => None,
         }
     }
+}
+
+/// At an id's home group: where the one-group reservation under the id
+/// lives, so the id is found in one hop and reused ids are caught.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Locator {
+    pub group: GroupId,
+    /// Log time after which the home forgets it: TTL plus the idempotency
+    /// retention window after it was written.
+    pub forget_at_ms: u64,
 }
 
 /// Which cart record an intent belongs to: the home group and the log index
@@ -623,12 +643,15 @@ pub struct CommandResult {
     pub position: Option<Position>,
     /// For commands on a cart's home record: the record after the command.
     pub cart: Option<Cart>,
+    /// At an id's home group: the group a one-group reservation under the id
+    /// lives in (`Locate`, or a reserve that conflicts with it).
+    pub located: Option<GroupId>,
 }
 
 impl CommandResult {
     /// An outcome with nothing attached.
     pub fn bare(outcome: Outcome) -> Self {
-        Self { outcome, replay: false, reservation: None, shortfalls: Vec::new(), position: None, cart: None }
+        Self { outcome, replay: false, reservation: None, shortfalls: Vec::new(), position: None, cart: None, located: None }
     }
 }
 

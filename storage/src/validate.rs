@@ -171,6 +171,10 @@ pub fn validate_command(command: &Command, limits: &InputLimits) -> Result<(), I
             Ok(())
         }
         Command::CartFollowed { reservation_id, .. } => check_token("reservation_id", reservation_id, limits.id_bytes_max),
+        Command::Locate { reservation_id, ttl_ms, .. } => {
+            check_token("reservation_id", reservation_id, limits.id_bytes_max)?;
+            check_range("ttl_ms", *ttl_ms, limits.ttl_ms_min, limits.ttl_ms_max)
+        }
     }
 }
 

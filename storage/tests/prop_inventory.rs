@@ -563,7 +563,8 @@ impl Harness {
             | Command::CartPrepare { .. }
             | Command::CartDecide { .. }
             | Command::CartFollow { .. }
-            | Command::CartFollowed { .. } => {}
+            | Command::CartFollowed { .. }
+            | Command::Locate { .. } => {}
         }
         Ok(())
     }
@@ -592,7 +593,8 @@ impl Harness {
             | Command::CartPrepare { .. }
             | Command::CartDecide { .. }
             | Command::CartFollow { .. }
-            | Command::CartFollowed { .. } => "cart",
+            | Command::CartFollowed { .. }
+            | Command::Locate { .. } => "cart",
         };
         let replay = if result.replay { " (replay)" } else { "" };
         *self.coverage.outcomes.entry(format!("{command_kind} {:?}{replay}", result.outcome)).or_default() += 1;

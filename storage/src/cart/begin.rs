@@ -7,7 +7,8 @@
 //!   lines do not fit, nothing is stored (as a refused plain reserve).
 //! - Idempotency: the same id and payload is a replay of the record (the
 //!   coordinator then repeats the prepares, which are replays too); another
-//!   payload, or a plain reservation under the id, is a conflict. An aborted
+//!   payload, a plain reservation under the id, or a locator naming
+//!   another group (`locate`), is a conflict. An aborted
 //!   record that every line group followed gives way to a new attempt.
 //! - Recovery: a coordinator that dies after this step leaves a `Preparing`
 //!   record; it expires at its TTL, or a later request decides it by
@@ -46,6 +47,9 @@ impl Inventory {
                 return cart.replay(same);
             }
             self.forget_cart(id);
+        }
+        if let Some(conflict) = self.located_elsewhere(id) {
+            return conflict;
         }
         self.forget_finished_intent(id);
         if let Some(existing) = self.reservations.get(id) {

@@ -3,8 +3,10 @@
 //! a coordinator's memory, so any node can finish an interrupted protocol.
 //!
 //! Every reservation id has one *home group* (a function of the id, chosen
-//! by the router). A cart whose lines all fall in its home group is a plain
-//! reservation there (one command, one round trip). Any other cart has:
+//! by the router). A cart whose lines all fall in one group is a plain
+//! reservation there (one command, one round trip); when that group is not
+//! the home, the home keeps a *locator* naming it, written in parallel
+//! ([`locate`]). Any other cart has:
 //! - a *home record* ([`crate::model::Cart`]) in the home group: all lines,
 //!   the TTL from the home's log time, the state, and per line group what it
 //!   confirmed. It is the commit point and the idempotency record;
@@ -22,6 +24,7 @@
 //! | client commit / release / fulfill / cancel, and TTL expiry | home | [`home`] |
 //! | 4 follow: the intent takes the record's state | line group | [`follow`] |
 //! | 5 followed: the record notes the group's confirmation | home | [`follow`] |
+//! | a one-group reservation in another group: the home's locator | home | [`locate`] |
 //!
 //! Home record states:
 //!
@@ -60,6 +63,7 @@ pub mod begin;
 pub mod decide;
 pub mod follow;
 pub mod home;
+pub mod locate;
 pub mod prepare;
 
 use crate::model::ReservationState;
