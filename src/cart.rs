@@ -35,6 +35,9 @@ pub const RESOLVE_INTERVAL: Duration = Duration::from_millis(300);
 pub const PREPARING_STALE: Duration = Duration::from_secs(2);
 /// Most records one resolver pass works on, per group.
 const RESOLVE_BATCH_MAX: usize = 256;
+/// Most decides a node runs after answering their carts (beyond it, a cart
+/// is decided before its answer).
+pub const DECIDES_IN_FLIGHT_MAX: usize = 1024;
 
 /// Which group holds which lines of a reservation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,7 +86,7 @@ impl Node {
         match self.prepare_all(&cart, gates).await? {
             Prepared::Held => {
                 self.stop_at(crate::failpoint::CART_STOP_AFTER_PREPARE, plan.home)?;
-                self.spawn_decide(cart.clone(), true, Vec::new());
+                self.decide_after_answer(cart.clone()).await;
                 let mut held = cart;
                 held.state = CartState::Pending;
                 held.parts.values_mut().for_each(|part| part.followed = Some(storage::model::ReservationState::Pending));
@@ -181,13 +184,26 @@ impl Node {
         Ok(())
     }
 
-    fn spawn_decide(&self, cart: Cart, hold: bool, shortfalls: Vec<Shortfall>) {
+    /// Step 3 after the answer, in the background; with
+    /// `DECIDES_IN_FLIGHT_MAX` already running, before the answer instead,
+    /// so a node never piles up unbounded work.
+    async fn decide_after_answer(&self, cart: Cart) {
         let Some(node) = self.me() else { return };
-        tokio::spawn(async move {
-            if let Err(e) = node.decide(&cart, hold, shortfalls).await {
-                tracing::debug!(id = %cart.id, error = %e, "cart decision left to the resolver");
+        match self.decides_in_flight.clone().try_acquire_owned() {
+            Ok(slot) => {
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    if let Err(e) = node.decide(&cart, true, Vec::new()).await {
+                        tracing::debug!(id = %cart.id, error = %e, "cart decision left to the resolver");
+                    }
+                });
             }
-        });
+            Err(_) => {
+                if let Err(e) = node.decide(&cart, true, Vec::new()).await {
+                    tracing::debug!(id = %cart.id, error = %e, "cart decision left to the resolver");
+                }
+            }
+        }
     }
 
     /// Decides a record nobody decided: repeats every prepare, then step 3.
@@ -284,17 +300,17 @@ impl Node {
                 let inventory = group.state().read();
                 let mut work = Vec::new();
                 for cart in inventory.unsettled_carts() {
+                    // Every preparing record keeps its first-seen time, even
+                    // past this pass's batch, or a busy group's records would
+                    // never look stale.
                     let stale = cart.state == CartState::Preparing && {
                         let key = (group.id, cart.id.clone());
                         let first = seen.get(&key).copied().unwrap_or(now);
                         still_preparing.insert(key, first);
                         now.duration_since(first) >= PREPARING_STALE
                     };
-                    if stale || cart.unfollowed().next().is_some() {
+                    if work.len() < RESOLVE_BATCH_MAX && (stale || cart.unfollowed().next().is_some()) {
                         work.push(cart.clone());
-                    }
-                    if work.len() >= RESOLVE_BATCH_MAX {
-                        break;
                     }
                 }
                 work

@@ -88,6 +88,8 @@ pub struct Node {
     lookups_everywhere: std::sync::atomic::AtomicU64,
     /// The test-only failpoint this node runs with (`crate::failpoint`).
     failpoint: std::sync::RwLock<Option<String>>,
+    /// Slots for the decides of carts already answered (`crate::cart`).
+    pub(crate) decides_in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl Node {
@@ -134,6 +136,7 @@ impl Node {
             me: me.clone(),
             lookups_everywhere: std::sync::atomic::AtomicU64::new(0),
             failpoint: std::sync::RwLock::new(crate::failpoint::from_env()),
+            decides_in_flight: Arc::new(tokio::sync::Semaphore::new(crate::cart::DECIDES_IN_FLIGHT_MAX)),
         });
         node.initialize_groups().await?;
         Ok(node)

@@ -140,6 +140,15 @@ impl InventoryService {
         Ok((Plan { home, parts }, command, gate))
     }
 
+    /// A reservation as answered: `home_group` is its id's home, also for a
+    /// one-group reservation held elsewhere (its part names that group).
+    fn with_home(&self, mut r: pb::Reservation) -> pb::Reservation {
+        if let Some(home) = self.node.home_of(&r.id) {
+            r.home_group = home;
+        }
+        r
+    }
+
     fn group_of(&self, sku: &str, field: &str) -> Result<m::GroupId, Status> {
         let region = &self.node.config.region;
         self.node
@@ -187,7 +196,9 @@ impl InventoryService {
             }
             None => record_at,
         };
-        Ok(pb::ReserveResponse { risk: verdicts, ..convert::reserve_response(index, &result, record_at) })
+        let mut response = pb::ReserveResponse { risk: verdicts, ..convert::reserve_response(index, &result, record_at) };
+        response.reservation = response.reservation.map(|r| self.with_home(r));
+        Ok(response)
     }
 
     /// The risk gate's verdicts, each line scored by its own group: in line
@@ -228,7 +239,9 @@ impl InventoryService {
             return Ok(Response::new(pb::ReservationResponse { outcome: pb::Outcome::NotFound as i32, ..Default::default() }));
         };
         let (index, result) = self.node.transition_at_home(group, command).await.map_err(status::group_error)?;
-        Ok(Response::new(convert::reservation_response(index, &result, group)))
+        let mut response = convert::reservation_response(index, &result, group);
+        response.reservation = response.reservation.map(|r| self.with_home(r));
+        Ok(Response::new(response))
     }
 }
 
@@ -366,7 +379,7 @@ impl Inventory for InventoryService {
         let reservation = match (&answer.cart, &answer.reservation) {
             (Some(cart), _) if cart.state != m::CartState::Aborted => Some(convert::cart_to_pb(cart)),
             (Some(_), _) => None,
-            (None, Some(plain)) => Some(convert::reservation_to_pb(plain, home)),
+            (None, Some(plain)) => Some(self.with_home(convert::reservation_to_pb(plain, home))),
             (None, None) => None,
         };
         let outcome = if reservation.is_some() { pb::Outcome::Ok } else { pb::Outcome::NotFound };

@@ -260,7 +260,7 @@ async fn a_one_group_reservation_is_found_through_its_home_and_its_id_is_not_reu
     let alone = reserve(&mut c, &id, vec![line(SKUS[1], LOC, 1)], 30_000).await.expect("reserve");
     assert_eq!(alone.outcome, pb::Outcome::IdempotencyConflict as i32, "{alone:?}");
     let shown = alone.reservation.expect("the conflict shows the reservation under the id");
-    assert_eq!((shown.lines[0].sku.as_str(), shown.home_group), (SKUS[0], group_of(SKUS[0])));
+    assert_eq!((shown.lines[0].sku.as_str(), shown.home_group, shown.parts[0].group_id), (SKUS[0], home, group_of(SKUS[0])));
     let in_cart = reserve(&mut c, &id, vec![line(SKUS[1], LOC, 1), line(SKUS[2], LOC, 1)], 30_000).await.expect("reserve");
     assert_eq!(in_cart.outcome, pb::Outcome::IdempotencyConflict as i32, "{in_cart:?}");
     for sku in &SKUS[1..3] {
