@@ -93,11 +93,11 @@ impl ShardMap {
 
     /// The home group of reservation `id` in `region`: the group that holds
     /// its record. The region's groups split the 64-bit hash space of ids
-    /// into equal ranges, in group order.
+    /// into equal ranges, in group order (`stockd_proto::home`, which
+    /// clients use to send a cart to its home's leader).
     pub fn home_for(&self, region: &str, id: &str) -> Option<&ShardRange> {
         let groups: Vec<&ShardRange> = self.ranges.iter().filter(|r| r.region == region).collect();
-        let slot = (u128::from(id_hash(id)) * groups.len() as u128) >> 64;
-        groups.get(slot as usize).copied()
+        groups.get(stockd_proto::home::slot(id, groups.len())).copied()
     }
 
     pub fn range(&self, group: GroupId) -> Option<&ShardRange> {
@@ -114,19 +114,7 @@ impl ShardMap {
     }
 }
 
-/// FNV-1a, 64 bits, then MurmurHash3's 64-bit finalizer: stable across
-/// versions and platforms, as a reservation's home must be. The finalizer
-/// matters: FNV-1a alone leaves the high bits (which pick the home) almost
-/// unchanged between ids that differ only at the end, as sequential order
-/// ids do.
-pub fn id_hash(id: &str) -> u64 {
-    let fnv = id.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3));
-    let mut h = fnv ^ (fnv >> 33);
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
-}
+pub use stockd_proto::home::id_hash;
 
 #[cfg(test)]
 mod tests {

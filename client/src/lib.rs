@@ -276,12 +276,30 @@ struct Inner {
 struct Routes {
     /// (start_sku, end_sku or "" for unbounded, leader node index)
     ranges: Vec<(String, String, usize)>,
+    /// The leader node index of each group of the routes' region, in group
+    /// order: the homes of reservation ids (`stockd_proto::home`).
+    homes: Vec<Option<usize>>,
     refreshed: Option<Instant>,
 }
 
 impl Routes {
+    fn range_of(&self, sku: &str) -> Option<usize> {
+        self.ranges.iter().position(|(start, end, _)| sku >= start.as_str() && (end.is_empty() || sku < end.as_str()))
+    }
+
     fn leader_for(&self, sku: &str) -> Option<usize> {
-        self.ranges.iter().find(|(start, end, _)| sku >= start.as_str() && (end.is_empty() || sku < end.as_str())).map(|(_, _, index)| *index)
+        self.range_of(sku).map(|i| self.ranges[i].2)
+    }
+
+    /// Where a reserve starts: a one-range reservation at its range's
+    /// leader; a cart across ranges at its id's home leader, which then
+    /// begins and decides it without a hop.
+    fn start_for(&self, id: &str, skus: &[&str]) -> Option<usize> {
+        let first = self.range_of(skus.first()?)?;
+        if skus.iter().all(|sku| self.range_of(sku) == Some(first)) || self.homes.is_empty() {
+            return Some(self.ranges[first].2);
+        }
+        self.homes.get(stockd_proto::home::slot(id, self.homes.len())).copied().flatten().or(Some(self.ranges[first].2))
     }
 }
 
@@ -363,7 +381,8 @@ impl Client {
     }
 
     pub async fn reserve(&self, request: ReserveRequest) -> Result<ReserveResponse, ClientError> {
-        let start = self.route(request.lines.first().map(|l| l.sku.as_str()));
+        let skus: Vec<&str> = request.lines.iter().map(|l| l.sku.as_str()).collect();
+        let start = self.route_with(|routes| routes.start_for(&request.reservation_id, &skus));
         self.call_from(start, "Reserve", Effect::Write, request, |channel, request| async move { InventoryClient::new(channel).reserve(request).await }).await
     }
 
@@ -551,10 +570,16 @@ impl Client {
     /// table in the background when it is old. `None`: no route known.
     fn route(&self, sku: Option<&str>) -> Option<usize> {
         let sku = sku?;
+        self.route_with(|routes| routes.leader_for(sku))
+    }
+
+    /// What `find` says of the route table, refreshing it in the background
+    /// when it is old.
+    fn route_with(&self, find: impl FnOnce(&Routes) -> Option<usize>) -> Option<usize> {
         let max_age = self.inner.config.routes_max_age?;
         let (found, stale) = {
             let routes = self.inner.routes.read().unwrap_or_else(|p| p.into_inner());
-            (routes.leader_for(sku), routes.refreshed.is_none_or(|at| at.elapsed() > max_age))
+            (find(&routes), routes.refreshed.is_none_or(|at| at.elapsed() > max_age))
         };
         if stale && !self.inner.refreshing.swap(true, Ordering::AcqRel) {
             let client = self.clone();
@@ -575,13 +600,19 @@ impl Client {
             return;
         };
         let mut ranges = Vec::new();
-        for group in &status.groups {
-            let Some(leader) = status.nodes.iter().find(|n| n.id == group.leader && group.leader != 0) else { continue };
-            let Ok(leader_index) = self.index_of_or_add(&leader.addr) else { continue };
+        let mut homes = Vec::new();
+        let mut groups: Vec<_> = status.groups.iter().collect();
+        groups.sort_by_key(|g| g.group_id);
+        for group in groups {
+            let leader = status.nodes.iter().find(|n| n.id == group.leader && group.leader != 0).and_then(|leader| self.index_of_or_add(&leader.addr).ok());
+            if group.region == status.region {
+                homes.push(leader);
+            }
+            let Some(leader_index) = leader else { continue };
             ranges.push((group.start_sku.clone(), group.end_sku.clone(), leader_index));
         }
         let mut routes = self.inner.routes.write().unwrap_or_else(|p| p.into_inner());
-        *routes = Routes { ranges, refreshed: Some(Instant::now()) };
+        *routes = Routes { ranges, homes, refreshed: Some(Instant::now()) };
     }
 
     /// Like [`Client::call`], starting at node `start` when given.
@@ -841,13 +872,33 @@ mod tests {
 
     #[test]
     fn routes_find_the_leader_of_a_sku_range() {
-        let routes = Routes { ranges: vec![(String::new(), "4".into(), 0), ("4".into(), "8".into(), 2), ("8".into(), String::new(), 1)], refreshed: None };
+        let routes = Routes {
+            ranges: vec![(String::new(), "4".into(), 0), ("4".into(), "8".into(), 2), ("8".into(), String::new(), 1)],
+            homes: vec![Some(0), Some(2), Some(1)],
+            refreshed: None,
+        };
         assert_eq!(routes.leader_for("0abc"), Some(0));
         assert_eq!(routes.leader_for("4"), Some(2), "start is inclusive");
         assert_eq!(routes.leader_for("7zzz"), Some(2));
         assert_eq!(routes.leader_for("8"), Some(1), "end is exclusive");
         assert_eq!(routes.leader_for("ffff"), Some(1), "an empty end is unbounded");
         assert_eq!(Routes::default().leader_for("a"), None);
+    }
+
+    #[test]
+    fn a_cart_across_ranges_starts_at_its_home_leader() {
+        let routes = Routes {
+            ranges: vec![(String::new(), "4".into(), 0), ("4".into(), "8".into(), 2), ("8".into(), String::new(), 1)],
+            homes: vec![Some(0), Some(2), Some(1)],
+            refreshed: None,
+        };
+        assert_eq!(routes.start_for("order-1", &["5a", "6b"]), Some(2), "one range: its leader");
+        // An id homed in the first group, and one homed in the last.
+        let homed = |slot: usize| (0..).map(|i| format!("order-{i}")).find(|id| stockd_proto::home::slot(id, 3) == slot).expect("an id");
+        assert_eq!(routes.start_for(&homed(0), &["5a", "9b"]), Some(0), "a cart: its home's leader");
+        assert_eq!(routes.start_for(&homed(2), &["0a", "5b"]), Some(1));
+        let unknown_home = Routes { homes: vec![None, None, None], ..routes };
+        assert_eq!(unknown_home.start_for(&homed(0), &["5a", "9b"]), Some(2), "no home leader known: the first line's");
     }
 
     #[test]
