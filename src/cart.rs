@@ -35,9 +35,6 @@ pub const RESOLVE_INTERVAL: Duration = Duration::from_millis(300);
 pub const PREPARING_STALE: Duration = Duration::from_secs(2);
 /// Most records one resolver pass works on, per group.
 const RESOLVE_BATCH_MAX: usize = 256;
-/// Most decides a node runs after answering their carts (beyond it, a cart
-/// is decided before its answer).
-pub const DECIDES_IN_FLIGHT_MAX: usize = 1024;
 
 /// Which group holds which lines of a reservation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,7 +182,7 @@ impl Node {
     }
 
     /// Step 3 after the answer, in the background; with
-    /// `DECIDES_IN_FLIGHT_MAX` already running, before the answer instead,
+    /// `crate::node::DECIDES_IN_FLIGHT_MAX` already running, before the answer instead,
     /// so a node never piles up unbounded work.
     async fn decide_after_answer(&self, cart: Cart) {
         let Some(node) = self.me() else { return };

@@ -71,6 +71,10 @@ enum Target {
     Peer(NodeId),
 }
 
+/// Most decides of carts a node runs after answering them (`crate::cart`;
+/// beyond it, a cart is decided before its answer).
+pub const DECIDES_IN_FLIGHT_MAX: usize = 1024;
+
 pub struct Node {
     pub config: Config,
     groups: BTreeMap<GroupId, Arc<Group>>,
@@ -136,7 +140,7 @@ impl Node {
             me: me.clone(),
             lookups_everywhere: std::sync::atomic::AtomicU64::new(0),
             failpoint: std::sync::RwLock::new(crate::failpoint::from_env()),
-            decides_in_flight: Arc::new(tokio::sync::Semaphore::new(crate::cart::DECIDES_IN_FLIGHT_MAX)),
+            decides_in_flight: Arc::new(tokio::sync::Semaphore::new(DECIDES_IN_FLIGHT_MAX)),
         });
         node.initialize_groups().await?;
         Ok(node)
