@@ -96,37 +96,6 @@ impl Node {
         }
     }
 
-    /// A one-group reservation in `group`, away from the id's `home`: the
-    /// reserve there and the home's locator in parallel, so the answer still
-    /// takes one round trip. A locator that names another group (or a record
-    /// of the home under the id) means the id names another payload: what
-    /// this reserve held is released before the conflict is answered, so a
-    /// conflict never holds anything. Answered only once both are applied;
-    /// an unreachable home leaves the outcome unknown.
-    pub async fn reserve_located(&self, home: GroupId, group: GroupId, command: Command) -> Result<(u64, CommandResult), GroupError> {
-        let (id, ttl_ms) = match &command {
-            Command::Reserve { reservation_id, ttl_ms, .. } | Command::ReserveGated { reservation_id, ttl_ms, .. } => (reservation_id.clone(), *ttl_ms),
-            _ => unreachable!("reserve_located takes a reserve"),
-        };
-        let mut located_at = group;
-        if self.failpoint(crate::failpoint::WRONG_LOCATOR) {
-            let region = &self.config.region;
-            located_at = self.config.shard_map.groups_in(region).map(|r| r.group).find(|g| *g != group && *g != home).unwrap_or(group);
-        }
-        let locate = Command::Locate { reservation_id: id.clone(), group: located_at, ttl_ms };
-        let (reserved, located) = tokio::join!(self.propose(group, command), self.propose(home, locate));
-        let (index, result) = reserved?;
-        let (_, locator) = located?;
-        if locator.outcome == Outcome::Ok {
-            return Ok((index, result));
-        }
-        let holds = result.reservation.as_ref().is_some_and(|r| r.state == storage::model::ReservationState::Pending);
-        if result.outcome == Outcome::Ok && holds {
-            self.propose(group, Command::Release { reservation_id: id }).await?;
-        }
-        Ok((index, CommandResult { outcome: Outcome::IdempotencyConflict, replay: false, ..locator }))
-    }
-
     /// Step 2 in every line group but the home (which held its own lines
     /// at begin), in parallel. Repeating it is safe: it is how a stuck
     /// record is decided.

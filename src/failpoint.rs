@@ -13,9 +13,6 @@
 //! - `partial-cart`: a Commit of a cart across groups commits the lines of
 //!   one line group and answers OK, without the home record (which stays
 //!   pending, then expires and frees the other lines).
-//! - `wrong-locator`: the home's locator of a one-group reservation names
-//!   another group than the one holding it, so lookups by id (commit,
-//!   release, get) look in the wrong group.
 //!
 //! A coordinator that stops (as if its node died) after one step of a cart
 //! across groups, answering `UNAVAILABLE`; the rest is left to the
@@ -31,7 +28,6 @@ pub const ENV: &str = "STOCKD_FAILPOINT";
 pub const LOST_ACK: &str = "lost-ack";
 pub const PEER_INVALID_AFTER_APPLY: &str = "peer-invalid-after-apply";
 pub const PARTIAL_CART: &str = "partial-cart";
-pub const WRONG_LOCATOR: &str = "wrong-locator";
 pub const CART_STOP_AFTER_BEGIN: &str = "cart-stop-after-begin";
 pub const CART_STOP_AFTER_PREPARE: &str = "cart-stop-after-prepare";
 pub const CART_STOP_BEFORE_FOLLOW: &str = "cart-stop-before-follow";

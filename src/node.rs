@@ -419,14 +419,17 @@ impl Node {
         .await
     }
 
-    /// Where reservation `id`'s record is, found through the id's home group
-    /// in one read: a cart's record, or a plain reservation of the home, is
-    /// there; for a one-group reservation in another group the home's
-    /// locator names that group. Only an id the home knows nothing of (never
-    /// reserved; or its locator lost with an unknown outcome, or forgotten
-    /// after a long-lived commit) costs strong reads of every group, and a
-    /// reservation found that way gets its locator back.
+    /// Where reservation `id`'s record is: the group of a one-group
+    /// reservation, or the home group of a cart. Local replicas first (a
+    /// cart's intent names its home; free when this node replicates the
+    /// group), then one strong read of the id's home (a cart's record, or a
+    /// locator naming a one-group reservation's group), then strong reads of
+    /// every group of the region; a one-group reservation found that way
+    /// gets a locator at its home, so the next lookup takes one read.
     pub async fn locate_reservation(&self, id: &str) -> Result<Option<GroupId>, GroupError> {
+        if let Some(g) = self.locate_locally(id, None) {
+            return Ok(Some(g));
+        }
         let home = self.home_of(id);
         if let Some(home) = home {
             let answer = self.read(home, ReadQuery::Reservation(id.to_string()), Consistency::Strong).await?;
@@ -486,6 +489,22 @@ impl Node {
                 tracing::debug!(error = %e, "locator not written again; the next lookup asks every group");
             }
         });
+    }
+
+    /// The group whose record of `id` a local replica holds, other than
+    /// `except`: a one-group reservation's group, or a cart's home (from its
+    /// record or from one of its intents).
+    pub fn locate_locally(&self, id: &str, except: Option<GroupId>) -> Option<GroupId> {
+        self.groups.iter().filter(|(g, _)| Some(**g) != except).find_map(|(g, group)| {
+            let inventory = group.state().read();
+            if inventory.cart(id).is_some() {
+                Some(*g)
+            } else if let Some(of) = inventory.intent_of(id) {
+                Some(of.home)
+            } else {
+                inventory.reservation(id).map(|_| *g)
+            }
+        })
     }
 
     /// Keeps a background task to stop with the node.

@@ -140,15 +140,6 @@ impl InventoryService {
         Ok((Plan { home, parts }, command, gate))
     }
 
-    /// A reservation as answered: `home_group` is its id's home, also for a
-    /// one-group reservation held elsewhere (its part names that group).
-    fn with_home(&self, mut r: pb::Reservation) -> pb::Reservation {
-        if let Some(home) = self.node.home_of(&r.id) {
-            r.home_group = home;
-        }
-        r
-    }
-
     fn group_of(&self, sku: &str, field: &str) -> Result<m::GroupId, Status> {
         let region = &self.node.config.region;
         self.node
@@ -159,8 +150,7 @@ impl InventoryService {
     }
 
     /// Proposes a validated reserve: in one command when every line is in
-    /// one group (with the id's home locating it, in parallel, when that is
-    /// another group), else as a cart across groups (`crate::cart`).
+    /// one group, else as a cart across groups (`crate::cart`).
     /// Behind the risk gate, the lines are scored first; a plain reserve's
     /// verdicts go into the log with the command.
     async fn reserve_one(&self, plan: Plan, command: m::Command, gate: Option<GateRequest>) -> Result<pb::ReserveResponse, Status> {
@@ -171,17 +161,23 @@ impl InventoryService {
         };
         let verdicts: Vec<pb::LineRisk> = in_order.iter().map(convert::line_risk_to_pb).collect();
         let refused = in_order.iter().any(m::LineRisk::refuses);
+        // An id whose record a local replica holds in another group (a
+        // one-group reservation, or a cart homed elsewhere) is a reused id.
         let record_at = plan.single_group().unwrap_or(plan.home);
+        if let Some(other) = self.node.locate_locally(&reservation_id, Some(record_at)).filter(|g| *g != record_at) {
+            return Ok(pb::ReserveResponse {
+                outcome: pb::Outcome::IdempotencyConflict as i32,
+                reservation: self.local_record(other, &reservation_id),
+                risk: verdicts,
+                ..Default::default()
+            });
+        }
         let (index, mut result) = if let Some(group) = plan.single_group() {
             let command = match gates.into_values().next() {
                 Some(gate) => m::Command::ReserveGated { reservation_id: reservation_id.clone(), lines, ttl_ms, gate },
                 None => m::Command::Reserve { reservation_id: reservation_id.clone(), lines, ttl_ms },
             };
-            if group == plan.home {
-                self.node.propose(group, command).await.map_err(status::group_error)?
-            } else {
-                self.node.reserve_located(plan.home, group, command).await.map_err(status::group_error)?
-            }
+            self.node.propose(group, command).await.map_err(status::group_error)?
         } else if refused {
             self.refused_cart(&plan, &reservation_id, &lines, ttl_ms).await?
         } else {
@@ -196,9 +192,16 @@ impl InventoryService {
             }
             None => record_at,
         };
-        let mut response = pb::ReserveResponse { risk: verdicts, ..convert::reserve_response(index, &result, record_at) };
-        response.reservation = response.reservation.map(|r| self.with_home(r));
-        Ok(response)
+        Ok(pb::ReserveResponse { risk: verdicts, ..convert::reserve_response(index, &result, record_at) })
+    }
+
+    /// The record of `id` this node's replica of `group` holds, for answers.
+    fn local_record(&self, group: m::GroupId, id: &str) -> Option<pb::Reservation> {
+        let inventory = self.node.group(group)?.state().read();
+        match inventory.cart(id) {
+            Some(cart) => Some(convert::cart_to_pb(cart)),
+            None => inventory.reservation(id).map(|r| convert::reservation_to_pb(r, group)),
+        }
     }
 
     /// The risk gate's verdicts, each line scored by its own group: in line
@@ -239,9 +242,7 @@ impl InventoryService {
             return Ok(Response::new(pb::ReservationResponse { outcome: pb::Outcome::NotFound as i32, ..Default::default() }));
         };
         let (index, result) = self.node.transition_at_home(group, command).await.map_err(status::group_error)?;
-        let mut response = convert::reservation_response(index, &result, group);
-        response.reservation = response.reservation.map(|r| self.with_home(r));
-        Ok(Response::new(response))
+        Ok(Response::new(convert::reservation_response(index, &result, group)))
     }
 }
 
@@ -379,7 +380,7 @@ impl Inventory for InventoryService {
         let reservation = match (&answer.cart, &answer.reservation) {
             (Some(cart), _) if cart.state != m::CartState::Aborted => Some(convert::cart_to_pb(cart)),
             (Some(_), _) => None,
-            (None, Some(plain)) => Some(self.with_home(convert::reservation_to_pb(plain, home))),
+            (None, Some(plain)) => Some(convert::reservation_to_pb(plain, home)),
             (None, None) => None,
         };
         let outcome = if reservation.is_some() { pb::Outcome::Ok } else { pb::Outcome::NotFound };

@@ -77,8 +77,7 @@ struct TestArgs {
     /// without being proposed), peer-invalid-after-apply (a forwarded command
     /// applied, then reported invalid: an applied write reported failed),
     /// partial-cart (a cart's commit applied in one line group without its
-    /// home record), wrong-locator (the home of a one-group reservation's id
-    /// names the wrong group, so lookups by id miss it).
+    /// home record).
     #[arg(long)]
     bug: Option<String>,
     /// auto (namespaces when available), netns, or loopback.
@@ -90,7 +89,7 @@ struct TestArgs {
 }
 
 /// The planted bugs `--bug` can turn on (stockd's `src/failpoint.rs`).
-const BUGS: &[&str] = &["lost-ack", "peer-invalid-after-apply", "partial-cart", "wrong-locator"];
+const BUGS: &[&str] = &["lost-ack", "peer-invalid-after-apply", "partial-cart"];
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -165,7 +164,7 @@ async fn test(args: TestArgs) -> anyhow::Result<bool> {
         // A forwarded command needs a leader elsewhere than the node a
         // client prefers: many SKUs, whose groups' leaders are spread.
         let workload = match bug.as_str() {
-            "peer-invalid-after-apply" | "wrong-locator" => Workload::MultiSku,
+            "peer-invalid-after-apply" => Workload::MultiSku,
             "partial-cart" => Workload::Cart,
             _ => Workload::HotSku,
         };

@@ -358,10 +358,9 @@ pub enum Command {
         group: GroupId,
         state: ReservationState,
     },
-    /// At the id's home group, beside a one-group reservation in another
-    /// group: `group` holds reservation `reservation_id` (see
-    /// `storage::cart::locate`). Kept for `ttl_ms` and the idempotency
-    /// retention window.
+    /// At the id's home group: `group` holds the one-group reservation
+    /// `reservation_id` (see `storage::cart::locate`). Kept for `ttl_ms` and
+    /// the idempotency retention window.
     Locate {
         reservation_id: String,
         group: GroupId,

@@ -4,8 +4,8 @@
 //!
 //! Every reservation id has one *home group* (a function of the id, chosen
 //! by the router). A cart whose lines all fall in one group is a plain
-//! reservation there (one command, one round trip); when that group is not
-//! the home, the home keeps a *locator* naming it, written in parallel
+//! reservation there (one command, one round trip); the home may keep a
+//! *locator* naming that group, once a lookup had to look for it
 //! ([`locate`]). Any other cart has:
 //! - a *home record* ([`crate::model::Cart`]) in the home group: all lines,
 //!   the TTL from the home's log time, the state, and per line group what it
@@ -24,7 +24,7 @@
 //! | client commit / release / fulfill / cancel, and TTL expiry | home | [`home`] |
 //! | 4 follow: the intent takes the record's state | line group | [`follow`] |
 //! | 5 followed: the record notes the group's confirmation | home | [`follow`] |
-//! | a one-group reservation in another group: the home's locator | home | [`locate`] |
+//! | a one-group reservation found elsewhere: the home's locator | home | [`locate`] |
 //!
 //! Home record states:
 //!
