@@ -1,6 +1,6 @@
 //! Carts across shard groups on a real cluster (3 nodes, 8 groups): one
 //! reservation whose lines live in several Raft groups, all or nothing,
-//! found by id in one hop, and finished by the resolver when its
+//! found by id from any node, and finished by the resolver when its
 //! coordinator is gone.
 
 mod common;
