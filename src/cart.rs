@@ -155,20 +155,18 @@ impl Node {
     /// so a node never piles up unbounded work.
     async fn decide_after_answer(&self, cart: Cart) {
         let Some(node) = self.me() else { return };
-        match self.decides_in_flight.clone().try_acquire_owned() {
-            Ok(slot) => {
-                tokio::spawn(async move {
-                    let _slot = slot;
-                    if let Err(e) = node.decide(&cart, true, Vec::new()).await {
-                        tracing::debug!(id = %cart.id, error = %e, "cart decision left to the resolver");
-                    }
-                });
+        let slot = self.decides_in_flight.clone().try_acquire_owned().ok();
+        let in_background = slot.is_some();
+        let decide = async move {
+            let _slot = slot;
+            if let Err(e) = node.decide(&cart, true, Vec::new()).await {
+                tracing::debug!(id = %cart.id, error = %e, "cart decision left to the resolver");
             }
-            Err(_) => {
-                if let Err(e) = node.decide(&cart, true, Vec::new()).await {
-                    tracing::debug!(id = %cart.id, error = %e, "cart decision left to the resolver");
-                }
-            }
+        };
+        if in_background {
+            tokio::spawn(decide);
+        } else {
+            decide.await;
         }
     }
 

@@ -283,6 +283,48 @@ async fn a_one_group_reservation_is_found_without_asking_every_group_and_its_id_
     cluster.shutdown().await;
 }
 
+/// A one-group reservation in a group the asking node does not replicate
+/// (replication factor 1) is found by asking every group once; then its
+/// home keeps a locator naming the group, and the next lookup takes one read
+/// of the home.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reservation_found_by_asking_every_group_gets_a_locator_at_its_home() {
+    let _serial = SERIAL.lock().await;
+    let mut config = eight_groups();
+    config.cluster.replication_factor = 1;
+    let cluster = Cluster::start(3, config).await;
+    cluster.wait_for_leaders().await;
+    stock(&cluster, 10).await;
+    let node = cluster.node(2).clone();
+    let group_of = |sku: &str| node.shard_map().group_for("local", sku).expect("group").group;
+    let sku = *SKUS.iter().find(|sku| node.group(group_of(sku)).is_none()).expect("a group node 2 does not replicate");
+    let group = group_of(sku);
+    let id = (0..).map(|i| format!("order-{i}")).find(|id| node.home_of(id).is_some_and(|home| home != group)).expect("an id homed elsewhere");
+    let home = node.home_of(&id).expect("home");
+
+    let mut c = cluster.client(2).await;
+    let held = reserve(&mut c, &id, vec![line(sku, LOC, 1)], 30_000).await.expect("reserve");
+    assert_eq!(held.outcome, pb::Outcome::Ok as i32, "{held:?}");
+    let before = node.lookups_everywhere();
+    let get = |c: &mut InventoryClient<Channel>| {
+        let mut c = c.clone();
+        let id = id.clone();
+        async move { c.get_reservation(pb::ReservationRef { reservation_id: id }).await.expect("get").into_inner() }
+    };
+    assert_eq!(get(&mut c).await.outcome, pb::Outcome::Ok as i32);
+    assert_eq!(node.lookups_everywhere(), before + 1, "no local replica and no locator: every group asked");
+    let located = || async {
+        let answer = node.read(home, stockd::read::ReadQuery::Reservation(id.clone()), stockd::read::Consistency::Strong).await;
+        answer.is_ok_and(|a| a.located == Some(group))
+    };
+    poll("the home keeps a locator", Duration::from_secs(5), located).await;
+    assert_eq!(get(&mut c).await.outcome, pb::Outcome::Ok as i32);
+    let committed = c.commit(pb::ReservationRef { reservation_id: id.clone() }).await.expect("commit").into_inner();
+    assert_eq!(committed.outcome, pb::Outcome::Ok as i32, "{committed:?}");
+    assert_eq!(node.lookups_everywhere(), before + 1, "found through the home's locator since");
+    cluster.shutdown().await;
+}
+
 /// Sets node 1's failpoint, sends `request` through it (the coordinator
 /// stops at the failpoint and answers UNAVAILABLE), then stops the node as
 /// if it died there. The rest is up to the other nodes' resolvers.

@@ -276,8 +276,9 @@ struct Inner {
 struct Routes {
     /// (start_sku, end_sku or "" for unbounded, leader node index)
     ranges: Vec<(String, String, usize)>,
-    /// The leader node index of each group of the routes' region, in group
-    /// order: the homes of reservation ids (`stockd_proto::home`).
+    /// The leader node index of each group of the routes' region, in
+    /// ascending group id (the shard map's order): the homes of reservation
+    /// ids (`stockd_proto::home`).
     homes: Vec<Option<usize>>,
     refreshed: Option<Instant>,
 }
