@@ -42,6 +42,9 @@ pub fn outcome_to_pb(o: m::Outcome) -> pb::Outcome {
         m::Outcome::StaleEvent => pb::Outcome::StaleEvent,
         m::Outcome::InsufficientQuantity => pb::Outcome::InsufficientQuantity,
         m::Outcome::RiskRefused => pb::Outcome::RiskRefused,
+        // The group turns these into `GroupError::StaleRoute` before any
+        // answer is built; an answer never carries them.
+        m::Outcome::EpochNotMatch | m::Outcome::KeyNotInRange => pb::Outcome::Unspecified,
     }
 }
 

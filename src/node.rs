@@ -39,6 +39,12 @@ use crate::tls::CertFiles;
 use crate::tls::NodeTls;
 
 const SHARD_MAP_KEY: &str = "shard-map";
+const FORMAT_KEY: &str = "format";
+
+/// The layout of the records a node stores (log entries, state, shard map).
+/// A data directory written with another layout is refused at start, never
+/// half-read. 2: ranges with epochs (the entry and state layouts changed).
+pub const DATA_FORMAT: u32 = 2;
 /// Most attempts one request makes to reach its group's leader: leader-hint
 /// hops and waits out elections (`ELECTION_BACKOFF` each) together; the
 /// request's deadline (`rpc-timeout-ms`) bounds them too.
@@ -57,6 +63,10 @@ pub enum NodeError {
     Storage { dir: String, reason: String },
     #[error("shard map stored in {dir} differs from the configured one; ranges cannot change by configuration")]
     ShardMapChanged { dir: String },
+    #[error(
+        "{dir} holds data of format {found} and this build reads format {DATA_FORMAT} only; start with an empty data directory or run the build that wrote it"
+    )]
+    DataFormat { dir: String, found: u32 },
     #[error("failed to start group {group}: {source}")]
     Group { group: GroupId, source: GroupError },
     #[error("failed to load the TLS certificates: {0}")]
@@ -125,7 +135,7 @@ impl Node {
         let syncer = WalSyncer::start(engine.clone(), WAL_SYNC_QUEUE_MAX);
         let mut groups = BTreeMap::new();
         for range in config.shard_map.hosted_by(config.node_id) {
-            let group = Group::start(config.node_id, range.group, engine.clone(), syncer.clone(), transport.clone(), &config.group)
+            let group = Group::start(config.node_id, range.desc(), engine.clone(), syncer.clone(), transport.clone(), &config.group)
                 .await
                 .map_err(|source| NodeError::Group { group: range.group, source })?;
             groups.insert(range.group, Arc::new(group));
@@ -273,16 +283,23 @@ impl Node {
         }
     }
 
+    /// The epoch of `group`'s range in this node's map: what a command
+    /// routed here carries.
+    fn route_epoch(&self, group: GroupId) -> u64 {
+        self.config.shard_map.range(group).map(|r| r.epoch).unwrap_or(storage::model::FIRST_EPOCH)
+    }
+
     async fn propose_routed(&self, group: GroupId, command: Command) -> Result<(u64, CommandResult), GroupError> {
+        let epoch = self.route_epoch(group);
         self.toward_leader(group, |target| {
             let command = command.clone();
             async move {
                 match target {
                     Target::Local => match self.groups.get(&group) {
-                        Some(g) => g.propose(command).await,
+                        Some(g) => g.propose(command, epoch).await,
                         None => Err(GroupError::Unavailable { group, reason: "group not hosted here".into() }),
                     },
-                    Target::Peer(id) => self.peers.propose(id, group, &command).await,
+                    Target::Peer(id) => self.peers.propose(id, group, epoch, &command).await,
                 }
             }
         })
@@ -320,11 +337,12 @@ impl Node {
         }
     }
 
-    /// Serves a command forwarded by a peer: only on this node, no further
-    /// forwarding (the peer follows the hint in a refusal).
-    pub async fn propose_local(&self, group: GroupId, command: Command) -> Result<(u64, CommandResult), GroupError> {
+    /// Serves a command forwarded by a peer, routed there at `epoch`: only
+    /// on this node, no further forwarding (the peer follows the hint in a
+    /// refusal).
+    pub async fn propose_local(&self, group: GroupId, epoch: u64, command: Command) -> Result<(u64, CommandResult), GroupError> {
         match self.groups.get(&group) {
-            Some(g) => g.propose(command).await,
+            Some(g) => g.propose(command, epoch).await,
             None => Err(GroupError::NotLeader { group, leader: None }),
         }
     }
@@ -532,9 +550,17 @@ impl Node {
 
 fn check_shard_map(engine: &dyn Engine, map: &ShardMap, dir: &str) -> Result<(), NodeError> {
     let key = keys::meta_key(keys::NODE_GROUP, SHARD_MAP_KEY);
+    let format_key = keys::meta_key(keys::NODE_GROUP, FORMAT_KEY);
     let storage_err = |e: storage::StorageError| NodeError::Storage { dir: dir.to_string(), reason: e.to_string() };
+    let format: Option<u32> =
+        engine.get(Table::Meta, &format_key).map_err(storage_err)?.map(|b| codec::decode(&b, "data format")).transpose().map_err(storage_err)?;
     match engine.get(Table::Meta, &key).map_err(storage_err)? {
         Some(bytes) => {
+            // Directories written before the format was recorded are format 1.
+            let found = format.unwrap_or(1);
+            if found != DATA_FORMAT {
+                return Err(NodeError::DataFormat { dir: dir.to_string(), found });
+            }
             let stored: ShardMap = codec::decode(&bytes, "shard map").map_err(storage_err)?;
             if &stored != map {
                 return Err(NodeError::ShardMapChanged { dir: dir.to_string() });
@@ -542,9 +568,36 @@ fn check_shard_map(engine: &dyn Engine, map: &ShardMap, dir: &str) -> Result<(),
         }
         None => {
             let mut batch = WriteBatch::new();
+            batch.put(Table::Meta, format_key, codec::encode(&DATA_FORMAT));
             batch.put(Table::Meta, key, codec::encode(map));
             engine.write(batch, Durability::Sync).map_err(storage_err)?;
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(groups: u32) -> ShardMap {
+        ShardMap::build((1..=3).map(|id| (id, "local")), groups, None, 3).expect("map")
+    }
+
+    #[test]
+    fn a_data_directory_is_read_only_with_its_own_format_and_shard_map() {
+        let engine = storage::MemEngine::new();
+        check_shard_map(&engine, &map(8), "d").expect("a new directory takes the map");
+        check_shard_map(&engine, &map(8), "d").expect("the same map again");
+        let changed = check_shard_map(&engine, &map(4), "d").expect_err("another map");
+        assert!(matches!(changed, NodeError::ShardMapChanged { .. }), "{changed}");
+
+        // A directory written before formats were recorded: format 1.
+        let mut batch = WriteBatch::new();
+        batch.delete(Table::Meta, keys::meta_key(keys::NODE_GROUP, FORMAT_KEY));
+        engine.write(batch, Durability::Sync).expect("write");
+        let old = check_shard_map(&engine, &map(8), "d").expect_err("format 1");
+        assert!(matches!(old, NodeError::DataFormat { found: 1, .. }), "{old}");
+        assert!(old.to_string().contains("format 1") && old.to_string().contains(&format!("format {DATA_FORMAT}")), "{old}");
+    }
 }

@@ -96,8 +96,12 @@ impl PeerNetwork {
     }
 
     /// Forwards a command to `target` (believed to lead `group`).
-    pub async fn propose(&self, target: NodeId, group: GroupId, command: &Command) -> Result<(u64, CommandResult), GroupError> {
-        let reply = self.call_raw(target, group, Rpc::Propose, wire::encode(command), self.rpc_timeout).await.map_err(|s| forward_error(group, target, &s))?;
+    /// Forwards `command`, routed at `epoch` of `group`'s range, to `target`.
+    pub async fn propose(&self, target: NodeId, group: GroupId, epoch: u64, command: &Command) -> Result<(u64, CommandResult), GroupError> {
+        let reply = self
+            .call_raw(target, group, Rpc::Propose, wire::encode(&(epoch, command)), self.rpc_timeout)
+            .await
+            .map_err(|s| forward_error(group, target, &s))?;
         wire::decode::<Result<(u64, CommandResult), GroupError>>(&reply).map_err(|reason| GroupError::Unavailable { group, reason })?
     }
 

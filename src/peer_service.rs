@@ -65,8 +65,10 @@ impl PeerService {
     }
 
     /// A forwarded command, checked exactly as the client's request was.
-    fn checked_command(&self, caller: &security::Caller, m: &RaftMessage) -> Result<Command, Status> {
-        let command: Command = wire::decode_bounded(&m.payload, PEER_COMMAND_BYTES_MAX).map_err(Status::invalid_argument)?;
+    /// A forwarded command and the epoch it was routed at, checked as the
+    /// client's request was.
+    fn checked_command(&self, caller: &security::Caller, m: &RaftMessage) -> Result<(u64, Command), Status> {
+        let (epoch, command): (u64, Command) = wire::decode_bounded(&m.payload, PEER_COMMAND_BYTES_MAX).map_err(Status::invalid_argument)?;
         validate_command(&command, &self.node.config.input_limits).map_err(status::invalid)?;
         if matches!(command, Command::ReserveGated { .. }) && !caller.is_trusted_peer() {
             return Err(Status::permission_denied(format!("risk verdicts are taken from authenticated peers only, not from {}", caller.subject)));
@@ -84,7 +86,7 @@ impl PeerService {
             return Err(Status::permission_denied(format!("cart protocol steps are taken from authenticated peers only, not from {}", caller.subject)));
         }
         self.node.check_command_in_group(m.group_id, &command).map_err(status::group_error)?;
-        Ok(command)
+        Ok((epoch, command))
     }
 
     /// A forwarded read, bounded as the client's request was.
@@ -140,9 +142,9 @@ impl RaftPeer for PeerService {
         self.check_fingerprint(&request)?;
         let caller = security::caller(&request);
         let m = request.into_inner();
-        let command = self.checked_command(&caller, &m)?;
+        let (epoch, command) = self.checked_command(&caller, &m)?;
         let transition = matches!(command, Command::Commit { .. } | Command::Release { .. });
-        let result = self.node.propose_local(m.group_id, command).await;
+        let result = self.node.propose_local(m.group_id, epoch, command).await;
         if transition && result.is_ok() && self.node.failpoint(failpoint::PEER_INVALID_AFTER_APPLY) {
             return Err(Status::invalid_argument("invalid command: refused after it was applied (failpoint)"));
         }

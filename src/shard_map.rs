@@ -11,6 +11,8 @@ use raft::NodeId;
 use serde::Deserialize;
 use serde::Serialize;
 use storage::model::GroupId;
+use storage::model::RangeDesc;
+use storage::model::FIRST_EPOCH;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardRange {
@@ -21,11 +23,19 @@ pub struct ShardRange {
     /// Exclusive; `None` is unbounded.
     pub end_sku: Option<String>,
     pub replicas: Vec<NodeId>,
+    /// Grows with every change of the range; commands carry the epoch their
+    /// router saw and the group refuses another (`RangeDesc`).
+    pub epoch: u64,
 }
 
 impl ShardRange {
     pub fn contains(&self, sku: &str) -> bool {
         sku >= self.start_sku.as_str() && self.end_sku.as_deref().is_none_or(|end| sku < end)
+    }
+
+    /// What the group's state machine holds of this range.
+    pub fn desc(&self) -> RangeDesc {
+        RangeDesc { group: self.group, start_sku: self.start_sku.clone(), end_sku: self.end_sku.clone(), epoch: self.epoch }
     }
 }
 
@@ -80,7 +90,7 @@ impl ShardMap {
                 // Rotate so that groups spread over the region's nodes when it
                 // has more nodes than replicas.
                 let replicas = (0..replication_factor).map(|k| members[(i + k) % members.len()]).collect();
-                ranges.push(ShardRange { group: (r * 1000 + i + 1) as GroupId, region: region.to_string(), start_sku, end_sku, replicas });
+                ranges.push(ShardRange { group: (r * 1000 + i + 1) as GroupId, region: region.to_string(), start_sku, end_sku, replicas, epoch: FIRST_EPOCH });
             }
         }
         Ok(ShardMap { ranges })

@@ -8,6 +8,7 @@
 //! | outcome unknown / no leader   | UNAVAILABLE         | retry with same id   |
 //! | group stopped                 | UNAVAILABLE         | try another node     |
 //! | refused by a peer as invalid  | INVALID_ARGUMENT    | fix the request      |
+//! | misrouted (epoch in metadata) | ABORTED             | retry with same id   |
 //!
 //! The security layer's refusals (UNAUTHENTICATED, PERMISSION_DENIED) are
 //! made in `security.rs`, before any handler runs.
@@ -17,9 +18,11 @@ use storage::validate::InvalidInput;
 use tonic::metadata::MetadataValue;
 use tonic::Status;
 
+use stockd_proto::metadata::EPOCH;
 use stockd_proto::metadata::LEADER_ADDR;
 use stockd_proto::metadata::LEADER_ID;
 use stockd_proto::metadata::NOT_LEADER_PREFIX;
+use stockd_proto::metadata::STALE_ROUTE_PREFIX;
 
 pub fn invalid(e: InvalidInput) -> Status {
     Status::invalid_argument(e.to_string())
@@ -65,5 +68,13 @@ pub fn group_error(e: GroupError) -> Status {
         GroupError::Unavailable { group, reason } => Status::unavailable(format!("group {group}: outcome unknown, retry with the same id: {reason}")),
         GroupError::Fatal { group, reason } => Status::unavailable(format!("group {group} stopped on this node: {reason}")),
         GroupError::Invalid { reason, .. } => Status::invalid_argument(reason),
+        GroupError::StaleRoute { routed_epoch, range, .. } => {
+            let mut status =
+                Status::aborted(format!("{STALE_ROUTE_PREFIX}: {range}; the request was routed at epoch {routed_epoch}; not applied, retry with the same id"));
+            if let Ok(v) = MetadataValue::try_from(range.epoch.to_string()) {
+                status.metadata_mut().insert(EPOCH, v);
+            }
+            status
+        }
     }
 }

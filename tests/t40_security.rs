@@ -228,6 +228,11 @@ fn reserve_command(id: &str, quantity: u64) -> Cmd {
     Cmd::Reserve { reservation_id: id.into(), lines: vec![storage::model::Line { sku: SKU.into(), location: LOC.into(), quantity }], ttl_ms: 60_000 }
 }
 
+/// A forwarded command's payload: routed at the first epoch.
+fn routed(command: Cmd) -> (u64, Cmd) {
+    (storage::model::FIRST_EPOCH, command)
+}
+
 fn gated_command(id: &str) -> Cmd {
     let verdict = storage::model::LineRisk {
         p_sellable_ppm: Some(999_999),
@@ -259,7 +264,7 @@ async fn peer_messages_are_checked_as_client_requests_are() {
     assert!(refused.message().contains("over its limit"), "{refused:?}");
 
     // Above the cluster's quantity limit: the error a client gets.
-    let too_many = raft::wire::encode(&reserve_command("forged-1", 2_000_000));
+    let too_many = raft::wire::encode(&routed(reserve_command("forged-1", 2_000_000)));
     let refused = peer.propose(propose(&cluster, group, too_many)).await.expect_err("quantity above the limit");
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     assert!(refused.message().contains("lines[0].quantity"), "{refused:?}");
@@ -267,12 +272,12 @@ async fn peer_messages_are_checked_as_client_requests_are() {
     // A SKU outside the named group.
     let other_group = cluster.node(1).shard_map().group_for("local", "9-other").expect("group").group;
     assert_ne!(other_group, group);
-    let misplaced = raft::wire::encode(&reserve_command("forged-2", 1));
+    let misplaced = raft::wire::encode(&routed(reserve_command("forged-2", 1)));
     let refused = peer.propose(propose(&cluster, other_group, misplaced)).await.expect_err("wrong group");
     assert!(refused.code() == tonic::Code::InvalidArgument && refused.message().contains("outside the range"), "{refused:?}");
 
     // No or another cluster fingerprint: refused whatever the payload.
-    let mut foreign = propose(&cluster, group, raft::wire::encode(&reserve_command("forged-3", 1)));
+    let mut foreign = propose(&cluster, group, raft::wire::encode(&routed(reserve_command("forged-3", 1))));
     foreign.metadata_mut().insert(stockd::peer_client::FINGERPRINT_METADATA, "0000000000000000".parse().expect("ascii"));
     let refused = peer.propose(foreign).await.expect_err("other cluster settings");
     assert!(refused.code() == tonic::Code::FailedPrecondition && refused.message().contains("fingerprint"), "{refused:?}");
@@ -280,7 +285,7 @@ async fn peer_messages_are_checked_as_client_requests_are() {
     // Forged risk verdicts from a client certificate: refused on either plane.
     for addr in [&cluster.peer_addrs[0], &cluster.addrs[0]] {
         let mut forger = RaftPeerClient::new(cluster.channel_to(addr, Some("checkout")));
-        let refused = forger.propose(propose(&cluster, group, raft::wire::encode(&gated_command("forged-4")))).await.expect_err("not a peer");
+        let refused = forger.propose(propose(&cluster, group, raft::wire::encode(&routed(gated_command("forged-4"))))).await.expect_err("not a peer");
         assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{addr}: {refused:?}");
         let mut raft_forger = RaftPeerClient::new(cluster.channel_to(addr, Some("operator")));
         let refused = raft_forger.append_entries(propose(&cluster, group, Vec::new())).await.expect_err("not a peer");
@@ -295,11 +300,34 @@ async fn peer_messages_are_checked_as_client_requests_are() {
     }
 
     // The same verdicts from an authenticated peer are taken.
-    let reply = peer.propose(propose(&cluster, group, raft::wire::encode(&gated_command("gated-ok")))).await.expect("from a peer").into_inner();
+    let reply = peer.propose(propose(&cluster, group, raft::wire::encode(&routed(gated_command("gated-ok"))))).await.expect("from a peer").into_inner();
     let result: Result<(u64, storage::model::CommandResult), raft::GroupError> = raft::wire::decode(&reply.payload).expect("reply decodes");
     assert_eq!(result.expect("applied").1.outcome, storage::model::Outcome::Ok);
     let p = position(&mut c, SKU, LOC, pb::Consistency::Strong).await.position.expect("position");
     assert_eq!(p.reserved, 1);
+
+    // Routed with an epoch the group's range does not have: refused at
+    // apply, named with the group's epoch, nothing applied.
+    for epoch in [0, storage::model::FIRST_EPOCH + 1] {
+        let stale = raft::wire::encode(&(epoch, reserve_command("stale-1", 1)));
+        let reply = peer.propose(propose(&cluster, group, stale)).await.expect("answered").into_inner();
+        let result: Result<(u64, storage::model::CommandResult), raft::GroupError> = raft::wire::decode(&reply.payload).expect("reply decodes");
+        match result {
+            Err(raft::GroupError::StaleRoute { routed_epoch, range, .. }) => {
+                assert_eq!(routed_epoch, epoch);
+                assert_eq!((range.group, range.epoch), (group, storage::model::FIRST_EPOCH));
+                let status = stockd::status::group_error(raft::GroupError::StaleRoute { group, routed_epoch, range });
+                assert_eq!(status.code(), tonic::Code::Aborted, "{status:?}");
+                assert!(status.message().starts_with(stockd_proto::metadata::STALE_ROUTE_PREFIX), "{status:?}");
+                assert_eq!(status.metadata().get(stockd_proto::metadata::EPOCH).and_then(|v| v.to_str().ok()), Some("1"));
+            }
+            other => panic!("epoch {epoch}: expected a stale route, got {other:?}"),
+        }
+    }
+    let got = c.get_reservation(pb::ReservationRef { reservation_id: "stale-1".into() }).await.expect("lookup").into_inner();
+    assert_eq!(got.outcome, pb::Outcome::NotFound as i32);
+    let p = position(&mut c, SKU, LOC, pb::Consistency::Strong).await.position.expect("position");
+    assert_eq!(p.reserved, 1, "a misrouted command holds nothing");
     cluster.shutdown().await;
 }
 

@@ -14,7 +14,8 @@
 //!   connections (a CANCELLED/UNKNOWN/INTERNAL status made by this client, not
 //!   by a server) are retried on the next node after a backoff; a "not leader"
 //!   answer is retried at once on the hinted leader, or after a backoff on the
-//!   next node without a hint.
+//!   next node without a hint; a "stale route" (ABORTED: refused at apply as
+//!   routed with an older shard map, never applied) after a backoff.
 //! - A refused certificate or role (UNAUTHENTICATED, PERMISSION_DENIED, a
 //!   failed TLS handshake) is never retried: another node would refuse it too.
 //! - Business refusals are not errors: they come back in the response's
@@ -56,6 +57,8 @@ pub const LEADER_ADDR_METADATA: &str = stockd_proto::metadata::LEADER_ADDR;
 pub const LEADER_ID_METADATA: &str = stockd_proto::metadata::LEADER_ID;
 /// Prefix of the FAILED_PRECONDITION message of a node that is not the leader.
 pub const NOT_LEADER_PREFIX: &str = stockd_proto::metadata::NOT_LEADER_PREFIX;
+/// Prefix of the ABORTED message of a command refused at apply as misrouted.
+pub const STALE_ROUTE_PREFIX: &str = stockd_proto::metadata::STALE_ROUTE_PREFIX;
 
 /// Limits of a [`Client`]. Every field is a bound; see [`ClientConfig::validate`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -677,6 +680,9 @@ impl Client {
                 }
                 // The server refused to queue it (overloaded): not applied, back off.
                 Code::ResourceExhausted => last_failure = format!("{addr}: {}", describe(&status)),
+                // Refused at apply as routed with an older shard map: not
+                // applied; the node routes the retry with its refreshed map.
+                Code::Aborted if status.message().starts_with(STALE_ROUTE_PREFIX) => last_failure = format!("{addr}: {}", describe(&status)),
                 code if is_retryable(code) || is_transport_failure(&status) => {
                     if effect == Effect::Write && !never_sent(&status) {
                         maybe_applied = true;

@@ -420,7 +420,7 @@ impl<W: Write> World<'_, W> {
 
     fn apply(&mut self, at_ms: u64, commands: Vec<Command>) -> Vec<storage::model::CommandResult> {
         self.log_index += 1;
-        let results = self.inventory.apply_batch(self.log_index, &Batch { proposed_at_ms: at_ms, commands });
+        let results = self.inventory.apply_batch(self.log_index, &Batch::new(at_ms, storage::model::FIRST_EPOCH, commands));
         // Persistence is not simulated; keep the dirty sets from growing.
         self.inventory.take_dirty();
         results

@@ -52,6 +52,13 @@ pub mod metadata {
     /// Start of the FAILED_PRECONDITION message of a node that can neither
     /// serve nor forward a request; clients treat it as a redirect.
     pub const NOT_LEADER_PREFIX: &str = "not leader";
+    /// Start of the ABORTED message of a command that a group refused at
+    /// apply because it was routed with another epoch of the group's range
+    /// (or a key of it is outside the range): definitely not applied; retry
+    /// with the same id.
+    pub const STALE_ROUTE_PREFIX: &str = "stale route";
+    /// On a "stale route" refusal: the group's range epoch now.
+    pub const EPOCH: &str = "stockd-epoch";
 }
 
 /// Limits every node enforces whatever its configuration (the configurable

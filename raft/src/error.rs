@@ -4,6 +4,7 @@
 use serde::Deserialize;
 use serde::Serialize;
 use storage::model::GroupId;
+use storage::model::RangeDesc;
 use thiserror::Error;
 
 use crate::NodeId;
@@ -26,11 +27,17 @@ pub enum GroupError {
     /// message a client would get for it (`invalid lines[0].quantity: ...`).
     #[error("{reason}")]
     Invalid { group: GroupId, reason: String },
+    /// The group refused the command at apply: it was routed with epoch
+    /// `routed_epoch` of the group's range, or a key of it is outside the
+    /// range; `range` is the group's own. Definitely not applied: refresh
+    /// the route and retry with the same id.
+    #[error("stale route: {range}, the command was routed at epoch {routed_epoch}")]
+    StaleRoute { group: GroupId, routed_epoch: u64, range: RangeDesc },
 }
 
 impl GroupError {
     /// True when the command was certainly not applied.
     pub fn definitely_not_applied(&self) -> bool {
-        matches!(self, GroupError::Overloaded { .. } | GroupError::Invalid { .. })
+        matches!(self, GroupError::Overloaded { .. } | GroupError::Invalid { .. } | GroupError::StaleRoute { .. })
     }
 }

@@ -22,6 +22,8 @@ use storage::model::Command;
 use storage::model::CommandResult;
 use storage::model::GroupId;
 use storage::model::Limits;
+use storage::model::Outcome;
+use storage::model::RangeDesc;
 use storage::Engine;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
@@ -81,6 +83,8 @@ impl Default for GroupConfig {
 
 struct Proposal {
     command: Command,
+    /// The epoch of the group's range the command was routed at.
+    epoch: u64,
     reply: oneshot::Sender<Result<(u64, CommandResult), GroupError>>,
 }
 
@@ -122,15 +126,17 @@ fn not_leader(group: GroupId, f: ForwardToLeader<NodeId, BasicNode>) -> GroupErr
 }
 
 impl Group {
-    /// Opens the group's storage and starts its Raft instance and tasks.
+    /// Opens the group's storage and starts its Raft instance and tasks. A
+    /// new group serves `range`; a stored one, the range its log set.
     pub async fn start(
         node_id: NodeId,
-        id: GroupId,
+        range: RangeDesc,
         engine: Arc<dyn Engine>,
         syncer: Arc<WalSyncer>,
         transport: Arc<dyn PeerTransport>,
         config: &GroupConfig,
     ) -> Result<Group, GroupError> {
+        let id = range.group;
         let fatal = |reason: String| GroupError::Fatal { group: id, reason };
         let raft_config = openraft::Config {
             cluster_name: format!("stockd-group-{id}"),
@@ -145,7 +151,7 @@ impl Group {
         .map_err(|e| fatal(format!("invalid raft config: {e}")))?;
         let log_store = LogStore::new(engine.clone(), id, syncer);
         let committed = log_store.committed_index();
-        let sm = StateMachineStore::open(engine, id, config.limits.clone()).map_err(|e| fatal(format!("cannot open the state machine: {e}")))?;
+        let sm = StateMachineStore::open(engine, id, config.limits.clone(), range).map_err(|e| fatal(format!("cannot open the state machine: {e}")))?;
         let state = sm.state();
         let raft = Raft::new(node_id, Arc::new(raft_config), GroupNetwork::new(transport, id), log_store, sm)
             .await
@@ -167,11 +173,13 @@ impl Group {
         }
     }
 
-    /// Proposes `command` and waits until it is committed and applied here.
-    /// Returns the log index of the entry and the command's result.
-    pub async fn propose(&self, command: Command) -> Result<(u64, CommandResult), GroupError> {
+    /// Proposes `command`, routed with `epoch` of the group's range, and
+    /// waits until it is committed and applied here. Returns the log index
+    /// of the entry and the command's result; a command refused at apply as
+    /// misrouted is `GroupError::StaleRoute`.
+    pub async fn propose(&self, command: Command, epoch: u64) -> Result<(u64, CommandResult), GroupError> {
         let (reply, rx) = oneshot::channel();
-        self.proposals.try_send(Proposal { command, reply }).map_err(|e| match e {
+        self.proposals.try_send(Proposal { command, epoch, reply }).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => GroupError::Overloaded { group: self.id },
             mpsc::error::TrySendError::Closed(_) => GroupError::Fatal { group: self.id, reason: "proposer stopped".into() },
         })?;
@@ -191,6 +199,11 @@ impl Group {
 
     pub fn state(&self) -> &GroupState {
         &self.state
+    }
+
+    /// The group's range as this replica last applied it.
+    pub fn range(&self) -> RangeDesc {
+        self.state.read().range().clone()
     }
 
     /// Upper bound, in ms, on how far this replica's state trails the
@@ -272,13 +285,28 @@ impl Group {
 
 async fn run_proposer(group: GroupId, raft: Raft, mut rx: mpsc::Receiver<Proposal>, config: GroupConfig, last_proposed: Arc<AtomicU64>) {
     let inflight = Arc::new(Semaphore::new(config.proposals_inflight_max));
-    while let Some(first) = rx.recv().await {
+    let mut next = None;
+    loop {
+        let first = match next.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
         // Wait for a free slot first: while earlier entries are being
         // replicated and fsynced, new commands accumulate into this batch.
         let Ok(permit) = inflight.clone().acquire_owned().await else { return };
+        let epoch = first.epoch;
         let mut proposals = vec![first];
         while proposals.len() < config.batch_commands_max {
             match rx.try_recv() {
+                // A batch carries one epoch: a command routed at another
+                // starts the next batch.
+                Ok(p) if p.epoch != epoch => {
+                    next = Some(p);
+                    break;
+                }
                 Ok(p) => proposals.push(p),
                 Err(_) => break,
             }
@@ -289,14 +317,14 @@ async fn run_proposer(group: GroupId, raft: Raft, mut rx: mpsc::Receiver<Proposa
         tokio::spawn(async move {
             let (commands, replies): (Vec<Command>, Vec<_>) = proposals.into_iter().map(|p| (p.command, p.reply)).unzip();
             let count = commands.len();
-            let outcome = raft.client_write(Batch { proposed_at_ms: now, commands }).await;
+            let outcome = raft.client_write(Batch::new(now, epoch, commands)).await;
             drop(permit);
             match outcome {
                 Ok(response) => {
                     let index = response.log_id.index;
                     debug_assert_eq!(response.data.results.len(), count, "one result per command");
                     for (reply, result) in replies.into_iter().zip(response.data.results) {
-                        let _ = reply.send(Ok((index, result)));
+                        let _ = reply.send(routed(group, epoch, index, result));
                     }
                 }
                 Err(e) => {
@@ -311,6 +339,14 @@ async fn run_proposer(group: GroupId, raft: Raft, mut rx: mpsc::Receiver<Proposa
                 }
             }
         });
+    }
+}
+
+/// A command's applied result, or the refusal of a misrouted one.
+fn routed(group: GroupId, epoch: u64, index: u64, result: CommandResult) -> Result<(u64, CommandResult), GroupError> {
+    match (result.outcome, result.range) {
+        (Outcome::EpochNotMatch | Outcome::KeyNotInRange, Some(range)) => Err(GroupError::StaleRoute { group, routed_epoch: epoch, range }),
+        (outcome, range) => Ok((index, CommandResult { outcome, range, ..result })),
     }
 }
 
@@ -329,7 +365,7 @@ async fn run_ticker(group: GroupId, raft: Raft, tick_ms: u64, last_proposed: Arc
         last_proposed.store(now, Ordering::Relaxed);
         let raft = raft.clone();
         tokio::spawn(async move {
-            if let Err(e) = raft.client_write(Batch { proposed_at_ms: now, commands: Vec::new() }).await {
+            if let Err(e) = raft.client_write(Batch::tick(now)).await {
                 tracing::debug!(group, error = %e, "clock tick not committed");
             }
         });

@@ -33,6 +33,7 @@ use storage::inventory::Records;
 use storage::keys;
 use storage::model::GroupId;
 use storage::model::Limits;
+use storage::model::RangeDesc;
 use storage::Durability;
 use storage::Engine;
 use storage::Table;
@@ -103,14 +104,15 @@ pub struct StateMachineStore {
 }
 
 impl StateMachineStore {
-    /// Loads the group's state machine from the engine (empty if new).
-    pub fn open(engine: Arc<dyn Engine>, group: GroupId, limits: Limits) -> Result<Self, StorageError> {
+    /// Loads the group's state machine from the engine; a new one serves
+    /// `range` (a stored state keeps the range its log set).
+    pub fn open(engine: Arc<dyn Engine>, group: GroupId, limits: Limits, range: RangeDesc) -> Result<Self, StorageError> {
         let read_err = |e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e);
         let scan = |tag: u8| engine.scan(Table::State, &keys::state_prefix(group, tag), &keys::state_prefix_end(group, tag), usize::MAX).map_err(read_err);
-        let (last_applied, membership, log_time_ms): (Option<LogId>, StoredMembership, u64) =
+        let (last_applied, membership, log_time_ms, range): (Option<LogId>, StoredMembership, u64, RangeDesc) =
             match engine.get(Table::State, &keys::state_meta_key(group, APPLIED)).map_err(read_err)? {
                 Some(bytes) => codec::decode(&bytes, "applied state").map_err(read_err)?,
-                None => (None, StoredMembership::default(), 0),
+                None => (None, StoredMembership::default(), 0, range),
             };
         let mut records = Records::default();
         for (_, value) in scan(keys::STATE_POSITION)? {
@@ -134,7 +136,7 @@ impl StateMachineStore {
             records.locators.push(codec::decode(&value, "locator").map_err(read_err)?);
         }
         let applied_index = last_applied.map(|l| l.index).unwrap_or(0);
-        let inventory = Inventory::load(limits.clone(), log_time_ms, applied_index, records);
+        let inventory = Inventory::load(limits.clone(), range, log_time_ms, applied_index, records);
         let state =
             Arc::new(GroupState { inventory: RwLock::new(inventory), applied_index: AtomicU64::new(applied_index), log_time_ms: AtomicU64::new(log_time_ms) });
         Ok(Self { engine, group, limits, state, last_applied, membership, snapshot_seq: Arc::new(AtomicU64::new(0)) })
@@ -176,7 +178,8 @@ impl StateMachineStore {
         for (id, locator) in dirty.locators {
             put_or_delete(batch, keys::record_key(self.group, keys::STATE_LOCATOR, &id), locator.map(|l| codec::encode(&(&id, l))));
         }
-        batch.put(Table::State, keys::state_meta_key(self.group, APPLIED), codec::encode(&(self.last_applied, &self.membership, inventory.log_time_ms())));
+        let applied = (self.last_applied, &self.membership, inventory.log_time_ms(), inventory.range());
+        batch.put(Table::State, keys::state_meta_key(self.group, APPLIED), codec::encode(&applied));
     }
 
     fn publish(&self, inventory: &Inventory) {

@@ -13,6 +13,7 @@ use raft::types::StorageError;
 use raft::wal_sync::WalSyncer;
 use raft::TypeConfig;
 use storage::model::Limits;
+use storage::model::RangeDesc;
 use storage::Engine;
 use storage::MemEngine;
 use storage::RocksEngine;
@@ -22,7 +23,7 @@ struct MemBuilder;
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, ()> for MemBuilder {
     async fn build(&self) -> Result<((), LogStore, StateMachineStore), StorageError> {
         let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
-        let sm = StateMachineStore::open(engine.clone(), 7, Limits::default())?;
+        let sm = StateMachineStore::open(engine.clone(), 7, Limits::default(), RangeDesc::whole(7))?;
         let syncer = WalSyncer::start(engine.clone(), 64);
         Ok(((), LogStore::new(engine, 7, syncer), sm))
     }
@@ -38,7 +39,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
         let syncer = WalSyncer::start(engine.clone(), 64);
         let neighbour = LogStore::new(engine.clone(), 8, syncer.clone());
         drop(neighbour);
-        let sm = StateMachineStore::open(engine.clone(), 7, Limits::default())?;
+        let sm = StateMachineStore::open(engine.clone(), 7, Limits::default(), RangeDesc::whole(7))?;
         Ok((dir, LogStore::new(engine, 7, syncer), sm))
     }
 }

@@ -40,6 +40,7 @@ use crate::model::Locator;
 use crate::model::Outcome;
 use crate::model::Position;
 use crate::model::PositionKey;
+use crate::model::RangeDesc;
 use crate::model::Reservation;
 use crate::model::ReservationState;
 use crate::model::RiskGate;
@@ -99,6 +100,8 @@ impl Dirty {
 pub struct InventorySnapshot {
     pub log_time_ms: u64,
     pub last_applied_index: u64,
+    /// The group's range and its epoch.
+    pub range: RangeDesc,
     pub positions: BTreeMap<PositionKey, Position>,
     pub reservations: BTreeMap<String, Reservation>,
     pub events: BTreeMap<String, EventRecord>,
@@ -135,6 +138,9 @@ pub struct Inventory {
     /// Log time: the largest `proposed_at_ms` applied so far.
     log_time_ms: u64,
     last_applied_index: u64,
+    /// The key range this group serves: apply refuses commands outside it
+    /// or routed at another epoch.
+    range: RangeDesc,
     pub(crate) positions: BTreeMap<PositionKey, Position>,
     pub(crate) reservations: BTreeMap<String, Reservation>,
     /// `(expires_at_ms, id)` of every `Pending` reservation that is not an
@@ -176,6 +182,7 @@ impl PartialEq for Inventory {
         self.limits == other.limits
             && self.log_time_ms == other.log_time_ms
             && self.last_applied_index == other.last_applied_index
+            && self.range == other.range
             && self.positions == other.positions
             && self.reservations == other.reservations
             && self.events == other.events
@@ -195,11 +202,18 @@ impl PartialEq for Inventory {
 impl Eq for Inventory {}
 
 impl Inventory {
+    /// An empty state machine serving all of the key space as group 0.
     pub fn new(limits: Limits) -> Self {
+        Self::serving(limits, RangeDesc::whole(0))
+    }
+
+    /// An empty state machine serving `range`.
+    pub fn serving(limits: Limits, range: RangeDesc) -> Self {
         Self {
             limits,
             log_time_ms: 0,
             last_applied_index: 0,
+            range,
             positions: BTreeMap::new(),
             reservations: BTreeMap::new(),
             expiry_index: BTreeSet::new(),
@@ -224,8 +238,8 @@ impl Inventory {
 
     /// Rebuilds an inventory (with its indexes) from persisted records. Nothing
     /// is dirty afterwards.
-    pub fn load(limits: Limits, log_time_ms: u64, last_applied_index: u64, records: Records) -> Self {
-        let mut inventory = Self::new(limits);
+    pub fn load(limits: Limits, range: RangeDesc, log_time_ms: u64, last_applied_index: u64, records: Records) -> Self {
+        let mut inventory = Self::serving(limits, range);
         inventory.log_time_ms = log_time_ms;
         inventory.last_applied_index = last_applied_index;
         inventory.positions = records.positions.into_iter().collect();
@@ -254,6 +268,7 @@ impl Inventory {
         InventorySnapshot {
             log_time_ms: self.log_time_ms,
             last_applied_index: self.last_applied_index,
+            range: self.range.clone(),
             positions: self.positions.clone(),
             reservations: self.reservations.clone(),
             events: self.events.clone(),
@@ -272,7 +287,7 @@ impl Inventory {
             intents: snapshot.intents.into_iter().collect(),
             locators: snapshot.locators.into_iter().collect(),
         };
-        Self::load(limits, snapshot.log_time_ms, snapshot.last_applied_index, records)
+        Self::load(limits, snapshot.range, snapshot.log_time_ms, snapshot.last_applied_index, records)
     }
 
     pub(crate) fn index_reservation(&mut self, id: &str, reservation: &Reservation) {
@@ -293,6 +308,11 @@ impl Inventory {
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// The key range this group serves, with its epoch.
+    pub fn range(&self) -> &RangeDesc {
+        &self.range
     }
 
     pub fn position(&self, key: &PositionKey) -> Option<&Position> {
@@ -401,9 +421,42 @@ impl Inventory {
         self.prune(at.ms);
         self.prune_carts(at.ms);
         self.prune_locators(at.ms);
-        let results = batch.commands.iter().map(|command| self.apply_command(at, command)).collect();
+        let results = batch
+            .commands
+            .iter()
+            .map(|command| match self.misrouted(batch.epoch, command) {
+                None => self.apply_command(at, command),
+                Some(outcome) => CommandResult { range: Some(self.range.clone()), ..CommandResult::bare(outcome) },
+            })
+            .collect();
         self.last_applied_index = log_index;
         results
+    }
+
+    /// Why `command`, routed at `epoch`, does not belong in this group, if
+    /// it does not: another epoch of the range, or a key outside it. Keys
+    /// are the SKUs of the lines the command moves here; commands named by
+    /// a reservation id find their record here or not at all, and the
+    /// epoch tells whether that answer is this group's to give.
+    fn misrouted(&self, epoch: u64, command: &Command) -> Option<Outcome> {
+        if epoch != self.range.epoch {
+            return Some(Outcome::EpochNotMatch);
+        }
+        let outside = |lines: &[Line]| lines.iter().any(|line| !self.range.contains(&line.sku));
+        let misplaced = match command {
+            Command::Reserve { lines, .. } | Command::ReserveGated { lines, .. } | Command::CartPrepare { lines, .. } => outside(lines),
+            Command::Adjust(adjustment) => !self.range.contains(&adjustment.sku),
+            Command::CartBegin { home, parts, .. } => *home != self.range.group || parts.get(home).is_some_and(|own| outside(own)),
+            Command::Commit { .. }
+            | Command::Release { .. }
+            | Command::Fulfill { .. }
+            | Command::Cancel { .. }
+            | Command::CartDecide { .. }
+            | Command::CartFollow { .. }
+            | Command::CartFollowed { .. }
+            | Command::Locate { .. } => false,
+        };
+        misplaced.then_some(Outcome::KeyNotInRange)
     }
 
     fn apply_command(&mut self, at: At, command: &Command) -> CommandResult {
@@ -904,6 +957,7 @@ pub(crate) fn reservation_result(outcome: Outcome, replay: bool, reservation: Re
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::FIRST_EPOCH;
 
     const SKU: &str = "sku-1";
     const DC: &str = "dc-1";
@@ -961,7 +1015,7 @@ mod tests {
 
     fn apply(inventory: &mut Inventory, at_ms: u64, commands: Vec<Command>) -> Vec<CommandResult> {
         let log_index = inventory.last_applied_index() + 1;
-        let results = inventory.apply_batch(log_index, &Batch { proposed_at_ms: at_ms, commands });
+        let results = inventory.apply_batch(log_index, &Batch::new(at_ms, FIRST_EPOCH, commands));
         assert_eq!(inventory.check_invariants(), Ok(()));
         results
     }
@@ -982,6 +1036,85 @@ mod tests {
         let result = apply_one(&mut inventory, 1_000, adjust("stock", AdjustmentKind::Receipt, on_hand, "wms", 1));
         assert_eq!(result.outcome, Outcome::Ok);
         inventory
+    }
+
+    /// A group serving ["m", "t") at epoch 2, with 10 units of "p-1" at DC.
+    fn ranged() -> Inventory {
+        let range = RangeDesc { group: 4, start_sku: "m".into(), end_sku: Some("t".into()), epoch: 2 };
+        let mut inventory = Inventory::serving(limits(), range);
+        let receipt = Command::Adjust(Adjustment { sku: "p-1".into(), ..adjustment("stock", AdjustmentKind::Receipt, 10, "wms", 1) });
+        let results = inventory.apply_batch(1, &Batch::new(1_000, 2, vec![receipt]));
+        assert_eq!(results[0].outcome, Outcome::Ok);
+        inventory
+    }
+
+    #[test]
+    fn a_command_routed_at_another_epoch_is_refused_with_the_range_and_changes_nothing() {
+        let mut inventory = ranged();
+        let mut twin = inventory.clone();
+        let stale = vec![
+            reserve("r1", vec![line("p-1", DC, 1)], TTL),
+            commit("r0"),
+            Command::Adjust(Adjustment { sku: "p-1".into(), ..adjustment("e2", AdjustmentKind::Receipt, 5, "wms", 2) }),
+        ];
+        for epoch in [FIRST_EPOCH, 3] {
+            let results = inventory.apply_batch(inventory.last_applied_index() + 1, &Batch::new(2_000, epoch, stale.clone()));
+            assert_eq!(results.len(), 3);
+            for result in &results {
+                assert_eq!(result.outcome, Outcome::EpochNotMatch, "epoch {epoch}");
+                assert_eq!(result.range.as_ref(), Some(inventory.range()), "the answer names the group's epoch");
+            }
+            twin.apply_batch(twin.last_applied_index() + 1, &Batch::tick(2_000));
+            inventory.take_dirty();
+            twin.take_dirty();
+            assert_eq!(inventory, twin, "nothing applied");
+        }
+        // At the group's epoch the same reserve is applied.
+        let results = inventory.apply_batch(inventory.last_applied_index() + 1, &Batch::new(3_000, 2, vec![reserve("r1", vec![line("p-1", DC, 1)], TTL)]));
+        assert_eq!(results[0].outcome, Outcome::Ok);
+        assert_eq!(results[0].range, None);
+    }
+
+    #[test]
+    fn a_key_outside_the_range_is_refused_and_nothing_of_its_command_applied() {
+        let mut inventory = ranged();
+        let before = inventory.position(&key("p-1", DC)).cloned();
+        let straddling = reserve("r1", vec![line("p-1", DC, 1), line("t", DC, 1)], TTL);
+        let below = Command::Adjust(Adjustment { sku: "l-9".into(), ..adjustment("e2", AdjustmentKind::Receipt, 5, "wms", 2) });
+        let elsewhere_home = Command::CartBegin {
+            reservation_id: "c1".into(),
+            lines: vec![line("p-1", DC, 1)],
+            ttl_ms: TTL,
+            home: 5,
+            parts: BTreeMap::from([(5, vec![line("p-1", DC, 1)])]),
+            own_gate: None,
+        };
+        let own_line_outside = Command::CartBegin {
+            reservation_id: "c2".into(),
+            lines: vec![line("a-1", DC, 1), line("z-1", DC, 1)],
+            ttl_ms: TTL,
+            home: 4,
+            parts: BTreeMap::from([(4, vec![line("a-1", DC, 1)]), (6, vec![line("z-1", DC, 1)])]),
+            own_gate: None,
+        };
+        let prepare = Command::CartPrepare {
+            reservation_id: "c3".into(),
+            of: IntentOf { home: 5, begin_index: 9 },
+            lines: vec![line("s-1", DC, 1), line("u-1", DC, 1)],
+            expires_at_ms: 9_000,
+            gate: None,
+        };
+        let results = inventory.apply_batch(2, &Batch::new(2_000, 2, vec![straddling, below, elsewhere_home, own_line_outside, prepare]));
+        for (i, result) in results.iter().enumerate() {
+            assert_eq!(result.outcome, Outcome::KeyNotInRange, "command {i}");
+            assert_eq!(result.range.as_ref(), Some(inventory.range()));
+        }
+        assert_eq!(inventory.position(&key("p-1", DC)).cloned(), before);
+        assert!(inventory.reservation("r1").is_none() && inventory.cart("c1").is_none() && inventory.cart("c2").is_none());
+        assert!(inventory.reservation("c3").is_none());
+        assert!(inventory.position(&key("l-9", DC)).is_none());
+        // The range survives a snapshot.
+        assert_eq!(Inventory::from_snapshot(limits(), inventory.to_snapshot()).range(), inventory.range());
     }
 
     fn main_position(inventory: &Inventory) -> &Position {
@@ -1579,20 +1712,21 @@ mod tests {
     /// Runs a scenario touching every kind of record, including pruning.
     fn busy_inventory() -> (Inventory, Vec<Batch>) {
         let batches = vec![
-            Batch {
-                proposed_at_ms: 1_000,
-                commands: vec![
+            Batch::new(
+                1_000,
+                FIRST_EPOCH,
+                vec![
                     adjust("e1", AdjustmentKind::Receipt, 10, "wms", 1),
                     reserve("r1", vec![line(SKU, DC, 2)], TTL),
                     reserve("r2", vec![line(SKU, DC, 3)], TTL),
                     reserve("r3", vec![line(SKU, DC, 1)], 20_000),
                 ],
-            },
-            Batch { proposed_at_ms: 2_000, commands: vec![commit("r1"), release("r2")] },
-            Batch { proposed_at_ms: 500, commands: vec![adjust("e2", AdjustmentKind::Count, 8, "wms", 2)] },
-            Batch { proposed_at_ms: 7_000, commands: vec![fulfill("r1")] },
+            ),
+            Batch::new(2_000, FIRST_EPOCH, vec![commit("r1"), release("r2")]),
+            Batch::new(500, FIRST_EPOCH, vec![adjust("e2", AdjustmentKind::Count, 8, "wms", 2)]),
+            Batch::new(7_000, FIRST_EPOCH, vec![fulfill("r1")]),
             // r1 (fulfilled at 7000) is forgotten at 67000; r3 expires then.
-            Batch { proposed_at_ms: 67_000, commands: vec![] },
+            Batch::new(67_000, FIRST_EPOCH, vec![]),
         ];
         let mut inventory = Inventory::new(limits());
         for (log_index, batch) in (1u64..).zip(&batches) {
@@ -1641,7 +1775,7 @@ mod tests {
                 events: events.clone().into_iter().collect(),
                 ..Records::default()
             };
-            let loaded = Inventory::load(limits(), inventory.log_time_ms(), inventory.last_applied_index(), records);
+            let loaded = Inventory::load(limits(), RangeDesc::whole(0), inventory.log_time_ms(), inventory.last_applied_index(), records);
             assert_eq!(loaded, inventory);
         }
         assert!(saw_deletion, "the scenario prunes records");

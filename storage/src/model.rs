@@ -13,6 +13,41 @@ use serde::Serialize;
 /// Identifies a Raft group (one contiguous SKU range of one region).
 pub type GroupId = u32;
 
+/// The epoch of every range when its cluster is created.
+pub const FIRST_EPOCH: u64 = 1;
+
+/// The slice of the key space a group serves, as the group's own log last
+/// set it. `epoch` grows with every change of the range (split, merge), so a
+/// command routed with an older map is told apart at apply: it is refused
+/// with [`Outcome::EpochNotMatch`] and this descriptor, never applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeDesc {
+    pub group: GroupId,
+    /// Inclusive; "" is the start of the key space.
+    pub start_sku: String,
+    /// Exclusive; `None` is unbounded.
+    pub end_sku: Option<String>,
+    pub epoch: u64,
+}
+
+impl RangeDesc {
+    /// All of the key space, at the first epoch.
+    pub fn whole(group: GroupId) -> Self {
+        Self { group, start_sku: String::new(), end_sku: None, epoch: FIRST_EPOCH }
+    }
+
+    pub fn contains(&self, sku: &str) -> bool {
+        sku >= self.start_sku.as_str() && self.end_sku.as_deref().is_none_or(|end| sku < end)
+    }
+}
+
+impl std::fmt::Display for RangeDesc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let end = self.end_sku.as_deref().map(|e| format!("{e:?}")).unwrap_or_else(|| "end".to_owned());
+        write!(f, "group {} [{:?}, {end}) at epoch {}", self.group, self.start_sku, self.epoch)
+    }
+}
+
 /// A position within a group: one SKU at one location. The region is the
 /// group's region.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -596,13 +631,27 @@ impl LineRisk {
 }
 
 /// The payload of one Raft entry: commands from many concurrent clients
-/// (group commit) and the time the leader proposed them at. An empty command
-/// list is a clock tick: it only advances log time (and so expires
-/// reservations).
+/// (group commit), the range epoch they were routed at and the time the
+/// leader proposed them at. An empty command list is a clock tick: it only
+/// advances log time (and so expires reservations).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Batch {
     pub proposed_at_ms: u64,
+    /// The epoch of the group's range in the map that routed every command
+    /// of the batch (see [`RangeDesc`]).
+    pub epoch: u64,
     pub commands: Vec<Command>,
+}
+
+impl Batch {
+    pub fn new(proposed_at_ms: u64, epoch: u64, commands: Vec<Command>) -> Self {
+        Self { proposed_at_ms, epoch, commands }
+    }
+
+    /// A clock tick: no commands, so no epoch to check.
+    pub fn tick(proposed_at_ms: u64) -> Self {
+        Self { proposed_at_ms, epoch: 0, commands: Vec::new() }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -616,6 +665,12 @@ pub enum Outcome {
     InsufficientQuantity,
     /// A gated reserve that the risk gate refused; nothing was applied.
     RiskRefused,
+    /// Routed with another epoch of the group's range than the group's
+    /// own: nothing was applied; `CommandResult::range` is the group's.
+    EpochNotMatch,
+    /// A key of the command is outside the group's range: nothing was
+    /// applied; `CommandResult::range` is the group's.
+    KeyNotInRange,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -645,12 +700,14 @@ pub struct CommandResult {
     /// At an id's home group: the group a one-group reservation under the id
     /// lives in (`Locate`, or a reserve that conflicts with it).
     pub located: Option<GroupId>,
+    /// For `EpochNotMatch` and `KeyNotInRange`: the group's range now.
+    pub range: Option<RangeDesc>,
 }
 
 impl CommandResult {
     /// An outcome with nothing attached.
     pub fn bare(outcome: Outcome) -> Self {
-        Self { outcome, replay: false, reservation: None, shortfalls: Vec::new(), position: None, cart: None, located: None }
+        Self { outcome, replay: false, reservation: None, shortfalls: Vec::new(), position: None, cart: None, located: None, range: None }
     }
 }
 

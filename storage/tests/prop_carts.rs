@@ -32,8 +32,10 @@ use storage::model::Limits;
 use storage::model::Line;
 use storage::model::Outcome;
 use storage::model::PositionKey;
+use storage::model::RangeDesc;
 use storage::model::ReservationState;
 use storage::model::Shortfall;
+use storage::model::FIRST_EPOCH;
 
 const GROUPS: GroupId = 4;
 /// SKU `s` lives in group `s % GROUPS + 1`.
@@ -141,7 +143,7 @@ impl World {
     fn new() -> Self {
         let limits = Limits { idempotency_retention_ms: 60_000, recent_changes_max: 4 };
         let mut world = World {
-            groups: (1..=GROUPS).map(|g| (g, Inventory::new(limits.clone()))).collect(),
+            groups: (1..=GROUPS).map(|g| (g, Inventory::serving(limits.clone(), RangeDesc::whole(g)))).collect(),
             index: BTreeMap::new(),
             now_ms: 1_000,
             net: Vec::new(),
@@ -170,7 +172,7 @@ impl World {
         *index += 1;
         let at = *index;
         let inventory = self.groups.get_mut(&group).expect("group");
-        let mut results = inventory.apply_batch(at, &Batch { proposed_at_ms: self.now_ms, commands: vec![command] });
+        let mut results = inventory.apply_batch(at, &Batch::new(self.now_ms, FIRST_EPOCH, vec![command]));
         (at, results.remove(0))
     }
 
@@ -179,7 +181,7 @@ impl World {
             let index = self.index.entry(group).or_insert(0);
             *index += 1;
             let at = *index;
-            self.groups.get_mut(&group).expect("group").apply_batch(at, &Batch { proposed_at_ms: self.now_ms, commands: Vec::new() });
+            self.groups.get_mut(&group).expect("group").apply_batch(at, &Batch::new(self.now_ms, FIRST_EPOCH, Vec::new()));
         }
     }
 

@@ -30,10 +30,12 @@ use storage::model::LineRisk;
 use storage::model::Outcome;
 use storage::model::Position;
 use storage::model::PositionKey;
+use storage::model::RangeDesc;
 use storage::model::Reservation;
 use storage::model::ReservationState;
 use storage::model::RiskGate;
 use storage::model::Shortfall;
+use storage::model::FIRST_EPOCH;
 
 const SKUS: [&str; 2] = ["sku-a", "sku-b"];
 const LOCATIONS: [&str; 2] = ["dc-1", "dc-2"];
@@ -313,13 +315,13 @@ impl Harness {
             self.history.push(command.clone());
             commands.push(command);
         }
-        Batch { proposed_at_ms, commands }
+        Batch::new(proposed_at_ms, FIRST_EPOCH, commands)
     }
 
     fn run(&mut self, generated: &[GenBatch]) -> Result<(), TestCaseError> {
         // Opening stock, so that reservations have something to take.
         let opening = (0..POSITIONS).map(|p| adjustment(format!("opening-{p}"), p, AdjustmentKind::Receipt, 8, "dock", 1)).collect();
-        self.apply(&Batch { proposed_at_ms: self.proposed_at_ms, commands: opening })?;
+        self.apply(&Batch::new(self.proposed_at_ms, FIRST_EPOCH, opening))?;
         for generated_batch in generated {
             let batch = self.build_batch(generated_batch);
             self.apply(&batch)?;
@@ -337,13 +339,13 @@ impl Harness {
 
         // The stepped run: the clock tick first, then one command at a time.
         let before_tick = self.stepped.clone();
-        let tick = Batch { proposed_at_ms: batch.proposed_at_ms, commands: Vec::new() };
+        let tick = Batch::new(batch.proposed_at_ms, FIRST_EPOCH, Vec::new());
         prop_assert!(self.stepped.apply_batch(log_index, &tick).is_empty());
         self.check_tick(&before_tick, batch.proposed_at_ms)?;
         let mut stepped_results = Vec::new();
         for command in &batch.commands {
             let pre = self.stepped.clone();
-            let single = Batch { proposed_at_ms: batch.proposed_at_ms, commands: vec![command.clone()] };
+            let single = Batch::new(batch.proposed_at_ms, FIRST_EPOCH, vec![command.clone()]);
             let mut result = self.stepped.apply_batch(log_index, &single);
             prop_assert_eq!(result.len(), 1);
             let result = result.remove(0);
@@ -679,7 +681,7 @@ impl Harness {
             events: self.persisted.events.clone().into_iter().collect(),
             ..Records::default()
         };
-        let loaded = Inventory::load(limits(), self.whole.log_time_ms(), self.whole.last_applied_index(), records);
+        let loaded = Inventory::load(limits(), RangeDesc::whole(0), self.whole.log_time_ms(), self.whole.last_applied_index(), records);
         prop_assert!(loaded == self.whole, "state loaded from dirty records differs");
         prop_assert!(self.whole.take_dirty().is_empty());
         Ok(())

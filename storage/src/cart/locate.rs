@@ -95,6 +95,8 @@ mod tests {
     use crate::model::Limits;
     use crate::model::Line;
     use crate::model::Outcome;
+    use crate::model::RangeDesc;
+    use crate::model::FIRST_EPOCH;
 
     const HOME: GroupId = 3;
     const TTL: u64 = 5_000;
@@ -102,7 +104,7 @@ mod tests {
 
     fn apply(inventory: &mut Inventory, at_ms: u64, command: Command) -> CommandResult {
         let log_index = inventory.last_applied_index() + 1;
-        let mut results = inventory.apply_batch(log_index, &Batch { proposed_at_ms: at_ms, commands: vec![command] });
+        let mut results = inventory.apply_batch(log_index, &Batch::new(at_ms, FIRST_EPOCH, vec![command]));
         assert_eq!(inventory.check_invariants(), Ok(()));
         results.remove(0)
     }
@@ -116,7 +118,7 @@ mod tests {
     }
 
     fn home() -> Inventory {
-        let mut inventory = Inventory::new(Limits { idempotency_retention_ms: RETENTION, recent_changes_max: 8 });
+        let mut inventory = Inventory::serving(Limits { idempotency_retention_ms: RETENTION, recent_changes_max: 8 }, RangeDesc::whole(HOME));
         let receipt = crate::model::Adjustment {
             event_id: "e1".to_owned(),
             sku: "h-1".to_owned(),
@@ -183,7 +185,7 @@ mod tests {
         let dirty = inventory.take_dirty();
         assert_eq!(dirty.locators.len(), 1);
         let records = Records { locators: dirty.locators.into_iter().filter_map(|(id, l)| l.map(|l| (id, l))).collect(), ..Records::default() };
-        let loaded = Inventory::load(inventory.limits().clone(), 2_000, inventory.last_applied_index(), records);
+        let loaded = Inventory::load(inventory.limits().clone(), inventory.range().clone(), 2_000, inventory.last_applied_index(), records);
         assert_eq!(loaded.locator("o1"), inventory.locator("o1"));
         assert_eq!(Inventory::from_snapshot(inventory.limits().clone(), inventory.to_snapshot()), inventory);
 
