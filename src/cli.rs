@@ -10,6 +10,7 @@
 //! - Formatting functions are pure: they return the text, callers print it.
 //! - Words are the proto's in lower case ("pending", "insufficient_stock").
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -117,6 +118,15 @@ pub enum Command {
     Model(ModelCommand),
     /// Which role may call which RPC (the nodes' role table).
     Roles,
+    /// The shard map as the groups serve it.
+    #[command(subcommand)]
+    Shard(ShardCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ShardCommand {
+    /// One row per group: range, epoch, replicas, leader, positions, load.
+    List,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -1140,6 +1150,90 @@ pub fn status_human(reports: &[NodeStatusReport]) -> String {
         &["GROUP", "REGION", "RANGE", "REPLICAS", "LEADER", "TERM", "NODE", "ROLE", "LAST_LOG", "COMMITTED", "APPLIED", "LAG", "PENDING", "POSITIONS"],
         &group_rows,
     ));
+    out
+}
+
+/// One group of `stockctl shard list`, as the node that reported it sees it.
+struct ShardRow<'a> {
+    group: &'a GroupStatus,
+    /// The node whose answer the row is: the group's leader if it answered,
+    /// else the replica that applied most.
+    seen_by: u64,
+}
+
+/// Every group once, from its leader's answer when there is one.
+fn shard_rows(reports: &[NodeStatusReport]) -> Vec<ShardRow<'_>> {
+    let mut rows: BTreeMap<u32, ShardRow<'_>> = BTreeMap::new();
+    for status in reports.iter().filter_map(|report| report.result.as_ref().ok()) {
+        for group in &status.groups {
+            let leads = group.leader != 0 && group.leader == status.node_id;
+            let better = match rows.get(&group.group_id) {
+                None => true,
+                Some(row) => {
+                    let row_leads = row.group.leader == row.seen_by && row.group.leader != 0;
+                    (leads && !row_leads) || (leads == row_leads && group.applied_index > row.group.applied_index)
+                }
+            };
+            if better {
+                rows.insert(group.group_id, ShardRow { group, seen_by: status.node_id });
+            }
+        }
+    }
+    rows.into_values().collect()
+}
+
+/// `{"shards": [...], "unanswered": [addr...]}`.
+pub fn shard_list_json(reports: &[NodeStatusReport]) -> Value {
+    let shards: Vec<Value> = shard_rows(reports)
+        .iter()
+        .map(|row| {
+            let g = row.group;
+            json!({
+                "group_id": g.group_id,
+                "region": g.region,
+                "start_sku": g.start_sku,
+                "end_sku": g.end_sku,
+                "epoch": g.epoch,
+                "replicas": g.replicas,
+                "leader": g.leader,
+                "positions": g.positions,
+                "pending_reservations": g.pending_reservations,
+                "load_cmds_per_s": g.load_cmds_per_s,
+                "applied_index": g.applied_index,
+                "seen_by": row.seen_by,
+            })
+        })
+        .collect();
+    json!({ "shards": shards, "unanswered": unanswered(reports) })
+}
+
+fn unanswered(reports: &[NodeStatusReport]) -> Vec<String> {
+    reports.iter().filter(|report| report.result.is_err()).map(|report| strip_scheme(&report.addr).to_owned()).collect()
+}
+
+/// The table of `stockctl shard list`, then the nodes that did not answer.
+pub fn shard_list_human(reports: &[NodeStatusReport]) -> String {
+    let rows: Vec<Vec<String>> = shard_rows(reports)
+        .iter()
+        .map(|row| {
+            let g = row.group;
+            vec![
+                g.group_id.to_string(),
+                dash_if_empty(&g.region),
+                range_text(&g.start_sku, &g.end_sku),
+                g.epoch.to_string(),
+                dash_if_empty(&g.replicas.iter().map(u64::to_string).collect::<Vec<_>>().join(",")),
+                if g.leader == 0 { "-".to_owned() } else { g.leader.to_string() },
+                g.positions.to_string(),
+                g.pending_reservations.to_string(),
+                format!("{:.0}", g.load_cmds_per_s),
+            ]
+        })
+        .collect();
+    let mut out = render_table(&["GROUP", "REGION", "RANGE", "EPOCH", "REPLICAS", "LEADER", "POSITIONS", "PENDING", "LOAD/S"], &rows);
+    for addr in unanswered(reports) {
+        out.push_str(&format!("{addr}: no answer; its groups are shown as the other nodes see them\n"));
+    }
     out
 }
 

@@ -138,7 +138,7 @@ fn rpc_path(prefix: &str, method: &str) -> &'static str {
 /// [`bench_stock_rpcs`]). Empty for commands that make none.
 pub fn command_rpcs(command: &Command) -> Vec<&'static str> {
     match command {
-        Command::Status => vec![admin("Status")],
+        Command::Status | Command::Shard(_) => vec![admin("Status")],
         Command::Adjust(_) => vec![inventory("Adjust")],
         Command::Reserve(_) => vec![inventory("Reserve")],
         Command::Commit(_) => vec![inventory("Commit")],

@@ -516,7 +516,8 @@ impl Admin for AdminService {
         let nodes = node.config.nodes.values().map(|n| pb::NodeStatus { id: n.id, addr: n.addr.clone(), region: n.region.clone() }).collect();
         let mut groups = Vec::new();
         for g in node.groups() {
-            let Some(range) = node.shard_map().range(g.id) else { continue };
+            let Some(placement) = node.shard_map().range(g.id) else { continue };
+            let range = g.range();
             let p = g.progress();
             let (pending, positions) = {
                 let inv = g.state().read();
@@ -524,10 +525,10 @@ impl Admin for AdminService {
             };
             groups.push(pb::GroupStatus {
                 group_id: g.id,
-                region: range.region.clone(),
+                region: placement.region.clone(),
                 start_sku: range.start_sku.clone(),
                 end_sku: range.end_sku.clone().unwrap_or_default(),
-                replicas: range.replicas.clone(),
+                replicas: if p.voters.is_empty() { placement.replicas.clone() } else { p.voters.clone() },
                 leader: p.leader.unwrap_or(0),
                 term: p.term,
                 role: p.role.to_string(),
@@ -541,6 +542,8 @@ impl Admin for AdminService {
                     .collect(),
                 pending_reservations: pending,
                 positions,
+                epoch: range.epoch,
+                load_cmds_per_s: g.load_per_second(),
             });
         }
         Ok(Response::new(pb::StatusResponse {

@@ -486,6 +486,8 @@ fn status(node_id: u64, role: &str, leader: u64) -> StatusResponse {
             },
             pending_reservations: 5,
             positions: 7,
+            epoch: 1,
+            load_cmds_per_s: if role == "leader" { 412.4 } else { 0.0 },
         }],
         version: "0.1.0".into(),
         model: None,
@@ -526,6 +528,37 @@ fn status_tables_show_every_node_and_group() {
     assert_eq!(responses[1]["status"]["node_id"], 2);
     assert_eq!(responses[2]["status"], Value::Null);
     assert!(responses[2]["error"].as_str().expect("error text").contains("connection refused"));
+}
+
+#[test]
+fn shard_list_has_one_row_per_group_from_its_leader() {
+    // The follower applied more but the leader's answer is the row.
+    let mut follower = status(2, "follower", 1);
+    follower.groups[0].applied_index = 99;
+    follower.groups.push(GroupStatus { group_id: 2, start_sku: "4".into(), end_sku: String::new(), leader: 0, epoch: 3, ..follower.groups[0].clone() });
+    let reports = vec![
+        NodeStatusReport { addr: "http://127.0.0.1:7102".into(), result: Ok(follower) },
+        NodeStatusReport { addr: "http://127.0.0.1:7101".into(), result: Ok(status(1, "leader", 1)) },
+        NodeStatusReport {
+            addr: "http://127.0.0.1:7103".into(),
+            result: Err(ClientError::Unavailable { outcome_unknown: false, message: "connection refused".into() }),
+        },
+    ];
+    let text = cli::shard_list_human(&reports);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("GROUP") && lines[0].contains("EPOCH") && lines[0].contains("LOAD/S"), "{text}");
+    assert_eq!(lines.len(), 4, "header, two groups, the node that did not answer: {text}");
+    let load = lines[0].find("LOAD/S").expect("LOAD/S");
+    assert_eq!(lines[1].get(load..), Some("412"), "group 1 from its leader: {text}");
+    assert!(lines[2].starts_with("2 ") && lines[2].contains("4..") && lines[2].contains(" 3 "), "group 2, unbounded, epoch 3, no leader: {text}");
+    assert!(lines[3].starts_with("127.0.0.1:7103: no answer"), "{text}");
+
+    let value = cli::shard_list_json(&reports);
+    let shards = value["shards"].as_array().expect("shards");
+    assert_eq!(shards.len(), 2);
+    assert_eq!((shards[0]["group_id"].as_u64(), shards[0]["seen_by"].as_u64(), shards[0]["applied_index"].as_u64()), (Some(1), Some(1), Some(98)));
+    assert_eq!((shards[1]["epoch"].as_u64(), shards[1]["leader"].as_u64(), shards[1]["seen_by"].as_u64()), (Some(3), Some(0), Some(2)));
+    assert_eq!(value["unanswered"], serde_json::json!(["127.0.0.1:7103"]));
 }
 
 #[test]

@@ -60,6 +60,24 @@ async fn any_node_serves_or_forwards_every_request() {
     let unknown = c.commit(pb::ReservationRef { reservation_id: "no-such".into() }).await.expect("commit").into_inner();
     assert_eq!(unknown.outcome, pb::Outcome::NotFound as i32);
 
+    // The leader's status names the group's range as its state machine
+    // holds it, at the first epoch, and the commands it proposed per second.
+    let group_of_sku = cluster.node(leader).shard_map().group_for("local", SKU).expect("group").desc();
+    let mut admin = stockd::proto::v1::admin_client::AdminClient::new(cluster.channel(leader, Some("operator")));
+    poll("the leader's load to count the writes", Duration::from_secs(10), || {
+        let mut admin = admin.clone();
+        let expected = group_of_sku.clone();
+        async move {
+            let status = admin.status(pb::StatusRequest {}).await.expect("status").into_inner();
+            let g = status.groups.iter().find(|g| g.group_id == expected.group).expect("the group is hosted");
+            assert_eq!((g.start_sku.as_str(), g.end_sku.as_str(), g.epoch), (expected.start_sku.as_str(), expected.end_sku.as_deref().unwrap_or(""), 1));
+            g.load_cmds_per_s > 0.0
+        }
+    })
+    .await;
+    let status = admin.status(pb::StatusRequest {}).await.expect("status").into_inner();
+    assert!(status.groups.iter().filter(|g| g.group_id != group_of_sku.group).all(|g| g.load_cmds_per_s == 0.0), "only the written group has load");
+
     // Bounded and any reads on a follower report their staleness.
     let p = via_follower
         .get_position(pb::GetPositionRequest { sku: SKU.into(), location: LOC.into(), consistency: pb::Consistency::Bounded as i32, max_staleness_ms: 5_000 })

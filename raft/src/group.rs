@@ -30,6 +30,7 @@ use tokio::sync::oneshot;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
+use crate::load::LoadMeter;
 use crate::log_store::LogStore;
 use crate::network::GroupNetwork;
 use crate::network::PeerRpc;
@@ -109,6 +110,8 @@ pub struct Group {
     state: Arc<GroupState>,
     proposals: mpsc::Sender<Proposal>,
     committed: Arc<AtomicU64>,
+    /// Commands this node proposed to the group (as its leader).
+    load: Arc<LoadMeter>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -158,9 +161,10 @@ impl Group {
             .map_err(|e| fatal(format!("cannot start raft: {e}")))?;
         let (tx, rx) = mpsc::channel(config.proposal_queue_max);
         let last_proposed = Arc::new(AtomicU64::new(0));
-        let proposer = tokio::spawn(run_proposer(id, raft.clone(), rx, config.clone(), last_proposed.clone()));
+        let load = Arc::new(LoadMeter::new());
+        let proposer = tokio::spawn(run_proposer(id, raft.clone(), rx, config.clone(), (last_proposed.clone(), load.clone())));
         let ticker = tokio::spawn(run_ticker(id, raft.clone(), config.clock_tick_ms, last_proposed));
-        Ok(Group { id, node_id, raft, state, proposals: tx, committed, tasks: vec![proposer, ticker] })
+        Ok(Group { id, node_id, raft, state, proposals: tx, committed, load, tasks: vec![proposer, ticker] })
     }
 
     /// Makes `members` the group's voters if the group has never been
@@ -199,6 +203,12 @@ impl Group {
 
     pub fn state(&self) -> &GroupState {
         &self.state
+    }
+
+    /// Commands per second this node proposed to the group over the last
+    /// seconds (`load::LOAD_WINDOW_S`): the group's load when it leads.
+    pub fn load_per_second(&self) -> f64 {
+        self.load.per_second()
     }
 
     /// The group's range as this replica last applied it.
@@ -283,7 +293,8 @@ impl Group {
     }
 }
 
-async fn run_proposer(group: GroupId, raft: Raft, mut rx: mpsc::Receiver<Proposal>, config: GroupConfig, last_proposed: Arc<AtomicU64>) {
+async fn run_proposer(group: GroupId, raft: Raft, mut rx: mpsc::Receiver<Proposal>, config: GroupConfig, meters: (Arc<AtomicU64>, Arc<LoadMeter>)) {
+    let (last_proposed, load) = meters;
     let inflight = Arc::new(Semaphore::new(config.proposals_inflight_max));
     let mut next = None;
     loop {
@@ -314,6 +325,7 @@ async fn run_proposer(group: GroupId, raft: Raft, mut rx: mpsc::Receiver<Proposa
         let raft = raft.clone();
         let now = wall_clock_ms();
         last_proposed.store(now, Ordering::Relaxed);
+        load.record(proposals.len() as u64);
         tokio::spawn(async move {
             let (commands, replies): (Vec<Command>, Vec<_>) = proposals.into_iter().map(|p| (p.command, p.reply)).unzip();
             let count = commands.len();

@@ -69,6 +69,15 @@ async fn run(cli: Cli) -> u8 {
     };
     let json = cli.json;
     match cli.command {
+        Command::Shard(cli::ShardCommand::List) => {
+            let reports = client.status_all().await;
+            if json {
+                emit_json(&cli::shard_list_json(&reports));
+            } else {
+                emit(&cli::shard_list_human(&reports));
+            }
+            cli::status_exit_code(&reports)
+        }
         Command::Status => {
             let reports = client.status_all().await;
             if json {
