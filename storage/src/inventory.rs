@@ -140,7 +140,7 @@ pub struct Inventory {
     last_applied_index: u64,
     /// The key range this group serves: apply refuses commands outside it
     /// or routed at another epoch.
-    range: RangeDesc,
+    pub(crate) range: RangeDesc,
     pub(crate) positions: BTreeMap<PositionKey, Position>,
     pub(crate) reservations: BTreeMap<String, Reservation>,
     /// `(expires_at_ms, id)` of every `Pending` reservation that is not an
@@ -148,7 +148,7 @@ pub struct Inventory {
     pub(crate) expiry_index: BTreeSet<(u64, String)>,
     /// `(finished_at_ms, id)` of every reservation in a final state.
     pub(crate) finished_index: BTreeSet<(u64, String)>,
-    events: BTreeMap<String, EventRecord>,
+    pub(crate) events: BTreeMap<String, EventRecord>,
     /// `(applied_at_ms, event_id)` of every event record.
     event_index: BTreeSet<(u64, String)>,
     /// Home records of carts homed here.
@@ -167,9 +167,9 @@ pub struct Inventory {
     pub(crate) locators: BTreeMap<String, Locator>,
     /// `(forget_at_ms, id)` of every locator.
     pub(crate) locator_expiry: BTreeSet<(u64, String)>,
-    dirty_positions: BTreeSet<PositionKey>,
+    pub(crate) dirty_positions: BTreeSet<PositionKey>,
     pub(crate) dirty_reservations: BTreeSet<String>,
-    dirty_events: BTreeSet<String>,
+    pub(crate) dirty_events: BTreeSet<String>,
     pub(crate) dirty_carts: BTreeSet<String>,
     pub(crate) dirty_intents: BTreeSet<String>,
     pub(crate) dirty_locators: BTreeSet<String>,

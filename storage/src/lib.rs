@@ -25,4 +25,5 @@ pub use mem::MemEngine;
 #[cfg(feature = "rocks")]
 pub use rocks::RocksEngine;
 pub mod inventory;
+pub mod split;
 pub mod validate;

@@ -1,0 +1,169 @@
+//! Split and merge of one group's state, at apply: no copy over the network.
+//!
+//! A split at SKU `at` leaves `[start, at)` in the group and moves `[at, end)`
+//! to a new group with everything that belongs to its positions: the
+//! positions (with their per-source feed sequences and change history),
+//! the reservations and cart intents whose lines all fall there, and the feed
+//! event records of its SKUs. Both sides take the next epoch, so a command
+//! routed with the old map is refused by either (`Outcome::EpochNotMatch`).
+//!
+//! What stays in the group whatever its keys:
+//! - home records of carts and locators: they are homed by their id, not by
+//!   SKU, and a split does not move homes;
+//! - finished reservations whose lines fall on both sides (kept for
+//!   idempotent answers only: they hold no units).
+//!
+//! A split refuses a key that would cut a live reservation (pending or
+//! committed, intents included) in two: its units would be held by two groups
+//! that no single record decides for. The caller picks another key.
+//!
+//! A merge takes back the right neighbour's records (adjacent ranges only;
+//! an id or event id held by both refuses the merge). Split then merge gives
+//! back the same records and indexes (`storage/tests/prop_split.rs`).
+
+use std::collections::BTreeMap;
+
+use crate::inventory::Inventory;
+use crate::inventory::InventorySnapshot;
+use crate::model::GroupId;
+use crate::model::Line;
+use crate::model::PositionKey;
+use crate::model::RangeDesc;
+use crate::model::ReservationState;
+
+/// Why a split or merge was refused; nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopologyRefusal {
+    #[error("split key {at:?} is not strictly inside {range}")]
+    KeyOutside { at: String, range: Box<RangeDesc> },
+    #[error("split key {at:?} cuts live reservation {id} in two")]
+    Straddles { at: String, id: String },
+    #[error("{left} and {right} are not adjacent")]
+    NotAdjacent { left: Box<RangeDesc>, right: Box<RangeDesc> },
+    #[error("{what} {id} is held by both sides of the merge")]
+    Collides { what: &'static str, id: String },
+}
+
+/// Where a record's lines fall against the split key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Left,
+    Right,
+    Both,
+}
+
+fn side_of(lines: &[Line], at: &str) -> Side {
+    let right = lines.iter().filter(|line| line.sku.as_str() >= at).count();
+    match right {
+        0 => Side::Left,
+        n if n == lines.len() => Side::Right,
+        _ => Side::Both,
+    }
+}
+
+fn live(state: ReservationState) -> bool {
+    matches!(state, ReservationState::Pending | ReservationState::Committed)
+}
+
+impl Inventory {
+    /// Splits `[at, end)` off into a new inventory serving it as group
+    /// `child`; this one keeps `[start, at)`. Both take the next epoch.
+    /// Everything moved is marked changed on both sides (deleted here,
+    /// written there), on top of what was already pending here.
+    pub fn split_off(&mut self, at: &str, child: GroupId) -> Result<Inventory, TopologyRefusal> {
+        let range = self.range.clone();
+        if at <= range.start_sku.as_str() || !range.contains(at) {
+            return Err(TopologyRefusal::KeyOutside { at: at.to_owned(), range: Box::new(range) });
+        }
+        if let Some((id, _)) = self.reservations.iter().find(|(_, r)| live(r.state) && side_of(&r.lines, at) == Side::Both) {
+            return Err(TopologyRefusal::Straddles { at: at.to_owned(), id: id.clone() });
+        }
+        let epoch = range.epoch + 1;
+        let mut left = self.to_snapshot();
+        let mut right = InventorySnapshot {
+            log_time_ms: left.log_time_ms,
+            last_applied_index: 0,
+            range: RangeDesc { group: child, start_sku: at.to_owned(), end_sku: range.end_sku.clone(), epoch },
+            positions: left.positions.split_off(&PositionKey::new(at, "")),
+            reservations: take_where(&mut left.reservations, |_, r| side_of(&r.lines, at) == Side::Right),
+            events: take_where(&mut left.events, |_, e| e.adjustment.sku.as_str() >= at),
+            carts: BTreeMap::new(),
+            intents: BTreeMap::new(),
+            locators: BTreeMap::new(),
+        };
+        right.intents = take_where(&mut left.intents, |id, _| right.reservations.contains_key(id));
+        left.range = RangeDesc { end_sku: Some(at.to_owned()), epoch, ..range };
+        let mut child_inventory = Inventory::from_snapshot(self.limits().clone(), right);
+        child_inventory.mark_all_dirty();
+        let mut kept = Inventory::from_snapshot(self.limits().clone(), left);
+        kept.take_dirty_of(self);
+        kept.mark_dirty_like(&child_inventory);
+        *self = kept;
+        Ok(child_inventory)
+    }
+
+    /// Takes back the records of `right`, the adjacent range after this one:
+    /// this group then serves both ranges, at the next epoch of either.
+    pub fn merge(&mut self, right: Inventory) -> Result<(), TopologyRefusal> {
+        let (l, r) = (self.range.clone(), right.range.clone());
+        if l.end_sku.as_deref() != Some(r.start_sku.as_str()) {
+            return Err(TopologyRefusal::NotAdjacent { left: Box::new(l), right: Box::new(r) });
+        }
+        let mut merged = self.to_snapshot();
+        let theirs = right.to_snapshot();
+        absorb(&mut merged.positions, theirs.positions, "position")?;
+        absorb(&mut merged.reservations, theirs.reservations, "reservation")?;
+        absorb(&mut merged.events, theirs.events, "event")?;
+        absorb(&mut merged.carts, theirs.carts, "cart")?;
+        absorb(&mut merged.intents, theirs.intents, "intent")?;
+        absorb(&mut merged.locators, theirs.locators, "locator")?;
+        merged.log_time_ms = merged.log_time_ms.max(theirs.log_time_ms);
+        merged.range = RangeDesc { end_sku: r.end_sku, epoch: l.epoch.max(r.epoch) + 1, ..l };
+        let mut kept = Inventory::from_snapshot(self.limits().clone(), merged);
+        kept.take_dirty_of(self);
+        kept.mark_dirty_like(&right);
+        *self = kept;
+        Ok(())
+    }
+
+    /// Marks every record changed (a new group writes all it holds).
+    fn mark_all_dirty(&mut self) {
+        let copy = self.clone();
+        self.mark_dirty_like(&copy);
+    }
+
+    /// Marks changed every key that `other` holds.
+    fn mark_dirty_like(&mut self, other: &Inventory) {
+        self.dirty_positions.extend(other.positions.keys().cloned());
+        self.dirty_reservations.extend(other.reservations.keys().cloned());
+        self.dirty_events.extend(other.events.keys().cloned());
+        self.dirty_carts.extend(other.carts.keys().cloned());
+        self.dirty_intents.extend(other.intents.keys().cloned());
+        self.dirty_locators.extend(other.locators.keys().cloned());
+    }
+
+    /// Keeps what `before` still had to persist.
+    fn take_dirty_of(&mut self, before: &mut Inventory) {
+        self.dirty_positions.append(&mut before.dirty_positions);
+        self.dirty_reservations.append(&mut before.dirty_reservations);
+        self.dirty_events.append(&mut before.dirty_events);
+        self.dirty_carts.append(&mut before.dirty_carts);
+        self.dirty_intents.append(&mut before.dirty_intents);
+        self.dirty_locators.append(&mut before.dirty_locators);
+    }
+}
+
+/// Removes and returns the entries of `map` that `moves`.
+fn take_where<K: Ord + Clone, V>(map: &mut BTreeMap<K, V>, moves: impl Fn(&K, &V) -> bool) -> BTreeMap<K, V> {
+    let keys: Vec<K> = map.iter().filter(|(k, v)| moves(k, v)).map(|(k, _)| k.clone()).collect();
+    keys.into_iter().filter_map(|k| map.remove(&k).map(|v| (k, v))).collect()
+}
+
+/// Moves every entry of `from` into `into`; a key held by both is named.
+fn absorb<K: Ord + std::fmt::Debug, V>(into: &mut BTreeMap<K, V>, from: BTreeMap<K, V>, what: &'static str) -> Result<(), TopologyRefusal> {
+    if let Some(key) = from.keys().find(|k| into.contains_key(*k)) {
+        return Err(TopologyRefusal::Collides { what, id: format!("{key:?}") });
+    }
+    into.extend(from);
+    Ok(())
+}

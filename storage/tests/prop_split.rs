@@ -1,0 +1,394 @@
+//! Property test of splits and merges (`storage::split`): a group's state
+//! built from random feed receipts, reservations, transitions, cart intents
+//! and home records, then split at a random key.
+//!
+//! Checked:
+//! - a refused split names a live reservation that the key would cut, and
+//!   changes nothing;
+//! - after a split, each side keeps its own invariants and holds only keys
+//!   of its range; every position, reservation, intent and feed event is on
+//!   exactly one side (home records stay in the group); both sides are at the
+//!   next epoch;
+//! - merging the sides back at once gives the unsplit group's state, byte
+//!   for byte (range and epoch aside);
+//! - a split is invisible: the same later commands, each sent to the side
+//!   that holds its keys, give the same results as in the unsplit group, and
+//!   merging then gives its records and indexes (change histories name each
+//!   group's own log indexes, so those are left out of the comparison).
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+
+use proptest::prelude::*;
+use storage::inventory::Inventory;
+use storage::inventory::InventorySnapshot;
+use storage::model::Adjustment;
+use storage::model::AdjustmentKind;
+use storage::model::Batch;
+use storage::model::Command;
+use storage::model::CommandResult;
+use storage::model::IntentOf;
+use storage::model::Limits;
+use storage::model::Line;
+use storage::model::RangeDesc;
+use storage::model::ReservationState;
+use storage::split::TopologyRefusal;
+
+const SKUS: [&str; 6] = ["a1", "b2", "c3", "d4", "e5", "f6"];
+const KEYS: [&str; 8] = ["", "a1", "b", "b2", "c3x", "d", "f6", "g"];
+const LOCATION: &str = "wh1";
+const GROUP: u32 = 1;
+const CHILD: u32 = 2;
+const IDS: usize = 8;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Receipt {
+        sku: usize,
+        quantity: u64,
+    },
+    Reserve {
+        id: usize,
+        lines: Vec<(usize, u64)>,
+    },
+    Commit {
+        id: usize,
+    },
+    Release {
+        id: usize,
+    },
+    Fulfill {
+        id: usize,
+    },
+    /// A cart intent held here for a record homed elsewhere.
+    Prepare {
+        id: usize,
+        lines: Vec<(usize, u64)>,
+    },
+    /// A cart record homed here whose lines are all elsewhere.
+    Begin {
+        id: usize,
+    },
+    Tick {
+        ms: u64,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let lines = || prop::collection::vec((0..SKUS.len(), 1u64..3), 1..3);
+    prop_oneof![
+        3 => (0..SKUS.len(), 1u64..6).prop_map(|(sku, quantity)| Op::Receipt { sku, quantity }),
+        4 => (0..IDS, lines()).prop_map(|(id, lines)| Op::Reserve { id, lines }),
+        2 => (0..IDS).prop_map(|id| Op::Commit { id }),
+        1 => (0..IDS).prop_map(|id| Op::Release { id }),
+        1 => (0..IDS).prop_map(|id| Op::Fulfill { id }),
+        1 => (0..IDS, lines()).prop_map(|(id, lines)| Op::Prepare { id, lines }),
+        1 => (0..IDS).prop_map(|id| Op::Begin { id }),
+        2 => (100u64..4_000).prop_map(|ms| Op::Tick { ms }),
+    ]
+}
+
+fn limits() -> Limits {
+    Limits { idempotency_retention_ms: 6_000, recent_changes_max: 4 }
+}
+
+fn lines_of(lines: &[(usize, u64)]) -> Vec<Line> {
+    lines.iter().map(|(sku, quantity)| Line { sku: SKUS[*sku].to_owned(), location: LOCATION.to_owned(), quantity: *quantity }).collect()
+}
+
+fn id(n: usize) -> String {
+    format!("r{n}")
+}
+
+/// The command of `op` (`None` for a tick), with `seq` for feed events.
+fn command(op: &Op, seq: u64) -> Option<Command> {
+    Some(match op {
+        Op::Receipt { sku, quantity } => Command::Adjust(Adjustment {
+            event_id: format!("e{seq}"),
+            sku: SKUS[*sku].to_owned(),
+            location: LOCATION.to_owned(),
+            kind: AdjustmentKind::Receipt,
+            quantity: *quantity,
+            reason: "receipt".into(),
+            source: "wms".into(),
+            source_seq: seq,
+            observed_at_ms: None,
+        }),
+        Op::Reserve { id: n, lines } => Command::Reserve { reservation_id: id(*n), lines: lines_of(lines), ttl_ms: 5_000 },
+        Op::Commit { id: n } => Command::Commit { reservation_id: id(*n) },
+        Op::Release { id: n } => Command::Release { reservation_id: id(*n) },
+        Op::Fulfill { id: n } => Command::Fulfill { reservation_id: id(*n) },
+        Op::Prepare { id: n, lines } => Command::CartPrepare {
+            reservation_id: format!("c{n}"),
+            of: IntentOf { home: 9, begin_index: 1 },
+            lines: lines_of(lines),
+            expires_at_ms: u64::MAX,
+            gate: None,
+        },
+        Op::Begin { id: n } => {
+            let elsewhere = vec![Line { sku: "zz".into(), location: LOCATION.into(), quantity: 1 }];
+            Command::CartBegin {
+                reservation_id: format!("h{n}"),
+                lines: elsewhere.clone(),
+                ttl_ms: 5_000,
+                home: GROUP,
+                parts: BTreeMap::from([(9, elsewhere)]),
+                own_gate: None,
+            }
+        }
+        Op::Tick { .. } => return None,
+    })
+}
+
+struct World {
+    now_ms: u64,
+    seq: u64,
+}
+
+impl World {
+    fn apply(&mut self, inventory: &mut Inventory, op: &Op) -> Option<CommandResult> {
+        if let Op::Tick { ms } = op {
+            self.now_ms += ms;
+        }
+        self.seq += 1;
+        let index = inventory.last_applied_index() + 1;
+        let commands: Vec<Command> = command(op, self.seq).into_iter().collect();
+        let mut results = inventory.apply_batch(index, &Batch::new(self.now_ms, inventory.range().epoch, commands));
+        assert_eq!(inventory.check_invariants(), Ok(()));
+        results.pop()
+    }
+}
+
+/// Which side of a split an op goes to, as a router would send it; `None`:
+/// nowhere (its lines are on both sides, a cart across groups, or its id is
+/// held by the other side, which the node's lookup by id would find).
+fn route(op: &Op, left: &Inventory, right: &Inventory) -> Option<bool> {
+    let in_right = |sku: &usize| right.range().contains(SKUS[*sku]);
+    let by_lines = |lines: &[(usize, u64)]| {
+        let rights = lines.iter().filter(|(sku, _)| in_right(sku)).count();
+        match rights {
+            0 => Some(false),
+            n if n == lines.len() => Some(true),
+            _ => None,
+        }
+    };
+    let holder = |rid: &str| match (left.reservation(rid).is_some(), right.reservation(rid).is_some()) {
+        (_, true) => Some(true),
+        (true, false) => Some(false),
+        (false, false) => None,
+    };
+    match op {
+        Op::Receipt { sku, .. } => Some(in_right(sku)),
+        Op::Reserve { id: n, lines } => {
+            let side = by_lines(lines)?;
+            match holder(&id(*n)) {
+                Some(other) if other != side => None,
+                _ => Some(side),
+            }
+        }
+        Op::Commit { id: n } | Op::Release { id: n } | Op::Fulfill { id: n } => Some(holder(&id(*n)).unwrap_or(false)),
+        Op::Prepare { .. } | Op::Begin { .. } | Op::Tick { .. } => None,
+    }
+}
+
+/// `inventory` with its range and own log index set to `like`'s: what a
+/// split and merge may change.
+fn normalized(inventory: &Inventory, like: &Inventory) -> InventorySnapshot {
+    let mut snapshot = inventory.to_snapshot();
+    snapshot.range = like.range().clone();
+    snapshot.last_applied_index = like.last_applied_index();
+    snapshot
+}
+
+/// A state without the log indexes its change histories name.
+fn without_log_indexes(mut snapshot: InventorySnapshot) -> InventorySnapshot {
+    for position in snapshot.positions.values_mut() {
+        position.recent_changes.iter_mut().for_each(|change| change.log_index = 0);
+    }
+    snapshot
+}
+
+/// A command's result without the log indexes of a position's history.
+fn comparable(mut result: Option<CommandResult>) -> Option<CommandResult> {
+    if let Some(position) = result.as_mut().and_then(|r| r.position.as_mut()) {
+        position.recent_changes.iter_mut().for_each(|change| change.log_index = 0);
+    }
+    result
+}
+
+fn live_straddler(inventory: &Inventory, at: &str) -> Option<String> {
+    inventory
+        .reservations()
+        .filter(|(_, r)| matches!(r.state, ReservationState::Pending | ReservationState::Committed))
+        .find(|(_, r)| r.lines.iter().any(|l| l.sku.as_str() >= at) && r.lines.iter().any(|l| l.sku.as_str() < at))
+        .map(|(id, _)| id.clone())
+}
+
+fn check_split(original: &Inventory, left: &Inventory, right: &Inventory) {
+    assert_eq!(left.check_invariants(), Ok(()));
+    assert_eq!(right.check_invariants(), Ok(()));
+    assert_eq!(left.range().epoch, original.range().epoch + 1);
+    assert_eq!(right.range().epoch, left.range().epoch);
+    assert_eq!(left.range().end_sku.as_deref(), Some(right.range().start_sku.as_str()));
+    assert!(left.positions().all(|(k, _)| left.range().contains(&k.sku)));
+    assert!(right.positions().all(|(k, _)| right.range().contains(&k.sku)));
+    let positions: BTreeMap<_, _> = left.positions().chain(right.positions()).collect();
+    assert_eq!(positions.len(), left.positions().count() + right.positions().count(), "a position on both sides");
+    assert_eq!(positions, original.positions().collect::<BTreeMap<_, _>>());
+    let ids: BTreeSet<_> = left.reservations().chain(right.reservations()).map(|(id, _)| id).collect();
+    assert_eq!(ids.len(), left.reservations().count() + right.reservations().count(), "a reservation on both sides");
+    assert_eq!(ids, original.reservations().map(|(id, _)| id).collect::<BTreeSet<_>>());
+    for (rid, r) in right.reservations() {
+        assert!(r.lines.iter().all(|l| right.range().contains(&l.sku)), "{rid} moved with a line outside");
+        assert_eq!(right.intents().any(|(i, _)| i == rid), original.intents().any(|(i, _)| i == rid), "{rid} moved without its intent mark");
+    }
+    let events: BTreeSet<_> = left.events().chain(right.events()).map(|(id, _)| id).collect();
+    assert_eq!(events, original.events().map(|(id, _)| id).collect::<BTreeSet<_>>());
+    assert_eq!(right.carts().count(), 0, "home records stay");
+    assert_eq!(left.carts().count(), original.carts().count());
+}
+
+/// What one run reached, for the coverage check.
+#[derive(Debug, Default)]
+struct Coverage {
+    outside: usize,
+    straddled: usize,
+    split: usize,
+    moved_live: usize,
+    moved_intents: usize,
+    routed_right: usize,
+}
+
+fn run(before: Vec<Op>, at: &str, after: Vec<Op>, coverage: &mut Coverage) {
+    let mut world = World { now_ms: 1_000, seq: 0 };
+    let mut original = Inventory::serving(limits(), RangeDesc::whole(GROUP));
+    for op in &before {
+        world.apply(&mut original, op);
+    }
+    let mut left = original.clone();
+    let mut right = match left.split_off(at, CHILD) {
+        Ok(right) => right,
+        Err(TopologyRefusal::KeyOutside { .. }) => {
+            assert!(at.is_empty(), "only the range's start is outside: {at:?}");
+            assert_eq!(left, original);
+            coverage.outside += 1;
+            return;
+        }
+        Err(TopologyRefusal::Straddles { id, .. }) => {
+            assert_eq!(live_straddler(&original, at).as_deref(), Some(id.as_str()));
+            assert_eq!(left, original, "a refused split changes nothing");
+            coverage.straddled += 1;
+            return;
+        }
+        Err(other) => panic!("unexpected refusal {other}"),
+    };
+    assert!(live_straddler(&original, at).is_none());
+    check_split(&original, &left, &right);
+    coverage.split += 1;
+    coverage.moved_live += right.reservations().filter(|(_, r)| matches!(r.state, ReservationState::Pending | ReservationState::Committed)).count();
+    coverage.moved_intents += right.intents().count();
+    let mut merged = left.clone();
+    merged.merge(right.clone()).expect("adjacent, disjoint");
+    assert_eq!(merged.range().epoch, original.range().epoch + 2);
+    let (merged, unsplit) = (normalized(&merged, &original), original.to_snapshot());
+    assert_eq!(bincode::serialize(&merged).expect("encode"), bincode::serialize(&unsplit).expect("encode"), "split then merge: the same bytes");
+    left.take_dirty();
+    right.take_dirty();
+
+    // The same later commands, each to the side that holds its keys.
+    for op in &after {
+        let side = route(op, &left, &right);
+        if side.is_none() && !matches!(op, Op::Tick { .. }) {
+            continue;
+        }
+        let expected = world_twin(&mut world, &mut original, op);
+        coverage.routed_right += usize::from(side == Some(true));
+        let got = match side {
+            Some(true) => world.replay(&mut right, op),
+            Some(false) => world.replay(&mut left, op),
+            None => {
+                world.replay(&mut right, op);
+                world.replay(&mut left, op)
+            }
+        };
+        assert_eq!(comparable(got), comparable(expected), "{op:?}");
+    }
+    left.merge(right).expect("adjacent, disjoint");
+    assert_eq!(left.check_invariants(), Ok(()));
+    assert_eq!(left.range().end_sku, None);
+    let merged = Inventory::from_snapshot(limits(), without_log_indexes(normalized(&left, &original)));
+    assert_eq!(merged, Inventory::from_snapshot(limits(), without_log_indexes(original.to_snapshot())), "the split was invisible");
+}
+
+/// Applies `op` to the unsplit group, advancing the world's clock.
+fn world_twin(world: &mut World, original: &mut Inventory, op: &Op) -> Option<CommandResult> {
+    world.apply(original, op)
+}
+
+impl World {
+    /// Applies `op` to a side at the time and sequence `apply` just used.
+    fn replay(&mut self, inventory: &mut Inventory, op: &Op) -> Option<CommandResult> {
+        let index = inventory.last_applied_index() + 1;
+        let commands: Vec<Command> = command(op, self.seq).into_iter().collect();
+        let mut results = inventory.apply_batch(index, &Batch::new(self.now_ms, inventory.range().epoch, commands));
+        assert_eq!(inventory.check_invariants(), Ok(()));
+        results.pop()
+    }
+}
+
+#[test]
+fn a_split_moves_every_record_once_is_invisible_and_merges_back() {
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig { cases: 400, ..ProptestConfig::default() });
+    let coverage = std::cell::RefCell::new(Coverage::default());
+    let cases = (prop::collection::vec(op(), 0..40), prop::sample::select(KEYS.to_vec()), prop::collection::vec(op(), 0..30));
+    let result = runner.run(&cases, |(before, at, after)| {
+        run(before, at, after, &mut coverage.borrow_mut());
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    let c = coverage.into_inner();
+    eprintln!("split coverage: {c:?}");
+    assert!(c.outside > 0 && c.straddled > 0 && c.split > 100, "{c:?}");
+    assert!(c.moved_live > 0 && c.moved_intents > 0 && c.routed_right > 0, "the runs did not move live records: {c:?}");
+}
+
+#[test]
+fn a_merge_refuses_ranges_that_do_not_touch_and_ids_on_both_sides() {
+    let mut a = Inventory::serving(limits(), RangeDesc { group: 1, start_sku: String::new(), end_sku: Some("m".into()), epoch: 3 });
+    let b = Inventory::serving(limits(), RangeDesc { group: 2, start_sku: "n".into(), end_sku: None, epoch: 3 });
+    assert!(matches!(a.merge(b), Err(TopologyRefusal::NotAdjacent { .. })));
+    let mut world = World { now_ms: 1_000, seq: 0 };
+    let mut left = Inventory::serving(limits(), RangeDesc::whole(GROUP));
+    world.apply(&mut left, &Op::Receipt { sku: 0, quantity: 5 });
+    world.apply(&mut left, &Op::Receipt { sku: 5, quantity: 5 });
+    world.apply(&mut left, &Op::Reserve { id: 1, lines: vec![(0, 1)] });
+    let mut right = left.split_off("c", CHILD).expect("split");
+    // The same id reserved on the other side too (an id reused across
+    // groups): the merge is refused rather than one of them lost.
+    world.replay(&mut right, &Op::Reserve { id: 1, lines: vec![(5, 1)] });
+    let before = left.clone();
+    let refused = left.merge(right).expect_err("r1 on both sides");
+    assert!(matches!(&refused, TopologyRefusal::Collides { what: "reservation", .. }), "{refused}");
+    assert_eq!(left, before);
+}
+
+/// The checks above must see a split that loses what marks an intent (the
+/// moved reservation would then expire on its own, against its home record).
+#[test]
+fn the_checks_catch_a_split_that_drops_an_intent_mark() {
+    let mut world = World { now_ms: 1_000, seq: 0 };
+    let mut original = Inventory::serving(limits(), RangeDesc::whole(GROUP));
+    world.apply(&mut original, &Op::Receipt { sku: 5, quantity: 5 });
+    world.apply(&mut original, &Op::Prepare { id: 1, lines: vec![(5, 1)] });
+    let mut left = original.clone();
+    let right = left.split_off("c", CHILD).expect("split");
+    check_split(&original, &left, &right);
+    let mut broken = right.to_snapshot();
+    broken.intents.clear();
+    let broken = Inventory::from_snapshot(limits(), broken);
+    assert_eq!(broken.check_invariants(), Ok(()), "each side alone looks consistent");
+    let caught = std::panic::catch_unwind(|| check_split(&original, &left, &broken));
+    assert!(caught.is_err(), "the dropped intent mark must be caught");
+}
