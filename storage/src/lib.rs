@@ -26,4 +26,5 @@ pub use mem::MemEngine;
 pub use rocks::RocksEngine;
 pub mod inventory;
 pub mod split;
+pub mod topology;
 pub mod validate;

@@ -1,0 +1,406 @@
+//! The topology: the state machine the metadata group replicates, the one
+//! place where a node, a range, a replica set or a placement rule changes
+//! (every node and client holds a cached copy and refreshes it on a stale
+//! answer).
+//!
+//! It holds:
+//! - nodes (id, addresses, region, up / draining / removed);
+//! - ranges (region, `[start, end)`, group, replicas, epoch), which tile each
+//!   region's key space;
+//! - the home slots of reservation ids per region: slot `i` of the hash
+//!   space of ids is held by one group (`stockd_proto::home::slot`). A split
+//!   keeps every home where it was; a merge hands the right side's slots to
+//!   the left, with its records;
+//! - group id allocation: ids grow and are never reused, not even after a
+//!   merge retired one;
+//! - placement rules (replication factor per region).
+//!
+//! Like the inventory, `apply` is a pure function of the state and the
+//! command; a refused command changes nothing.
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::model::GroupId;
+use crate::model::RangeDesc;
+
+/// A node id, as the Raft layer numbers nodes.
+pub type NodeId = u64;
+
+/// The metadata group's id: no range ever has it.
+pub const METADATA_GROUP: GroupId = 0;
+
+/// Most replicas a placement rule may ask for.
+pub const REPLICATION_FACTOR_MAX: usize = 5;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeState {
+    Up,
+    /// Being emptied: the placement loop moves its replicas and leaders away.
+    Draining,
+    /// Forgotten for placement; its id is never given to another node.
+    Removed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: NodeId,
+    /// Client plane address (`host:port`).
+    pub addr: String,
+    /// Peer plane address.
+    pub peer_addr: Option<String>,
+    pub region: String,
+    pub state: NodeState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeInfo {
+    pub group: GroupId,
+    pub region: String,
+    /// Inclusive; "" is the start of the key space.
+    pub start_sku: String,
+    /// Exclusive; `None` is unbounded.
+    pub end_sku: Option<String>,
+    pub replicas: Vec<NodeId>,
+    pub epoch: u64,
+}
+
+impl RangeInfo {
+    pub fn contains(&self, sku: &str) -> bool {
+        self.desc().contains(sku)
+    }
+
+    /// What the group's own state machine holds of the range.
+    pub fn desc(&self) -> RangeDesc {
+        RangeDesc { group: self.group, start_sku: self.start_sku.clone(), end_sku: self.end_sku.clone(), epoch: self.epoch }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub replication_factor: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TopologyCommand {
+    /// The first command of a new cluster: its nodes, ranges and rules
+    /// (from the static `[cluster]` configuration).
+    Bootstrap {
+        nodes: Vec<NodeInfo>,
+        ranges: Vec<RangeInfo>,
+        placement: BTreeMap<String, Placement>,
+    },
+    AddNode(NodeInfo),
+    SetNodeState {
+        node: NodeId,
+        state: NodeState,
+    },
+    /// Reserves the next group id (for a split); answered with it.
+    AllocateGroup,
+    /// Records a split applied in `parent`'s log at `parent_epoch`: `[at,
+    /// end)` became group `child` (an allocated id) on the same replicas.
+    Split {
+        parent: GroupId,
+        parent_epoch: u64,
+        at_sku: String,
+        child: GroupId,
+    },
+    /// Records a merge applied in `left`'s log: `right` (adjacent, on the
+    /// same replicas) is now part of `left` and its id retired.
+    Merge {
+        left: GroupId,
+        left_epoch: u64,
+        right: GroupId,
+        right_epoch: u64,
+    },
+    /// The group's voters after a membership change.
+    SetReplicas {
+        group: GroupId,
+        replicas: Vec<NodeId>,
+    },
+    SetPlacement {
+        region: String,
+        placement: Placement,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TopologyAnswer {
+    Done,
+    Allocated(GroupId),
+}
+
+/// Why a topology command was refused; nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum TopologyError {
+    #[error("the topology is bootstrapped already")]
+    Bootstrapped,
+    #[error("the topology is not bootstrapped yet")]
+    NotBootstrapped,
+    #[error("no node {0}")]
+    UnknownNode(NodeId),
+    #[error("no group {0}")]
+    UnknownGroup(GroupId),
+    #[error("group {group} is at epoch {current}, the command names epoch {named}")]
+    StaleEpoch { group: GroupId, current: u64, named: u64 },
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> TopologyError {
+    TopologyError::Invalid { field, reason: reason.into() }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Topology {
+    /// Grows with every change, so a cached copy can tell it is behind.
+    pub version: u64,
+    nodes: BTreeMap<NodeId, NodeInfo>,
+    ranges: BTreeMap<GroupId, RangeInfo>,
+    /// Per region, the group holding each home slot, in slot order.
+    homes: BTreeMap<String, Vec<GroupId>>,
+    placement: BTreeMap<String, Placement>,
+    /// Allocated and not yet used by a split.
+    allocated: BTreeSet<GroupId>,
+    /// The next id `AllocateGroup` gives.
+    next_group: GroupId,
+}
+
+impl Topology {
+    pub fn is_bootstrapped(&self) -> bool {
+        self.next_group > 0
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeInfo> {
+        self.nodes.values()
+    }
+
+    pub fn ranges(&self) -> impl Iterator<Item = &RangeInfo> {
+        self.ranges.values()
+    }
+
+    pub fn range(&self, group: GroupId) -> Option<&RangeInfo> {
+        self.ranges.get(&group)
+    }
+
+    pub fn placement(&self, region: &str) -> Option<Placement> {
+        self.placement.get(region).copied()
+    }
+
+    /// The group serving `sku` in `region`.
+    pub fn group_for(&self, region: &str, sku: &str) -> Option<&RangeInfo> {
+        self.ranges.values().find(|r| r.region == region && r.contains(sku))
+    }
+
+    /// The groups holding `region`'s home slots, in slot order: the record
+    /// of reservation `id` is in `slots[stockd_proto::home::slot(id,
+    /// slots.len())]` (the hash lives with the API, which the clients share).
+    pub fn home_slots(&self, region: &str) -> &[GroupId] {
+        self.homes.get(region).map_or(&[], Vec::as_slice)
+    }
+
+    /// Applies `command`; a refusal leaves everything as it was.
+    pub fn apply(&mut self, command: &TopologyCommand) -> Result<TopologyAnswer, TopologyError> {
+        if !self.is_bootstrapped() && !matches!(command, TopologyCommand::Bootstrap { .. }) {
+            return Err(TopologyError::NotBootstrapped);
+        }
+        let mut next = self.clone();
+        let answer = next.change(command)?;
+        next.version += 1;
+        debug_assert_eq!(next.check_invariants(), Ok(()));
+        *self = next;
+        Ok(answer)
+    }
+
+    fn change(&mut self, command: &TopologyCommand) -> Result<TopologyAnswer, TopologyError> {
+        match command {
+            TopologyCommand::Bootstrap { nodes, ranges, placement } => self.bootstrap(nodes, ranges, placement),
+            TopologyCommand::AddNode(node) => self.add_node(node),
+            TopologyCommand::SetNodeState { node, state } => self.set_node_state(*node, *state),
+            TopologyCommand::AllocateGroup => {
+                let id = self.next_group;
+                self.next_group = id.checked_add(1).ok_or_else(|| invalid("group", "group ids are exhausted"))?;
+                self.allocated.insert(id);
+                return Ok(TopologyAnswer::Allocated(id));
+            }
+            TopologyCommand::Split { parent, parent_epoch, at_sku, child } => self.split(*parent, *parent_epoch, at_sku, *child),
+            TopologyCommand::Merge { left, left_epoch, right, right_epoch } => self.merge((*left, *left_epoch), (*right, *right_epoch)),
+            TopologyCommand::SetReplicas { group, replicas } => self.set_replicas(*group, replicas),
+            TopologyCommand::SetPlacement { region, placement } => {
+                check_placement(placement)?;
+                self.placement.insert(region.clone(), *placement);
+                Ok(())
+            }
+        }?;
+        Ok(TopologyAnswer::Done)
+    }
+
+    fn bootstrap(&mut self, nodes: &[NodeInfo], ranges: &[RangeInfo], placement: &BTreeMap<String, Placement>) -> Result<(), TopologyError> {
+        if self.is_bootstrapped() {
+            return Err(TopologyError::Bootstrapped);
+        }
+        for node in nodes {
+            self.add_node(node)?;
+        }
+        for range in ranges {
+            if range.group == METADATA_GROUP || self.ranges.insert(range.group, range.clone()).is_some() {
+                return Err(invalid("ranges", format!("group {} is the metadata group's or given twice", range.group)));
+            }
+            self.check_replicas(range, &range.replicas)?;
+        }
+        for rule in placement.values() {
+            check_placement(rule)?;
+        }
+        self.placement = placement.clone();
+        // Home slots: today's order, the region's groups by id.
+        for range in self.ranges.values() {
+            self.homes.entry(range.region.clone()).or_default().push(range.group);
+        }
+        self.next_group = self.ranges.keys().max().map_or(1, |g| g + 1);
+        self.check_invariants().map_err(|reason| invalid("ranges", reason))
+    }
+
+    fn add_node(&mut self, node: &NodeInfo) -> Result<(), TopologyError> {
+        if self.nodes.contains_key(&node.id) || node.id == 0 {
+            return Err(invalid("node.id", format!("node {} exists (or was removed: ids are never reused)", node.id)));
+        }
+        if node.addr.is_empty() || node.region.is_empty() {
+            return Err(invalid("node", "a node needs an address and a region"));
+        }
+        self.nodes.insert(node.id, NodeInfo { state: NodeState::Up, ..node.clone() });
+        Ok(())
+    }
+
+    fn set_node_state(&mut self, id: NodeId, state: NodeState) -> Result<(), TopologyError> {
+        let current = self.nodes.get(&id).ok_or(TopologyError::UnknownNode(id))?.state;
+        if current == NodeState::Removed {
+            return Err(invalid("node.state", format!("node {id} was removed")));
+        }
+        if state == NodeState::Removed {
+            if let Some(range) = self.ranges.values().find(|r| r.replicas.contains(&id)) {
+                return Err(invalid("node.state", format!("node {id} still holds a replica of group {}: drain it first", range.group)));
+            }
+        }
+        if let Some(node) = self.nodes.get_mut(&id) {
+            node.state = state;
+        }
+        Ok(())
+    }
+
+    fn at_epoch(&self, group: GroupId, named: u64) -> Result<&RangeInfo, TopologyError> {
+        let range = self.ranges.get(&group).ok_or(TopologyError::UnknownGroup(group))?;
+        if range.epoch != named {
+            return Err(TopologyError::StaleEpoch { group, current: range.epoch, named });
+        }
+        Ok(range)
+    }
+
+    fn split(&mut self, parent: GroupId, epoch: u64, at: &str, child: GroupId) -> Result<(), TopologyError> {
+        let range = self.at_epoch(parent, epoch)?.clone();
+        if at <= range.start_sku.as_str() || !range.contains(at) {
+            return Err(invalid("at_sku", format!("{at:?} is not strictly inside {}", range.desc())));
+        }
+        if !self.allocated.remove(&child) {
+            return Err(invalid("child", format!("group {child} was not allocated for a split, or is used")));
+        }
+        let right = RangeInfo { group: child, start_sku: at.to_owned(), epoch: epoch + 1, ..range.clone() };
+        self.ranges.insert(parent, RangeInfo { end_sku: Some(at.to_owned()), epoch: epoch + 1, ..range });
+        self.ranges.insert(child, right);
+        Ok(())
+    }
+
+    fn merge(&mut self, (left, left_epoch): (GroupId, u64), (right, right_epoch): (GroupId, u64)) -> Result<(), TopologyError> {
+        let l = self.at_epoch(left, left_epoch)?.clone();
+        let r = self.at_epoch(right, right_epoch)?.clone();
+        if l.region != r.region || l.end_sku.as_deref() != Some(r.start_sku.as_str()) {
+            return Err(invalid("right", format!("{} does not follow {} in one region", r.desc(), l.desc())));
+        }
+        let aligned = |v: &[NodeId]| v.iter().copied().collect::<BTreeSet<_>>();
+        if aligned(&l.replicas) != aligned(&r.replicas) {
+            return Err(invalid("right", format!("groups {left} and {right} are not on the same replicas")));
+        }
+        self.ranges.remove(&right);
+        self.ranges.insert(left, RangeInfo { end_sku: r.end_sku, epoch: l.epoch.max(r.epoch) + 1, ..l });
+        for slot in self.homes.values_mut().flatten() {
+            if *slot == right {
+                *slot = left;
+            }
+        }
+        Ok(())
+    }
+
+    fn set_replicas(&mut self, group: GroupId, replicas: &[NodeId]) -> Result<(), TopologyError> {
+        let range = self.ranges.get(&group).ok_or(TopologyError::UnknownGroup(group))?.clone();
+        self.check_replicas(&range, replicas)?;
+        self.ranges.insert(group, RangeInfo { replicas: replicas.to_vec(), ..range });
+        Ok(())
+    }
+
+    fn check_replicas(&self, range: &RangeInfo, replicas: &[NodeId]) -> Result<(), TopologyError> {
+        if replicas.is_empty() || replicas.len() > REPLICATION_FACTOR_MAX + 1 {
+            return Err(invalid("replicas", format!("group {} needs 1 to {} replicas", range.group, REPLICATION_FACTOR_MAX + 1)));
+        }
+        if replicas.iter().collect::<BTreeSet<_>>().len() != replicas.len() {
+            return Err(invalid("replicas", format!("group {}: a node is named twice", range.group)));
+        }
+        for id in replicas {
+            let node = self.nodes.get(id).ok_or(TopologyError::UnknownNode(*id))?;
+            if node.state == NodeState::Removed || node.region != range.region {
+                return Err(invalid("replicas", format!("node {id} is removed or not in region {}", range.region)));
+            }
+        }
+        Ok(())
+    }
+
+    /// The ranges tile each region's key space; replicas are live nodes of
+    /// the range's region; homes name groups of their region; ids are below
+    /// the next one given.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut by_region: BTreeMap<&str, Vec<&RangeInfo>> = BTreeMap::new();
+        for range in self.ranges.values() {
+            by_region.entry(range.region.as_str()).or_default().push(range);
+        }
+        for (region, mut ranges) in by_region {
+            ranges.sort_by(|a, b| a.start_sku.cmp(&b.start_sku));
+            if !ranges[0].start_sku.is_empty() {
+                return Err(format!("region {region} does not start at the key space's start"));
+            }
+            for pair in ranges.windows(2) {
+                if pair[0].end_sku.as_deref() != Some(pair[1].start_sku.as_str()) {
+                    return Err(format!("region {region}: group {} does not end where group {} starts", pair[0].group, pair[1].group));
+                }
+            }
+            if ranges.last().is_some_and(|r| r.end_sku.is_some()) {
+                return Err(format!("region {region} does not reach the key space's end"));
+            }
+            if ranges.iter().any(|r| r.end_sku.as_deref().is_some_and(|end| end <= r.start_sku.as_str())) {
+                return Err(format!("region {region} has an empty range"));
+            }
+            if self.homes.get(region).is_none_or(|slots| slots.is_empty()) {
+                return Err(format!("region {region} has ranges but no home slot"));
+            }
+        }
+        for range in self.ranges.values() {
+            self.check_replicas(range, &range.replicas).map_err(|e| e.to_string())?;
+            if range.group >= self.next_group || self.allocated.contains(&range.group) {
+                return Err(format!("group {} is not below the next id {} or still marked allocated", range.group, self.next_group));
+            }
+        }
+        for (region, slots) in &self.homes {
+            if let Some(g) = slots.iter().find(|g| self.ranges.get(g).is_none_or(|r| &r.region != region)) {
+                return Err(format!("a home slot of region {region} names group {g}, which is not one of its ranges"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_placement(rule: &Placement) -> Result<(), TopologyError> {
+    if rule.replication_factor == 0 || rule.replication_factor > REPLICATION_FACTOR_MAX {
+        return Err(invalid("replication_factor", format!("{} is not in 1..={REPLICATION_FACTOR_MAX}", rule.replication_factor)));
+    }
+    Ok(())
+}
