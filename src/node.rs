@@ -222,6 +222,7 @@ impl Node {
                 self.check_home(of.home, id)
             }
             Command::CartFollow { of, .. } => self.check_home(of.home, id),
+            Command::Split { at_sku, .. } => self.check_sku_in_group(group, at_sku),
         }
     }
 

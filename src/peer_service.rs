@@ -81,9 +81,13 @@ impl PeerService {
                 | Command::CartFollow { .. }
                 | Command::CartFollowed { .. }
                 | Command::Locate { .. }
+                | Command::Split { .. }
         );
         if cart_step && !caller.is_trusted_peer() {
-            return Err(Status::permission_denied(format!("cart protocol steps are taken from authenticated peers only, not from {}", caller.subject)));
+            return Err(Status::permission_denied(format!(
+                "cart protocol steps and topology commands are taken from authenticated peers only, not from {}",
+                caller.subject
+            )));
         }
         self.node.check_command_in_group(m.group_id, &command).map_err(status::group_error)?;
         Ok((epoch, command))

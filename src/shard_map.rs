@@ -11,33 +11,10 @@ use raft::NodeId;
 use serde::Deserialize;
 use serde::Serialize;
 use storage::model::GroupId;
-use storage::model::RangeDesc;
 use storage::model::FIRST_EPOCH;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ShardRange {
-    pub group: GroupId,
-    pub region: String,
-    /// Inclusive; "" is the start of the key space.
-    pub start_sku: String,
-    /// Exclusive; `None` is unbounded.
-    pub end_sku: Option<String>,
-    pub replicas: Vec<NodeId>,
-    /// Grows with every change of the range; commands carry the epoch their
-    /// router saw and the group refuses another (`RangeDesc`).
-    pub epoch: u64,
-}
-
-impl ShardRange {
-    pub fn contains(&self, sku: &str) -> bool {
-        sku >= self.start_sku.as_str() && self.end_sku.as_deref().is_none_or(|end| sku < end)
-    }
-
-    /// What the group's state machine holds of this range.
-    pub fn desc(&self) -> RangeDesc {
-        RangeDesc { group: self.group, start_sku: self.start_sku.clone(), end_sku: self.end_sku.clone(), epoch: self.epoch }
-    }
-}
+/// One range of the map: the topology's own record of it.
+pub use storage::topology::RangeInfo as ShardRange;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardMap {

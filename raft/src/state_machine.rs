@@ -38,6 +38,7 @@ use storage::Durability;
 use storage::Engine;
 use storage::Table;
 use storage::WriteBatch;
+use tokio::sync::mpsc;
 
 use crate::log_store::io_err;
 use crate::types::BatchResponse;
@@ -49,6 +50,19 @@ use crate::NodeId;
 use crate::TypeConfig;
 
 const APPLIED: &str = "applied";
+
+/// A group split off by an applied `Command::Split`: its state was written
+/// to the engine in the same atomic batch as the parent's apply, so it can
+/// be opened and started (on the parent's voters) from here on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitApplied {
+    pub parent: GroupId,
+    /// The parent's log index of the split.
+    pub log_index: u64,
+    pub child: RangeDesc,
+    /// The parent's voters when the split applied: the child's.
+    pub voters: Vec<NodeId>,
+}
 const SNAPSHOT: &str = "snapshot";
 
 /// State shared between the state machine (writer) and the request path
@@ -101,6 +115,8 @@ pub struct StateMachineStore {
     last_applied: Option<LogId>,
     membership: StoredMembership,
     snapshot_seq: Arc<AtomicU64>,
+    /// Where applied splits are reported (`Group::take_splits`).
+    splits: Option<mpsc::UnboundedSender<SplitApplied>>,
 }
 
 impl StateMachineStore {
@@ -139,45 +155,40 @@ impl StateMachineStore {
         let inventory = Inventory::load(limits.clone(), range, log_time_ms, applied_index, records);
         let state =
             Arc::new(GroupState { inventory: RwLock::new(inventory), applied_index: AtomicU64::new(applied_index), log_time_ms: AtomicU64::new(log_time_ms) });
-        Ok(Self { engine, group, limits, state, last_applied, membership, snapshot_seq: Arc::new(AtomicU64::new(0)) })
+        Ok(Self { engine, group, limits, state, last_applied, membership, snapshot_seq: Arc::new(AtomicU64::new(0)), splits: None })
     }
 
     pub fn state(&self) -> Arc<GroupState> {
         self.state.clone()
     }
 
+    /// Reports every split this state machine applies from now on.
+    pub fn report_splits(&mut self) -> mpsc::UnboundedReceiver<SplitApplied> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.splits = Some(tx);
+        rx
+    }
+
     /// Writes every record the inventory changed, plus the applied log id,
-    /// in one atomic batch.
-    fn persist(&self, inventory: &mut Inventory) -> Result<(), StorageError> {
+    /// and the whole state of every group split off (`children`), in one
+    /// atomic batch.
+    fn persist(&self, inventory: &mut Inventory, children: Vec<(SplitApplied, Inventory)>) -> Result<Vec<SplitApplied>, StorageError> {
         let mut batch = WriteBatch::new();
         self.add_dirty(inventory, &mut batch);
-        self.engine.write(batch, Durability::Buffered).map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))
+        let mut splits = Vec::new();
+        for (split, mut child) in children {
+            let range = &split.child;
+            write_dirty(range.group, &mut child, &mut batch);
+            let applied: (Option<LogId>, StoredMembership, u64, &RangeDesc) = (None, StoredMembership::default(), child.log_time_ms(), range);
+            batch.put(Table::State, keys::state_meta_key(range.group, APPLIED), codec::encode(&applied));
+            splits.push(split);
+        }
+        self.engine.write(batch, Durability::Buffered).map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
+        Ok(splits)
     }
 
     fn add_dirty(&self, inventory: &mut Inventory, batch: &mut WriteBatch) {
-        let dirty = inventory.take_dirty();
-        for (key, position) in dirty.positions {
-            let k = keys::position_key(self.group, &key);
-            match position {
-                Some(p) => batch.put(Table::State, k, codec::encode(&(key, p))),
-                None => batch.delete(Table::State, k),
-            }
-        }
-        for (id, reservation) in dirty.reservations {
-            put_or_delete(batch, keys::reservation_key(self.group, &id), reservation.map(|r| codec::encode(&r)));
-        }
-        for (id, event) in dirty.events {
-            put_or_delete(batch, keys::event_key(self.group, &id), event.map(|e| codec::encode(&(&id, e))));
-        }
-        for (id, cart) in dirty.carts {
-            put_or_delete(batch, keys::record_key(self.group, keys::STATE_CART, &id), cart.map(|c| codec::encode(&c)));
-        }
-        for (id, intent) in dirty.intents {
-            put_or_delete(batch, keys::record_key(self.group, keys::STATE_INTENT, &id), intent.map(|of| codec::encode(&(&id, of))));
-        }
-        for (id, locator) in dirty.locators {
-            put_or_delete(batch, keys::record_key(self.group, keys::STATE_LOCATOR, &id), locator.map(|l| codec::encode(&(&id, l))));
-        }
+        write_dirty(self.group, inventory, batch);
         let applied = (self.last_applied, &self.membership, inventory.log_time_ms(), inventory.range());
         batch.put(Table::State, keys::state_meta_key(self.group, APPLIED), codec::encode(&applied));
     }
@@ -193,6 +204,33 @@ impl StateMachineStore {
             Some(bytes) => Ok(Some(codec::decode(&bytes, "snapshot").map_err(read_err)?)),
             None => Ok(None),
         }
+    }
+}
+
+/// Writes every record `inventory` changed under `group`'s keys.
+fn write_dirty(group: GroupId, inventory: &mut Inventory, batch: &mut WriteBatch) {
+    let dirty = inventory.take_dirty();
+    for (key, position) in dirty.positions {
+        let k = keys::position_key(group, &key);
+        match position {
+            Some(p) => batch.put(Table::State, k, codec::encode(&(key, p))),
+            None => batch.delete(Table::State, k),
+        }
+    }
+    for (id, reservation) in dirty.reservations {
+        put_or_delete(batch, keys::reservation_key(group, &id), reservation.map(|r| codec::encode(&r)));
+    }
+    for (id, event) in dirty.events {
+        put_or_delete(batch, keys::event_key(group, &id), event.map(|e| codec::encode(&(&id, e))));
+    }
+    for (id, cart) in dirty.carts {
+        put_or_delete(batch, keys::record_key(group, keys::STATE_CART, &id), cart.map(|c| codec::encode(&c)));
+    }
+    for (id, intent) in dirty.intents {
+        put_or_delete(batch, keys::record_key(group, keys::STATE_INTENT, &id), intent.map(|of| codec::encode(&(&id, of))));
+    }
+    for (id, locator) in dirty.locators {
+        put_or_delete(batch, keys::record_key(group, keys::STATE_LOCATOR, &id), locator.map(|l| codec::encode(&(&id, l))));
     }
 }
 
@@ -242,12 +280,20 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let state = self.state.clone();
         let mut inventory = state.write();
         let mut responses = Vec::new();
+        let mut children = Vec::new();
         for entry in entries {
             let index = entry.log_id.index;
             self.last_applied = Some(entry.log_id);
             let results = match entry.payload {
                 EntryPayload::Blank => Vec::new(),
-                EntryPayload::Normal(batch) => inventory.apply_batch(index, &batch),
+                EntryPayload::Normal(batch) => {
+                    let results = inventory.apply_batch(index, &batch);
+                    for child in inventory.take_split_children() {
+                        let voters = self.membership.membership().voter_ids().collect();
+                        children.push((SplitApplied { parent: self.group, log_index: index, child: child.range().clone(), voters }, child));
+                    }
+                    results
+                }
                 EntryPayload::Membership(membership) => {
                     self.membership = StoredMembership::new(Some(entry.log_id), membership);
                     Vec::new()
@@ -255,8 +301,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             };
             responses.push(BatchResponse { log_index: index, results });
         }
-        self.persist(&mut inventory)?;
+        let splits = self.persist(&mut inventory, children)?;
         self.publish(&inventory);
+        if let Some(tx) = &self.splits {
+            for split in splits {
+                let _ = tx.send(split);
+            }
+        }
         Ok(responses)
     }
 

@@ -32,6 +32,7 @@ use crate::model::Cart;
 use crate::model::Change;
 use crate::model::Command;
 use crate::model::CommandResult;
+use crate::model::GroupId;
 use crate::model::IntentOf;
 use crate::model::Limits;
 use crate::model::Line;
@@ -173,6 +174,9 @@ pub struct Inventory {
     pub(crate) dirty_carts: BTreeSet<String>,
     pub(crate) dirty_intents: BTreeSet<String>,
     pub(crate) dirty_locators: BTreeSet<String>,
+    /// Groups split off by the batch being applied, for the store to write
+    /// and start (`take_split_children`). Not part of the state.
+    pub(crate) split_children: Vec<Inventory>,
 }
 
 /// Equality of state: limits, log time and index, records and indexes. What is
@@ -233,6 +237,7 @@ impl Inventory {
             dirty_carts: BTreeSet::new(),
             dirty_intents: BTreeSet::new(),
             dirty_locators: BTreeSet::new(),
+            split_children: Vec::new(),
         }
     }
 
@@ -454,7 +459,8 @@ impl Inventory {
             | Command::CartDecide { .. }
             | Command::CartFollow { .. }
             | Command::CartFollowed { .. }
-            | Command::Locate { .. } => false,
+            | Command::Locate { .. }
+            | Command::Split { .. } => false,
         };
         misplaced.then_some(Outcome::KeyNotInRange)
     }
@@ -479,7 +485,27 @@ impl Inventory {
             Command::CartFollow { reservation_id, of, state } => self.cart_follow(at, reservation_id, *of, *state),
             Command::CartFollowed { reservation_id, begin_index, group, state } => self.cart_followed(at, reservation_id, *begin_index, *group, *state),
             Command::Locate { reservation_id, group, ttl_ms } => self.locate(at, reservation_id, *group, *ttl_ms),
+            Command::Split { at_sku, child } => self.split(at_sku, *child),
         }
+    }
+
+    /// `Command::Split`: the right part goes to `split_children`; a refusal
+    /// says why and changes nothing.
+    fn split(&mut self, at_sku: &str, child: GroupId) -> CommandResult {
+        let result = match self.split_off(at_sku, child) {
+            Ok(right) => {
+                self.split_children.push(right);
+                CommandResult::bare(Outcome::Ok)
+            }
+            Err(refusal) => CommandResult { refusal: Some(refusal.to_string()), ..CommandResult::bare(Outcome::InvalidState) },
+        };
+        CommandResult { range: Some(self.range.clone()), ..result }
+    }
+
+    /// The groups split off since the last call, each with all its records
+    /// marked changed.
+    pub fn take_split_children(&mut self) -> Vec<Inventory> {
+        std::mem::take(&mut self.split_children)
     }
 
     /// Commit, release, fulfill, cancel from a client: on a cart's home

@@ -401,6 +401,14 @@ pub enum Command {
         group: GroupId,
         ttl_ms: u64,
     },
+    /// Topology: `[at_sku, end)` of this group becomes group `child` (an id
+    /// the metadata group allocated), on the same replicas, from this
+    /// group's state at this index (`crate::split`). Routed like any other
+    /// command, so a split proposed at a stale epoch is refused.
+    Split {
+        at_sku: String,
+        child: GroupId,
+    },
 }
 
 impl Command {
@@ -419,7 +427,7 @@ impl Command {
             | Command::CartFollow { reservation_id, .. }
             | Command::CartFollowed { reservation_id, .. }
             | Command::Locate { reservation_id, .. } => Some(reservation_id),
-            Command::Adjust(_) => None,
+            Command::Adjust(_) | Command::Split { .. } => None,
         }
     }
 }
@@ -700,14 +708,17 @@ pub struct CommandResult {
     /// At an id's home group: the group a one-group reservation under the id
     /// lives in (`Locate`, or a reserve that conflicts with it).
     pub located: Option<GroupId>,
-    /// For `EpochNotMatch` and `KeyNotInRange`: the group's range now.
+    /// For `EpochNotMatch`, `KeyNotInRange` and `Split`: the group's range
+    /// now.
     pub range: Option<RangeDesc>,
+    /// For a refused topology command: why.
+    pub refusal: Option<String>,
 }
 
 impl CommandResult {
     /// An outcome with nothing attached.
     pub fn bare(outcome: Outcome) -> Self {
-        Self { outcome, replay: false, reservation: None, shortfalls: Vec::new(), position: None, cart: None, located: None, range: None }
+        Self { outcome, replay: false, reservation: None, shortfalls: Vec::new(), position: None, cart: None, located: None, range: None, refusal: None }
     }
 }
 

@@ -175,6 +175,7 @@ pub fn validate_command(command: &Command, limits: &InputLimits) -> Result<(), I
             check_token("reservation_id", reservation_id, limits.id_bytes_max)?;
             check_range("ttl_ms", *ttl_ms, limits.ttl_ms_min, limits.ttl_ms_max)
         }
+        Command::Split { at_sku, .. } => check_token("at_sku", at_sku, limits.sku_bytes_max),
     }
 }
 

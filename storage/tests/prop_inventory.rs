@@ -566,7 +566,8 @@ impl Harness {
             | Command::CartDecide { .. }
             | Command::CartFollow { .. }
             | Command::CartFollowed { .. }
-            | Command::Locate { .. } => {}
+            | Command::Locate { .. }
+            | Command::Split { .. } => {}
         }
         Ok(())
     }
@@ -597,6 +598,7 @@ impl Harness {
             | Command::CartFollow { .. }
             | Command::CartFollowed { .. }
             | Command::Locate { .. } => "cart",
+            Command::Split { .. } => "split",
         };
         let replay = if result.replay { " (replay)" } else { "" };
         *self.coverage.outcomes.entry(format!("{command_kind} {:?}{replay}", result.outcome)).or_default() += 1;
