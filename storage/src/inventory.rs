@@ -381,9 +381,11 @@ impl Inventory {
         self.last_applied_index
     }
 
-    /// Number of `Pending` reservations.
+    /// Number of `Pending` reservations, cart intents included (their units
+    /// are held here too).
     pub fn pending_count(&self) -> usize {
-        self.expiry_index.len()
+        let pending_intents = self.intents.keys().filter(|id| self.reservations.get(*id).is_some_and(|r| r.state == ReservationState::Pending)).count();
+        self.expiry_index.len() + pending_intents
     }
 
     pub fn position_count(&self) -> usize {
@@ -1099,6 +1101,25 @@ mod tests {
         let results = inventory.apply_batch(inventory.last_applied_index() + 1, &Batch::new(3_000, 2, vec![reserve("r1", vec![line("p-1", DC, 1)], TTL)]));
         assert_eq!(results[0].outcome, Outcome::Ok);
         assert_eq!(results[0].range, None);
+    }
+
+    #[test]
+    fn pending_reservations_count_cart_intents() {
+        let mut inventory = ranged();
+        let prepare = |id: &str| Command::CartPrepare {
+            reservation_id: id.into(),
+            of: IntentOf { home: 5, begin_index: 9 },
+            lines: vec![line("p-1", DC, 1)],
+            expires_at_ms: 9_000,
+            gate: None,
+        };
+        let reserve_one = reserve("r1", vec![line("p-1", DC, 1)], TTL);
+        let results = inventory.apply_batch(2, &Batch::new(2_000, 2, vec![prepare("c1"), prepare("c2"), reserve_one]));
+        assert!(results.iter().all(|r| r.outcome == Outcome::Ok), "{results:?}");
+        assert_eq!(inventory.pending_count(), 3, "two intents and a reservation");
+        let follow = Command::CartFollow { reservation_id: "c1".into(), of: IntentOf { home: 5, begin_index: 9 }, state: ReservationState::Released };
+        assert_eq!(inventory.apply_batch(3, &Batch::new(2_100, 2, vec![follow]))[0].outcome, Outcome::Ok);
+        assert_eq!(inventory.pending_count(), 2, "a released intent is no longer pending");
     }
 
     #[test]
