@@ -453,6 +453,7 @@ impl Inventory {
         let misplaced = match command {
             Command::Reserve { lines, .. } | Command::ReserveGated { lines, .. } | Command::CartPrepare { lines, .. } => outside(lines),
             Command::Adjust(adjustment) => !self.range.contains(&adjustment.sku),
+            Command::Split { at_sku, .. } => !self.range.contains(at_sku),
             Command::CartBegin { home, parts, .. } => *home != self.range.group || parts.get(home).is_some_and(|own| outside(own)),
             Command::Commit { .. }
             | Command::Release { .. }
@@ -461,8 +462,7 @@ impl Inventory {
             | Command::CartDecide { .. }
             | Command::CartFollow { .. }
             | Command::CartFollowed { .. }
-            | Command::Locate { .. }
-            | Command::Split { .. } => false,
+            | Command::Locate { .. } => false,
         };
         misplaced.then_some(Outcome::KeyNotInRange)
     }
@@ -1101,6 +1101,25 @@ mod tests {
         let results = inventory.apply_batch(inventory.last_applied_index() + 1, &Batch::new(3_000, 2, vec![reserve("r1", vec![line("p-1", DC, 1)], TTL)]));
         assert_eq!(results[0].outcome, Outcome::Ok);
         assert_eq!(results[0].range, None);
+    }
+
+    #[test]
+    fn split_children_wait_for_the_store_across_batches() {
+        let mut inventory = ranged();
+        let split = |at: &str, child| Command::Split { at_sku: at.into(), child };
+        let first = inventory.apply_batch(2, &Batch::new(2_000, 2, vec![split("q", 10), split("s", 11)]));
+        assert_eq!((first[0].outcome, first[1].outcome), (Outcome::Ok, Outcome::EpochNotMatch), "the second was routed before the first applied");
+        let refused = inventory.apply_batch(3, &Batch::new(2_100, 3, vec![split("a", 11)]));
+        assert_eq!(refused[0].outcome, Outcome::KeyNotInRange);
+        let outside = inventory.apply_batch(4, &Batch::new(2_200, 3, vec![split("m", 11)]));
+        assert_eq!(outside[0].outcome, Outcome::InvalidState, "the range's own start is not a split key");
+        assert!(outside[0].refusal.as_deref().is_some_and(|r| r.contains("not strictly inside")), "{:?}", outside[0].refusal);
+        let second = inventory.apply_batch(5, &Batch::new(2_300, 3, vec![split("o", 11)]));
+        assert_eq!(second[0].outcome, Outcome::Ok);
+        let children: Vec<RangeDesc> = inventory.take_split_children().iter().map(|c| c.range().clone()).collect();
+        assert_eq!(children.iter().map(|r| (r.group, r.start_sku.as_str(), r.epoch)).collect::<Vec<_>>(), vec![(10, "q", 3), (11, "o", 4)]);
+        assert_eq!(inventory.range(), &RangeDesc { group: 4, start_sku: "m".into(), end_sku: Some("o".into()), epoch: 4 });
+        assert!(inventory.take_split_children().is_empty());
     }
 
     #[test]

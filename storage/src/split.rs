@@ -142,8 +142,10 @@ impl Inventory {
         self.dirty_locators.extend(other.locators.keys().cloned());
     }
 
-    /// Keeps what `before` still had to persist.
+    /// Keeps what `before` still had to persist, and the groups it split off
+    /// that the store has not taken yet.
     fn take_dirty_of(&mut self, before: &mut Inventory) {
+        self.split_children.append(&mut before.split_children);
         self.dirty_positions.append(&mut before.dirty_positions);
         self.dirty_reservations.append(&mut before.dirty_reservations);
         self.dirty_events.append(&mut before.dirty_events);
