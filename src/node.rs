@@ -85,6 +85,11 @@ enum Target {
 /// beyond it, a cart is decided before its answer).
 pub const DECIDES_IN_FLIGHT_MAX: usize = 1024;
 
+/// Most locators a node writes back at once after lookups that asked every
+/// group; beyond it the write is skipped (the next lookup of that id asks
+/// every group again, and may write it then).
+pub const LOCATES_IN_FLIGHT_MAX: usize = 256;
+
 pub struct Node {
     pub config: Config,
     groups: BTreeMap<GroupId, Arc<Group>>,
@@ -104,6 +109,8 @@ pub struct Node {
     failpoint: std::sync::RwLock<Option<String>>,
     /// Slots for the decides of carts already answered (`crate::cart`).
     pub(crate) decides_in_flight: Arc<tokio::sync::Semaphore>,
+    /// Slots for locator writes (`spawn_locate`).
+    locates_in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl Node {
@@ -151,6 +158,7 @@ impl Node {
             lookups_everywhere: std::sync::atomic::AtomicU64::new(0),
             failpoint: std::sync::RwLock::new(crate::failpoint::from_env()),
             decides_in_flight: Arc::new(tokio::sync::Semaphore::new(DECIDES_IN_FLIGHT_MAX)),
+            locates_in_flight: Arc::new(tokio::sync::Semaphore::new(LOCATES_IN_FLIGHT_MAX)),
         });
         node.initialize_groups().await?;
         Ok(node)
@@ -499,14 +507,20 @@ impl Node {
         self.lookups_everywhere.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Writes the locator of a one-group reservation found without one.
+    /// Writes the locator of a one-group reservation found without one,
+    /// unless `LOCATES_IN_FLIGHT_MAX` writes are under way.
     fn spawn_locate(&self, home: GroupId, group: GroupId, reservation_id: String, ttl_ms: u64) {
         let Some(node) = self.me() else { return };
+        let Ok(slot) = self.locates_in_flight.clone().try_acquire_owned() else {
+            tracing::debug!(group = home, "locator not written: too many under way; the next lookup asks every group");
+            return;
+        };
         tokio::spawn(async move {
             let command = Command::Locate { reservation_id, group, ttl_ms };
             if let Err(e) = node.propose(home, command).await {
                 tracing::debug!(error = %e, "locator not written again; the next lookup asks every group");
             }
+            drop(slot);
         });
     }
 
