@@ -1038,6 +1038,8 @@ fn group_status_json(group: &GroupStatus) -> Value {
         })).collect::<Vec<_>>(),
         "pending_reservations": group.pending_reservations,
         "positions": group.positions,
+        "epoch": group.epoch,
+        "load_cmds_per_s": group.load_cmds_per_s,
     })
 }
 

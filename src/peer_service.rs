@@ -64,9 +64,8 @@ impl PeerService {
         Ok(Response::new(RaftMessage { group_id: m.group_id, payload }))
     }
 
-    /// A forwarded command, checked exactly as the client's request was.
-    /// A forwarded command and the epoch it was routed at, checked as the
-    /// client's request was.
+    /// A forwarded command and the epoch it was routed at, checked exactly
+    /// as the client's request was.
     fn checked_command(&self, caller: &security::Caller, m: &RaftMessage) -> Result<(u64, Command), Status> {
         let (epoch, command): (u64, Command) = wire::decode_bounded(&m.payload, PEER_COMMAND_BYTES_MAX).map_err(Status::invalid_argument)?;
         validate_command(&command, &self.node.config.input_limits).map_err(status::invalid)?;

@@ -525,6 +525,10 @@ fn status_tables_show_every_node_and_group() {
     let responses = value["responses"].as_array().expect("responses");
     assert_eq!(responses.len(), 3);
     assert_eq!(responses[0]["status"]["groups"][0]["replication"][1]["lag"], 10);
+    assert_eq!(
+        (responses[0]["status"]["groups"][0]["epoch"].as_u64(), responses[0]["status"]["groups"][0]["load_cmds_per_s"].as_f64()),
+        (Some(1), Some(412.4))
+    );
     assert_eq!(responses[1]["status"]["node_id"], 2);
     assert_eq!(responses[2]["status"], Value::Null);
     assert!(responses[2]["error"].as_str().expect("error text").contains("connection refused"));

@@ -356,9 +356,9 @@ async fn run_proposer(group: GroupId, raft: Raft, mut rx: mpsc::Receiver<Proposa
 
 /// A command's applied result, or the refusal of a misrouted one.
 fn routed(group: GroupId, epoch: u64, index: u64, result: CommandResult) -> Result<(u64, CommandResult), GroupError> {
-    match (result.outcome, result.range) {
-        (Outcome::EpochNotMatch | Outcome::KeyNotInRange, Some(range)) => Err(GroupError::StaleRoute { group, routed_epoch: epoch, range }),
-        (outcome, range) => Ok((index, CommandResult { outcome, range, ..result })),
+    match (result.outcome, &result.range) {
+        (Outcome::EpochNotMatch | Outcome::KeyNotInRange, Some(range)) => Err(GroupError::StaleRoute { group, routed_epoch: epoch, range: range.clone() }),
+        _ => Ok((index, result)),
     }
 }
 

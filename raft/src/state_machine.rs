@@ -50,6 +50,7 @@ use crate::NodeId;
 use crate::TypeConfig;
 
 const APPLIED: &str = "applied";
+const SNAPSHOT: &str = "snapshot";
 
 /// A group split off by an applied `Command::Split`: its state was written
 /// to the engine in the same atomic batch as the parent's apply, so it can
@@ -63,7 +64,6 @@ pub struct SplitApplied {
     /// The parent's voters when the split applied: the child's.
     pub voters: Vec<NodeId>,
 }
-const SNAPSHOT: &str = "snapshot";
 
 /// State shared between the state machine (writer) and the request path
 /// (readers).
@@ -115,7 +115,7 @@ pub struct StateMachineStore {
     last_applied: Option<LogId>,
     membership: StoredMembership,
     snapshot_seq: Arc<AtomicU64>,
-    /// Where applied splits are reported (`Group::take_splits`).
+    /// Where applied splits are reported (`report_splits`).
     splits: Option<mpsc::UnboundedSender<SplitApplied>>,
 }
 

@@ -128,8 +128,12 @@ impl Inventory {
 
     /// Marks every record changed (a new group writes all it holds).
     fn mark_all_dirty(&mut self) {
-        let copy = self.clone();
-        self.mark_dirty_like(&copy);
+        self.dirty_positions.extend(self.positions.keys().cloned());
+        self.dirty_reservations.extend(self.reservations.keys().cloned());
+        self.dirty_events.extend(self.events.keys().cloned());
+        self.dirty_carts.extend(self.carts.keys().cloned());
+        self.dirty_intents.extend(self.intents.keys().cloned());
+        self.dirty_locators.extend(self.locators.keys().cloned());
     }
 
     /// Marks changed every key that `other` holds.
