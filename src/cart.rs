@@ -98,9 +98,15 @@ impl Node {
 
     /// Step 2 in every line group but the home (which held its own lines
     /// at begin), in parallel. Repeating it is safe: it is how a stuck
-    /// record is decided.
+    /// record is decided. A part goes to the group holding its lines now
+    /// (a split may have moved them since the plan); a part whose lines a
+    /// split has put in two groups cannot be held, so it is refused (no
+    /// intent of it can exist: a split never cuts a live one).
     async fn prepare_all(&self, cart: &Cart, gates: &BTreeMap<GroupId, RiskGate>) -> Result<Prepared, GroupError> {
-        let prepares = cart.parts.iter().filter(|(g, _)| **g != cart.home).map(|(group, part)| {
+        let prepares = cart.parts.iter().filter(|(g, _)| **g != cart.home).map(|(group, part)| async move {
+            let Some(target) = self.group_of_lines(&part.lines) else {
+                return Ok((0, storage::model::CommandResult::bare(Outcome::InvalidState)));
+            };
             let command = Command::CartPrepare {
                 reservation_id: cart.id.clone(),
                 of: cart.of(),
@@ -108,7 +114,7 @@ impl Node {
                 expires_at_ms: cart.expires_at_ms,
                 gate: gates.get(group).cloned(),
             };
-            self.propose(*group, command)
+            self.propose(target, command).await
         });
         let answers = futures::future::join_all(prepares).await;
         let mut refused = false;
@@ -185,12 +191,18 @@ impl Node {
         let Some(state) = cart.state.intent_state() else { return Ok(()) };
         let groups: Vec<GroupId> = cart.unfollowed().collect();
         let follows = groups.iter().map(|group| async move {
-            let command = Command::CartFollow { reservation_id: cart.id.clone(), of: cart.of(), state };
-            let (_, followed) = self.propose(*group, command).await?;
-            if followed.outcome != Outcome::Ok {
-                tracing::error!(id = %cart.id, group, outcome = ?followed.outcome, "a line group refused to follow its cart's record");
-                let reason = format!("group {group} refused to follow reservation {} to {}", cart.id, state.as_str());
-                return Err(GroupError::Unavailable { group: *group, reason });
+            // Sent where the part's lines are now (a split moves intents
+            // with their positions). Lines a split put in two groups hold
+            // no intent (a split never cuts a live one): nothing to follow.
+            let lines = cart.parts.get(group).map(|part| part.lines.as_slice()).unwrap_or_default();
+            if let Some(target) = self.group_of_lines(lines) {
+                let command = Command::CartFollow { reservation_id: cart.id.clone(), of: cart.of(), state };
+                let (_, followed) = self.propose(target, command).await?;
+                if followed.outcome != Outcome::Ok {
+                    tracing::error!(id = %cart.id, group, outcome = ?followed.outcome, "a line group refused to follow its cart's record");
+                    let reason = format!("group {group} refused to follow reservation {} to {}", cart.id, state.as_str());
+                    return Err(GroupError::Unavailable { group: *group, reason });
+                }
             }
             let note = Command::CartFollowed { reservation_id: cart.id.clone(), begin_index: cart.begin_index, group: *group, state };
             self.propose(cart.home, note).await.map(|_| ())

@@ -127,6 +127,19 @@ pub enum Command {
 pub enum ShardCommand {
     /// One row per group: range, epoch, replicas, leader, positions, load.
     List,
+    /// Splits a group's range in two: [start, AT) stays, [AT, end) becomes a
+    /// new group on the same replicas. Waits until the new group serves.
+    Split(SplitArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SplitArgs {
+    /// The group to split (`stockctl shard list` shows them).
+    #[arg(long)]
+    pub group: u32,
+    /// The first SKU of the new group; default: the group's middle SKU.
+    #[arg(long)]
+    pub at: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -1211,6 +1224,31 @@ pub fn shard_list_json(reports: &[NodeStatusReport]) -> Value {
 
 fn unanswered(reports: &[NodeStatusReport]) -> Vec<String> {
     reports.iter().filter(|report| report.result.is_err()).map(|report| strip_scheme(&report.addr).to_owned()).collect()
+}
+
+fn shard_range_json(r: &stockd_proto::v1::ShardRange) -> Value {
+    json!({ "group_id": r.group_id, "region": r.region, "start_sku": r.start_sku, "end_sku": r.end_sku, "epoch": r.epoch, "replicas": r.replicas })
+}
+
+/// `{"parent": {...}, "child": {...}}` of `stockctl shard split`.
+pub fn shard_split_json(split: &stockd_proto::v1::SplitShardResponse) -> Value {
+    json!({ "parent": split.parent.as_ref().map(shard_range_json), "child": split.child.as_ref().map(shard_range_json) })
+}
+
+/// What `stockctl shard split` changed, one line per group.
+pub fn shard_split_human(split: &stockd_proto::v1::SplitShardResponse) -> String {
+    let line = |what: &str, r: &stockd_proto::v1::ShardRange| {
+        let replicas = r.replicas.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+        format!("{what} group {} {} epoch {} replicas {replicas}\n", r.group_id, range_text(&r.start_sku, &r.end_sku), r.epoch)
+    };
+    let mut out = String::new();
+    if let Some(parent) = &split.parent {
+        out.push_str(&line("kept ", parent));
+    }
+    if let Some(child) = &split.child {
+        out.push_str(&line("new  ", child));
+    }
+    out
 }
 
 /// The table of `stockctl shard list`, then the nodes that did not answer.

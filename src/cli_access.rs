@@ -138,7 +138,8 @@ fn rpc_path(prefix: &str, method: &str) -> &'static str {
 /// [`bench_stock_rpcs`]). Empty for commands that make none.
 pub fn command_rpcs(command: &Command) -> Vec<&'static str> {
     match command {
-        Command::Status | Command::Shard(_) => vec![admin("Status")],
+        Command::Status | Command::Shard(crate::cli::ShardCommand::List) => vec![admin("Status")],
+        Command::Shard(crate::cli::ShardCommand::Split(_)) => vec![admin("SplitShard")],
         Command::Adjust(_) => vec![inventory("Adjust")],
         Command::Reserve(_) => vec![inventory("Reserve")],
         Command::Commit(_) => vec![inventory("Commit")],

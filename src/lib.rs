@@ -5,6 +5,7 @@
 
 pub mod availability;
 pub mod bench;
+pub mod bootstrap;
 pub mod cart;
 pub mod certs;
 pub mod cli;
@@ -12,6 +13,7 @@ pub mod cli_access;
 pub mod config;
 pub mod convert;
 pub mod failpoint;
+pub mod metadata;
 pub mod node;
 pub mod peer_client;
 pub mod peer_service;

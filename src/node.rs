@@ -6,11 +6,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::RwLock;
 use std::time::Duration;
 use std::time::Instant;
 
 use openraft::BasicNode;
 use raft::network::PeerTransport;
+use raft::state_machine::SplitApplied;
 use raft::wal_sync::WalSyncer;
 use raft::Group;
 use raft::GroupError;
@@ -21,6 +23,9 @@ use storage::model::Command;
 use storage::model::CommandResult;
 use storage::model::GroupId;
 use storage::model::PositionKey;
+use storage::model::RangeDesc;
+use storage::topology::Topology;
+use storage::topology::METADATA_GROUP;
 use storage::Durability;
 use storage::Engine;
 use storage::RocksEngine;
@@ -44,7 +49,8 @@ const FORMAT_KEY: &str = "format";
 /// The layout of the records a node stores (log entries, state, shard map).
 /// A data directory written with another layout is refused at start, never
 /// half-read. 2: ranges with epochs (the entry and state layouts changed).
-pub const DATA_FORMAT: u32 = 2;
+/// 3: the metadata group (the topology in its state), children of splits.
+pub const DATA_FORMAT: u32 = 3;
 /// Most attempts one request makes to reach its group's leader: leader-hint
 /// hops and waits out elections (`ELECTION_BACKOFF` each) together; the
 /// request's deadline (`rpc-timeout-ms`) bounds them too.
@@ -73,6 +79,8 @@ pub enum NodeError {
     Tls(#[from] crate::tls::TlsError),
     #[error("invalid peer settings: {0}")]
     Peers(String),
+    #[error("invalid cluster: {0}")]
+    Topology(String),
 }
 
 /// Where one routing attempt goes.
@@ -92,7 +100,24 @@ pub const LOCATES_IN_FLIGHT_MAX: usize = 256;
 
 pub struct Node {
     pub config: Config,
-    groups: BTreeMap<GroupId, Arc<Group>>,
+    /// The groups this node replicates, the metadata group's included;
+    /// children of splits and new replicas join while the node runs.
+    groups: RwLock<BTreeMap<GroupId, Arc<Group>>>,
+    /// This node's copy of the topology (kept fresh by `Node::watch_topology`): the bootstrap
+    /// input until the metadata group answers, then its latest version.
+    topology: RwLock<Arc<Topology>>,
+    /// The metadata group's replicas (from the bootstrap input).
+    metadata_replicas: Vec<NodeId>,
+    /// What a group is started with.
+    engine: Arc<dyn Engine>,
+    syncer: Arc<WalSyncer>,
+    transport: Arc<dyn PeerTransport>,
+    splits: tokio::sync::mpsc::UnboundedSender<SplitApplied>,
+    /// One group start at a time (a message and a split may race to start
+    /// the same child).
+    starting: tokio::sync::Mutex<()>,
+    /// Wakes the topology watcher before its next round (a stale answer).
+    pub(crate) topology_stale: tokio::sync::Notify,
     peers: Arc<PeerNetwork>,
     /// `None` on an `--insecure` node.
     tls: Option<Arc<NodeTls>>,
@@ -140,16 +165,37 @@ impl Node {
         let peers = Arc::new(PeerNetwork::new(peer_addrs, tls.clone(), config.rpc_timeout_ms, &config.cluster_fingerprint).map_err(NodeError::Peers)?);
         let transport: Arc<dyn PeerTransport> = peers.clone();
         let syncer = WalSyncer::start(engine.clone(), WAL_SYNC_QUEUE_MAX);
+        let topology = crate::bootstrap::initial_topology(&config, engine.as_ref()).map_err(NodeError::Topology)?;
+        let metadata_replicas = crate::bootstrap::metadata_replicas(&config);
+        // What this node replicates: its groups in the topology, every group
+        // whose state it stores (a split's child the topology does not record
+        // yet) and the metadata group on its replicas.
+        let mut hosted: BTreeMap<GroupId, RangeDesc> = topology.hosted_by(config.node_id).map(|r| (r.group, r.desc())).collect();
+        for group in crate::bootstrap::stored_groups(engine.as_ref()).map_err(|reason| NodeError::Storage { dir: dir.clone(), reason })? {
+            hosted.entry(group).or_insert_with(|| RangeDesc { group, ..RangeDesc::metadata() });
+        }
+        if metadata_replicas.contains(&config.node_id) {
+            hosted.insert(METADATA_GROUP, RangeDesc::metadata());
+        }
+        let (splits, split_reports) = tokio::sync::mpsc::unbounded_channel();
         let mut groups = BTreeMap::new();
-        for range in config.shard_map.hosted_by(config.node_id) {
-            let group = Group::start(config.node_id, range.desc(), engine.clone(), syncer.clone(), transport.clone(), &config.group)
+        for (id, range) in hosted {
+            let group = Group::start(config.node_id, range, engine.clone(), syncer.clone(), transport.clone(), &config.group, splits.clone())
                 .await
-                .map_err(|source| NodeError::Group { group: range.group, source })?;
-            groups.insert(range.group, Arc::new(group));
+                .map_err(|source| NodeError::Group { group: id, source })?;
+            groups.insert(id, Arc::new(group));
         }
         let node = Arc::new_cyclic(|me| Node {
             config,
-            groups,
+            groups: RwLock::new(groups),
+            topology: RwLock::new(Arc::new(topology)),
+            metadata_replicas,
+            engine,
+            syncer,
+            transport,
+            splits,
+            starting: tokio::sync::Mutex::new(()),
+            topology_stale: tokio::sync::Notify::new(),
             peers,
             tls,
             tls_reloader,
@@ -161,6 +207,8 @@ impl Node {
             locates_in_flight: Arc::new(tokio::sync::Semaphore::new(LOCATES_IN_FLIGHT_MAX)),
         });
         node.initialize_groups().await?;
+        node.add_task(tokio::spawn(Node::start_children(node.me.clone(), split_reports)));
+        node.add_task(tokio::spawn(Node::watch_topology(node.me.clone())));
         Ok(node)
     }
 
@@ -169,28 +217,63 @@ impl Node {
     /// voters when the group is new; openraft refuses (harmlessly) when the
     /// group already has a membership.
     async fn initialize_groups(&self) -> Result<(), NodeError> {
-        for range in self.config.shard_map.hosted_by(self.config.node_id) {
-            if range.replicas.first() != Some(&self.config.node_id) {
+        let metadata = (METADATA_GROUP, self.metadata_replicas.clone());
+        let bootstrap = self.config.shard_map.hosted_by(self.config.node_id).map(|r| (r.group, r.replicas.clone()));
+        for (id, replicas) in std::iter::once(metadata).chain(bootstrap) {
+            if replicas.first() != Some(&self.config.node_id) {
                 continue;
             }
-            let Some(group) = self.groups.get(&range.group) else { continue };
+            let Some(group) = self.group(id) else { continue };
             let members: BTreeMap<NodeId, BasicNode> =
-                range.replicas.iter().filter_map(|id| self.config.nodes.get(id).map(|n| (*id, BasicNode::new(n.addr.clone())))).collect();
-            group.initialize(members).await.map_err(|source| NodeError::Group { group: range.group, source })?;
+                replicas.iter().filter_map(|id| self.config.nodes.get(id).map(|n| (*id, BasicNode::new(n.addr.clone())))).collect();
+            group.initialize(members).await.map_err(|source| NodeError::Group { group: id, source })?;
         }
         Ok(())
+    }
+
+    /// Starts replica `range.group` here unless it runs already; a new one
+    /// starts from the state stored under its id (a split's child), else
+    /// empty, to be caught up by a snapshot from its leader.
+    pub(crate) async fn start_group(&self, range: RangeDesc) -> Result<Arc<Group>, GroupError> {
+        let _one_at_a_time = self.starting.lock().await;
+        if let Some(group) = self.group(range.group) {
+            return Ok(group);
+        }
+        let id = range.group;
+        let group =
+            Group::start(self.id(), range, self.engine.clone(), self.syncer.clone(), self.transport.clone(), &self.config.group, self.splits.clone()).await?;
+        let group = Arc::new(group);
+        self.groups.write().unwrap_or_else(|p| p.into_inner()).insert(id, group.clone());
+        tracing::info!(node = self.id(), group = id, range = %group.range(), "replica started");
+        Ok(group)
+    }
+
+    /// This node's copy of the topology.
+    pub fn topology(&self) -> Arc<Topology> {
+        self.topology.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Takes `topology` as this node's copy if it is newer; true if it was.
+    pub(crate) fn install_topology(&self, topology: Topology) -> bool {
+        let mut current = self.topology.write().unwrap_or_else(|p| p.into_inner());
+        if topology.version <= current.version {
+            return false;
+        }
+        *current = Arc::new(topology);
+        true
+    }
+
+    pub(crate) fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
     }
 
     pub fn id(&self) -> NodeId {
         self.config.node_id
     }
 
-    pub fn shard_map(&self) -> &ShardMap {
-        &self.config.shard_map
-    }
-
-    pub fn group(&self, id: GroupId) -> Option<&Arc<Group>> {
-        self.groups.get(&id)
+    /// The replica of group `id` this node runs, if any.
+    pub fn group(&self, id: GroupId) -> Option<Arc<Group>> {
+        self.groups.read().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
     }
 
     /// The node's certificates; `None` when it runs `--insecure`.
@@ -213,7 +296,7 @@ impl Node {
             Command::CartDecide { .. } | Command::CartFollowed { .. } => self.check_home(group, id),
             Command::Locate { group: located, .. } => {
                 self.check_home(group, id)?;
-                if *located == group || self.config.shard_map.range(*located).is_none() {
+                if *located == group || self.topology().range(*located).is_none() {
                     return Err(GroupError::Invalid { group, reason: format!("invalid group: a locator of group {group} names group {located}") });
                 }
                 Ok(())
@@ -231,18 +314,23 @@ impl Node {
             }
             Command::CartFollow { of, .. } => self.check_home(of.home, id),
             Command::Split { at_sku, .. } => self.check_sku_in_group(group, at_sku),
+            Command::Topology(_) if group == METADATA_GROUP => Ok(()),
+            Command::Topology(_) => {
+                Err(GroupError::Invalid { group, reason: format!("invalid group_id: topology changes go to group {METADATA_GROUP}, not {group}") })
+            }
         }
     }
 
     /// The group that holds reservation `id`'s record, in this node's region.
     pub fn home_of(&self, id: &str) -> Option<GroupId> {
-        self.config.shard_map.home_for(&self.config.region, id).map(|r| r.group)
+        self.topology().home_for(&self.config.region, id, stockd_proto::home::slot).map(|r| r.group)
     }
 
     /// Refuses `group` unless it is reservation `id`'s home.
     fn check_home(&self, group: GroupId, id: &str) -> Result<(), GroupError> {
-        let region = self.config.shard_map.range(group).map(|r| r.region.clone()).unwrap_or_default();
-        match self.config.shard_map.home_for(&region, id) {
+        let topology = self.topology();
+        let region = topology.range(group).map(|r| r.region.clone()).unwrap_or_default();
+        match topology.home_for(&region, id, stockd_proto::home::slot) {
             Some(home) if home.group == group => Ok(()),
             Some(home) => Err(GroupError::Invalid { group, reason: format!("invalid reservation_id: its home is group {}, not group {group}", home.group) }),
             None => Err(GroupError::Invalid { group, reason: format!("invalid group_id: no group {group} in the shard map") }),
@@ -251,7 +339,7 @@ impl Node {
 
     /// Refuses `sku` unless `group` holds its range.
     pub fn check_sku_in_group(&self, group: GroupId, sku: &str) -> Result<(), GroupError> {
-        match self.config.shard_map.range(group) {
+        match self.topology().range(group) {
             Some(range) if range.contains(sku) => Ok(()),
             Some(range) => Err(GroupError::Invalid {
                 group,
@@ -261,8 +349,14 @@ impl Node {
         }
     }
 
-    pub fn groups(&self) -> impl Iterator<Item = &Arc<Group>> {
-        self.groups.values()
+    /// The data groups this node replicates (the metadata group aside).
+    pub fn groups(&self) -> impl Iterator<Item = Arc<Group>> {
+        self.all_groups().into_iter().filter(|g| g.id != METADATA_GROUP)
+    }
+
+    /// Every group this node replicates, the metadata group's included.
+    pub fn all_groups(&self) -> Vec<Arc<Group>> {
+        self.groups.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
     }
 
     fn deadline(&self) -> Instant {
@@ -275,10 +369,13 @@ impl Node {
         if hint.is_some() {
             return hint;
         }
-        if let Some((leader, _)) = self.groups.get(&group).and_then(|g| g.leader()) {
+        if let Some((leader, _)) = self.group(group).and_then(|g| g.leader()) {
             return Some(leader);
         }
-        let replicas = &self.config.shard_map.range(group)?.replicas;
+        let replicas = match group {
+            METADATA_GROUP => self.metadata_replicas.clone(),
+            _ => self.topology().range(group)?.replicas.clone(),
+        };
         replicas.get(attempt % replicas.len().max(1)).copied()
     }
 
@@ -287,6 +384,11 @@ impl Node {
     pub async fn propose(&self, group: GroupId, command: Command) -> Result<(u64, CommandResult), GroupError> {
         let limit = Duration::from_millis(self.config.rpc_timeout_ms);
         match tokio::time::timeout(limit, self.propose_routed(group, command)).await {
+            Ok(Err(stale @ GroupError::StaleRoute { .. })) => {
+                // The group's range changed: refresh the routes now.
+                self.topology_stale.notify_one();
+                Err(stale)
+            }
             Ok(result) => result,
             Err(_) => Err(GroupError::Unavailable { group, reason: format!("no outcome within {} ms", limit.as_millis()) }),
         }
@@ -295,7 +397,7 @@ impl Node {
     /// The epoch of `group`'s range in this node's map: what a command
     /// routed here carries.
     fn route_epoch(&self, group: GroupId) -> u64 {
-        self.config.shard_map.range(group).map(|r| r.epoch).unwrap_or(storage::model::FIRST_EPOCH)
+        self.topology().range(group).map(|r| r.epoch).unwrap_or(storage::model::FIRST_EPOCH)
     }
 
     async fn propose_routed(&self, group: GroupId, command: Command) -> Result<(u64, CommandResult), GroupError> {
@@ -304,7 +406,7 @@ impl Node {
             let command = command.clone();
             async move {
                 match target {
-                    Target::Local => match self.groups.get(&group) {
+                    Target::Local => match self.group(group) {
                         Some(g) => g.propose(command, epoch).await,
                         None => Err(GroupError::Unavailable { group, reason: "group not hosted here".into() }),
                     },
@@ -350,7 +452,7 @@ impl Node {
     /// on this node, no further forwarding (the peer follows the hint in a
     /// refusal).
     pub async fn propose_local(&self, group: GroupId, epoch: u64, command: Command) -> Result<(u64, CommandResult), GroupError> {
-        match self.groups.get(&group) {
+        match self.group(group) {
             Some(g) => g.propose(command, epoch).await,
             None => Err(GroupError::NotLeader { group, leader: None }),
         }
@@ -358,7 +460,7 @@ impl Node {
 
     /// Reads on this node only, as `consistency` allows.
     pub async fn read_local(&self, group: GroupId, query: &ReadQuery, consistency: Consistency) -> Result<ReadAnswer, GroupError> {
-        let g = self.groups.get(&group).ok_or(GroupError::NotLeader { group, leader: None })?;
+        let g = self.group(group).ok_or(GroupError::NotLeader { group, leader: None })?;
         let staleness_ms = match consistency {
             Consistency::Strong => {
                 g.ensure_linearizable().await?;
@@ -393,6 +495,7 @@ impl Node {
                     inventory.positions_of_sku(sku).take(*locations_max).map(|(key, position)| (key.location.clone(), position.without_history())).collect();
                 (None, None, positions)
             }
+            ReadQuery::Topology | ReadQuery::Range | ReadQuery::SplitKey => (None, None, Vec::new()),
         };
         let (cart, located) = match query {
             ReadQuery::Reservation(id) => (inventory.cart(id).cloned(), inventory.locator(id).map(|l| l.group)),
@@ -404,6 +507,9 @@ impl Node {
             cart,
             located,
             positions,
+            topology: matches!(query, ReadQuery::Topology).then(|| Box::new(inventory.topology().clone())),
+            range: matches!(query, ReadQuery::Range).then(|| inventory.range().clone()),
+            split_key: if matches!(query, ReadQuery::SplitKey) { inventory.middle_sku() } else { None },
             applied_index: g.state().applied_index(),
             staleness_ms,
             served_by: self.id(),
@@ -422,7 +528,7 @@ impl Node {
     }
 
     async fn read_routed(&self, group: GroupId, query: ReadQuery, consistency: Consistency) -> Result<ReadAnswer, GroupError> {
-        let local_ok = match (consistency, self.groups.get(&group)) {
+        let local_ok = match (consistency, self.group(group)) {
             (_, None) => false,
             (Consistency::Any, Some(_)) => true,
             (Consistency::Bounded { max_staleness_ms }, Some(g)) => g.staleness_ms() <= max_staleness_ms || g.is_leader(),
@@ -467,8 +573,17 @@ impl Node {
                 return Ok(Some(group));
             }
         }
+        self.locate_everywhere(id, home, home).await
+    }
+
+    /// Asks every group of the region but `except` for reservation `id`
+    /// (strong reads); a one-group reservation found that way gets a
+    /// locator at `home`. For a lookup whose shortcut named a group that
+    /// does not hold the id (a stale local replica, or a locator written
+    /// before a split moved the reservation), `except` is that group.
+    pub async fn locate_everywhere(&self, id: &str, home: Option<GroupId>, except: Option<GroupId>) -> Result<Option<GroupId>, GroupError> {
         self.lookups_everywhere.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let groups: Vec<GroupId> = self.config.shard_map.groups_in(&self.config.region).map(|r| r.group).filter(|g| Some(*g) != home).collect();
+        let groups: Vec<GroupId> = self.topology().groups_in(&self.config.region).map(|r| r.group).filter(|g| Some(*g) != except).collect();
         let reads = groups.iter().map(|g| self.read(*g, ReadQuery::Reservation(id.to_string()), Consistency::Strong));
         let answers = futures::future::join_all(reads).await;
         let mut first_error = None;
@@ -528,7 +643,7 @@ impl Node {
     /// `except`: a one-group reservation's group, or a cart's home (from its
     /// record or from one of its intents).
     pub fn locate_locally(&self, id: &str, except: Option<GroupId>) -> Option<GroupId> {
-        self.groups.iter().filter(|(g, _)| Some(**g) != except).find_map(|(g, group)| {
+        self.groups.read().unwrap_or_else(|p| p.into_inner()).iter().filter(|(g, _)| Some(**g) != except).find_map(|(g, group)| {
             let inventory = group.state().read();
             if inventory.cart(id).is_some() {
                 Some(*g)
@@ -557,7 +672,7 @@ impl Node {
         for task in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
             task.abort();
         }
-        for g in self.groups.values() {
+        for g in self.all_groups() {
             g.shutdown().await;
         }
     }

@@ -59,7 +59,10 @@ impl PeerService {
     async fn raft_rpc(&self, rpc: PeerRpc, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         self.check_fingerprint(&request)?;
         let m = request.into_inner();
-        let group = self.node.group(m.group_id).ok_or_else(|| Status::not_found(format!("group {} is not hosted on node {}", m.group_id, self.node.id())))?;
+        let group = match self.node.group(m.group_id) {
+            Some(group) => group,
+            None => self.node.replica_for_message(m.group_id).await?,
+        };
         let payload = group.handle_peer_rpc(rpc, &m.payload).await.map_err(Status::invalid_argument)?;
         Ok(Response::new(RaftMessage { group_id: m.group_id, payload }))
     }
@@ -81,6 +84,7 @@ impl PeerService {
                 | Command::CartFollowed { .. }
                 | Command::Locate { .. }
                 | Command::Split { .. }
+                | Command::Topology(_)
         );
         if cart_step && !caller.is_trusted_peer() {
             return Err(Status::permission_denied(format!(
@@ -116,6 +120,7 @@ impl PeerService {
                 }
                 Some(sku.as_str())
             }
+            ReadQuery::Topology | ReadQuery::Range | ReadQuery::SplitKey => None,
         };
         if let Some(sku) = sku {
             check_token("sku", sku, limits.sku_bytes_max).map_err(invalid)?;

@@ -29,6 +29,13 @@ pub enum ReadQuery {
         location: Option<String>,
         locations_max: usize,
     },
+    /// The metadata group's topology.
+    Topology,
+    /// The group's range as its state machine holds it.
+    Range,
+    /// A key splitting the group's SKUs in two halves
+    /// (`Inventory::middle_sku`).
+    SplitKey,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +51,12 @@ pub struct ReadAnswer {
     pub located: Option<GroupId>,
     /// For `SkuPositions`: (location, position) pairs.
     pub positions: Vec<(String, Position)>,
+    /// For `Topology`.
+    pub topology: Option<Box<storage::topology::Topology>>,
+    /// For `Range`.
+    pub range: Option<storage::model::RangeDesc>,
+    /// For `SplitKey`.
+    pub split_key: Option<String>,
     pub applied_index: u64,
     pub staleness_ms: u64,
     pub served_by: NodeId,

@@ -9,6 +9,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use storage::model as m;
+use storage::validate::check_token;
 use storage::validate::validate_command;
 use tonic::Request;
 use tonic::Response;
@@ -143,7 +144,7 @@ impl InventoryService {
     fn group_of(&self, sku: &str, field: &str) -> Result<m::GroupId, Status> {
         let region = &self.node.config.region;
         self.node
-            .shard_map()
+            .topology()
             .group_for(region, sku)
             .map(|r| r.group)
             .ok_or_else(|| status::invalid_field(field, format!("no shard of region {region} holds this sku")))
@@ -197,7 +198,8 @@ impl InventoryService {
 
     /// The record of `id` this node's replica of `group` holds, for answers.
     fn local_record(&self, group: m::GroupId, id: &str) -> Option<pb::Reservation> {
-        let inventory = self.node.group(group)?.state().read();
+        let replica = self.node.group(group)?;
+        let inventory = replica.state().read();
         match inventory.cart(id) {
             Some(cart) => Some(convert::cart_to_pb(cart)),
             None => inventory.reservation(id).map(|r| convert::reservation_to_pb(r, group)),
@@ -241,7 +243,17 @@ impl InventoryService {
         let Some(group) = self.node.locate_reservation(&r.reservation_id).await.map_err(status::group_error)? else {
             return Ok(Response::new(pb::ReservationResponse { outcome: pb::Outcome::NotFound as i32, ..Default::default() }));
         };
-        let (index, result) = self.node.transition_at_home(group, command).await.map_err(status::group_error)?;
+        let (mut index, mut result) = self.node.transition_at_home(group, command.clone()).await.map_err(status::group_error)?;
+        let mut group = group;
+        if result.outcome == m::Outcome::NotFound {
+            // The lookup's shortcut may name a group the reservation left
+            // (split off with its position): ask every other group.
+            let home = self.node.home_of(&r.reservation_id);
+            if let Some(found) = self.node.locate_everywhere(&r.reservation_id, home, Some(group)).await.map_err(status::group_error)? {
+                (index, result) = self.node.transition_at_home(found, command).await.map_err(status::group_error)?;
+                group = found;
+            }
+        }
         Ok(Response::new(convert::reservation_response(index, &result, group)))
     }
 }
@@ -371,6 +383,15 @@ impl Inventory for InventoryService {
             return Ok(Response::new(pb::ReservationResponse { outcome: pb::Outcome::NotFound as i32, ..Default::default() }));
         };
         let mut answer = self.node.read(home, ReadQuery::Reservation(id.clone()), Consistency::Strong).await.map_err(status::group_error)?;
+        let mut home = home;
+        if answer.cart.is_none() && answer.reservation.is_none() {
+            // As for a transition: the shortcut may name a group it left.
+            let id_home = self.node.home_of(&id);
+            if let Some(found) = self.node.locate_everywhere(&id, id_home, Some(home)).await.map_err(status::group_error)? {
+                answer = self.node.read(found, ReadQuery::Reservation(id.clone()), Consistency::Strong).await.map_err(status::group_error)?;
+                home = found;
+            }
+        }
         if let Some(cart) = answer.cart.as_ref().filter(|c| c.state == m::CartState::Preparing) {
             // Undecided: held or not is not known until every line group
             // answered, so decide it (as the resolver would) before saying.
@@ -515,9 +536,10 @@ impl Admin for AdminService {
         let node = &self.node;
         let nodes = node.config.nodes.values().map(|n| pb::NodeStatus { id: n.id, addr: n.addr.clone(), region: n.region.clone() }).collect();
         let mut groups = Vec::new();
+        let topology = node.topology();
         for g in node.groups() {
-            let Some(placement) = node.shard_map().range(g.id) else { continue };
             let range = g.range();
+            let region = topology.range(g.id).map_or_else(|| node.config.region.clone(), |r| r.region.clone());
             let p = g.progress();
             let (pending, positions) = {
                 let inv = g.state().read();
@@ -525,10 +547,10 @@ impl Admin for AdminService {
             };
             groups.push(pb::GroupStatus {
                 group_id: g.id,
-                region: placement.region.clone(),
+                region,
                 start_sku: range.start_sku.clone(),
                 end_sku: range.end_sku.clone().unwrap_or_default(),
-                replicas: if p.voters.is_empty() { placement.replicas.clone() } else { p.voters.clone() },
+                replicas: if p.voters.is_empty() { topology.range(g.id).map(|r| r.replicas.clone()).unwrap_or_default() } else { p.voters.clone() },
                 leader: p.leader.unwrap_or(0),
                 term: p.term,
                 role: p.role.to_string(),
@@ -553,6 +575,8 @@ impl Admin for AdminService {
             groups,
             version: env!("CARGO_PKG_VERSION").to_string(),
             model: Some(model_summary(&self.availability.scorer().status())),
+            home_slots: topology.home_slots(&node.config.region).to_vec(),
+            topology_version: topology.version,
         }))
     }
 
@@ -602,6 +626,32 @@ impl Admin for AdminService {
         security::audit(&caller, "SetModelCandidate", &detail, &outcome(&set));
         set?;
         self.model_status()
+    }
+
+    async fn split_shard(&self, request: Request<pb::SplitShardRequest>) -> Result<Response<pb::SplitShardResponse>, Status> {
+        let caller = security::caller(&request);
+        let r = request.into_inner();
+        let at = (!r.at_sku.is_empty()).then_some(r.at_sku);
+        if let Some(at) = &at {
+            check_token("at_sku", at, self.node.config.input_limits.sku_bytes_max).map_err(status::invalid)?;
+        }
+        let detail = format!("group={} at={}", r.group_id, at.as_deref().unwrap_or("(middle)"));
+        let done = self.node.split_group(r.group_id, at).await.map_err(status::group_error);
+        security::audit(&caller, "SplitShard", &detail, &outcome(&done));
+        let done = done?;
+        let range = |r: &storage::topology::RangeInfo| pb::ShardRange {
+            group_id: r.group,
+            region: r.region.clone(),
+            start_sku: r.start_sku.clone(),
+            end_sku: r.end_sku.clone().unwrap_or_default(),
+            epoch: r.epoch,
+            replicas: {
+                let mut replicas = r.replicas.clone();
+                replicas.sort_unstable();
+                replicas
+            },
+        };
+        Ok(Response::new(pb::SplitShardResponse { parent: Some(range(&done.parent)), child: Some(range(&done.child)) }))
     }
 
     async fn set_model_disabled(&self, request: Request<pb::SetModelDisabledRequest>) -> Result<Response<pb::ModelStatusResponse>, Status> {
@@ -740,7 +790,7 @@ async fn watch_groups(node: Arc<Node>, reporter: tonic_health::server::HealthRep
     let mut ticks = tokio::time::interval(HEALTH_CHECK_INTERVAL);
     loop {
         ticks.tick().await;
-        let stopped: Vec<(m::GroupId, String)> = node.groups().filter_map(|g| g.stopped().map(|reason| (g.id, reason))).collect();
+        let stopped: Vec<(m::GroupId, String)> = node.all_groups().into_iter().filter_map(|g| g.stopped().map(|reason| (g.id, reason))).collect();
         if stopped == reported {
             continue;
         }

@@ -491,6 +491,8 @@ fn status(node_id: u64, role: &str, leader: u64) -> StatusResponse {
         }],
         version: "0.1.0".into(),
         model: None,
+        home_slots: vec![1],
+        topology_version: 1,
     }
 }
 

@@ -62,7 +62,7 @@ async fn any_node_serves_or_forwards_every_request() {
 
     // The leader's status names the group's range as its state machine
     // holds it, at the first epoch, and the commands it proposed per second.
-    let group_of_sku = cluster.node(leader).shard_map().group_for("local", SKU).expect("group").desc();
+    let group_of_sku = cluster.node(leader).topology().group_for("local", SKU).expect("group").desc();
     let mut admin = stockd::proto::v1::admin_client::AdminClient::new(cluster.channel(leader, Some("operator")));
     poll("the leader's load to count the writes", Duration::from_secs(10), || {
         let mut admin = admin.clone();
@@ -217,7 +217,7 @@ async fn leader_loss_keeps_acknowledged_reservations() {
     cluster.start_node(leader).await;
     let node = cluster.node(leader).clone();
     poll("the old leader to catch up", Duration::from_secs(15), || {
-        let g = node.shard_map().group_for("local", SKU).map(|r| r.group).and_then(|g| node.group(g).cloned());
+        let g = node.topology().group_for("local", SKU).map(|r| r.group).and_then(|g| node.group(g));
         async move { g.map(|g| g.state().read().position(&storage::model::PositionKey::new(SKU, LOC)).map(|p| p.reserved) == Some(21)).unwrap_or(false) }
     })
     .await;
@@ -236,12 +236,12 @@ async fn restarted_node_recovers_from_its_own_disk() {
     cluster.start_node(3).await;
     let node = cluster.node(3).clone();
     let key = storage::model::PositionKey::new(SKU, LOC);
-    let group = node.shard_map().group_for("local", SKU).expect("range").group;
+    let group = node.topology().group_for("local", SKU).expect("range").group;
     // Right after restart the node already has what it applied before.
     let recovered = node.group(group).expect("group").state().read().position(&key).map(|p| p.on_hand);
     assert_eq!(recovered, Some(30), "state reloaded from RocksDB");
     poll("node 3 to catch up", Duration::from_secs(15), || {
-        let g = node.group(group).cloned();
+        let g = node.group(group);
         let key = key.clone();
         async move { g.map(|g| g.state().read().position(&key).map(|p| p.reserved) == Some(7)).unwrap_or(false) }
     })
@@ -262,7 +262,7 @@ async fn far_behind_node_catches_up_by_snapshot() {
         receive(&mut c, &format!("snap-{i}"), SKU, LOC, 1).await;
     }
     let leader = cluster.leader_of_sku(SKU).expect("leader");
-    let group = cluster.node(leader).shard_map().group_for("local", SKU).expect("range").group;
+    let group = cluster.node(leader).topology().group_for("local", SKU).expect("range").group;
     // The snapshot is built, and the log purged behind it, in the background.
     let raft = cluster.node(leader).group(group).expect("group").raft().clone();
     poll("the leader to purge its log behind a snapshot", Duration::from_secs(15), || {
@@ -273,7 +273,7 @@ async fn far_behind_node_catches_up_by_snapshot() {
     cluster.start_node(3).await;
     let node = cluster.node(3).clone();
     poll("node 3 to install a snapshot and catch up", Duration::from_secs(20), || {
-        let g = node.group(group).cloned();
+        let g = node.group(group);
         async move { g.map(|g| g.state().read().position(&storage::model::PositionKey::new(SKU, LOC)).map(|p| p.on_hand) == Some(150)).unwrap_or(false) }
     })
     .await;

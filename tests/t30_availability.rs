@@ -164,7 +164,7 @@ async fn served_features_equal_the_export_path_for_the_same_position() {
         let answer = client.check_availability(ask).await.expect("check").into_inner();
         assert_eq!(answer.features.len(), features::FEATURE_COUNT);
         let node = cluster.node(1);
-        let group = node.shard_map().group_for(&node.config.region, SKU).expect("a group").group;
+        let group = node.topology().group_for(&node.config.region, SKU).expect("a group").group;
         let position = node.group(group).expect("hosted").state().read().position(&PositionKey::new(SKU, location)).cloned();
         let seller_type = if location.starts_with("3p-") { SellerType::ThirdParty } else { SellerType::FirstParty };
         let context = RequestContext { quantity: 3, now_ms: answer.features_at_ms, replica_staleness_ms: answer.staleness_ms, seller_type, promo: true };

@@ -254,7 +254,7 @@ async fn peer_messages_are_checked_as_client_requests_are() {
     let _serial = SERIAL.lock().await;
     let cluster = Cluster::start_tls(1, single_node()).await;
     receive(&mut cluster.feed(1).await, "rcv-1", SKU, LOC, 10).await;
-    let group = cluster.node(1).shard_map().group_for("local", SKU).expect("group").group;
+    let group = cluster.node(1).topology().group_for("local", SKU).expect("group").group;
     let mut peer = RaftPeerClient::new(cluster.channel_to(&cluster.peer_addrs[0], Some("node-1")));
 
     // Over the payload limit: refused before it is decoded.
@@ -270,7 +270,7 @@ async fn peer_messages_are_checked_as_client_requests_are() {
     assert!(refused.message().contains("lines[0].quantity"), "{refused:?}");
 
     // A SKU outside the named group.
-    let other_group = cluster.node(1).shard_map().group_for("local", "9-other").expect("group").group;
+    let other_group = cluster.node(1).topology().group_for("local", "9-other").expect("group").group;
     assert_ne!(other_group, group);
     let misplaced = raft::wire::encode(&routed(reserve_command("forged-2", 1)));
     let refused = peer.propose(propose(&cluster, other_group, misplaced)).await.expect_err("wrong group");

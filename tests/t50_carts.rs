@@ -175,7 +175,7 @@ async fn a_coordinator_lost_at_any_step_leaves_the_cart_whole() {
         let home = node.home_of(id).expect("home");
         let mut parts: BTreeMap<u32, Vec<Line>> = BTreeMap::new();
         for l in &lines {
-            parts.entry(node.shard_map().group_for("local", &l.sku).expect("group").group).or_default().push(l.clone());
+            parts.entry(node.topology().group_for("local", &l.sku).expect("group").group).or_default().push(l.clone());
         }
         (home, parts)
     };
@@ -245,7 +245,7 @@ async fn a_one_group_reservation_is_found_without_asking_every_group_and_its_id_
     cluster.wait_for_leaders().await;
     stock(&cluster, 10).await;
     let node = cluster.node(2).clone();
-    let group_of = |sku: &str| node.shard_map().group_for("local", sku).expect("group").group;
+    let group_of = |sku: &str| node.topology().group_for("local", sku).expect("group").group;
     let away = |id: &String| node.home_of(id).is_some_and(|home| SKUS[..3].iter().all(|sku| group_of(sku) != home));
     let id = (0..).map(|i| format!("order-{i}")).find(away).expect("an id homed away from the first three groups");
     let everywhere = || (1..=3).map(|n| cluster.node(n).lookups_everywhere()).sum::<u64>();
@@ -296,7 +296,7 @@ async fn a_reservation_found_by_asking_every_group_gets_a_locator_at_its_home() 
     cluster.wait_for_leaders().await;
     stock(&cluster, 10).await;
     let node = cluster.node(2).clone();
-    let group_of = |sku: &str| node.shard_map().group_for("local", sku).expect("group").group;
+    let group_of = |sku: &str| node.topology().group_for("local", sku).expect("group").group;
     let sku = *SKUS.iter().find(|sku| node.group(group_of(sku)).is_none()).expect("a group node 2 does not replicate");
     let group = group_of(sku);
     let id = (0..).map(|i| format!("order-{i}")).find(|id| node.home_of(id).is_some_and(|home| home != group)).expect("an id homed elsewhere");
@@ -377,7 +377,7 @@ async fn killing_the_coordinating_node_after_any_step_leaves_every_line_held_or_
     // group), before any line group followed: nothing stays held.
     let node = cluster.node(2).clone();
     let home = node.home_of("killed-after-abort").expect("home");
-    let short_line = SKUS.iter().position(|sku| node.shard_map().group_for("local", sku).map(|r| r.group) != Some(home)).expect("a line group");
+    let short_line = SKUS.iter().position(|sku| node.topology().group_for("local", sku).map(|r| r.group) != Some(home)).expect("a line group");
     let mut short = cart(1);
     short[short_line].quantity = 100;
     let request = reserve_at(cluster.client(1).await, "killed-after-abort", short, 60_000);

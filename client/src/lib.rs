@@ -44,7 +44,7 @@ use stockd_proto::v1::admin_client::AdminClient;
 use stockd_proto::v1::inventory_client::InventoryClient;
 use stockd_proto::v1::{
     AdjustRequest, AdjustResponse, BatchReserveRequest, BatchReserveResponse, Consistency, GetPositionRequest, PositionResponse, ReservationRef,
-    ReservationResponse, ReserveRequest, ReserveResponse, StatusRequest, StatusResponse,
+    ReservationResponse, ReserveRequest, ReserveResponse, SplitShardRequest, SplitShardResponse, StatusRequest, StatusResponse,
 };
 use stockd_proto::v1::{
     CheckAvailabilityBatchRequest, CheckAvailabilityBatchResponse, CheckAvailabilityRequest, CheckAvailabilityResponse, LoadModelRequest, ModelStatusRequest,
@@ -468,6 +468,13 @@ impl Client {
         self.call("Status", Effect::Read, StatusRequest {}, |channel, request| async move { AdminClient::new(channel).status(request).await }).await
     }
 
+    /// `Admin.SplitShard`: splits `group_id` at `at_sku` (empty: its middle
+    /// SKU). Not retried on an unknown outcome: a repeat would split again.
+    pub async fn split_shard(&self, group_id: u32, at_sku: &str) -> Result<SplitShardResponse, ClientError> {
+        let request = SplitShardRequest { group_id, at_sku: at_sku.to_owned() };
+        self.call("SplitShard", Effect::Write, request, |channel, request| async move { AdminClient::new(channel).split_shard(request).await }).await
+    }
+
     /// `Admin.Status` of the node at `addr` only (one attempt, no failover).
     pub async fn status_of(&self, addr: &str) -> Result<StatusResponse, ClientError> {
         let index = self.index_of_or_add(addr)?;
@@ -604,17 +611,23 @@ impl Client {
             return;
         };
         let mut ranges = Vec::new();
-        let mut homes = Vec::new();
+        let mut leaders = std::collections::BTreeMap::new();
         let mut groups: Vec<_> = status.groups.iter().collect();
         groups.sort_by_key(|g| g.group_id);
-        for group in groups {
+        for group in &groups {
             let leader = status.nodes.iter().find(|n| n.id == group.leader && group.leader != 0).and_then(|leader| self.index_of_or_add(&leader.addr).ok());
-            if group.region == status.region {
-                homes.push(leader);
-            }
+            leaders.insert(group.group_id, leader);
             let Some(leader_index) = leader else { continue };
             ranges.push((group.start_sku.clone(), group.end_sku.clone(), leader_index));
         }
+        // The home slots in slot order; a node that does not list them
+        // (an older one) homes ids over its region's groups by id.
+        let slots: Vec<u32> = if status.home_slots.is_empty() {
+            groups.iter().filter(|g| g.region == status.region).map(|g| g.group_id).collect()
+        } else {
+            status.home_slots.clone()
+        };
+        let homes = slots.iter().map(|g| leaders.get(g).copied().flatten()).collect();
         let mut routes = self.inner.routes.write().unwrap_or_else(|p| p.into_inner());
         *routes = Routes { ranges, homes, refreshed: Some(Instant::now()) };
     }

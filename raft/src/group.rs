@@ -36,6 +36,7 @@ use crate::network::GroupNetwork;
 use crate::network::PeerRpc;
 use crate::network::PeerTransport;
 use crate::state_machine::GroupState;
+use crate::state_machine::SplitApplied;
 use crate::state_machine::StateMachineStore;
 use crate::types::Raft;
 use crate::wal_sync::WalSyncer;
@@ -130,7 +131,8 @@ fn not_leader(group: GroupId, f: ForwardToLeader<NodeId, BasicNode>) -> GroupErr
 
 impl Group {
     /// Opens the group's storage and starts its Raft instance and tasks. A
-    /// new group serves `range`; a stored one, the range its log set.
+    /// new group serves `range`; a stored one, the range its log set. Every
+    /// split it applies is reported to `splits`.
     pub async fn start(
         node_id: NodeId,
         range: RangeDesc,
@@ -138,6 +140,7 @@ impl Group {
         syncer: Arc<WalSyncer>,
         transport: Arc<dyn PeerTransport>,
         config: &GroupConfig,
+        splits: mpsc::UnboundedSender<SplitApplied>,
     ) -> Result<Group, GroupError> {
         let id = range.group;
         let fatal = |reason: String| GroupError::Fatal { group: id, reason };
@@ -154,7 +157,8 @@ impl Group {
         .map_err(|e| fatal(format!("invalid raft config: {e}")))?;
         let log_store = LogStore::new(engine.clone(), id, syncer);
         let committed = log_store.committed_index();
-        let sm = StateMachineStore::open(engine, id, config.limits.clone(), range).map_err(|e| fatal(format!("cannot open the state machine: {e}")))?;
+        let mut sm = StateMachineStore::open(engine, id, config.limits.clone(), range).map_err(|e| fatal(format!("cannot open the state machine: {e}")))?;
+        sm.report_splits_to(splits);
         let state = sm.state();
         let raft = Raft::new(node_id, Arc::new(raft_config), GroupNetwork::new(transport, id), log_store, sm)
             .await

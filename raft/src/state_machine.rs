@@ -51,6 +51,7 @@ use crate::TypeConfig;
 
 const APPLIED: &str = "applied";
 const SNAPSHOT: &str = "snapshot";
+const TOPOLOGY: &str = "topology";
 
 /// A group split off by an applied `Command::Split`: its state was written
 /// to the engine in the same atomic batch as the parent's apply, so it can
@@ -151,6 +152,9 @@ impl StateMachineStore {
         for (_, value) in scan(keys::STATE_LOCATOR)? {
             records.locators.push(codec::decode(&value, "locator").map_err(read_err)?);
         }
+        if let Some(bytes) = engine.get(Table::State, &keys::state_meta_key(group, TOPOLOGY)).map_err(read_err)? {
+            records.topology = Some(codec::decode(&bytes, "topology").map_err(read_err)?);
+        }
         let applied_index = last_applied.map(|l| l.index).unwrap_or(0);
         let inventory = Inventory::load(limits.clone(), range, log_time_ms, applied_index, records);
         let state =
@@ -165,22 +169,43 @@ impl StateMachineStore {
     /// Reports every split this state machine applies from now on.
     pub fn report_splits(&mut self) -> mpsc::UnboundedReceiver<SplitApplied> {
         let (tx, rx) = mpsc::unbounded_channel();
-        self.splits = Some(tx);
+        self.report_splits_to(tx);
         rx
+    }
+
+    /// Reports every split this state machine applies from now on to `tx`
+    /// (one per applied `Command::Split`: as many as the log holds).
+    pub fn report_splits_to(&mut self, tx: mpsc::UnboundedSender<SplitApplied>) {
+        self.splits = Some(tx);
     }
 
     /// Writes every record the inventory changed, plus the applied log id,
     /// and the whole state of every group split off (`children`), in one
     /// atomic batch.
+    ///
+    /// A child starts as if its log had been applied and purged up to the
+    /// split's index, under the parent's membership: its replicas elect a
+    /// leader among themselves, and a replica without that state (one that
+    /// learnt the parent from a later snapshot) can only catch up by a
+    /// snapshot, never by replaying a log onto an empty state. A child
+    /// already stored on this node (its replica started from a snapshot,
+    /// or the split applied again after a restart) is never overwritten.
     fn persist(&self, inventory: &mut Inventory, children: Vec<(SplitApplied, Inventory)>) -> Result<Vec<SplitApplied>, StorageError> {
         let mut batch = WriteBatch::new();
         self.add_dirty(inventory, &mut batch);
         let mut splits = Vec::new();
         for (split, mut child) in children {
             let range = &split.child;
+            let applied_key = keys::state_meta_key(range.group, APPLIED);
+            if self.engine.get(Table::State, &applied_key).map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?.is_some() {
+                tracing::warn!(parent = self.group, child = range.group, "the split's child is stored here already; kept as it is");
+                continue;
+            }
             write_dirty(range.group, &mut child, &mut batch);
-            let applied: (Option<LogId>, StoredMembership, u64, &RangeDesc) = (None, StoredMembership::default(), child.log_time_ms(), range);
-            batch.put(Table::State, keys::state_meta_key(range.group, APPLIED), codec::encode(&applied));
+            let start = LogId::new(openraft::CommittedLeaderId::new(0, 0), split.log_index);
+            let membership = StoredMembership::new(Some(start), self.membership.membership().clone());
+            let applied: (Option<LogId>, &StoredMembership, u64, &RangeDesc) = (Some(start), &membership, child.log_time_ms(), range);
+            batch.put(Table::State, applied_key, codec::encode(&applied));
             splits.push(split);
         }
         self.engine.write(batch, Durability::Buffered).map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
@@ -231,6 +256,9 @@ fn write_dirty(group: GroupId, inventory: &mut Inventory, batch: &mut WriteBatch
     }
     for (id, locator) in dirty.locators {
         put_or_delete(batch, keys::record_key(group, keys::STATE_LOCATOR, &id), locator.map(|l| codec::encode(&(&id, l))));
+    }
+    if let Some(topology) = dirty.topology {
+        batch.put(Table::State, keys::state_meta_key(group, TOPOLOGY), codec::encode(&topology));
     }
 }
 
@@ -350,6 +378,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
         for (id, locator) in fresh.locators() {
             batch.put(Table::State, keys::record_key(self.group, keys::STATE_LOCATOR, id), codec::encode(&(id, locator)));
+        }
+        if fresh.topology().is_bootstrapped() {
+            batch.put(Table::State, keys::state_meta_key(self.group, TOPOLOGY), codec::encode(fresh.topology()));
         }
         self.add_dirty(&mut fresh, &mut batch);
         let stored = StoredSnapshot { meta: meta.clone(), data };

@@ -78,6 +78,17 @@ async fn run(cli: Cli) -> u8 {
             }
             cli::status_exit_code(&reports)
         }
+        Command::Shard(cli::ShardCommand::Split(args)) => match client.split_shard(args.group, args.at.as_deref().unwrap_or_default()).await {
+            Ok(split) => {
+                if json {
+                    emit_json(&cli::shard_split_json(&split));
+                } else {
+                    emit(&cli::shard_split_human(&split));
+                }
+                cli::EXIT_DONE
+            }
+            Err(error) => fail(&error),
+        },
         Command::Status => {
             let reports = client.status_all().await;
             if json {

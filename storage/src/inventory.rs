@@ -49,6 +49,8 @@ use crate::model::Shortfall;
 use crate::model::Signals;
 use crate::model::RELIABILITY_HALF_LIFE_MS;
 use crate::model::VELOCITY_HALF_LIVES_MS;
+use crate::topology::Topology;
+use crate::topology::TopologyCommand;
 
 /// Largest value `on_hand`, `held` or `safety_stock` may reach (2^62). An
 /// adjustment that would go past it is refused with
@@ -82,6 +84,8 @@ pub struct Dirty {
     pub carts: Vec<(String, Option<Cart>)>,
     pub intents: Vec<(String, Option<IntentOf>)>,
     pub locators: Vec<(String, Option<Locator>)>,
+    /// The metadata group's topology, when it changed.
+    pub topology: Option<Topology>,
 }
 
 impl Dirty {
@@ -92,6 +96,7 @@ impl Dirty {
             && self.carts.is_empty()
             && self.intents.is_empty()
             && self.locators.is_empty()
+            && self.topology.is_none()
     }
 }
 
@@ -112,6 +117,8 @@ pub struct InventorySnapshot {
     pub intents: BTreeMap<String, IntentOf>,
     /// Where the one-group reservations whose home is this group live.
     pub locators: BTreeMap<String, Locator>,
+    /// The metadata group's topology (empty in every other group).
+    pub topology: Topology,
 }
 
 /// Records to rebuild an inventory from (see [`Inventory::load`]).
@@ -123,6 +130,7 @@ pub struct Records {
     pub carts: Vec<(String, Cart)>,
     pub intents: Vec<(String, IntentOf)>,
     pub locators: Vec<(String, Locator)>,
+    pub topology: Option<Topology>,
 }
 
 /// Log position and log time of the batch being applied.
@@ -174,6 +182,10 @@ pub struct Inventory {
     pub(crate) dirty_carts: BTreeSet<String>,
     pub(crate) dirty_intents: BTreeSet<String>,
     pub(crate) dirty_locators: BTreeSet<String>,
+    /// The metadata group's topology: empty (never bootstrapped) in every
+    /// other group.
+    pub(crate) topology: Topology,
+    pub(crate) dirty_topology: bool,
     /// Groups split off by the batch being applied, for the store to write
     /// and start (`take_split_children`). Not part of the state.
     pub(crate) split_children: Vec<Inventory>,
@@ -200,6 +212,7 @@ impl PartialEq for Inventory {
             && self.intents == other.intents
             && self.locators == other.locators
             && self.locator_expiry == other.locator_expiry
+            && self.topology == other.topology
     }
 }
 
@@ -237,6 +250,8 @@ impl Inventory {
             dirty_carts: BTreeSet::new(),
             dirty_intents: BTreeSet::new(),
             dirty_locators: BTreeSet::new(),
+            topology: Topology::default(),
+            dirty_topology: false,
             split_children: Vec::new(),
         }
     }
@@ -266,6 +281,7 @@ impl Inventory {
             inventory.locator_expiry.insert((locator.forget_at_ms, id.clone()));
             inventory.locators.insert(id, locator);
         }
+        inventory.topology = records.topology.unwrap_or_default();
         inventory
     }
 
@@ -280,6 +296,7 @@ impl Inventory {
             carts: self.carts.clone(),
             intents: self.intents.clone(),
             locators: self.locators.clone(),
+            topology: self.topology.clone(),
         }
     }
 
@@ -291,6 +308,7 @@ impl Inventory {
             carts: snapshot.carts.into_iter().collect(),
             intents: snapshot.intents.into_iter().collect(),
             locators: snapshot.locators.into_iter().collect(),
+            topology: Some(snapshot.topology),
         };
         Self::load(limits, snapshot.range, snapshot.log_time_ms, snapshot.last_applied_index, records)
     }
@@ -449,6 +467,10 @@ impl Inventory {
         if epoch != self.range.epoch {
             return Some(Outcome::EpochNotMatch);
         }
+        // The metadata group applies topology commands and nothing else.
+        if self.range.is_metadata() != matches!(command, Command::Topology(_)) {
+            return Some(Outcome::KeyNotInRange);
+        }
         let outside = |lines: &[Line]| lines.iter().any(|line| !self.range.contains(&line.sku));
         let misplaced = match command {
             Command::Reserve { lines, .. } | Command::ReserveGated { lines, .. } | Command::CartPrepare { lines, .. } => outside(lines),
@@ -462,7 +484,8 @@ impl Inventory {
             | Command::CartDecide { .. }
             | Command::CartFollow { .. }
             | Command::CartFollowed { .. }
-            | Command::Locate { .. } => false,
+            | Command::Locate { .. }
+            | Command::Topology(_) => false,
         };
         misplaced.then_some(Outcome::KeyNotInRange)
     }
@@ -488,7 +511,25 @@ impl Inventory {
             Command::CartFollowed { reservation_id, begin_index, group, state } => self.cart_followed(at, reservation_id, *begin_index, *group, *state),
             Command::Locate { reservation_id, group, ttl_ms } => self.locate(at, reservation_id, *group, *ttl_ms),
             Command::Split { at_sku, child } => self.split(at_sku, *child),
+            Command::Topology(change) => self.change_topology(change),
         }
+    }
+
+    /// `Command::Topology`, in the metadata group: a refusal says why and
+    /// changes nothing.
+    fn change_topology(&mut self, change: &TopologyCommand) -> CommandResult {
+        match self.topology.apply(change) {
+            Ok(answer) => {
+                self.dirty_topology = true;
+                CommandResult { topology: Some(answer), ..CommandResult::bare(Outcome::Ok) }
+            }
+            Err(refusal) => CommandResult { refusal: Some(refusal.to_string()), ..CommandResult::bare(Outcome::InvalidState) },
+        }
+    }
+
+    /// The topology this group holds: the metadata group's, else empty.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
     }
 
     /// `Command::Split`: the right part goes to `split_children`; a refusal
@@ -829,7 +870,8 @@ impl Inventory {
         let carts = std::mem::take(&mut self.dirty_carts).into_iter().map(|id| (id.clone(), self.carts.get(&id).cloned())).collect();
         let intents = std::mem::take(&mut self.dirty_intents).into_iter().map(|id| (id.clone(), self.intents.get(&id).copied())).collect();
         let locators = std::mem::take(&mut self.dirty_locators).into_iter().map(|id| (id.clone(), self.locators.get(&id).copied())).collect();
-        Dirty { positions, reservations, events, carts, intents, locators }
+        let topology = std::mem::take(&mut self.dirty_topology).then(|| self.topology.clone());
+        Dirty { positions, reservations, events, carts, intents, locators, topology }
     }
 
     /// Verifies the invariants listed in the module documentation (quantity

@@ -25,6 +25,7 @@ pub use mem::MemEngine;
 #[cfg(feature = "rocks")]
 pub use rocks::RocksEngine;
 pub mod inventory;
+pub mod range;
 pub mod split;
 pub mod topology;
 pub mod validate;

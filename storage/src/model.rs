@@ -10,43 +10,9 @@ use std::collections::VecDeque;
 use serde::Deserialize;
 use serde::Serialize;
 
-/// Identifies a Raft group (one contiguous SKU range of one region).
-pub type GroupId = u32;
-
-/// The epoch of every range when its cluster is created.
-pub const FIRST_EPOCH: u64 = 1;
-
-/// The slice of the key space a group serves, as the group's own log last
-/// set it. `epoch` grows with every change of the range (split, merge), so a
-/// command routed with an older map is told apart at apply: it is refused
-/// with [`Outcome::EpochNotMatch`] and this descriptor, never applied.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RangeDesc {
-    pub group: GroupId,
-    /// Inclusive; "" is the start of the key space.
-    pub start_sku: String,
-    /// Exclusive; `None` is unbounded.
-    pub end_sku: Option<String>,
-    pub epoch: u64,
-}
-
-impl RangeDesc {
-    /// All of the key space, at the first epoch.
-    pub fn whole(group: GroupId) -> Self {
-        Self { group, start_sku: String::new(), end_sku: None, epoch: FIRST_EPOCH }
-    }
-
-    pub fn contains(&self, sku: &str) -> bool {
-        sku >= self.start_sku.as_str() && self.end_sku.as_deref().is_none_or(|end| sku < end)
-    }
-}
-
-impl std::fmt::Display for RangeDesc {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let end = self.end_sku.as_deref().map(|e| format!("{e:?}")).unwrap_or_else(|| "end".to_owned());
-        write!(f, "group {} [{:?}, {end}) at epoch {}", self.group, self.start_sku, self.epoch)
-    }
-}
+pub use crate::range::GroupId;
+pub use crate::range::RangeDesc;
+pub use crate::range::FIRST_EPOCH;
 
 /// A position within a group: one SKU at one location. The region is the
 /// group's region.
@@ -409,6 +375,9 @@ pub enum Command {
         at_sku: String,
         child: GroupId,
     },
+    /// A change of the topology; applies in the metadata group only
+    /// (`crate::topology`), and nothing else applies there.
+    Topology(crate::topology::TopologyCommand),
 }
 
 impl Command {
@@ -427,7 +396,7 @@ impl Command {
             | Command::CartFollow { reservation_id, .. }
             | Command::CartFollowed { reservation_id, .. }
             | Command::Locate { reservation_id, .. } => Some(reservation_id),
-            Command::Adjust(_) | Command::Split { .. } => None,
+            Command::Adjust(_) | Command::Split { .. } | Command::Topology(_) => None,
         }
     }
 }
@@ -713,12 +682,25 @@ pub struct CommandResult {
     pub range: Option<RangeDesc>,
     /// For a refused topology command: why.
     pub refusal: Option<String>,
+    /// For an applied `Command::Topology`: its answer.
+    pub topology: Option<crate::topology::TopologyAnswer>,
 }
 
 impl CommandResult {
     /// An outcome with nothing attached.
     pub fn bare(outcome: Outcome) -> Self {
-        Self { outcome, replay: false, reservation: None, shortfalls: Vec::new(), position: None, cart: None, located: None, range: None, refusal: None }
+        Self {
+            outcome,
+            replay: false,
+            reservation: None,
+            shortfalls: Vec::new(),
+            position: None,
+            cart: None,
+            located: None,
+            range: None,
+            refusal: None,
+            topology: None,
+        }
     }
 }
 

@@ -40,6 +40,8 @@ pub enum TopologyRefusal {
     Straddles { at: String, id: String },
     #[error("{left} and {right} are not adjacent")]
     NotAdjacent { left: Box<RangeDesc>, right: Box<RangeDesc> },
+    #[error("split key {at:?} would move the lines cart {id} holds in its own home")]
+    HomeLines { at: String, id: String },
     #[error("{what} {id} is held by both sides of the merge")]
     Collides { what: &'static str, id: String },
 }
@@ -66,6 +68,18 @@ fn live(state: ReservationState) -> bool {
 }
 
 impl Inventory {
+    /// A key that splits this group's SKUs in two halves by count: the
+    /// median distinct SKU, when the group holds at least two.
+    pub fn middle_sku(&self) -> Option<String> {
+        let mut skus: Vec<&str> = Vec::new();
+        for key in self.positions.keys() {
+            if skus.last() != Some(&key.sku.as_str()) {
+                skus.push(&key.sku);
+            }
+        }
+        (skus.len() >= 2).then(|| skus[skus.len() / 2].to_owned())
+    }
+
     /// Splits `[at, end)` off into a new inventory serving it as group
     /// `child`; this one keeps `[start, at)`. Both take the next epoch.
     /// Everything moved is marked changed on both sides (deleted here,
@@ -77,6 +91,14 @@ impl Inventory {
         }
         if let Some((id, _)) = self.reservations.iter().find(|(_, r)| live(r.state) && side_of(&r.lines, at) == Side::Both) {
             return Err(TopologyRefusal::Straddles { at: at.to_owned(), id: id.clone() });
+        }
+        // A cart's record decides its own lines in place: they stay with it
+        // while they hold units.
+        let own_lines_right = |(id, of): (&String, &crate::model::IntentOf)| {
+            of.home == range.group && self.reservations.get(id).is_some_and(|r| live(r.state) && side_of(&r.lines, at) == Side::Right)
+        };
+        if let Some((id, _)) = self.intents.iter().find(|entry| own_lines_right(*entry)) {
+            return Err(TopologyRefusal::HomeLines { at: at.to_owned(), id: id.clone() });
         }
         let epoch = range.epoch + 1;
         let mut left = self.to_snapshot();
@@ -90,6 +112,7 @@ impl Inventory {
             carts: BTreeMap::new(),
             intents: BTreeMap::new(),
             locators: BTreeMap::new(),
+            topology: Default::default(),
         };
         right.intents = take_where(&mut left.intents, |id, _| right.reservations.contains_key(id));
         left.range = RangeDesc { end_sku: Some(at.to_owned()), epoch, ..range };

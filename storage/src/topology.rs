@@ -24,14 +24,12 @@ use std::collections::BTreeSet;
 use serde::Deserialize;
 use serde::Serialize;
 
-use crate::model::GroupId;
-use crate::model::RangeDesc;
+use crate::range::GroupId;
+use crate::range::RangeDesc;
+pub use crate::range::METADATA_GROUP;
 
 /// A node id, as the Raft layer numbers nodes.
 pub type NodeId = u64;
-
-/// The metadata group's id: no range ever has it.
-pub const METADATA_GROUP: GroupId = 0;
 
 /// Most replicas a placement rule may ask for.
 pub const REPLICATION_FACTOR_MAX: usize = 5;
@@ -200,6 +198,31 @@ impl Topology {
     /// slots.len())]` (the hash lives with the API, which the clients share).
     pub fn home_slots(&self, region: &str) -> &[GroupId] {
         self.homes.get(region).map_or(&[], Vec::as_slice)
+    }
+
+    /// The home group of reservation `id` in `region`: the group holding
+    /// the id's home slot.
+    pub fn home_for(&self, region: &str, id: &str, slot: impl Fn(&str, usize) -> usize) -> Option<&RangeInfo> {
+        let slots = self.home_slots(region);
+        slots.get(slot(id, slots.len())).and_then(|g| self.ranges.get(g))
+    }
+
+    pub fn groups_in<'a>(&'a self, region: &'a str) -> impl Iterator<Item = &'a RangeInfo> + 'a {
+        self.ranges.values().filter(move |r| r.region == region)
+    }
+
+    /// The ranges `node` replicates.
+    pub fn hosted_by(&self, node: NodeId) -> impl Iterator<Item = &RangeInfo> {
+        self.ranges.values().filter(move |r| r.replicas.contains(&node))
+    }
+
+    /// True when `group` was allocated for a split that is not recorded yet.
+    pub fn is_allocated(&self, group: GroupId) -> bool {
+        self.allocated.contains(&group)
+    }
+
+    pub fn node(&self, id: NodeId) -> Option<&NodeInfo> {
+        self.nodes.get(&id)
     }
 
     /// Applies `command`; a refusal leaves everything as it was.

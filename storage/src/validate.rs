@@ -176,6 +176,9 @@ pub fn validate_command(command: &Command, limits: &InputLimits) -> Result<(), I
             check_range("ttl_ms", *ttl_ms, limits.ttl_ms_min, limits.ttl_ms_max)
         }
         Command::Split { at_sku, .. } => check_token("at_sku", at_sku, limits.sku_bytes_max),
+        // Built by nodes only (trusted peers), within the peer payload
+        // bound; `Topology::apply` refuses what does not fit the topology.
+        Command::Topology(_) => Ok(()),
     }
 }
 

@@ -567,7 +567,8 @@ impl Harness {
             | Command::CartFollow { .. }
             | Command::CartFollowed { .. }
             | Command::Locate { .. }
-            | Command::Split { .. } => {}
+            | Command::Split { .. }
+            | Command::Topology(_) => {}
         }
         Ok(())
     }
@@ -599,6 +600,7 @@ impl Harness {
             | Command::CartFollowed { .. }
             | Command::Locate { .. } => "cart",
             Command::Split { .. } => "split",
+            Command::Topology(_) => "topology",
         };
         let replay = if result.replay { " (replay)" } else { "" };
         *self.coverage.outcomes.entry(format!("{command_kind} {:?}{replay}", result.outcome)).or_default() += 1;

@@ -190,13 +190,13 @@ impl Cluster {
     pub fn leader_of_sku(&self, sku: &str) -> Option<u64> {
         let running: Vec<&Running> = self.running.iter().flatten().collect();
         let node = &running.first()?.node;
-        let group = node.shard_map().group_for("local", sku)?.group;
+        let group = node.topology().group_for("local", sku)?.group;
         running.iter().filter_map(|r| r.node.group(group)).find(|g| g.is_leader()).map(|g| g.node_id)
     }
 
     pub async fn wait_for_leaders(&self) {
-        poll("every group to have a leader", Duration::from_secs(30), || {
-            let ok = self.running.iter().flatten().all(|r| r.node.groups().all(|g| g.leader().is_some()));
+        poll("every group (the metadata group's too) to have a leader", Duration::from_secs(30), || {
+            let ok = self.running.iter().flatten().all(|r| r.node.all_groups().iter().all(|g| g.leader().is_some()));
             async move { ok }
         })
         .await;
@@ -265,10 +265,17 @@ pub async fn reserve(client: &mut InventoryClient<Channel>, id: &str, lines: Vec
     client.reserve(pb::ReserveRequest { reservation_id: id.into(), lines, ttl_ms, risk_gate: None }).await.map(|r| r.into_inner())
 }
 
+/// A read of one position; retried for a few seconds while its group has
+/// no quorum (a leader that lost it to a new election answers UNAVAILABLE,
+/// as to any client, which retries).
 pub async fn position(client: &mut InventoryClient<Channel>, sku: &str, location: &str, consistency: pb::Consistency) -> pb::PositionResponse {
-    client
-        .get_position(pb::GetPositionRequest { sku: sku.into(), location: location.into(), consistency: consistency as i32, max_staleness_ms: 0 })
-        .await
-        .expect("get position")
-        .into_inner()
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let request = pb::GetPositionRequest { sku: sku.into(), location: location.into(), consistency: consistency as i32, max_staleness_ms: 0 };
+        match client.get_position(request).await {
+            Ok(answer) => return answer.into_inner(),
+            Err(e) if e.code() == tonic::Code::Unavailable && Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => panic!("get position: {e}"),
+        }
+    }
 }

@@ -1,0 +1,271 @@
+//! The metadata group on every node: the topology it replicates (group 0,
+//! `storage::topology`), this node's copy of it, and the work that keeps the
+//! two and the running replicas in step.
+//!
+//! - **Bootstrap.** A new cluster's `[cluster]` settings are the input of
+//!   the topology's first command. Until the metadata group answers, a node
+//!   routes with the same topology computed locally from that input.
+//! - **Watch.** Every node reads the topology every `TOPOLOGY_REFRESH` (at
+//!   once after a stale-route answer) and takes a newer version as its copy,
+//!   kept on disk so a restart routes with what it last knew.
+//! - **Replicas follow the topology.** A range this node replicates but does
+//!   not run is started: from its stored state (a split's child) or empty,
+//!   to be caught up by its leader's snapshot. A child's key range still
+//!   inside a group running here (its parent, before applying the split) is
+//!   left until the split applies here: the split starts it.
+//! - **Splits are recorded.** The split itself is a command in the parent's
+//!   log; the topology records it afterwards. If the node that drove it
+//!   stopped in between, the child's leader records it: the child's own
+//!   range says everything (`[at, end)`, the parent's epoch + 1).
+
+use std::sync::Arc;
+use std::sync::Weak;
+use std::time::Duration;
+
+use raft::state_machine::SplitApplied;
+use raft::Group;
+use raft::GroupError;
+use storage::codec;
+use storage::keys;
+use storage::model::Command;
+use storage::model::GroupId;
+use storage::model::Line;
+use storage::model::Outcome;
+use storage::model::RangeDesc;
+use storage::topology::RangeInfo;
+use storage::topology::TopologyAnswer;
+use storage::topology::TopologyCommand;
+use storage::topology::METADATA_GROUP;
+use storage::Durability;
+use storage::Table;
+use storage::WriteBatch;
+use tokio::sync::mpsc;
+
+use crate::node::Node;
+use crate::read::Consistency;
+use crate::read::ReadQuery;
+
+/// How often a node reads the topology when nothing told it to sooner.
+pub const TOPOLOGY_REFRESH: Duration = Duration::from_millis(500);
+
+fn overlaps(a: &RangeDesc, b: &RangeDesc) -> bool {
+    let before_end = |start: &str, end: &Option<String>| end.as_deref().is_none_or(|end| start < end);
+    before_end(&a.start_sku, &b.end_sku) && before_end(&b.start_sku, &a.end_sku)
+}
+
+impl Node {
+    /// Starts each split's child on this node as its parent applies the split.
+    pub(crate) async fn start_children(node: Weak<Node>, mut splits: mpsc::UnboundedReceiver<SplitApplied>) {
+        while let Some(split) = splits.recv().await {
+            let Some(node) = node.upgrade() else { return };
+            match node.start_group(split.child.clone()).await {
+                Ok(_) => tracing::info!(node = node.id(), parent = split.parent, child = %split.child, "split applied: child started"),
+                Err(e) => tracing::error!(node = node.id(), child = %split.child, error = %e, "the split's child did not start"),
+            }
+            node.topology_stale.notify_one();
+        }
+    }
+
+    /// Keeps this node's copy of the topology fresh until the node stops.
+    pub(crate) async fn watch_topology(node: Weak<Node>) {
+        loop {
+            let Some(strong) = node.upgrade() else { return };
+            strong.refresh_topology().await;
+            let woken = strong.clone();
+            drop(strong);
+            tokio::select! {
+                _ = tokio::time::sleep(TOPOLOGY_REFRESH) => {}
+                _ = woken.topology_stale.notified() => {}
+            }
+        }
+    }
+}
+
+/// What a split did, as the topology records it.
+#[derive(Debug, Clone)]
+pub struct SplitDone {
+    pub parent: RangeInfo,
+    pub child: RangeInfo,
+}
+
+impl Node {
+    /// One round of the watcher: bootstrap the topology if nobody did, take
+    /// a newer version, start the replicas it gives this node, record splits
+    /// the topology misses.
+    pub async fn refresh_topology(&self) {
+        let fetched = match self.read(METADATA_GROUP, ReadQuery::Topology, Consistency::Any).await {
+            Ok(answer) => answer.topology,
+            Err(e) => {
+                tracing::debug!(node = self.id(), error = %e, "topology not read this round");
+                return;
+            }
+        };
+        let Some(fetched) = fetched else { return };
+        if !fetched.is_bootstrapped() {
+            if let Err(e) = self.change_topology(crate::bootstrap::bootstrap_command(&self.config)).await {
+                tracing::debug!(node = self.id(), error = %e, "bootstrap not recorded yet");
+            }
+            return;
+        }
+        let bytes = codec::encode(fetched.as_ref());
+        if self.install_topology(*fetched) {
+            let mut batch = WriteBatch::new();
+            batch.put(Table::Meta, keys::meta_key(keys::NODE_GROUP, crate::bootstrap::TOPOLOGY_CACHE_KEY), bytes);
+            if let Err(e) = self.engine().write(batch, Durability::Buffered) {
+                tracing::warn!(node = self.id(), error = %e, "the topology copy was not stored");
+            }
+        }
+        self.start_missing_replicas().await;
+        self.record_unrecorded_splits().await;
+    }
+
+    /// Proposes `change` to the metadata group; a refusal is an error that
+    /// says why.
+    pub async fn change_topology(&self, change: TopologyCommand) -> Result<TopologyAnswer, GroupError> {
+        let (_, result) = self.propose(METADATA_GROUP, Command::Topology(change)).await?;
+        match (result.outcome, result.topology) {
+            (Outcome::Ok, Some(answer)) => Ok(answer),
+            _ => Err(GroupError::Invalid {
+                group: METADATA_GROUP,
+                reason: result.refusal.unwrap_or_else(|| format!("topology change refused: {:?}", result.outcome)),
+            }),
+        }
+    }
+
+    /// Records the bootstrap input unless the metadata group holds a
+    /// topology already (a change right after a cluster's first start).
+    async fn ensure_bootstrapped(&self) -> Result<(), GroupError> {
+        let answer = self.read(METADATA_GROUP, ReadQuery::Topology, Consistency::Strong).await?;
+        if answer.topology.is_some_and(|t| t.is_bootstrapped()) {
+            return Ok(());
+        }
+        match self.change_topology(crate::bootstrap::bootstrap_command(&self.config)).await {
+            Ok(_) => Ok(()),
+            // Recorded by another node since the read.
+            Err(GroupError::Invalid { reason, .. }) if reason == storage::topology::TopologyError::Bootstrapped.to_string() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn start_missing_replicas(&self) {
+        let topology = self.topology();
+        for range in topology.hosted_by(self.id()) {
+            if self.group(range.group).is_some() {
+                continue;
+            }
+            let desc = range.desc();
+            if self.groups().any(|g| overlaps(&g.range(), &desc)) {
+                // Its parent runs here and has not applied the split yet.
+                continue;
+            }
+            if let Err(e) = self.start_group(desc).await {
+                tracing::warn!(node = self.id(), group = range.group, error = %e, "replica not started");
+            }
+        }
+    }
+
+    /// A child this node leads whose split the topology does not record
+    /// yet: recorded from the child's own range.
+    async fn record_unrecorded_splits(&self) {
+        let topology = self.topology();
+        for group in self.groups().filter(|g| g.is_leader() && topology.range(g.id).is_none() && topology.is_allocated(g.id)) {
+            let range = group.range();
+            let parent = topology
+                .groups_in(&self.config.region)
+                .find(|p| p.contains(&range.start_sku) && p.start_sku < range.start_sku && p.epoch + 1 == range.epoch)
+                .map(|p| (p.group, p.epoch));
+            let Some((parent, parent_epoch)) = parent else { continue };
+            let change = TopologyCommand::Split { parent, parent_epoch, at_sku: range.start_sku.clone(), child: group.id };
+            match self.change_topology(change).await {
+                Ok(_) => tracing::info!(node = self.id(), parent, child = group.id, "split recorded by the child's leader"),
+                Err(e) => tracing::debug!(node = self.id(), child = group.id, error = %e, "split not recorded yet"),
+            }
+        }
+    }
+
+    /// A message for a group this node does not run: start an empty replica
+    /// when the topology gives it one and no group here holds its keys (its
+    /// leader then catches it up by snapshot); otherwise `NOT_FOUND`, which
+    /// the sender retries.
+    pub async fn replica_for_message(&self, group: GroupId) -> Result<Arc<Group>, tonic::Status> {
+        let not_hosted = || tonic::Status::not_found(format!("group {group} is not hosted on node {}", self.id()));
+        let topology = self.topology();
+        let Some(range) = topology.range(group).filter(|r| r.replicas.contains(&self.id())) else {
+            self.topology_stale.notify_one();
+            return Err(not_hosted());
+        };
+        let desc = range.desc();
+        if self.groups().any(|g| overlaps(&g.range(), &desc)) {
+            return Err(not_hosted());
+        }
+        self.start_group(desc).await.map_err(|e| tonic::Status::unavailable(format!("group {group} did not start on node {}: {e}", self.id())))
+    }
+
+    /// The group that holds every one of `lines` now, if one does: where a
+    /// cart's part is prepared and followed whatever group it was planned
+    /// in (a split may have moved it).
+    pub fn group_of_lines(&self, lines: &[Line]) -> Option<GroupId> {
+        let topology = self.topology();
+        let first = topology.group_for(&self.config.region, &lines.first()?.sku)?;
+        lines.iter().all(|line| first.contains(&line.sku)).then_some(first.group)
+    }
+
+    /// Splits `group` at `at` (default: its middle SKU), waits until the
+    /// topology records it and the child has a leader, and says what
+    /// changed. Every step can be repeated: an id allocated and not used is
+    /// only skipped, and a split applied but not recorded is recorded by
+    /// the child's leader.
+    pub async fn split_group(&self, group: GroupId, at: Option<String>) -> Result<SplitDone, GroupError> {
+        let invalid = |reason: String| GroupError::Invalid { group, reason };
+        if group == METADATA_GROUP || self.topology().range(group).is_none() {
+            return Err(invalid(format!("invalid group_id: no group {group} in the shard map")));
+        }
+        let at =
+            match at {
+                Some(at) => at,
+                None => self.read(group, ReadQuery::SplitKey, Consistency::Strong).await?.split_key.ok_or_else(|| {
+                    invalid(format!("invalid at_sku: group {group} holds fewer than two SKUs, so it has no middle; give the key to split at"))
+                })?,
+            };
+        if let Some(range) = self.topology().range(group).filter(|r| at.as_str() <= r.start_sku.as_str() || !r.contains(&at)) {
+            return Err(invalid(format!("invalid at_sku: {at:?} is not strictly inside {}", range.desc())));
+        }
+        self.ensure_bootstrapped().await?;
+        let TopologyAnswer::Allocated(child) = self.change_topology(TopologyCommand::AllocateGroup).await? else {
+            return Err(invalid("the metadata group allocated no id".into()));
+        };
+        let (_, result) = self.propose(group, Command::Split { at_sku: at.clone(), child }).await?;
+        let parent_range = match (result.outcome, result.range) {
+            (Outcome::Ok, Some(range)) => range,
+            (_, range) => {
+                let reason = result.refusal.unwrap_or_else(|| format!("the split was refused ({:?})", result.outcome));
+                let now = range.map(|r| format!("; the group is now {r}")).unwrap_or_default();
+                return Err(invalid(format!("invalid at_sku: {reason}{now}")));
+            }
+        };
+        let change = TopologyCommand::Split { parent: group, parent_epoch: parent_range.epoch - 1, at_sku: at, child };
+        if let Err(e) = self.change_topology(change).await {
+            // Recorded already (by the child's leader), or it will be.
+            tracing::debug!(node = self.id(), child, error = %e, "split recorded elsewhere");
+        }
+        self.refresh_topology().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.config.rpc_timeout_ms);
+        loop {
+            let topology = self.topology();
+            let ready = match (topology.range(group), topology.range(child)) {
+                (Some(parent), Some(child_range)) => {
+                    self.read(child, ReadQuery::Range, Consistency::Strong).await.ok().map(|_| SplitDone { parent: parent.clone(), child: child_range.clone() })
+                }
+                _ => None,
+            };
+            if let Some(done) = ready {
+                return Ok(done);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(GroupError::Unavailable { group: child, reason: "the split applied; its child has no leader yet (retry the listing)".into() });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            self.refresh_topology().await;
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! Groups and their ranges: the ids and key ranges that the inventory, the
+//! topology and the router all speak of.
+
+use serde::Deserialize;
+use serde::Serialize;
+
+/// The metadata group's id: no range of keys ever has it.
+pub const METADATA_GROUP: GroupId = 0;
+
+/// Identifies a Raft group (one contiguous SKU range of one region).
+pub type GroupId = u32;
+
+/// The epoch of every range when its cluster is created.
+pub const FIRST_EPOCH: u64 = 1;
+
+/// The slice of the key space a group serves, as the group's own log last
+/// set it. `epoch` grows with every change of the range (split, merge), so a
+/// command routed with an older map is told apart at apply: it is refused
+/// with `Outcome::EpochNotMatch` and this descriptor, never applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeDesc {
+    pub group: GroupId,
+    /// Inclusive; "" is the start of the key space.
+    pub start_sku: String,
+    /// Exclusive; `None` is unbounded.
+    pub end_sku: Option<String>,
+    pub epoch: u64,
+}
+
+impl RangeDesc {
+    /// All of the key space, at the first epoch.
+    pub fn whole(group: GroupId) -> Self {
+        Self { group, start_sku: String::new(), end_sku: None, epoch: FIRST_EPOCH }
+    }
+
+    /// The metadata group's: it holds no key at all.
+    pub fn metadata() -> Self {
+        Self { group: METADATA_GROUP, start_sku: String::new(), end_sku: Some(String::new()), epoch: FIRST_EPOCH }
+    }
+
+    /// True for the metadata group's range, which holds no key; a
+    /// group 0 serving keys (as in tests of one state machine) is a data
+    /// group.
+    pub fn is_metadata(&self) -> bool {
+        self.group == METADATA_GROUP && self.end_sku.as_deref() == Some(self.start_sku.as_str())
+    }
+
+    pub fn contains(&self, sku: &str) -> bool {
+        sku >= self.start_sku.as_str() && self.end_sku.as_deref().is_none_or(|end| sku < end)
+    }
+}
+
+impl std::fmt::Display for RangeDesc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let end = self.end_sku.as_deref().map(|e| format!("{e:?}")).unwrap_or_else(|| "end".to_owned());
+        write!(f, "group {} [{:?}, {end}) at epoch {}", self.group, self.start_sku, self.epoch)
+    }
+}

@@ -1,0 +1,186 @@
+//! The elastic topology on a real cluster (3 nodes): the metadata group
+//! bootstraps the topology and every node learns it; a split under load
+//! moves positions, reservations and cart intents to the new group, loses
+//! no acknowledged write, and survives a restart.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::line;
+use common::poll;
+use common::receive;
+use common::reserve;
+use common::test_config;
+use common::Cluster;
+use common::SERIAL;
+use stockd::proto::v1 as pb;
+use storage::topology::METADATA_GROUP;
+
+const LOC: &str = "wh1";
+/// Test clusters split at "8": group 1 is [.., "8"), group 2 ["8", ..).
+const RIGHT: u32 = 2;
+const SKUS: [&str; 6] = ["b-0", "b-2", "b-4", "b-6", "b-8", "c-1"];
+const AT: &str = "b-5";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_learns_the_topology_from_the_metadata_group() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(3, test_config()).await;
+    poll("the metadata group holds the bootstrapped topology", Duration::from_secs(20), || async {
+        (1..=3).all(|id| cluster.node(id).group(METADATA_GROUP).is_some_and(|g| g.state().read().topology().is_bootstrapped()))
+    })
+    .await;
+    for id in 1..=3 {
+        let topology = cluster.node(id).topology();
+        assert_eq!(topology.ranges().count(), 2, "node {id}");
+        assert_eq!(topology.home_slots("local"), &[1, 2], "node {id}: homes in group order");
+    }
+    // Status tells clients the home slots and the version routed with.
+    let mut admin = pb::admin_client::AdminClient::new(cluster.channel(2, Some("operator")));
+    let status = admin.status(pb::StatusRequest {}).await.expect("status").into_inner();
+    assert_eq!(status.home_slots, vec![1, 2]);
+    assert!(status.topology_version >= 1);
+    assert!(status.groups.iter().all(|g| g.group_id != METADATA_GROUP), "the metadata group is not a shard");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_under_load_moves_its_records_and_loses_no_write() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(3, test_config()).await;
+    let mut feed = cluster.feed(1).await;
+    for sku in SKUS {
+        receive(&mut feed, &format!("stock-{sku}"), sku, LOC, 1_000).await;
+    }
+    receive(&mut feed, "stock-0-x", "0-x", LOC, 100).await;
+    let node = cluster.node(1).clone();
+    // Held before the split: one reservation on a SKU that moves, and a
+    // cart whose moving line is an intent (homed in group 1, so the split
+    // may take its line with the position).
+    let mut c = cluster.client(1).await;
+    reserve(&mut c, "before-split", vec![line("b-6", LOC, 5)], 60_000).await.expect("reserve");
+    let cart_id = (0..).map(|i| format!("cart-{i}")).find(|id| node.home_of(id) == Some(1)).expect("an id homed in group 1");
+    let cart = reserve(&mut c, &cart_id, vec![line("0-x", LOC, 1), line("b-8", LOC, 2)], 60_000).await.expect("cart");
+    assert_eq!(cart.outcome(), pb::Outcome::Ok);
+    // A cart homed in the splitting group with its own lines on the right
+    // pins the split until it finishes: the split is refused, nothing moves.
+    let pinned_id = (0..).map(|i| format!("pinned-{i}")).find(|id| node.home_of(id) == Some(RIGHT)).expect("an id homed in group 2");
+    reserve(&mut c, &pinned_id, vec![line("0-x", LOC, 1), line("b-6", LOC, 1)], 60_000).await.expect("pinned cart");
+    let refused = node.split_group(RIGHT, Some(AT.into())).await.expect_err("a cart's own lines would leave its home");
+    assert!(refused.to_string().contains(&pinned_id), "{refused}");
+    let mut client = stockd_client::Client::new(&cluster.addrs).expect("client");
+    client.release(&pinned_id).await.expect("release the pinned cart");
+
+    // Writers on both sides of the split key while it happens.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let client = stockd_client::Client::new(&cluster.addrs).expect("client");
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let mut acknowledged = BTreeMap::new();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let sku = SKUS[(w + i) % SKUS.len()];
+                let id = format!("w{w}-{i}");
+                let request = pb::ReserveRequest { reservation_id: id.clone(), lines: vec![line(sku, LOC, 1)], ttl_ms: 60_000, risk_gate: None };
+                if let Ok(answer) = client.reserve(request).await {
+                    assert_eq!(answer.outcome(), pb::Outcome::Ok, "{id} on {sku}");
+                    acknowledged.insert(id, sku);
+                }
+                i += 1;
+            }
+            acknowledged
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    client = stockd_client::Client::new(&cluster.addrs).expect("client");
+    let split = client.split_shard(RIGHT, AT).await.expect("split");
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acknowledged = BTreeMap::new();
+    for writer in writers {
+        acknowledged.extend(writer.await.expect("writer"));
+    }
+    let (parent, child) = (split.parent.expect("parent"), split.child.expect("child"));
+    assert_eq!((parent.group_id, parent.start_sku.as_str(), parent.end_sku.as_str(), parent.epoch), (RIGHT, "8", AT, 2));
+    assert_eq!((child.start_sku.as_str(), child.end_sku.as_str(), child.epoch), (AT, "", 2));
+    assert_eq!(child.replicas.len(), 3);
+    assert!(child.group_id > RIGHT, "a new id");
+
+    // Every acknowledged reservation is held, in the group of its SKU.
+    assert!(acknowledged.len() > 20, "the writers made progress: {}", acknowledged.len());
+    for (id, sku) in &acknowledged {
+        let held = client.get_reservation(id).await.unwrap_or_else(|e| panic!("{id}: {e}"));
+        let r = held.reservation.expect("reservation");
+        assert_eq!(r.state(), pb::ReservationState::Pending, "{id}");
+        let group = if *sku >= AT { child.group_id } else { RIGHT };
+        assert_eq!(r.home_group, group, "{id} on {sku}");
+    }
+    // What was held before the split moved with its position and finishes.
+    client.commit("before-split").await.expect("commit a reservation that moved");
+    let committed = client.commit(&cart_id).await.expect("commit a cart whose intent moved");
+    assert_eq!(committed.reservation.expect("cart").state(), pb::ReservationState::Committed);
+    let at = |sku: &str| {
+        let group = cluster.node(2).topology().group_for("local", sku).expect("group").group;
+        let replica = cluster.node(2).group(group).expect("hosted");
+        let p = replica.state().read().position(&storage::model::PositionKey::new(sku, LOC)).cloned().expect("position");
+        (group, p.committed)
+    };
+    poll("the commits applied on node 2", Duration::from_secs(10), || async { at("b-6").1 == 5 && at("b-8").1 == 2 }).await;
+    assert_eq!(at("b-8").0, child.group_id);
+
+    // A restarted node starts the child from its own disk.
+    cluster.stop_node(3).await;
+    cluster.start_node(3).await;
+    let restarted = cluster.node(3).clone();
+    poll("node 3 runs the child again", Duration::from_secs(20), || async { restarted.group(child.group_id).is_some_and(|g| g.leader().is_some()) }).await;
+    let replica = restarted.group(child.group_id).expect("child");
+    let b8 = replica.state().read().position(&storage::model::PositionKey::new("b-8", LOC)).cloned().expect("b-8 in the child");
+    assert_eq!(b8.committed, 2);
+    assert_eq!(restarted.topology().range(child.group_id).map(|r| r.start_sku.clone()), Some(AT.to_owned()));
+
+    // A second split at the same key is refused with the reason, and the
+    // listing shows three data groups.
+    let again = client.split_shard(RIGHT, AT).await.expect_err("split twice");
+    assert!(again.to_string().contains("not strictly inside"), "{again}");
+    let reports = client.status_all().await;
+    let listed = stockd::cli::shard_list_json(&reports);
+    assert_eq!(listed["shards"].as_array().map(Vec::len), Some(3), "{listed}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locator_written_before_a_split_does_not_lose_the_reservation() {
+    let _serial = SERIAL.lock().await;
+    // 4 nodes, 3 replicas: group 1 on nodes 1-3, group 2 on nodes 2-4, so
+    // node 1 finds group 2's reservations only through the id's home.
+    let cluster = Cluster::start(4, test_config()).await;
+    let node = cluster.node(1).clone();
+    assert!(node.group(RIGHT).is_none(), "node 1 does not replicate group 2");
+    let mut feed = cluster.feed(2).await;
+    receive(&mut feed, "stock-b-8", "b-8", LOC, 10).await;
+    let id = (0..).map(|i| format!("located-{i}")).find(|id| node.home_of(id) == Some(1)).expect("an id homed in group 1");
+    let mut c = cluster.client(1).await;
+    reserve(&mut c, &id, vec![line("b-8", LOC, 3)], 60_000).await.expect("reserve");
+    // The first lookup asks every group and leaves a locator at the home.
+    let found = c.get_reservation(pb::ReservationRef { reservation_id: id.clone() }).await.expect("get").into_inner();
+    assert_eq!(found.reservation.expect("found").home_group, RIGHT);
+    let home = node.group(1).expect("node 1 replicates group 1");
+    poll("the locator at the id's home", Duration::from_secs(10), || async { home.state().read().locator(&id).map(|l| l.group) == Some(RIGHT) }).await;
+
+    // The split moves the reservation away from the group the locator names.
+    let split = node.split_group(RIGHT, Some(AT.into())).await.expect("split");
+    let lookups = node.lookups_everywhere();
+    let committed = c.commit(pb::ReservationRef { reservation_id: id.clone() }).await.expect("commit").into_inner();
+    assert_eq!(committed.outcome(), pb::Outcome::Ok, "the stale locator sent the commit to group 2, then every group was asked");
+    let r = committed.reservation.expect("reservation");
+    assert_eq!((r.state(), r.home_group), (pb::ReservationState::Committed, split.child.group));
+    assert!(node.lookups_everywhere() > lookups);
+    cluster.shutdown().await;
+}
