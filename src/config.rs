@@ -169,6 +169,13 @@ pub struct ClusterFile {
     pub election_timeout_max_ms: u64,
     pub snapshot_logs_since_last: u64,
     pub logs_to_keep_after_snapshot: u64,
+    /// A group holding more positions than this is split at its middle SKU
+    /// (0: never by size).
+    pub split_positions_max: u64,
+    /// A group whose leader proposes more commands per second than this
+    /// (over the last 10 s) is split where its sampled load is; a SKU with
+    /// most of it ends up alone in its range (0: never by load).
+    pub split_load_cmds_per_s: u64,
 }
 
 impl Default for ClusterFile {
@@ -196,7 +203,23 @@ impl Default for ClusterFile {
             election_timeout_max_ms: group.election_timeout_max_ms,
             snapshot_logs_since_last: group.snapshot_logs_since_last,
             logs_to_keep_after_snapshot: group.logs_to_keep_after_snapshot,
+            split_positions_max: SplitPolicy::default().positions_max,
+            split_load_cmds_per_s: SplitPolicy::default().load_cmds_per_s,
         }
+    }
+}
+
+/// When a group's leader splits it by itself (`[cluster]`
+/// `split-positions-max`, `split-load-cmds-per-s`; 0 turns a trigger off).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SplitPolicy {
+    pub positions_max: u64,
+    pub load_cmds_per_s: u64,
+}
+
+impl Default for SplitPolicy {
+    fn default() -> Self {
+        Self { positions_max: 100_000, load_cmds_per_s: 2_000 }
     }
 }
 
@@ -340,6 +363,7 @@ pub struct Config {
     pub shard_map: ShardMap,
     pub input_limits: InputLimits,
     pub group: GroupConfig,
+    pub split: SplitPolicy,
     pub scoring: ScoringConfig,
     pub availability: AvailabilityFile,
 }
@@ -511,6 +535,7 @@ impl FileConfig {
             shard_map,
             input_limits,
             group,
+            split: SplitPolicy { positions_max: c.split_positions_max, load_cmds_per_s: c.split_load_cmds_per_s },
             scoring: self.model,
             availability: self.availability,
         })

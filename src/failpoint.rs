@@ -13,6 +13,9 @@
 //! - `partial-cart`: a Commit of a cart across groups commits the lines of
 //!   one line group and answers OK, without the home record (which stays
 //!   pending, then expires and frees the other lines).
+//! - `split-drops-reservations`: a split's child starts without the
+//!   reservations and intents that moved to it (their positions keep the
+//!   units held): acknowledged reservations lost in a split.
 //!
 //! A coordinator that stops (as if its node died) after one step of a cart
 //! across groups, answering `UNAVAILABLE`; the rest is left to the
@@ -28,6 +31,7 @@ pub const ENV: &str = "STOCKD_FAILPOINT";
 pub const LOST_ACK: &str = "lost-ack";
 pub const PEER_INVALID_AFTER_APPLY: &str = "peer-invalid-after-apply";
 pub const PARTIAL_CART: &str = "partial-cart";
+pub const SPLIT_DROPS_RESERVATIONS: &str = "split-drops-reservations";
 pub const CART_STOP_AFTER_BEGIN: &str = "cart-stop-after-begin";
 pub const CART_STOP_AFTER_PREPARE: &str = "cart-stop-after-prepare";
 pub const CART_STOP_BEFORE_FOLLOW: &str = "cart-stop-before-follow";

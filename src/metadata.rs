@@ -18,6 +18,7 @@
 //!   stopped in between, the child's leader records it: the child's own
 //!   range says everything (`[at, end)`, the parent's epoch + 1).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::Weak;
 use std::time::Duration;
@@ -47,6 +48,58 @@ use crate::read::ReadQuery;
 
 /// How often a node reads the topology when nothing told it to sooner.
 pub const TOPOLOGY_REFRESH: Duration = Duration::from_millis(500);
+/// How often a node looks for a split due in the groups it leads.
+pub const SPLIT_CHECK: Duration = Duration::from_secs(1);
+/// A group split by load rests this long (its load meter still counts what
+/// moved away); one whose split was refused, `SPLIT_RETRY`.
+pub const SPLIT_REST: Duration = Duration::from_secs(raft::load::LOAD_WINDOW_S);
+pub const SPLIT_RETRY: Duration = Duration::from_secs(5);
+/// Keys sampled before a load split picks where to cut.
+pub const LOAD_SAMPLES_MIN: u64 = 32;
+
+/// Where a group should be split by itself, and by which trigger (`"load"`
+/// or `"size"`), if one fires: a pure function of what its leader sees.
+///
+/// Load, when the commands/s pass the policy's bound and enough keys were
+/// sampled: if one SKU has at least half of the sample, it is given a range
+/// of its own, in two splits (first at the SKU, then just after it at
+/// `SKU + "!"`: no valid SKU sorts between, as a SKU has no space or control
+/// character); otherwise the cut goes where half the sampled load is on
+/// each side. Size, when the group holds more positions than the bound: at
+/// its middle SKU (`middle`, asked only then).
+pub fn split_due(
+    policy: &crate::config::SplitPolicy,
+    range: &RangeDesc,
+    (positions, load): (u64, f64),
+    sample: &BTreeMap<String, u64>,
+    middle: impl FnOnce() -> Option<String>,
+) -> Option<(String, &'static str)> {
+    let total: u64 = sample.values().sum();
+    let inside = |at: String| (at.as_str() > range.start_sku.as_str() && range.contains(&at)).then_some(at);
+    if policy.load_cmds_per_s > 0 && load > policy.load_cmds_per_s as f64 && total >= LOAD_SAMPLES_MIN {
+        let hottest = sample.iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)));
+        let at = match hottest {
+            Some((hot, n)) if n * 2 >= total => inside(hot.clone()).or_else(|| inside(format!("{hot}!"))),
+            _ => {
+                let mut seen = 0;
+                sample
+                    .iter()
+                    .find(|(_, n)| {
+                        seen += **n;
+                        seen * 2 >= total
+                    })
+                    .and_then(|(key, _)| inside(key.clone()))
+            }
+        };
+        if let Some(at) = at {
+            return Some((at, "load"));
+        }
+    }
+    if policy.positions_max > 0 && positions > policy.positions_max {
+        return middle().and_then(inside).map(|at| (at, "size"));
+    }
+    None
+}
 
 fn overlaps(a: &RangeDesc, b: &RangeDesc) -> bool {
     let before_end = |start: &str, end: &Option<String>| end.as_deref().is_none_or(|end| start < end);
@@ -58,11 +111,82 @@ impl Node {
     pub(crate) async fn start_children(node: Weak<Node>, mut splits: mpsc::UnboundedReceiver<SplitApplied>) {
         while let Some(split) = splits.recv().await {
             let Some(node) = node.upgrade() else { return };
+            if node.failpoint(crate::failpoint::SPLIT_DROPS_RESERVATIONS) {
+                node.drop_reservations_of(split.child.group);
+            }
             match node.start_group(split.child.clone()).await {
-                Ok(_) => tracing::info!(node = node.id(), parent = split.parent, child = %split.child, "split applied: child started"),
+                Ok(child) => {
+                    tracing::info!(node = node.id(), parent = split.parent, child = %split.child, "split applied: child started");
+                    // The parent's leader stands for the child's first term
+                    // at once: its keys are served again within a round trip,
+                    // not after an election timeout.
+                    if node.group(split.parent).is_some_and(|p| p.is_leader()) {
+                        child.campaign().await;
+                    }
+                }
                 Err(e) => tracing::error!(node = node.id(), child = %split.child, error = %e, "the split's child did not start"),
             }
             node.topology_stale.notify_one();
+        }
+    }
+
+    /// Splits, one at a time, the groups this node leads whose size or load
+    /// passes the policy (`split_due`), until the node stops.
+    pub(crate) async fn split_when_due(node: Weak<Node>) {
+        let mut resting: BTreeMap<GroupId, tokio::time::Instant> = BTreeMap::new();
+        // Per group: the keys sampled over the last `SPLIT_REST` at most
+        // (a quiet group's sample fills slowly).
+        let mut samples: BTreeMap<GroupId, (tokio::time::Instant, BTreeMap<String, u64>)> = BTreeMap::new();
+        loop {
+            tokio::time::sleep(SPLIT_CHECK).await;
+            let Some(node) = node.upgrade() else { return };
+            let policy = node.config.split;
+            let now = tokio::time::Instant::now();
+            resting.retain(|_, until| *until > now);
+            let leading: Vec<_> = node.groups().filter(|g| g.is_leader()).collect();
+            samples.retain(|id, (since, _)| leading.iter().any(|g| g.id == *id) && now.duration_since(*since) < SPLIT_REST);
+            for group in leading {
+                let fresh = group.take_key_sample();
+                if resting.contains_key(&group.id) {
+                    samples.remove(&group.id);
+                    continue;
+                }
+                let (_, sample) = samples.entry(group.id).or_insert_with(|| (now, BTreeMap::new()));
+                for (key, n) in fresh {
+                    if sample.len() < raft::load::SAMPLE_KEYS_MAX || sample.contains_key(&key) {
+                        *sample.entry(key).or_default() += n;
+                    }
+                }
+                let sample = sample.clone();
+                let range = group.range();
+                let positions = group.state().read().position_count() as u64;
+                let middle = || group.state().read().middle_sku();
+                let Some((at, trigger)) = split_due(&policy, &range, (positions, group.load_per_second()), &sample, middle) else { continue };
+                let pause = match node.split_group(group.id, Some(at.clone())).await {
+                    Ok(done) => {
+                        tracing::info!(node = node.id(), group = group.id, at = %at, trigger, child = done.child.group, "split by itself");
+                        SPLIT_REST
+                    }
+                    Err(e) => {
+                        tracing::info!(node = node.id(), group = group.id, at = %at, trigger, error = %e, "split not made; tried again later");
+                        SPLIT_RETRY
+                    }
+                };
+                resting.insert(group.id, tokio::time::Instant::now() + pause);
+                samples.remove(&group.id);
+            }
+        }
+    }
+
+    /// The planted `split-drops-reservations` bug: deletes the stored
+    /// reservations and intents of a child not started yet.
+    fn drop_reservations_of(&self, group: GroupId) {
+        let mut batch = WriteBatch::new();
+        for tag in [keys::STATE_RESERVATION, keys::STATE_INTENT] {
+            batch.delete_range(Table::State, keys::state_prefix(group, tag), keys::state_prefix_end(group, tag));
+        }
+        if let Err(e) = self.engine().write(batch, Durability::Sync) {
+            tracing::warn!(group, error = %e, "failpoint: reservations not dropped");
         }
     }
 
@@ -267,5 +391,57 @@ impl Node {
             tokio::time::sleep(Duration::from_millis(100)).await;
             self.refresh_topology().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SplitPolicy;
+
+    const POLICY: SplitPolicy = SplitPolicy { positions_max: 100, load_cmds_per_s: 1_000 };
+
+    fn range(start: &str, end: Option<&str>) -> RangeDesc {
+        RangeDesc { group: 2, start_sku: start.into(), end_sku: end.map(str::to_owned), epoch: 1 }
+    }
+
+    fn sample(counts: &[(&str, u64)]) -> BTreeMap<String, u64> {
+        counts.iter().map(|(k, n)| (k.to_string(), *n)).collect()
+    }
+
+    fn no_middle() -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn a_hot_sku_is_given_a_range_of_its_own_in_two_splits() {
+        let hot = sample(&[("a-1", 5), ("m-7", 90), ("z-3", 5)]);
+        let first = split_due(&POLICY, &range("8", None), (10, 5_000.0), &hot, no_middle);
+        assert_eq!(first, Some(("m-7".to_owned(), "load")));
+        // Its range now starts at the SKU: cut just after it.
+        let second = split_due(&POLICY, &range("m-7", None), (10, 5_000.0), &hot, no_middle);
+        assert_eq!(second, Some(("m-7!".to_owned(), "load")));
+        // Alone: nothing left to cut, however hot.
+        assert_eq!(split_due(&POLICY, &range("m-7", Some("m-7!")), (1, 9_000.0), &hot, no_middle), None);
+    }
+
+    #[test]
+    fn spread_load_is_cut_in_halves_and_quiet_groups_are_left_alone() {
+        let spread = sample(&[("b", 10), ("c", 10), ("d", 10), ("e", 10)]);
+        assert_eq!(split_due(&POLICY, &range("a", None), (10, 5_000.0), &spread, no_middle), Some(("c".to_owned(), "load")));
+        assert_eq!(split_due(&POLICY, &range("a", None), (10, 999.0), &spread, no_middle), None, "below the load bound");
+        let few = sample(&[("b", 3), ("c", 2)]);
+        assert_eq!(split_due(&POLICY, &range("a", None), (10, 5_000.0), &few, no_middle), None, "too few samples to choose");
+        let off = SplitPolicy { positions_max: 0, load_cmds_per_s: 0 };
+        assert_eq!(split_due(&off, &range("a", None), (1_000_000, 1e9), &spread, || Some("c".into())), None, "both triggers off");
+    }
+
+    #[test]
+    fn a_large_group_is_split_at_its_middle_sku() {
+        let quiet = BTreeMap::new();
+        assert_eq!(split_due(&POLICY, &range("a", None), (101, 0.0), &quiet, || Some("k".into())), Some(("k".to_owned(), "size")));
+        assert_eq!(split_due(&POLICY, &range("a", None), (100, 0.0), &quiet, || Some("k".into())), None, "at the bound");
+        // A middle that is the range's start cannot cut it.
+        assert_eq!(split_due(&POLICY, &range("k", None), (500, 0.0), &quiet, || Some("k".into())), None);
     }
 }

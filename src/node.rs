@@ -209,6 +209,7 @@ impl Node {
         node.initialize_groups().await?;
         node.add_task(tokio::spawn(Node::start_children(node.me.clone(), split_reports)));
         node.add_task(tokio::spawn(Node::watch_topology(node.me.clone())));
+        node.add_task(tokio::spawn(Node::split_when_due(node.me.clone())));
         Ok(node)
     }
 
@@ -479,6 +480,17 @@ impl Node {
             Consistency::Any => g.staleness_ms(),
         };
         let inventory = g.state().read();
+        // A SKU this replica's range does not hold (a split moved it, or
+        // the router's map is stale) is not answered "absent": the read is
+        // refused as misrouted, like a command, and routed again.
+        let sku = match query {
+            ReadQuery::Position(key) => Some(key.sku.as_str()),
+            ReadQuery::SkuPositions { sku, .. } => Some(sku.as_str()),
+            ReadQuery::Reservation(_) | ReadQuery::Topology | ReadQuery::Range | ReadQuery::SplitKey => None,
+        };
+        if sku.is_some_and(|sku| !inventory.range().contains(sku)) {
+            return Err(GroupError::StaleRoute { group, routed_epoch: self.route_epoch(group), range: inventory.range().clone() });
+        }
         let (position, reservation, positions) = match query {
             ReadQuery::Position(key) => (inventory.position(key).cloned(), None, Vec::new()),
             ReadQuery::Reservation(id) => (None, inventory.reservation(id).filter(|_| inventory.intent_of(id).is_none()).cloned(), Vec::new()),
@@ -522,6 +534,10 @@ impl Node {
     pub async fn read(&self, group: GroupId, query: ReadQuery, consistency: Consistency) -> Result<ReadAnswer, GroupError> {
         let limit = Duration::from_millis(self.config.rpc_timeout_ms);
         match tokio::time::timeout(limit, self.read_routed(group, query, consistency)).await {
+            Ok(Err(stale @ GroupError::StaleRoute { .. })) => {
+                self.topology_stale.notify_one();
+                Err(stale)
+            }
             Ok(result) => result,
             Err(_) => Err(GroupError::Unavailable { group, reason: format!("no answer within {} ms", limit.as_millis()) }),
         }

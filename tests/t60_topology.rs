@@ -134,6 +134,11 @@ async fn a_split_under_load_moves_its_records_and_loses_no_write() {
     };
     poll("the commits applied on node 2", Duration::from_secs(10), || async { at("b-6").1 == 5 && at("b-8").1 == 2 }).await;
     assert_eq!(at("b-8").0, child.group_id);
+    // The parent no longer answers for a SKU that left it, not even
+    // "absent": a read routed there with an old map is refused as stale.
+    let moved = stockd::read::ReadQuery::Position(storage::model::PositionKey::new("b-8", LOC));
+    let stale = cluster.node(2).read_local(RIGHT, &moved, stockd::read::Consistency::Any).await.expect_err("b-8 left group 2");
+    assert!(matches!(stale, raft::GroupError::StaleRoute { .. }), "{stale}");
 
     // A restarted node starts the child from its own disk.
     cluster.stop_node(3).await;
@@ -182,5 +187,63 @@ async fn a_locator_written_before_a_split_does_not_lose_the_reservation() {
     let r = committed.reservation.expect("reservation");
     assert_eq!((r.state(), r.home_group), (pb::ReservationState::Committed, split.child.group));
     assert!(node.lookups_everywhere() > lookups);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_split_by_themselves_by_size_and_a_hot_sku_ends_up_alone() {
+    let _serial = SERIAL.lock().await;
+    let mut file = test_config();
+    file.cluster.split_positions_max = 6;
+    file.cluster.split_load_cmds_per_s = 40;
+    let cluster = Cluster::start(3, file).await;
+    let node = cluster.node(1).clone();
+    // Size: eight positions in group 1 (`..8`), more than six.
+    let mut feed = cluster.feed(1).await;
+    for i in 0..8 {
+        receive(&mut feed, &format!("size-{i}"), &format!("1-{i}"), LOC, 5).await;
+    }
+    poll("group 1 split by size", Duration::from_secs(30), || async { node.topology().range(1).is_some_and(|r| r.epoch > 1) }).await;
+
+    // Load: writers on one hot SKU and a few cold ones, all in group 2.
+    for sku in ["b-1", "b-5", "c-2"] {
+        receive(&mut feed, &format!("stock-{sku}"), sku, LOC, 1_000_000).await;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..3 {
+        let client = stockd_client::Client::new(&cluster.addrs).expect("client");
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let sku = if i % 10 == 9 { ["b-1", "c-2"][i % 2] } else { "b-5" };
+                let id = format!("load-{w}-{i}");
+                let request = pb::ReserveRequest { reservation_id: id.clone(), lines: vec![line(sku, LOC, 1)], ttl_ms: 60_000, risk_gate: None };
+                if client.reserve(request).await.is_ok_and(|a| a.outcome() == pb::Outcome::Ok) {
+                    acknowledged.push(id);
+                }
+                i += 1;
+            }
+            acknowledged
+        }));
+    }
+    let alone = |node: &stockd::node::Node| node.topology().ranges().any(|r| r.start_sku == "b-5" && r.end_sku.as_deref() == Some("b-5!"));
+    poll("b-5 alone in its range", Duration::from_secs(60), || async { alone(&node) }).await;
+    stop.store(true, Ordering::Relaxed);
+    let client = stockd_client::Client::new(&cluster.addrs).expect("client");
+    let mut count = 0;
+    for writer in writers {
+        for id in writer.await.expect("writer") {
+            let r = client.get_reservation(&id).await.unwrap_or_else(|e| panic!("{id}: {e}")).reservation.expect("held");
+            assert_eq!(r.state(), pb::ReservationState::Pending, "{id}");
+            count += 1;
+        }
+    }
+    assert!(count > 100, "the writers made progress: {count}");
+    let hot = node.topology().group_for("local", "b-5").expect("group").clone();
+    assert_eq!((hot.start_sku.as_str(), hot.end_sku.as_deref()), ("b-5", Some("b-5!")));
+    assert_ne!(node.topology().group_for("local", "c-2").map(|r| r.group), Some(hot.group), "the cold SKUs are elsewhere");
     cluster.shutdown().await;
 }

@@ -77,7 +77,8 @@ struct TestArgs {
     /// without being proposed), peer-invalid-after-apply (a forwarded command
     /// applied, then reported invalid: an applied write reported failed),
     /// partial-cart (a cart's commit applied in one line group without its
-    /// home record).
+    /// home record), split-drops-reservations (a split's new group starts
+    /// without the reservations that moved to it).
     #[arg(long)]
     bug: Option<String>,
     /// auto (namespaces when available), netns, or loopback.
@@ -89,7 +90,7 @@ struct TestArgs {
 }
 
 /// The planted bugs `--bug` can turn on (stockd's `src/failpoint.rs`).
-const BUGS: &[&str] = &["lost-ack", "peer-invalid-after-apply", "partial-cart"];
+const BUGS: &[&str] = &["lost-ack", "peer-invalid-after-apply", "partial-cart", "split-drops-reservations"];
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -166,16 +167,22 @@ async fn test(args: TestArgs) -> anyhow::Result<bool> {
         let workload = match bug.as_str() {
             "peer-invalid-after-apply" => Workload::MultiSku,
             "partial-cart" => Workload::Cart,
+            "split-drops-reservations" => Workload::MultiSku,
             _ => Workload::HotSku,
         };
-        vec![TestConfig { workload, nemesis: Vec::new(), nemesis_spec: "none".into(), time_limit_s: 10, ..base }]
+        // A bug in splits needs splits to happen.
+        let (nemesis, spec, secs) = match bug.as_str() {
+            "split-drops-reservations" => (vec![FaultKind::Split], "split", 15),
+            _ => (Vec::new(), "none", 10),
+        };
+        vec![TestConfig { workload, nemesis, nemesis_spec: spec.into(), time_limit_s: secs, ..base }]
     } else {
         [
             (Workload::HotSku, "none", 10),
             (Workload::HotSku, "kill", 25),
-            (Workload::MultiSku, "pause,rotate", 25),
+            (Workload::MultiSku, "pause,rotate,split", 25),
             (Workload::HotSku, "partition,clock", 25),
-            (Workload::Cart, "kill,partition", 25),
+            (Workload::Cart, "kill,partition,split", 25),
         ]
         .into_iter()
         .enumerate()

@@ -10,7 +10,11 @@
 //! - `clock`: the leader restarted under libfaketime with a skewed clock
 //!   (forward or back); restarted with the true clock at the heal;
 //! - `disk`: a node restarted under libfiu, its fsync / fdatasync calls
-//!   failing at random; restarted without at the heal.
+//!   failing at random; restarted without at the heal;
+//! - `split`: the group of a workload SKU split at that SKU, or just after
+//!   it (two splits in a row give the SKU a range of its own), through the
+//!   operator API under load; nothing to heal (a refusal, such as a key
+//!   that would cut a live reservation, is recorded as it came).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +44,8 @@ pub enum FaultKind {
     Disk,
     /// New certificates (same CA) and SIGHUP to every node, under load.
     Rotate,
+    /// A range split at a workload SKU (`Admin/SplitShard`), under load.
+    Split,
 }
 
 impl FaultKind {
@@ -49,13 +55,22 @@ impl FaultKind {
         for part in spec.split(',') {
             match part.trim() {
                 "none" => {}
-                "all" => out.extend([FaultKind::Kill, FaultKind::Pause, FaultKind::Partition, FaultKind::Clock, FaultKind::Disk, FaultKind::Rotate]),
+                "all" => out.extend([
+                    FaultKind::Kill,
+                    FaultKind::Pause,
+                    FaultKind::Partition,
+                    FaultKind::Clock,
+                    FaultKind::Disk,
+                    FaultKind::Rotate,
+                    FaultKind::Split,
+                ]),
                 "kill" => out.push(FaultKind::Kill),
                 "pause" => out.push(FaultKind::Pause),
                 "partition" => out.push(FaultKind::Partition),
                 "clock" => out.push(FaultKind::Clock),
                 "disk" => out.push(FaultKind::Disk),
                 "rotate" => out.push(FaultKind::Rotate),
+                "split" => out.push(FaultKind::Split),
                 _ => return None,
             }
         }
@@ -71,6 +86,7 @@ impl FaultKind {
             FaultKind::Clock => "clock",
             FaultKind::Disk => "disk",
             FaultKind::Rotate => "rotate",
+            FaultKind::Split => "split",
         }
     }
 }
@@ -105,7 +121,7 @@ enum Active {
     Paused(Vec<u64>),
     Partitioned,
     Wrapped(Vec<u64>),
-    /// Nothing to heal: the new certificates stay.
+    /// Nothing to heal: the new certificates (or ranges) stay.
     Rotated,
 }
 
@@ -220,6 +236,33 @@ impl Nemesis {
                 cluster.start(leader, Wrapper::Faketime { offset_s, lib })?;
                 self.record(Kind::Info, f, json!({"target": "leader", "nodes": [leader], "offset_s": offset_s}));
                 Ok(Active::Wrapped(vec![leader]))
+            }
+            FaultKind::Split => {
+                let sku = self.workload.sku_at(&self.skus, self.shared.started.elapsed(), rng);
+                let at = if rng.chance(0.5) { sku.clone() } else { format!("{sku}~") };
+                let config = stockd_client::ClientConfig {
+                    connect_timeout: Duration::from_millis(500),
+                    request_timeout: Duration::from_secs(8),
+                    total_deadline: Duration::from_secs(8),
+                    ..stockd_client::ClientConfig::default()
+                };
+                let client = self.cluster.lock().await.client("operator", config)?;
+                let group = match client.status().await {
+                    Ok(status) => {
+                        status.groups.iter().find(|g| g.start_sku.as_str() <= sku.as_str() && (g.end_sku.is_empty() || sku < g.end_sku)).map(|g| g.group_id)
+                    }
+                    Err(_) => None,
+                };
+                self.record(Kind::Invoke, f, json!({"sku": sku, "at": at, "group": group}));
+                let result = match group {
+                    None => json!({"at": at, "outcome": "no-route"}),
+                    Some(group) => match client.split_shard(group, &at).await {
+                        Ok(done) => json!({"at": at, "group": group, "outcome": "split", "child": done.child.map(|c| c.group_id)}),
+                        Err(e) => json!({"at": at, "group": group, "outcome": "refused", "error": e.to_string()}),
+                    },
+                };
+                self.record(Kind::Info, f, result);
+                Ok(Active::Rotated)
             }
             FaultKind::Rotate => {
                 self.record(Kind::Invoke, f, json!({}));

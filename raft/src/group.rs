@@ -30,6 +30,7 @@ use tokio::sync::oneshot;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
+use crate::load::KeySampler;
 use crate::load::LoadMeter;
 use crate::log_store::LogStore;
 use crate::network::GroupNetwork;
@@ -113,6 +114,8 @@ pub struct Group {
     committed: Arc<AtomicU64>,
     /// Commands this node proposed to the group (as its leader).
     load: Arc<LoadMeter>,
+    /// The keys of a sample of those commands.
+    keys: KeySampler,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -168,7 +171,7 @@ impl Group {
         let load = Arc::new(LoadMeter::new());
         let proposer = tokio::spawn(run_proposer(id, raft.clone(), rx, config.clone(), (last_proposed.clone(), load.clone())));
         let ticker = tokio::spawn(run_ticker(id, raft.clone(), config.clock_tick_ms, last_proposed));
-        Ok(Group { id, node_id, raft, state, proposals: tx, committed, load, tasks: vec![proposer, ticker] })
+        Ok(Group { id, node_id, raft, state, proposals: tx, committed, load, keys: KeySampler::default(), tasks: vec![proposer, ticker] })
     }
 
     /// Makes `members` the group's voters if the group has never been
@@ -186,6 +189,7 @@ impl Group {
     /// of the entry and the command's result; a command refused at apply as
     /// misrouted is `GroupError::StaleRoute`.
     pub async fn propose(&self, command: Command, epoch: u64) -> Result<(u64, CommandResult), GroupError> {
+        self.keys.offer(command.first_sku());
         let (reply, rx) = oneshot::channel();
         self.proposals.try_send(Proposal { command, epoch, reply }).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => GroupError::Overloaded { group: self.id },
@@ -213,6 +217,20 @@ impl Group {
     /// seconds (`load::LOAD_WINDOW_S`): the group's load when it leads.
     pub fn load_per_second(&self) -> f64 {
         self.load.per_second()
+    }
+
+    /// The keys of a sample of the commands proposed here since the last
+    /// call (`load::KeySampler`).
+    pub fn take_key_sample(&self) -> std::collections::BTreeMap<String, u64> {
+        self.keys.take()
+    }
+
+    /// Starts an election here at once (a new group's first leader, rather
+    /// than after an election timeout).
+    pub async fn campaign(&self) {
+        if let Err(e) = self.raft.trigger().elect().await {
+            tracing::debug!(group = self.id, error = %e, "no election started");
+        }
     }
 
     /// The group's range as this replica last applied it.

@@ -1,7 +1,11 @@
 //! A group's load: commands proposed through this node per second, over a
-//! sliding window of whole seconds. Read by `stockctl shard list` and, later,
-//! by the load-split trigger.
+//! sliding window of whole seconds, and a sample of the keys they touched.
+//! Read by `stockctl shard list` and by the load-split trigger, which splits
+//! where the sampled load is (a hot SKU ends up alone in its range).
 
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -63,9 +67,59 @@ impl LoadMeter {
     }
 }
 
+/// One proposal in this many has its key sampled.
+pub const SAMPLE_EVERY: u64 = 8;
+/// Most distinct keys one sample holds (later new keys are not counted
+/// until the sample is taken).
+pub const SAMPLE_KEYS_MAX: usize = 4096;
+
+/// Counts of the keys of every `SAMPLE_EVERY`-th proposal since the last
+/// [`KeySampler::take`].
+#[derive(Default)]
+pub struct KeySampler {
+    seen: AtomicU64,
+    counts: Mutex<BTreeMap<String, u64>>,
+}
+
+impl KeySampler {
+    /// Offers one proposal's key; most calls only count.
+    pub fn offer(&self, key: Option<&str>) {
+        if !self.seen.fetch_add(1, Ordering::Relaxed).is_multiple_of(SAMPLE_EVERY) {
+            return;
+        }
+        let Some(key) = key else { return };
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(key) {
+            *n += 1;
+        } else if counts.len() < SAMPLE_KEYS_MAX {
+            counts.insert(key.to_owned(), 1);
+        }
+    }
+
+    /// The sample since the last call, and a new one started.
+    pub fn take(&self) -> BTreeMap<String, u64> {
+        std::mem::take(&mut *self.counts.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sampler_counts_one_key_in_every_few_and_stays_bounded() {
+        let sampler = KeySampler::default();
+        for i in 0..(SAMPLE_EVERY * 100) {
+            sampler.offer(Some(if i % 2 == 0 { "hot" } else { "cold" }));
+        }
+        let sample = sampler.take();
+        assert_eq!(sample.values().sum::<u64>(), 100);
+        assert!(sampler.take().is_empty(), "taken");
+        for i in 0..(SAMPLE_EVERY * (SAMPLE_KEYS_MAX as u64 + 10)) {
+            sampler.offer(Some(&format!("k{i}")));
+        }
+        assert_eq!(sampler.take().len(), SAMPLE_KEYS_MAX);
+    }
 
     #[test]
     fn the_rate_covers_the_full_seconds_of_the_window_only() {

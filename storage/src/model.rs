@@ -381,6 +381,18 @@ pub enum Command {
 }
 
 impl Command {
+    /// The first SKU a command touches, if it names any: what the load
+    /// sampler counts.
+    pub fn first_sku(&self) -> Option<&str> {
+        match self {
+            Command::Reserve { lines, .. } | Command::ReserveGated { lines, .. } | Command::CartPrepare { lines, .. } => {
+                lines.first().map(|line| line.sku.as_str())
+            }
+            Command::Adjust(adjustment) => Some(&adjustment.sku),
+            _ => None,
+        }
+    }
+
     /// The reservation id a command is about, if any.
     pub fn reservation_id(&self) -> Option<&str> {
         match self {
