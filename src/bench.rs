@@ -72,6 +72,11 @@ pub struct BenchConfig {
     pub batch: u32,
     /// Lines per reservation: distinct SKUs (the cart workload), else 1.
     pub lines: u32,
+    /// SKU names start with this (so that they fall in one range); default:
+    /// a hex digit spreading them over the ranges.
+    pub sku_prefix: Option<String>,
+    /// Print the rate of answered reservations on stderr this often.
+    pub report_every: Option<Duration>,
 }
 
 impl BenchConfig {
@@ -187,6 +192,20 @@ pub fn splitmix64(value: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// Prints, every `every`, the reservations answered (made or refused) per
+/// second since the last line, on stderr.
+async fn report_rates(tally: Arc<Tally>, every: Duration, started: Instant) {
+    let answered = || tally.ok.load(Ordering::Relaxed) + tally.refused.load(Ordering::Relaxed);
+    let mut last = (started, answered());
+    loop {
+        tokio::time::sleep(every).await;
+        let now = (Instant::now(), answered());
+        let rate = per_second(now.1 - last.1, now.0.duration_since(last.0));
+        eprintln!("bench: {:>6.1} s  {rate:>9.0} reservations/s", now.0.duration_since(started).as_secs_f64());
+        last = now;
+    }
+}
+
 /// Name of SKU `index` of run `run`: a leading hex digit from a hash of the
 /// index (so SKUs spread over shard ranges), 7 more hash digits, the run id
 /// and the index (so names are unique).
@@ -209,7 +228,11 @@ pub async fn run(clients: &BenchClients, config: &BenchConfig) -> Result<BenchRe
         return Err(BenchError::InvalidArgument(format!("--batch: the check workload sends 1 to {} checks per call", BATCH_CHECKS_MAX)));
     }
     let run = run_id();
-    let skus: Arc<Vec<String>> = Arc::new((0..config.sku_count()).map(|index| sku_name(&run, index)).collect());
+    let name = |index| match &config.sku_prefix {
+        Some(prefix) => format!("{prefix}{:08x}-b{run}-{index}", splitmix64(u64::from(index)) >> 32),
+        None => sku_name(&run, index),
+    };
+    let skus: Arc<Vec<String>> = Arc::new((0..config.sku_count()).map(name).collect());
     let stock = config.stock_per_sku();
     tracing::info!(run, skus = skus.len(), stock, "stocking");
     stock_all(&clients.stock, &run, &skus, &config.location, stock).await?;
@@ -232,12 +255,16 @@ pub async fn run(clients: &BenchClients, config: &BenchConfig) -> Result<BenchRe
         };
         tasks.push(if config.workload == Workload::Check { tokio::spawn(load.check()) } else { tokio::spawn(load.reserve()) });
     }
+    let reporter = config.report_every.map(|every| tokio::spawn(report_rates(Arc::clone(&tally), every, started)));
     let mut latency = new_histogram();
     for task in tasks {
         let histogram = task.await.map_err(|error| BenchError::Task(error.to_string()))?;
         latency.add(&histogram).expect("histograms share their bounds");
     }
     let duration = started.elapsed();
+    if let Some(reporter) = reporter {
+        reporter.abort();
+    }
     if let Some(message) = tally.fatal_message() {
         return Err(BenchError::InvalidArgument(message));
     }
@@ -588,6 +615,8 @@ mod tests {
     #[test]
     fn stock_covers_the_run() {
         let hot = BenchConfig {
+            sku_prefix: None,
+            report_every: None,
             workload: Workload::Hot,
             skus: 1000,
             clients: 64,

@@ -303,6 +303,21 @@ pub struct BenchArgs {
     /// Lines (distinct SKUs) per reservation of the cart workload.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub lines: u32,
+    /// Start every SKU name with PREFIX, so that all fall in one range
+    /// (e.g. `SKU-`; default: spread over the ranges).
+    #[arg(long, value_name = "PREFIX", value_parser = parse_sku_prefix)]
+    pub sku_prefix: Option<String>,
+    /// Print the reservations answered per second this often (e.g. 5s),
+    /// on stderr, while the load runs.
+    #[arg(long, value_parser = parse_bench_duration, value_name = "DURATION")]
+    pub report_every: Option<Duration>,
+}
+
+fn parse_sku_prefix(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.len() > 64 || text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("a SKU prefix has 1 to 64 bytes, without whitespace or control characters".into());
+    }
+    Ok(text.to_owned())
 }
 
 /// `--kind` of `stockctl adjust`.

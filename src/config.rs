@@ -219,7 +219,7 @@ pub struct SplitPolicy {
 
 impl Default for SplitPolicy {
     fn default() -> Self {
-        Self { positions_max: 100_000, load_cmds_per_s: 2_000 }
+        Self { positions_max: 100_000, load_cmds_per_s: 1_000 }
     }
 }
 

@@ -330,7 +330,8 @@ impl Node {
     /// Refuses `group` unless it is reservation `id`'s home.
     fn check_home(&self, group: GroupId, id: &str) -> Result<(), GroupError> {
         let topology = self.topology();
-        let region = topology.range(group).map(|r| r.region.clone()).unwrap_or_default();
+        // A node replicates groups of its own region only.
+        let region = topology.range(group).map_or_else(|| self.config.region.clone(), |r| r.region.clone());
         match topology.home_for(&region, id, stockd_proto::home::slot) {
             Some(home) if home.group == group => Ok(()),
             Some(home) => Err(GroupError::Invalid { group, reason: format!("invalid reservation_id: its home is group {}, not group {group}", home.group) }),
@@ -338,15 +339,20 @@ impl Node {
         }
     }
 
-    /// Refuses `sku` unless `group` holds its range.
+    /// Refuses `sku` unless `group` holds its range: as this node's replica
+    /// of the group applied it, else as its copy of the topology says. A
+    /// SKU outside is a stale route (the sender's map and this node's
+    /// differ, around a split); a group this node knows nothing of is "not
+    /// leader here", which the sender retries elsewhere. Neither is applied.
     pub fn check_sku_in_group(&self, group: GroupId, sku: &str) -> Result<(), GroupError> {
-        match self.topology().range(group) {
+        let range = match self.group(group) {
+            Some(replica) => Some(replica.range()),
+            None => self.topology().range(group).map(|r| r.desc()),
+        };
+        match range {
             Some(range) if range.contains(sku) => Ok(()),
-            Some(range) => Err(GroupError::Invalid {
-                group,
-                reason: format!("invalid sku: `{sku}` is outside the range of group {group} ({:?}..{:?})", range.start_sku, range.end_sku),
-            }),
-            None => Err(GroupError::Invalid { group, reason: format!("invalid group_id: no group {group} in the shard map") }),
+            Some(range) => Err(GroupError::StaleRoute { group, routed_epoch: self.route_epoch(group), range }),
+            None => Err(GroupError::NotLeader { group, leader: None }),
         }
     }
 

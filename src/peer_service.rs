@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use raft::network::PeerRpc;
 use raft::wire;
+use raft::GroupError;
 use storage::model::Command;
 use storage::validate::check_token;
 use storage::validate::validate_command;
@@ -92,7 +93,6 @@ impl PeerService {
                 caller.subject
             )));
         }
-        self.node.check_command_in_group(m.group_id, &command).map_err(status::group_error)?;
         Ok((epoch, command))
     }
 
@@ -124,9 +124,20 @@ impl PeerService {
         };
         if let Some(sku) = sku {
             check_token("sku", sku, limits.sku_bytes_max).map_err(invalid)?;
-            self.node.check_sku_in_group(m.group_id, sku).map_err(status::group_error)?;
         }
         Ok((query, consistency))
+    }
+}
+
+/// Whether a forwarded request belongs in the group it names here. A
+/// stale route or a group unknown here goes back in the answer, as a
+/// refusal of the group would (the sender routes again; nothing was
+/// applied); any other refusal is the caller's invalid input.
+fn routed_here(check: Result<(), GroupError>) -> Result<Result<(), GroupError>, Status> {
+    match check {
+        Ok(()) => Ok(Ok(())),
+        Err(e @ (GroupError::StaleRoute { .. } | GroupError::NotLeader { .. })) => Ok(Err(e)),
+        Err(e) => Err(status::group_error(e)),
     }
 }
 
@@ -152,7 +163,10 @@ impl RaftPeer for PeerService {
         let m = request.into_inner();
         let (epoch, command) = self.checked_command(&caller, &m)?;
         let transition = matches!(command, Command::Commit { .. } | Command::Release { .. });
-        let result = self.node.propose_local(m.group_id, epoch, command).await;
+        let result = match routed_here(self.node.check_command_in_group(m.group_id, &command))? {
+            Ok(()) => self.node.propose_local(m.group_id, epoch, command).await,
+            Err(not_here) => Err(not_here),
+        };
         if transition && result.is_ok() && self.node.failpoint(failpoint::PEER_INVALID_AFTER_APPLY) {
             return Err(Status::invalid_argument("invalid command: refused after it was applied (failpoint)"));
         }
@@ -164,7 +178,15 @@ impl RaftPeer for PeerService {
         self.check_fingerprint(&request)?;
         let m = request.into_inner();
         let (query, consistency) = self.checked_read(&m)?;
-        let result = self.node.read_local(m.group_id, &query, consistency).await;
+        let sku = match &query {
+            ReadQuery::Position(key) => Some(key.sku.as_str()),
+            ReadQuery::SkuPositions { sku, .. } => Some(sku.as_str()),
+            ReadQuery::Reservation(_) | ReadQuery::Topology | ReadQuery::Range | ReadQuery::SplitKey => None,
+        };
+        let result = match routed_here(sku.map_or(Ok(()), |sku| self.node.check_sku_in_group(m.group_id, sku)))? {
+            Ok(()) => self.node.read_local(m.group_id, &query, consistency).await,
+            Err(not_here) => Err(not_here),
+        };
         Ok(Response::new(RaftMessage { group_id: m.group_id, payload: wire::encode(&result) }))
     }
 }

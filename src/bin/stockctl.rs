@@ -269,6 +269,8 @@ async fn run(cli: Cli) -> u8 {
                 location: args.location,
                 batch: args.batch,
                 lines: args.lines,
+                sku_prefix: args.sku_prefix,
+                report_every: args.report_every,
             };
             let stock = match client_for(&addrs, client.config(), &credentials, &cli_access::bench_stock_rpcs()) {
                 Ok(stock) => stock,
