@@ -247,3 +247,52 @@ async fn groups_split_by_themselves_by_size_and_a_hot_sku_ends_up_alone() {
     assert_ne!(node.topology().group_for("local", "c-2").map(|r| r.group), Some(hot.group), "the cold SKUs are elsewhere");
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_missed_the_split_gets_the_child_by_snapshot() {
+    let _serial = SERIAL.lock().await;
+    let mut file = test_config();
+    // Snapshots (and log purges) after a few entries: a replica that was
+    // away while the split applied can only catch up by snapshot.
+    file.cluster.snapshot_logs_since_last = 20;
+    file.cluster.logs_to_keep_after_snapshot = 5;
+    let mut cluster = Cluster::start(3, file).await;
+    let mut feed = cluster.feed(1).await;
+    for sku in ["b-1", "b-8"] {
+        receive(&mut feed, &format!("stock-{sku}"), sku, LOC, 100).await;
+    }
+    cluster.stop_node(3).await;
+    let node = cluster.node(1).clone();
+    let split = node.split_group(RIGHT, Some(AT.into())).await.expect("split while node 3 is down");
+    let child = split.child.group;
+    // Enough entries in both groups that their logs move past what node 3 has.
+    let client = stockd_client::Client::new(&cluster.addrs[..2]).expect("client");
+    for i in 0..60 {
+        let sku = if i % 2 == 0 { "b-1" } else { "b-8" };
+        let request = pb::ReserveRequest { reservation_id: format!("away-{i}"), lines: vec![line(sku, LOC, 1)], ttl_ms: 60_000, risk_gate: None };
+        assert_eq!(client.reserve(request).await.expect("reserve").outcome(), pb::Outcome::Ok);
+    }
+    for id in [1, 2] {
+        let g = cluster.node(id).group(RIGHT).expect("parent");
+        poll("the parent snapshotted past the split", Duration::from_secs(20), || async { g.raft().metrics().borrow().snapshot.is_some_and(|s| s.index > 10) })
+            .await;
+    }
+
+    cluster.start_node(3).await;
+    let back = cluster.node(3).clone();
+    poll("node 3 holds the child with its positions", Duration::from_secs(30), || async {
+        back.group(child).is_some_and(|g| {
+            let b8 = g.state().read().position(&storage::model::PositionKey::new("b-8", LOC)).cloned();
+            b8.is_some_and(|p| p.on_hand == 100 && p.reserved == 30)
+        })
+    })
+    .await;
+    let parent = back.group(RIGHT).expect("parent on node 3");
+    poll("node 3's parent caught up", Duration::from_secs(20), || async {
+        parent.range().end_sku.as_deref() == Some(AT)
+            && parent.state().read().position(&storage::model::PositionKey::new("b-1", LOC)).is_some_and(|p| p.reserved == 30)
+    })
+    .await;
+    assert!(parent.state().read().position(&storage::model::PositionKey::new("b-8", LOC)).is_none(), "b-8 left the parent");
+    cluster.shutdown().await;
+}

@@ -11,9 +11,9 @@
 //!   (forward or back); restarted with the true clock at the heal;
 //! - `disk`: a node restarted under libfiu, its fsync / fdatasync calls
 //!   failing at random; restarted without at the heal;
-//! - `split`: the group of a workload SKU split at that SKU, or just after
-//!   it (two splits in a row give the SKU a range of its own), through the
-//!   operator API under load; nothing to heal (a refusal, such as a key
+//! - `split`: the group of a workload SKU split at that SKU (so that its
+//!   records move), or just after it when its range starts there (so that
+//!   it ends up alone), through the operator API under load; nothing to heal (a refusal, such as a key
 //!   that would cut a live reservation, is recorded as it came).
 
 use std::sync::Arc;
@@ -239,7 +239,6 @@ impl Nemesis {
             }
             FaultKind::Split => {
                 let sku = self.workload.sku_at(&self.skus, self.shared.started.elapsed(), rng);
-                let at = if rng.chance(0.5) { sku.clone() } else { format!("{sku}~") };
                 let config = stockd_client::ClientConfig {
                     connect_timeout: Duration::from_millis(500),
                     request_timeout: Duration::from_secs(8),
@@ -247,11 +246,20 @@ impl Nemesis {
                     ..stockd_client::ClientConfig::default()
                 };
                 let client = self.cluster.lock().await.client("operator", config)?;
-                let group = match client.status().await {
-                    Ok(status) => {
-                        status.groups.iter().find(|g| g.start_sku.as_str() <= sku.as_str() && (g.end_sku.is_empty() || sku < g.end_sku)).map(|g| g.group_id)
-                    }
+                let range = match client.status().await {
+                    Ok(status) => status
+                        .groups
+                        .iter()
+                        .find(|g| g.start_sku.as_str() <= sku.as_str() && (g.end_sku.is_empty() || sku < g.end_sku))
+                        .map(|g| (g.group_id, g.start_sku.clone())),
                     Err(_) => None,
+                };
+                let group = range.as_ref().map(|(group, _)| *group);
+                // At the SKU, so its records move; once its range starts
+                // there, just after it, so it ends up alone.
+                let at = match &range {
+                    Some((_, start)) if *start == sku => format!("{sku}~"),
+                    _ => sku.clone(),
                 };
                 self.record(Kind::Invoke, f, json!({"sku": sku, "at": at, "group": group}));
                 let result = match group {

@@ -42,9 +42,19 @@ pub struct Cluster {
     running: Vec<Option<Running>>,
 }
 
+/// A port nothing listens on, below the kernel's ephemeral range (32768
+/// and up), so that no outgoing connection of the tests' own clients can
+/// take it between this check and the node's bind. Each process walks its
+/// own stretch of 20000-32000.
 fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr").port()
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let base = (std::process::id() * 131) % 12_000;
+    loop {
+        let port = (20_000 + (base + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Cluster settings for tests: quick elections, quick clock ticks.
