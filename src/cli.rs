@@ -313,10 +313,12 @@ pub struct BenchArgs {
     pub report_every: Option<Duration>,
 }
 
+/// Longest `--sku-prefix`, bytes: the names it starts stay well within
+/// the SKU length limit.
+pub const SKU_PREFIX_BYTES_MAX: usize = 64;
+
 fn parse_sku_prefix(text: &str) -> Result<String, String> {
-    if text.is_empty() || text.len() > 64 || text.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err("a SKU prefix has 1 to 64 bytes, without whitespace or control characters".into());
-    }
+    storage::validate::check_token("--sku-prefix", text, SKU_PREFIX_BYTES_MAX).map_err(|e| e.to_string())?;
     Ok(text.to_owned())
 }
 

@@ -75,7 +75,7 @@ pub fn split_due(
     middle: impl FnOnce() -> Option<String>,
 ) -> Option<(String, &'static str)> {
     let total: u64 = sample.values().sum();
-    let inside = |at: String| (at.as_str() > range.start_sku.as_str() && range.contains(&at)).then_some(at);
+    let inside = |at: String| range.splits_at(&at).then_some(at);
     if policy.load_cmds_per_s > 0 && load > policy.load_cmds_per_s as f64 && total >= LOAD_SAMPLES_MIN {
         let hottest = sample.iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)));
         let at = match hottest {
@@ -99,11 +99,6 @@ pub fn split_due(
         return middle().and_then(inside).map(|at| (at, "size"));
     }
     None
-}
-
-fn overlaps(a: &RangeDesc, b: &RangeDesc) -> bool {
-    let before_end = |start: &str, end: &Option<String>| end.as_deref().is_none_or(|end| start < end);
-    before_end(&a.start_sku, &b.end_sku) && before_end(&b.start_sku, &a.end_sku)
 }
 
 impl Node {
@@ -157,11 +152,9 @@ impl Node {
                         *sample.entry(key).or_default() += n;
                     }
                 }
-                let sample = sample.clone();
-                let range = group.range();
                 let positions = group.state().read().position_count() as u64;
                 let middle = || group.state().read().middle_sku();
-                let Some((at, trigger)) = split_due(&policy, &range, (positions, group.load_per_second()), &sample, middle) else { continue };
+                let Some((at, trigger)) = split_due(&policy, &group.range(), (positions, group.load_per_second()), sample, middle) else { continue };
                 let pause = match node.split_group(group.id, Some(at.clone())).await {
                     Ok(done) => {
                         tracing::info!(node = node.id(), group = group.id, at = %at, trigger, child = done.child.group, "split by itself");
@@ -217,27 +210,32 @@ impl Node {
     /// a newer version, start the replicas it gives this node, record splits
     /// the topology misses.
     pub async fn refresh_topology(&self) {
-        let fetched = match self.read(METADATA_GROUP, ReadQuery::Topology, Consistency::Any).await {
+        let newer_than = self.topology().version;
+        let fetched = match self.read(METADATA_GROUP, ReadQuery::Topology { newer_than }, Consistency::Any).await {
             Ok(answer) => answer.topology,
             Err(e) => {
                 tracing::debug!(node = self.id(), error = %e, "topology not read this round");
                 return;
             }
         };
-        let Some(fetched) = fetched else { return };
-        if !fetched.is_bootstrapped() {
-            if let Err(e) = self.change_topology(crate::bootstrap::bootstrap_command(&self.config)).await {
-                tracing::debug!(node = self.id(), error = %e, "bootstrap not recorded yet");
+        match fetched {
+            Some(fetched) if !fetched.is_bootstrapped() => {
+                if let Err(e) = self.change_topology(crate::bootstrap::bootstrap_command(&self.config)).await {
+                    tracing::debug!(node = self.id(), error = %e, "bootstrap not recorded yet");
+                }
+                return;
             }
-            return;
-        }
-        let bytes = codec::encode(fetched.as_ref());
-        if self.install_topology(*fetched) {
-            let mut batch = WriteBatch::new();
-            batch.put(Table::Meta, keys::meta_key(keys::NODE_GROUP, crate::bootstrap::TOPOLOGY_CACHE_KEY), bytes);
-            if let Err(e) = self.engine().write(batch, Durability::Buffered) {
-                tracing::warn!(node = self.id(), error = %e, "the topology copy was not stored");
+            Some(fetched) => {
+                if let Some(installed) = self.install_topology(*fetched) {
+                    let mut batch = WriteBatch::new();
+                    batch.put(Table::Meta, keys::meta_key(keys::NODE_GROUP, crate::bootstrap::TOPOLOGY_CACHE_KEY), codec::encode(installed.as_ref()));
+                    if let Err(e) = self.engine().write(batch, Durability::Buffered) {
+                        tracing::warn!(node = self.id(), error = %e, "the topology copy was not stored");
+                    }
+                }
             }
+            // This node's copy is as new as the group's.
+            None => {}
         }
         self.start_missing_replicas().await;
         self.record_unrecorded_splits().await;
@@ -259,7 +257,7 @@ impl Node {
     /// Records the bootstrap input unless the metadata group holds a
     /// topology already (a change right after a cluster's first start).
     async fn ensure_bootstrapped(&self) -> Result<(), GroupError> {
-        let answer = self.read(METADATA_GROUP, ReadQuery::Topology, Consistency::Strong).await?;
+        let answer = self.read(METADATA_GROUP, ReadQuery::Topology { newer_than: 0 }, Consistency::Strong).await?;
         if answer.topology.is_some_and(|t| t.is_bootstrapped()) {
             return Ok(());
         }
@@ -278,7 +276,7 @@ impl Node {
                 continue;
             }
             let desc = range.desc();
-            if self.groups().any(|g| overlaps(&g.range(), &desc)) {
+            if self.groups().any(|g| g.range().overlaps(&desc)) {
                 // Its parent runs here and has not applied the split yet.
                 continue;
             }
@@ -319,7 +317,7 @@ impl Node {
             return Err(not_hosted());
         };
         let desc = range.desc();
-        if self.groups().any(|g| overlaps(&g.range(), &desc)) {
+        if self.groups().any(|g| g.range().overlaps(&desc)) {
             return Err(not_hosted());
         }
         self.start_group(desc).await.map_err(|e| tonic::Status::unavailable(format!("group {group} did not start on node {}: {e}", self.id())))
@@ -341,9 +339,9 @@ impl Node {
     /// the child's leader.
     pub async fn split_group(&self, group: GroupId, at: Option<String>) -> Result<SplitDone, GroupError> {
         let invalid = |reason: String| GroupError::Invalid { group, reason };
-        if group == METADATA_GROUP || self.topology().range(group).is_none() {
+        let Some(range) = self.topology().range(group).map(|r| r.desc()) else {
             return Err(invalid(format!("invalid group_id: no group {group} in the shard map")));
-        }
+        };
         let at =
             match at {
                 Some(at) => at,
@@ -351,8 +349,8 @@ impl Node {
                     invalid(format!("invalid at_sku: group {group} holds fewer than two SKUs, so it has no middle; give the key to split at"))
                 })?,
             };
-        if let Some(range) = self.topology().range(group).filter(|r| at.as_str() <= r.start_sku.as_str() || !r.contains(&at)) {
-            return Err(invalid(format!("invalid at_sku: {at:?} is not strictly inside {}", range.desc())));
+        if !range.splits_at(&at) {
+            return Err(invalid(format!("invalid at_sku: {at:?} is not strictly inside {range}")));
         }
         self.ensure_bootstrapped().await?;
         let TopologyAnswer::Allocated(child) = self.change_topology(TopologyCommand::AllocateGroup).await? else {

@@ -254,14 +254,15 @@ impl Node {
         self.topology.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Takes `topology` as this node's copy if it is newer; true if it was.
-    pub(crate) fn install_topology(&self, topology: Topology) -> bool {
+    /// Takes `topology` as this node's copy if it is newer, and returns it
+    /// then.
+    pub(crate) fn install_topology(&self, topology: Topology) -> Option<Arc<Topology>> {
         let mut current = self.topology.write().unwrap_or_else(|p| p.into_inner());
         if topology.version <= current.version {
-            return false;
+            return None;
         }
         *current = Arc::new(topology);
-        true
+        Some(current.clone())
     }
 
     pub(crate) fn engine(&self) -> &Arc<dyn Engine> {
@@ -489,12 +490,7 @@ impl Node {
         // A SKU this replica's range does not hold (a split moved it, or
         // the router's map is stale) is not answered "absent": the read is
         // refused as misrouted, like a command, and routed again.
-        let sku = match query {
-            ReadQuery::Position(key) => Some(key.sku.as_str()),
-            ReadQuery::SkuPositions { sku, .. } => Some(sku.as_str()),
-            ReadQuery::Reservation(_) | ReadQuery::Topology | ReadQuery::Range | ReadQuery::SplitKey => None,
-        };
-        if sku.is_some_and(|sku| !inventory.range().contains(sku)) {
+        if query.sku().is_some_and(|sku| !inventory.range().contains(sku)) {
             return Err(GroupError::StaleRoute { group, routed_epoch: self.route_epoch(group), range: inventory.range().clone() });
         }
         let (position, reservation, positions) = match query {
@@ -513,7 +509,7 @@ impl Node {
                     inventory.positions_of_sku(sku).take(*locations_max).map(|(key, position)| (key.location.clone(), position.without_history())).collect();
                 (None, None, positions)
             }
-            ReadQuery::Topology | ReadQuery::Range | ReadQuery::SplitKey => (None, None, Vec::new()),
+            ReadQuery::Topology { .. } | ReadQuery::Range | ReadQuery::SplitKey => (None, None, Vec::new()),
         };
         let (cart, located) = match query {
             ReadQuery::Reservation(id) => (inventory.cart(id).cloned(), inventory.locator(id).map(|l| l.group)),
@@ -525,7 +521,13 @@ impl Node {
             cart,
             located,
             positions,
-            topology: matches!(query, ReadQuery::Topology).then(|| Box::new(inventory.topology().clone())),
+            topology: match query {
+                ReadQuery::Topology { newer_than } => {
+                    let topology = inventory.topology();
+                    (topology.version > *newer_than || !topology.is_bootstrapped()).then(|| Box::new(topology.clone()))
+                }
+                _ => None,
+            },
             range: matches!(query, ReadQuery::Range).then(|| inventory.range().clone()),
             split_key: if matches!(query, ReadQuery::SplitKey) { inventory.middle_sku() } else { None },
             applied_index: g.state().applied_index(),

@@ -120,7 +120,7 @@ impl PeerService {
                 }
                 Some(sku.as_str())
             }
-            ReadQuery::Topology | ReadQuery::Range | ReadQuery::SplitKey => None,
+            ReadQuery::Topology { .. } | ReadQuery::Range | ReadQuery::SplitKey => None,
         };
         if let Some(sku) = sku {
             check_token("sku", sku, limits.sku_bytes_max).map_err(invalid)?;
@@ -178,12 +178,7 @@ impl RaftPeer for PeerService {
         self.check_fingerprint(&request)?;
         let m = request.into_inner();
         let (query, consistency) = self.checked_read(&m)?;
-        let sku = match &query {
-            ReadQuery::Position(key) => Some(key.sku.as_str()),
-            ReadQuery::SkuPositions { sku, .. } => Some(sku.as_str()),
-            ReadQuery::Reservation(_) | ReadQuery::Topology | ReadQuery::Range | ReadQuery::SplitKey => None,
-        };
-        let result = match routed_here(sku.map_or(Ok(()), |sku| self.node.check_sku_in_group(m.group_id, sku)))? {
+        let result = match routed_here(query.sku().map_or(Ok(()), |sku| self.node.check_sku_in_group(m.group_id, sku)))? {
             Ok(()) => self.node.read_local(m.group_id, &query, consistency).await,
             Err(not_here) => Err(not_here),
         };

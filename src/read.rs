@@ -29,13 +29,28 @@ pub enum ReadQuery {
         location: Option<String>,
         locations_max: usize,
     },
-    /// The metadata group's topology.
-    Topology,
+    /// The metadata group's topology, when its version is above
+    /// `newer_than` or it is not bootstrapped yet (a node's copy asks only
+    /// for what it lacks).
+    Topology {
+        newer_than: u64,
+    },
     /// The group's range as its state machine holds it.
     Range,
     /// A key splitting the group's SKUs in two halves
     /// (`Inventory::middle_sku`).
     SplitKey,
+}
+
+impl ReadQuery {
+    /// The SKU the read is about, if it names one: the replica must hold it.
+    pub fn sku(&self) -> Option<&str> {
+        match self {
+            ReadQuery::Position(key) => Some(&key.sku),
+            ReadQuery::SkuPositions { sku, .. } => Some(sku),
+            ReadQuery::Reservation(_) | ReadQuery::Topology { .. } | ReadQuery::Range | ReadQuery::SplitKey => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,7 +66,7 @@ pub struct ReadAnswer {
     pub located: Option<GroupId>,
     /// For `SkuPositions`: (location, position) pairs.
     pub positions: Vec<(String, Position)>,
-    /// For `Topology`.
+    /// For `Topology`: the topology, unless the asker's copy is as new.
     pub topology: Option<Box<storage::topology::Topology>>,
     /// For `Range`.
     pub range: Option<storage::model::RangeDesc>,

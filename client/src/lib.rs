@@ -469,10 +469,32 @@ impl Client {
     }
 
     /// `Admin.SplitShard`: splits `group_id` at `at_sku` (empty: its middle
-    /// SKU). Not retried on an unknown outcome: a repeat would split again.
+    /// SKU). Sent to the next node only when a node could not be reached;
+    /// once sent, never again: a repeat would split the new group once more,
+    /// so a lost answer is reported as an unknown outcome (`stockctl shard
+    /// list` tells).
     pub async fn split_shard(&self, group_id: u32, at_sku: &str) -> Result<SplitShardResponse, ClientError> {
         let request = SplitShardRequest { group_id, at_sku: at_sku.to_owned() };
-        self.call("SplitShard", Effect::Write, request, |channel, request| async move { AdminClient::new(channel).split_shard(request).await }).await
+        let timeout = self.inner.config.request_timeout;
+        let lost = |message: String| ClientError::Unavailable { outcome_unknown: true, message };
+        let mut unreachable = Vec::new();
+        for index in 0..self.node_count() {
+            let (addr, channel) = self.node(index);
+            let mut call = tonic::Request::new(request.clone());
+            call.set_timeout(timeout);
+            match tokio::time::timeout(timeout, AdminClient::new(channel).split_shard(call)).await {
+                Ok(Ok(response)) => return Ok(response.into_inner()),
+                Ok(Err(status)) if never_sent(&status) => unreachable.push(format!("{addr}: {}", status.message())),
+                Ok(Err(status)) => {
+                    return Err(match one_shot_error(&status) {
+                        ClientError::Unavailable { message, .. } => lost(message),
+                        other => other,
+                    })
+                }
+                Err(_elapsed) => return Err(lost(format!("{addr}: no answer within {} ms", timeout.as_millis()))),
+            }
+        }
+        Err(ClientError::Unavailable { outcome_unknown: false, message: format!("no node reached: {}", unreachable.join("; ")) })
     }
 
     /// `Admin.Status` of the node at `addr` only (one attempt, no failover).

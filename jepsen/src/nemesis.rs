@@ -122,7 +122,7 @@ enum Active {
     Partitioned,
     Wrapped(Vec<u64>),
     /// Nothing to heal: the new certificates (or ranges) stay.
-    Rotated,
+    Lasting,
 }
 
 impl Nemesis {
@@ -270,13 +270,13 @@ impl Nemesis {
                     },
                 };
                 self.record(Kind::Info, f, result);
-                Ok(Active::Rotated)
+                Ok(Active::Lasting)
             }
             FaultKind::Rotate => {
                 self.record(Kind::Invoke, f, json!({}));
                 let nodes = self.cluster.lock().await.rotate_certs()?;
                 self.record(Kind::Info, f, json!({"nodes": nodes}));
-                Ok(Active::Rotated)
+                Ok(Active::Lasting)
             }
             FaultKind::Disk => {
                 let ids = self.cluster.lock().await.ids();
@@ -317,7 +317,7 @@ impl Nemesis {
                     self.record(Kind::Info, "heal-partition", json!({}));
                 }
             }
-            Active::Rotated => {}
+            Active::Lasting => {}
             Active::Wrapped(nodes) => {
                 if nodes.is_empty() {
                     return Ok(());

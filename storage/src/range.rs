@@ -48,6 +48,18 @@ impl RangeDesc {
     pub fn contains(&self, sku: &str) -> bool {
         sku >= self.start_sku.as_str() && self.end_sku.as_deref().is_none_or(|end| sku < end)
     }
+
+    /// True when a split at `at` leaves keys on both sides: `at` is inside
+    /// the range and not its start.
+    pub fn splits_at(&self, at: &str) -> bool {
+        at > self.start_sku.as_str() && self.contains(at)
+    }
+
+    /// True when the two ranges share a key.
+    pub fn overlaps(&self, other: &RangeDesc) -> bool {
+        let before_end = |start: &str, end: &Option<String>| end.as_deref().is_none_or(|end| start < end);
+        before_end(&self.start_sku, &other.end_sku) && before_end(&other.start_sku, &self.end_sku)
+    }
 }
 
 impl std::fmt::Display for RangeDesc {

@@ -86,7 +86,7 @@ impl Inventory {
     /// written there), on top of what was already pending here.
     pub fn split_off(&mut self, at: &str, child: GroupId) -> Result<Inventory, TopologyRefusal> {
         let range = self.range.clone();
-        if at <= range.start_sku.as_str() || !range.contains(at) {
+        if !range.splits_at(at) {
             return Err(TopologyRefusal::KeyOutside { at: at.to_owned(), range: Box::new(range) });
         }
         if let Some((id, _)) = self.reservations.iter().find(|(_, r)| live(r.state) && side_of(&r.lines, at) == Side::Both) {

@@ -323,7 +323,7 @@ impl Topology {
 
     fn split(&mut self, parent: GroupId, epoch: u64, at: &str, child: GroupId) -> Result<(), TopologyError> {
         let range = self.at_epoch(parent, epoch)?.clone();
-        if at <= range.start_sku.as_str() || !range.contains(at) {
+        if !range.desc().splits_at(at) {
             return Err(invalid("at_sku", format!("{at:?} is not strictly inside {}", range.desc())));
         }
         if !self.allocated.remove(&child) {
