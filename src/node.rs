@@ -528,7 +528,7 @@ impl Node {
                 }
                 _ => None,
             },
-            range: matches!(query, ReadQuery::Range).then(|| inventory.range().clone()),
+            range: Some(inventory.range().clone()),
             split_key: if matches!(query, ReadQuery::SplitKey) { inventory.middle_sku() } else { None },
             applied_index: g.state().applied_index(),
             staleness_ms,
@@ -620,11 +620,20 @@ impl Node {
                     }
                     return Ok(Some(*group));
                 }
+                // A replica whose range changed since this node's map was
+                // made (a split) may have handed the id to a group the map
+                // does not list yet: not "absent", a stale route.
+                Ok(ReadAnswer { range: Some(range), .. }) if range.epoch > self.route_epoch(*group) => {
+                    self.topology_stale.notify_one();
+                    let stale = GroupError::StaleRoute { group: *group, routed_epoch: self.route_epoch(*group), range };
+                    first_error = first_error.or(Some(stale));
+                }
                 Ok(_) => {}
                 Err(e) => first_error = first_error.or(Some(e)),
             }
         }
-        // A group we could not ask might hold it: the answer is unknown.
+        // A group we could not ask, or asked with a stale map, might hold
+        // it: the answer is unknown.
         match first_error {
             Some(e) => Err(e),
             None => Ok(None),

@@ -68,7 +68,7 @@ pub struct ReadAnswer {
     pub positions: Vec<(String, Position)>,
     /// For `Topology`: the topology, unless the asker's copy is as new.
     pub topology: Option<Box<storage::topology::Topology>>,
-    /// For `Range`.
+    /// The range as the replica that answered holds it (every answer).
     pub range: Option<storage::model::RangeDesc>,
     /// For `SplitKey`.
     pub split_key: Option<String>,
