@@ -130,6 +130,17 @@ pub enum ShardCommand {
     /// Splits a group's range in two: [start, AT) stays, [AT, end) becomes a
     /// new group on the same replicas. Waits until the new group serves.
     Split(SplitArgs),
+    /// Merges a group with the range after it: that range's records move
+    /// into the group and its id is retired. Waits until the topology shows
+    /// it. Refused while a cart is in flight in the range after it.
+    Merge(MergeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// The left group of the two (`stockctl shard list` shows them).
+    #[arg(long)]
+    pub group: u32,
 }
 
 #[derive(Debug, Args)]
@@ -1265,6 +1276,32 @@ pub fn shard_split_human(split: &stockd_proto::v1::SplitShardResponse) -> String
     if let Some(child) = &split.child {
         out.push_str(&line("new  ", child));
     }
+    out
+}
+
+/// `{"merged": {...}, "retired_group_id": N}` of `stockctl shard merge`.
+pub fn shard_merge_json(merge: &stockd_proto::v1::MergeShardResponse) -> Value {
+    json!({ "merged": merge.merged.as_ref().map(shard_range_json), "retired_group_id": merge.retired_group_id })
+}
+
+/// What `stockctl shard merge` changed.
+pub fn shard_merge_human(merge: &stockd_proto::v1::MergeShardResponse) -> String {
+    let mut out = String::new();
+    if let Some(r) = &merge.merged {
+        let replicas = r.replicas.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+        out.push_str(&format!(
+            "merged  group {} {} epoch {} replicas {replicas}
+",
+            r.group_id,
+            range_text(&r.start_sku, &r.end_sku),
+            r.epoch
+        ));
+    }
+    out.push_str(&format!(
+        "retired group {}
+",
+        merge.retired_group_id
+    ));
     out
 }
 

@@ -176,6 +176,11 @@ pub struct ClusterFile {
     /// (over the last 10 s) is split where its sampled load is; a SKU with
     /// most of it ends up alone in its range (0: never by load).
     pub split_load_cmds_per_s: u64,
+    /// A range whose load stays under a tenth of `split-load-cmds-per-s`
+    /// for this many seconds is merged into its left neighbour, when the
+    /// two hold fewer than half of `split-positions-max` positions together
+    /// (0: never by itself).
+    pub merge_cold_s: u64,
 }
 
 impl Default for ClusterFile {
@@ -205,21 +210,39 @@ impl Default for ClusterFile {
             logs_to_keep_after_snapshot: group.logs_to_keep_after_snapshot,
             split_positions_max: SplitPolicy::default().positions_max,
             split_load_cmds_per_s: SplitPolicy::default().load_cmds_per_s,
+            merge_cold_s: SplitPolicy::default().merge_cold_s,
         }
     }
 }
 
-/// When a group's leader splits it by itself (`[cluster]`
-/// `split-positions-max`, `split-load-cmds-per-s`; 0 turns a trigger off).
+/// When a group's leader splits it, or merges it into its left neighbour,
+/// by itself (`[cluster]` `split-positions-max`, `split-load-cmds-per-s`,
+/// `merge-cold-s`; 0 turns a trigger off).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SplitPolicy {
     pub positions_max: u64,
     pub load_cmds_per_s: u64,
+    pub merge_cold_s: u64,
 }
 
 impl Default for SplitPolicy {
     fn default() -> Self {
-        Self { positions_max: 100_000, load_cmds_per_s: 1_000 }
+        Self { positions_max: 100_000, load_cmds_per_s: 1_000, merge_cold_s: 60 }
+    }
+}
+
+impl SplitPolicy {
+    /// Commands/s under which a range counts as cold for a merge.
+    pub fn cold_cmds_per_s(&self) -> f64 {
+        self.load_cmds_per_s as f64 / 10.0
+    }
+
+    /// Most positions two ranges may hold together to be merged.
+    pub fn merged_positions_max(&self) -> u64 {
+        match self.positions_max {
+            0 => u64::MAX,
+            max => max / 2,
+        }
     }
 }
 
@@ -535,7 +558,7 @@ impl FileConfig {
             shard_map,
             input_limits,
             group,
-            split: SplitPolicy { positions_max: c.split_positions_max, load_cmds_per_s: c.split_load_cmds_per_s },
+            split: SplitPolicy { positions_max: c.split_positions_max, load_cmds_per_s: c.split_load_cmds_per_s, merge_cold_s: c.merge_cold_s },
             scoring: self.model,
             availability: self.availability,
         })

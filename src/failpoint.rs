@@ -16,6 +16,10 @@
 //! - `split-drops-reservations`: a split's child starts without the
 //!   reservations and intents that moved to it (their positions keep the
 //!   units held): acknowledged reservations lost in a split.
+//! - `merge-without-freeze`: a merge copies the right range's state without
+//!   freezing it first, so whatever the right range acknowledges between
+//!   the copy and its retirement is lost (the pitfall the freeze exists
+//!   for).
 //!
 //! A coordinator that stops (as if its node died) after one step of a cart
 //! across groups, answering `UNAVAILABLE`; the rest is left to the
@@ -32,6 +36,9 @@ pub const LOST_ACK: &str = "lost-ack";
 pub const PEER_INVALID_AFTER_APPLY: &str = "peer-invalid-after-apply";
 pub const PARTIAL_CART: &str = "partial-cart";
 pub const SPLIT_DROPS_RESERVATIONS: &str = "split-drops-reservations";
+pub const MERGE_WITHOUT_FREEZE: &str = "merge-without-freeze";
+/// The freeze index `merge-without-freeze` claims for a range it never froze.
+pub const MERGE_WITHOUT_FREEZE_INDEX: u64 = 0;
 pub const CART_STOP_AFTER_BEGIN: &str = "cart-stop-after-begin";
 pub const CART_STOP_AFTER_PREPARE: &str = "cart-stop-after-prepare";
 pub const CART_STOP_BEFORE_FOLLOW: &str = "cart-stop-before-follow";

@@ -239,6 +239,8 @@ impl Node {
         }
         self.start_missing_replicas().await;
         self.record_unrecorded_splits().await;
+        self.record_unrecorded_merges().await;
+        self.retire_merged_replicas().await;
     }
 
     /// Proposes `change` to the metadata group; a refusal is an error that
@@ -256,7 +258,7 @@ impl Node {
 
     /// Records the bootstrap input unless the metadata group holds a
     /// topology already (a change right after a cluster's first start).
-    async fn ensure_bootstrapped(&self) -> Result<(), GroupError> {
+    pub(crate) async fn ensure_bootstrapped(&self) -> Result<(), GroupError> {
         let answer = self.read(METADATA_GROUP, ReadQuery::Topology { newer_than: 0 }, Consistency::Strong).await?;
         if answer.topology.is_some_and(|t| t.is_bootstrapped()) {
             return Ok(());
@@ -397,7 +399,7 @@ mod tests {
     use super::*;
     use crate::config::SplitPolicy;
 
-    const POLICY: SplitPolicy = SplitPolicy { positions_max: 100, load_cmds_per_s: 1_000 };
+    const POLICY: SplitPolicy = SplitPolicy { positions_max: 100, load_cmds_per_s: 1_000, merge_cold_s: 60 };
 
     fn range(start: &str, end: Option<&str>) -> RangeDesc {
         RangeDesc { group: 2, start_sku: start.into(), end_sku: end.map(str::to_owned), epoch: 1 }
@@ -430,7 +432,7 @@ mod tests {
         assert_eq!(split_due(&POLICY, &range("a", None), (10, 999.0), &spread, no_middle), None, "below the load bound");
         let few = sample(&[("b", 3), ("c", 2)]);
         assert_eq!(split_due(&POLICY, &range("a", None), (10, 5_000.0), &few, no_middle), None, "too few samples to choose");
-        let off = SplitPolicy { positions_max: 0, load_cmds_per_s: 0 };
+        let off = SplitPolicy { positions_max: 0, load_cmds_per_s: 0, merge_cold_s: 0 };
         assert_eq!(split_due(&off, &range("a", None), (1_000_000, 1e9), &spread, || Some("c".into())), None, "both triggers off");
     }
 

@@ -50,7 +50,8 @@ const FORMAT_KEY: &str = "format";
 /// A data directory written with another layout is refused at start, never
 /// half-read. 2: ranges with epochs (the entry and state layouts changed).
 /// 3: the metadata group (the topology in its state), children of splits.
-pub const DATA_FORMAT: u32 = 3;
+/// 4: merges (a group's merge state in its snapshots and its log).
+pub const DATA_FORMAT: u32 = 4;
 /// Most attempts one request makes to reach its group's leader: leader-hint
 /// hops and waits out elections (`ELECTION_BACKOFF` each) together; the
 /// request's deadline (`rpc-timeout-ms`) bounds them too.
@@ -136,6 +137,9 @@ pub struct Node {
     pub(crate) decides_in_flight: Arc<tokio::sync::Semaphore>,
     /// Slots for locator writes (`spawn_locate`).
     locates_in_flight: Arc<tokio::sync::Semaphore>,
+    /// The first SKU of each group this node retired after a merge, to
+    /// answer where its keys went (`crate::merge`).
+    pub(crate) retired_starts: std::sync::Mutex<BTreeMap<GroupId, String>>,
 }
 
 impl Node {
@@ -205,11 +209,13 @@ impl Node {
             failpoint: std::sync::RwLock::new(crate::failpoint::from_env()),
             decides_in_flight: Arc::new(tokio::sync::Semaphore::new(DECIDES_IN_FLIGHT_MAX)),
             locates_in_flight: Arc::new(tokio::sync::Semaphore::new(LOCATES_IN_FLIGHT_MAX)),
+            retired_starts: std::sync::Mutex::new(BTreeMap::new()),
         });
         node.initialize_groups().await?;
         node.add_task(tokio::spawn(Node::start_children(node.me.clone(), split_reports)));
         node.add_task(tokio::spawn(Node::watch_topology(node.me.clone())));
         node.add_task(tokio::spawn(Node::split_when_due(node.me.clone())));
+        node.add_task(tokio::spawn(Node::merge_when_due(node.me.clone())));
         Ok(node)
     }
 
@@ -247,6 +253,11 @@ impl Node {
         self.groups.write().unwrap_or_else(|p| p.into_inner()).insert(id, group.clone());
         tracing::info!(node = self.id(), group = id, range = %group.range(), "replica started");
         Ok(group)
+    }
+
+    /// Stops routing to this node's replica of `id` (retired by a merge).
+    pub(crate) fn remove_group(&self, id: GroupId) -> Option<Arc<Group>> {
+        self.groups.write().unwrap_or_else(|p| p.into_inner()).remove(&id)
     }
 
     /// This node's copy of the topology.
@@ -316,6 +327,8 @@ impl Node {
             }
             Command::CartFollow { of, .. } => self.check_home(of.home, id),
             Command::Split { at_sku, .. } => self.check_sku_in_group(group, at_sku),
+            // Apply checks that the right side is frozen and adjacent.
+            Command::Freeze | Command::Thaw { .. } | Command::Merge { .. } => Ok(()),
             Command::Topology(_) if group == METADATA_GROUP => Ok(()),
             Command::Topology(_) => {
                 Err(GroupError::Invalid { group, reason: format!("invalid group_id: topology changes go to group {METADATA_GROUP}, not {group}") })
@@ -509,7 +522,7 @@ impl Node {
                     inventory.positions_of_sku(sku).take(*locations_max).map(|(key, position)| (key.location.clone(), position.without_history())).collect();
                 (None, None, positions)
             }
-            ReadQuery::Topology { .. } | ReadQuery::Range | ReadQuery::SplitKey => (None, None, Vec::new()),
+            ReadQuery::Topology { .. } | ReadQuery::Range | ReadQuery::SplitKey | ReadQuery::Frozen => (None, None, Vec::new()),
         };
         let (cart, located) = match query {
             ReadQuery::Reservation(id) => (inventory.cart(id).cloned(), inventory.locator(id).map(|l| l.group)),
@@ -530,6 +543,20 @@ impl Node {
             },
             range: Some(inventory.range().clone()),
             split_key: if matches!(query, ReadQuery::SplitKey) { inventory.middle_sku() } else { None },
+            frozen: match query {
+                ReadQuery::Frozen => match inventory.frozen_at() {
+                    Some(index) => Some((index, storage::codec::encode(&inventory.to_snapshot()))),
+                    None if self.failpoint(crate::failpoint::MERGE_WITHOUT_FREEZE) => {
+                        let mut copy = inventory.to_snapshot();
+                        copy.merge.frozen_at = Some(crate::failpoint::MERGE_WITHOUT_FREEZE_INDEX);
+                        Some((crate::failpoint::MERGE_WITHOUT_FREEZE_INDEX, storage::codec::encode(&copy)))
+                    }
+                    None => None,
+                },
+                _ => None,
+            },
+            position_count: if matches!(query, ReadQuery::Range) { inventory.position_count() as u64 } else { 0 },
+            load_cmds_per_s: if matches!(query, ReadQuery::Range) { g.load_per_second().round() as u64 } else { 0 },
             applied_index: g.state().applied_index(),
             staleness_ms,
             served_by: self.id(),

@@ -6,8 +6,9 @@
 //!   otherwise: two nodes with different `[cluster]` settings never work
 //!   together);
 //! - every payload is decoded within a named bound ([`PEER_COMMAND_BYTES_MAX`]
-//!   for forwarded commands and reads, `raft::wire::RAFT_MESSAGE_BYTES_MAX`
-//!   for Raft messages);
+//!   for forwarded commands and reads, [`PEER_MERGE_BYTES_MAX`] for a
+//!   command from an authenticated peer, which may be a merge carrying a
+//!   range's state, `raft::wire::RAFT_MESSAGE_BYTES_MAX` for Raft messages);
 //! - a forwarded command passes `validate_command` with this node's limits
 //!   (the same errors a client gets) and names only keys of its group;
 //! - a `ReserveGated` (risk verdicts going into the log) is taken only from
@@ -39,6 +40,9 @@ use crate::status;
 /// longest ids, SKUs and locations, with its risk verdicts, is a few tens of
 /// KiB.
 pub const PEER_COMMAND_BYTES_MAX: usize = 1 << 20;
+/// Largest command forwarded by an authenticated peer: a merge carries the
+/// frozen state of a range (`storage::split::MERGE_BYTES_MAX`).
+pub const PEER_MERGE_BYTES_MAX: usize = 2 * storage::split::MERGE_BYTES_MAX;
 
 pub struct PeerService {
     pub node: Arc<Node>,
@@ -71,7 +75,9 @@ impl PeerService {
     /// A forwarded command and the epoch it was routed at, checked exactly
     /// as the client's request was.
     fn checked_command(&self, caller: &security::Caller, m: &RaftMessage) -> Result<(u64, Command), Status> {
-        let (epoch, command): (u64, Command) = wire::decode_bounded(&m.payload, PEER_COMMAND_BYTES_MAX).map_err(Status::invalid_argument)?;
+        // Only a node forwards a merge, whose command carries a range's state.
+        let bound = if caller.is_trusted_peer() { PEER_MERGE_BYTES_MAX } else { PEER_COMMAND_BYTES_MAX };
+        let (epoch, command): (u64, Command) = wire::decode_bounded(&m.payload, bound).map_err(Status::invalid_argument)?;
         validate_command(&command, &self.node.config.input_limits).map_err(status::invalid)?;
         if matches!(command, Command::ReserveGated { .. }) && !caller.is_trusted_peer() {
             return Err(Status::permission_denied(format!("risk verdicts are taken from authenticated peers only, not from {}", caller.subject)));
@@ -85,6 +91,9 @@ impl PeerService {
                 | Command::CartFollowed { .. }
                 | Command::Locate { .. }
                 | Command::Split { .. }
+                | Command::Freeze
+                | Command::Thaw { .. }
+                | Command::Merge { .. }
                 | Command::Topology(_)
         );
         if cart_step && !caller.is_trusted_peer() {
@@ -120,7 +129,7 @@ impl PeerService {
                 }
                 Some(sku.as_str())
             }
-            ReadQuery::Topology { .. } | ReadQuery::Range | ReadQuery::SplitKey => None,
+            ReadQuery::Topology { .. } | ReadQuery::Range | ReadQuery::SplitKey | ReadQuery::Frozen => None,
         };
         if let Some(sku) = sku {
             check_token("sku", sku, limits.sku_bytes_max).map_err(invalid)?;

@@ -40,6 +40,9 @@ pub enum ReadQuery {
     /// A key splitting the group's SKUs in two halves
     /// (`Inventory::middle_sku`).
     SplitKey,
+    /// The group's whole state, when it is frozen for a merge (bounded by
+    /// `storage::split::MERGE_BYTES_MAX`); else nothing.
+    Frozen,
 }
 
 impl ReadQuery {
@@ -48,7 +51,7 @@ impl ReadQuery {
         match self {
             ReadQuery::Position(key) => Some(&key.sku),
             ReadQuery::SkuPositions { sku, .. } => Some(sku),
-            ReadQuery::Reservation(_) | ReadQuery::Topology { .. } | ReadQuery::Range | ReadQuery::SplitKey => None,
+            ReadQuery::Reservation(_) | ReadQuery::Topology { .. } | ReadQuery::Range | ReadQuery::SplitKey | ReadQuery::Frozen => None,
         }
     }
 }
@@ -72,6 +75,13 @@ pub struct ReadAnswer {
     pub range: Option<storage::model::RangeDesc>,
     /// For `SplitKey`.
     pub split_key: Option<String>,
+    /// For `Frozen`: the frozen state (an `InventorySnapshot` encoded by
+    /// `storage::codec`) and the index of its freeze.
+    pub frozen: Option<(u64, Vec<u8>)>,
+    /// For `Range`: the positions the group holds and the commands/s its
+    /// replica here proposed over the load window (a leader's figure).
+    pub position_count: u64,
+    pub load_cmds_per_s: u64,
     pub applied_index: u64,
     pub staleness_ms: u64,
     pub served_by: NodeId,

@@ -639,19 +639,17 @@ impl Admin for AdminService {
         let done = self.node.split_group(r.group_id, at).await.map_err(status::group_error);
         security::audit(&caller, "SplitShard", &detail, &outcome(&done));
         let done = done?;
-        let range = |r: &storage::topology::RangeInfo| pb::ShardRange {
-            group_id: r.group,
-            region: r.region.clone(),
-            start_sku: r.start_sku.clone(),
-            end_sku: r.end_sku.clone().unwrap_or_default(),
-            epoch: r.epoch,
-            replicas: {
-                let mut replicas = r.replicas.clone();
-                replicas.sort_unstable();
-                replicas
-            },
-        };
-        Ok(Response::new(pb::SplitShardResponse { parent: Some(range(&done.parent)), child: Some(range(&done.child)) }))
+        Ok(Response::new(pb::SplitShardResponse { parent: Some(shard_range(&done.parent)), child: Some(shard_range(&done.child)) }))
+    }
+
+    async fn merge_shard(&self, request: Request<pb::MergeShardRequest>) -> Result<Response<pb::MergeShardResponse>, Status> {
+        let caller = security::caller(&request);
+        let r = request.into_inner();
+        let detail = format!("group={}", r.group_id);
+        let done = self.node.merge_group(r.group_id).await.map_err(status::group_error);
+        security::audit(&caller, "MergeShard", &detail, &outcome(&done));
+        let done = done?;
+        Ok(Response::new(pb::MergeShardResponse { merged: Some(shard_range(&done.merged)), retired_group_id: done.retired }))
     }
 
     async fn set_model_disabled(&self, request: Request<pb::SetModelDisabledRequest>) -> Result<Response<pb::ModelStatusResponse>, Status> {
@@ -807,5 +805,19 @@ async fn watch_groups(node: Arc<Node>, reporter: tonic_health::server::HealthRep
             );
         }
         reported = stopped;
+    }
+}
+
+/// A range of the topology as the admin API shows it (replicas sorted).
+fn shard_range(r: &storage::topology::RangeInfo) -> pb::ShardRange {
+    let mut replicas = r.replicas.clone();
+    replicas.sort_unstable();
+    pb::ShardRange {
+        group_id: r.group,
+        region: r.region.clone(),
+        start_sku: r.start_sku.clone(),
+        end_sku: r.end_sku.clone().unwrap_or_default(),
+        epoch: r.epoch,
+        replicas,
     }
 }

@@ -257,8 +257,9 @@ async fn peer_messages_are_checked_as_client_requests_are() {
     let group = cluster.node(1).topology().group_for("local", SKU).expect("group").group;
     let mut peer = RaftPeerClient::new(cluster.channel_to(&cluster.peer_addrs[0], Some("node-1")));
 
-    // Over the payload limit: refused before it is decoded.
-    let huge = vec![0u8; stockd::peer_service::PEER_COMMAND_BYTES_MAX + 1];
+    // Over the payload limit (a node's: a merge carries a range's state):
+    // refused before it is decoded.
+    let huge = vec![0u8; stockd::peer_service::PEER_MERGE_BYTES_MAX + 1];
     let refused = peer.propose(propose(&cluster, group, huge)).await.expect_err("too large");
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     assert!(refused.message().contains("over its limit"), "{refused:?}");

@@ -1,7 +1,10 @@
 //! The elastic topology on a real cluster (3 nodes): the metadata group
 //! bootstraps the topology and every node learns it; a split under load
 //! moves positions, reservations and cart intents to the new group, loses
-//! no acknowledged write, and survives a restart.
+//! no acknowledged write, and survives a restart; a merge under load takes
+//! the right range back, loses no acknowledged write, waits for carts in
+//! flight, and retires the right group's replicas; cold ranges merge by
+//! themselves.
 
 mod common;
 
@@ -78,33 +81,14 @@ async fn a_split_under_load_moves_its_records_and_loses_no_write() {
 
     // Writers on both sides of the split key while it happens.
     let stop = Arc::new(AtomicBool::new(false));
-    let mut writers = Vec::new();
-    for w in 0..4 {
-        let client = stockd_client::Client::new(&cluster.addrs).expect("client");
-        let stop = stop.clone();
-        writers.push(tokio::spawn(async move {
-            let mut acknowledged = BTreeMap::new();
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let sku = SKUS[(w + i) % SKUS.len()];
-                let id = format!("w{w}-{i}");
-                let request = pb::ReserveRequest { reservation_id: id.clone(), lines: vec![line(sku, LOC, 1)], ttl_ms: 60_000, risk_gate: None };
-                if let Ok(answer) = client.reserve(request).await {
-                    assert_eq!(answer.outcome(), pb::Outcome::Ok, "{id} on {sku}");
-                    acknowledged.insert(id, sku);
-                }
-                i += 1;
-            }
-            acknowledged
-        }));
-    }
+    let writing = writers(&cluster, &SKUS, &stop);
     tokio::time::sleep(Duration::from_millis(500)).await;
     client = stockd_client::Client::new(&cluster.addrs).expect("client");
     let split = client.split_shard(RIGHT, AT).await.expect("split");
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     stop.store(true, Ordering::Relaxed);
     let mut acknowledged = BTreeMap::new();
-    for writer in writers {
+    for writer in writing {
         acknowledged.extend(writer.await.expect("writer"));
     }
     let (parent, child) = (split.parent.expect("parent"), split.child.expect("child"));
@@ -295,4 +279,152 @@ async fn a_replica_that_missed_the_split_gets_the_child_by_snapshot() {
     .await;
     assert!(parent.state().read().position(&storage::model::PositionKey::new("b-8", LOC)).is_none(), "b-8 left the parent");
     cluster.shutdown().await;
+}
+
+/// Four writers reserving one unit of `skus` in turn until `stop`; each
+/// returns the ids it had acknowledged with the SKU.
+fn writers(cluster: &Cluster, skus: &'static [&'static str], stop: &Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<BTreeMap<String, &'static str>>> {
+    (0..4)
+        .map(|w| {
+            let client = stockd_client::Client::new(&cluster.addrs).expect("client");
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut acknowledged = BTreeMap::new();
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let sku = skus[(w + i) % skus.len()];
+                    let id = format!("m{w}-{i}");
+                    let request = pb::ReserveRequest { reservation_id: id.clone(), lines: vec![line(sku, LOC, 1)], ttl_ms: 60_000, risk_gate: None };
+                    if let Ok(answer) = client.reserve(request).await {
+                        assert_eq!(answer.outcome(), pb::Outcome::Ok, "{id} on {sku}");
+                        acknowledged.insert(id, sku);
+                    }
+                    i += 1;
+                }
+                acknowledged
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_under_load_takes_the_range_back_and_retires_its_replicas() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(3, test_config()).await;
+    let mut feed = cluster.feed(1).await;
+    for sku in SKUS {
+        receive(&mut feed, &format!("stock-{sku}"), sku, LOC, 1_000).await;
+    }
+    receive(&mut feed, "stock-0-x", "0-x", LOC, 100).await;
+    let client = stockd_client::Client::new(&cluster.addrs).expect("client");
+    let split = client.split_shard(RIGHT, AT).await.expect("split");
+    let child = split.child.expect("child").group_id;
+    let mut c = cluster.client(1).await;
+    reserve(&mut c, "held-right", vec![line("b-8", LOC, 4)], 60_000).await.expect("reserve on the right side");
+
+    // A cart with units in the right range keeps it from freezing: the
+    // merge is refused and nothing changes until the cart is settled.
+    let node = cluster.node(1).clone();
+    let cart_id = (0..).map(|i| format!("mcart-{i}")).find(|id| node.home_of(id) == Some(1)).expect("an id homed in group 1");
+    reserve(&mut c, &cart_id, vec![line("0-x", LOC, 1), line("b-6", LOC, 2)], 60_000).await.expect("cart");
+    poll("the cart's intent is prepared in the right range", Duration::from_secs(10), || async {
+        node.group(child).is_some_and(|g| g.state().read().intent_of(&cart_id).is_some())
+    })
+    .await;
+    let refused = client.merge_shard(RIGHT).await.expect_err("a cart holds units in the right range");
+    assert!(refused.to_string().contains("cart"), "{refused}");
+    assert!(node.topology().range(child).is_some(), "nothing changed");
+    client.commit(&cart_id).await.expect("commit the cart");
+    let fulfilled = client.fulfill(&cart_id).await.expect("fulfill the cart");
+    assert_eq!(fulfilled.reservation.expect("cart").state(), pb::ReservationState::Fulfilled);
+
+    // Writers on both sides while the merge happens.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writing = writers(&cluster, &SKUS, &stop);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let merged = poll_ok("the merge, once the cart's intent followed", Duration::from_secs(20), || client.merge_shard(RIGHT)).await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acknowledged = BTreeMap::new();
+    for writer in writing {
+        acknowledged.extend(writer.await.expect("writer"));
+    }
+    let range = merged.merged.expect("merged range");
+    assert_eq!((range.group_id, range.start_sku.as_str(), range.end_sku.as_str()), (RIGHT, "8", ""));
+    assert_eq!(range.epoch, 3, "the next epoch of both sides (2)");
+    assert_eq!(merged.retired_group_id, child);
+
+    // Every acknowledged reservation is held, now in the merged group.
+    assert!(acknowledged.len() > 20, "the writers made progress: {}", acknowledged.len());
+    for (id, sku) in &acknowledged {
+        let held = client.get_reservation(id).await.unwrap_or_else(|e| panic!("{id}: {e}"));
+        let r = held.reservation.expect("reservation");
+        assert_eq!((r.state(), r.home_group), (pb::ReservationState::Pending, RIGHT), "{id} on {sku}");
+    }
+    let committed = client.commit("held-right").await.expect("commit a reservation that came back");
+    assert_eq!(committed.reservation.expect("held").home_group, RIGHT);
+    // The right group's replicas are retired everywhere, their data deleted.
+    for id in 1..=3 {
+        let n = cluster.node(id).clone();
+        poll("the right group's replica retired", Duration::from_secs(20), || async { n.group(child).is_none() && n.topology().range(child).is_none() }).await;
+    }
+    let b8 = |id: u64| cluster.node(id).group(RIGHT).and_then(|g| g.state().read().position(&storage::model::PositionKey::new("b-8", LOC)).cloned());
+    poll("b-8 is in the merged group on every node", Duration::from_secs(10), || async { (1..=3).all(|id| b8(id).is_some_and(|p| p.committed == 4)) }).await;
+    cluster.stop_node(3).await;
+    assert!(stockd::bootstrap::stored_groups(&*open_engine(&cluster, 3)).expect("scan").iter().all(|g| *g != child), "no record of the retired group is left");
+    cluster.start_node(3).await;
+    let back = cluster.node(3).clone();
+    poll("node 3 serves the merged range after a restart", Duration::from_secs(20), || async {
+        back.group(RIGHT).is_some_and(|g| g.range().end_sku.is_none() && g.leader().is_some())
+    })
+    .await;
+    assert!(back.group(child).is_none(), "the retired group does not come back");
+    // A merge with nothing after it is refused with the reason.
+    let last = client.merge_shard(RIGHT).await.expect_err("the last range");
+    assert!(last.to_string().contains("last range"), "{last}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_ranges_merge_by_themselves() {
+    let _serial = SERIAL.lock().await;
+    let mut file = test_config();
+    file.cluster.merge_cold_s = 2;
+    let cluster = Cluster::start(3, file).await;
+    let mut feed = cluster.feed(1).await;
+    for sku in ["0-a", "b-1"] {
+        receive(&mut feed, &format!("stock-{sku}"), sku, LOC, 10).await;
+    }
+    let mut c = cluster.client(1).await;
+    reserve(&mut c, "cold-held", vec![line("b-1", LOC, 3)], 600_000).await.expect("reserve");
+    let node = cluster.node(1).clone();
+    poll("one range left", Duration::from_secs(60), || async { node.topology().ranges().count() == 1 }).await;
+    let only = node.topology().ranges().next().cloned().expect("a range");
+    assert_eq!((only.start_sku.as_str(), only.end_sku.as_deref()), ("", None));
+    assert_eq!(node.topology().home_slots("local"), &[only.group, only.group], "the retired group's home slots moved to the merged one");
+    let client = stockd_client::Client::new(&cluster.addrs).expect("client");
+    let r = client.commit("cold-held").await.expect("commit after the merge").reservation.expect("held");
+    assert_eq!((r.state(), r.home_group), (pb::ReservationState::Committed, only.group));
+    cluster.shutdown().await;
+}
+
+/// Polls `attempt` until it succeeds, panicking with its last error.
+async fn poll_ok<T, E: std::fmt::Display, F, Fut>(what: &str, limit: Duration, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match attempt().await {
+            Ok(value) => return value,
+            Err(e) if tokio::time::Instant::now() >= deadline => panic!("{what}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+/// The stored database of a stopped node.
+fn open_engine(cluster: &Cluster, id: u64) -> std::sync::Arc<dyn storage::Engine> {
+    std::sync::Arc::new(storage::rocks::RocksEngine::open(&cluster.data_dir(id).join("db")).expect("open the stopped node's database"))
 }

@@ -43,8 +43,9 @@ use tonic::Code;
 use stockd_proto::v1::admin_client::AdminClient;
 use stockd_proto::v1::inventory_client::InventoryClient;
 use stockd_proto::v1::{
-    AdjustRequest, AdjustResponse, BatchReserveRequest, BatchReserveResponse, Consistency, GetPositionRequest, PositionResponse, ReservationRef,
-    ReservationResponse, ReserveRequest, ReserveResponse, SplitShardRequest, SplitShardResponse, StatusRequest, StatusResponse,
+    AdjustRequest, AdjustResponse, BatchReserveRequest, BatchReserveResponse, Consistency, GetPositionRequest, MergeShardRequest, MergeShardResponse,
+    PositionResponse, ReservationRef, ReservationResponse, ReserveRequest, ReserveResponse, SplitShardRequest, SplitShardResponse, StatusRequest,
+    StatusResponse,
 };
 use stockd_proto::v1::{
     CheckAvailabilityBatchRequest, CheckAvailabilityBatchResponse, CheckAvailabilityRequest, CheckAvailabilityResponse, LoadModelRequest, ModelStatusRequest,
@@ -469,12 +470,30 @@ impl Client {
     }
 
     /// `Admin.SplitShard`: splits `group_id` at `at_sku` (empty: its middle
-    /// SKU). Sent to the next node only when a node could not be reached;
-    /// once sent, never again: a repeat would split the new group once more,
-    /// so a lost answer is reported as an unknown outcome (`stockctl shard
-    /// list` tells).
+    /// SKU). Sent once (`send_once`): a repeat would split the new group
+    /// once more.
     pub async fn split_shard(&self, group_id: u32, at_sku: &str) -> Result<SplitShardResponse, ClientError> {
         let request = SplitShardRequest { group_id, at_sku: at_sku.to_owned() };
+        self.send_once(request, |channel, call| async move { AdminClient::new(channel).split_shard(call).await }).await
+    }
+
+    /// `Admin.MergeShard`: merges `group_id` with the range after it. Sent
+    /// once (`send_once`): a repeat would merge the next range as well.
+    pub async fn merge_shard(&self, group_id: u32) -> Result<MergeShardResponse, ClientError> {
+        let request = MergeShardRequest { group_id };
+        self.send_once(request, |channel, call| async move { AdminClient::new(channel).merge_shard(call).await }).await
+    }
+
+    /// An admin change that must not be applied twice: sent to the next
+    /// node only when a node could not be reached; once a node took it,
+    /// never again, so a lost answer is reported as an unknown outcome
+    /// (`stockctl shard list` tells).
+    async fn send_once<Req, Resp, F, Fut>(&self, request: Req, send: F) -> Result<Resp, ClientError>
+    where
+        Req: Clone,
+        F: Fn(Channel, tonic::Request<Req>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
         let timeout = self.inner.config.request_timeout;
         let lost = |message: String| ClientError::Unavailable { outcome_unknown: true, message };
         let mut unreachable = Vec::new();
@@ -482,7 +501,7 @@ impl Client {
             let (addr, channel) = self.node(index);
             let mut call = tonic::Request::new(request.clone());
             call.set_timeout(timeout);
-            match tokio::time::timeout(timeout, AdminClient::new(channel).split_shard(call)).await {
+            match tokio::time::timeout(timeout, send(channel, call)).await {
                 Ok(Ok(response)) => return Ok(response.into_inner()),
                 Ok(Err(status)) if never_sent(&status) => unreachable.push(format!("{addr}: {}", status.message())),
                 Ok(Err(status)) => {

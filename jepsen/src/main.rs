@@ -78,7 +78,8 @@ struct TestArgs {
     /// applied, then reported invalid: an applied write reported failed),
     /// partial-cart (a cart's commit applied in one line group without its
     /// home record), split-drops-reservations (a split's new group starts
-    /// without the reservations that moved to it).
+    /// without the reservations that moved to it), merge-without-freeze (a
+    /// merge copies the right range without freezing it).
     #[arg(long)]
     bug: Option<String>,
     /// auto (namespaces when available), netns, or loopback.
@@ -90,7 +91,7 @@ struct TestArgs {
 }
 
 /// The planted bugs `--bug` can turn on (stockd's `src/failpoint.rs`).
-const BUGS: &[&str] = &["lost-ack", "peer-invalid-after-apply", "partial-cart", "split-drops-reservations"];
+const BUGS: &[&str] = &["lost-ack", "peer-invalid-after-apply", "partial-cart", "split-drops-reservations", "merge-without-freeze"];
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -167,12 +168,13 @@ async fn test(args: TestArgs) -> anyhow::Result<bool> {
         let workload = match bug.as_str() {
             "peer-invalid-after-apply" => Workload::MultiSku,
             "partial-cart" => Workload::Cart,
-            "split-drops-reservations" => Workload::MultiSku,
+            "split-drops-reservations" | "merge-without-freeze" => Workload::MultiSku,
             _ => Workload::HotSku,
         };
-        // A bug in splits needs splits to happen.
+        // A bug in splits or merges needs them to happen.
         let (nemesis, spec, secs) = match bug.as_str() {
             "split-drops-reservations" => (vec![FaultKind::Split], "split", 15),
+            "merge-without-freeze" => (vec![FaultKind::Merge], "merge", 15),
             _ => (Vec::new(), "none", 10),
         };
         vec![TestConfig { workload, nemesis, nemesis_spec: spec.into(), time_limit_s: secs, ..base }]
@@ -180,9 +182,9 @@ async fn test(args: TestArgs) -> anyhow::Result<bool> {
         [
             (Workload::HotSku, "none", 10),
             (Workload::HotSku, "kill", 25),
-            (Workload::MultiSku, "pause,rotate,split", 25),
+            (Workload::MultiSku, "pause,rotate,split,merge", 25),
             (Workload::HotSku, "partition,clock", 25),
-            (Workload::Cart, "kill,partition,split", 25),
+            (Workload::Cart, "kill,partition,split,merge", 25),
         ]
         .into_iter()
         .enumerate()

@@ -13,8 +13,13 @@
 //!   failing at random; restarted without at the heal;
 //! - `split`: the group of a workload SKU split at that SKU (so that its
 //!   records move), or just after it when its range starts there (so that
-//!   it ends up alone), through the operator API under load; nothing to heal (a refusal, such as a key
-//!   that would cut a live reservation, is recorded as it came).
+//!   it ends up alone), through the operator API under load; nothing to
+//!   heal (a refusal, such as a key that would cut a live reservation, is
+//!   recorded as it came);
+//! - `merge`: the group of a workload SKU merged into the range before it
+//!   (so that its records move; into the range after it when it is the
+//!   first), through the operator API under load; nothing to heal (a
+//!   refusal, such as a cart in flight there, is recorded as it came).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +51,8 @@ pub enum FaultKind {
     Rotate,
     /// A range split at a workload SKU (`Admin/SplitShard`), under load.
     Split,
+    /// A workload SKU's range merged with a neighbour (`Admin/MergeShard`).
+    Merge,
 }
 
 impl FaultKind {
@@ -63,6 +70,7 @@ impl FaultKind {
                     FaultKind::Disk,
                     FaultKind::Rotate,
                     FaultKind::Split,
+                    FaultKind::Merge,
                 ]),
                 "kill" => out.push(FaultKind::Kill),
                 "pause" => out.push(FaultKind::Pause),
@@ -71,6 +79,7 @@ impl FaultKind {
                 "disk" => out.push(FaultKind::Disk),
                 "rotate" => out.push(FaultKind::Rotate),
                 "split" => out.push(FaultKind::Split),
+                "merge" => out.push(FaultKind::Merge),
                 _ => return None,
             }
         }
@@ -87,6 +96,7 @@ impl FaultKind {
             FaultKind::Disk => "disk",
             FaultKind::Rotate => "rotate",
             FaultKind::Split => "split",
+            FaultKind::Merge => "merge",
         }
     }
 }
@@ -239,21 +249,9 @@ impl Nemesis {
             }
             FaultKind::Split => {
                 let sku = self.workload.sku_at(&self.skus, self.shared.started.elapsed(), rng);
-                let config = stockd_client::ClientConfig {
-                    connect_timeout: Duration::from_millis(500),
-                    request_timeout: Duration::from_secs(8),
-                    total_deadline: Duration::from_secs(8),
-                    ..stockd_client::ClientConfig::default()
-                };
-                let client = self.cluster.lock().await.client("operator", config)?;
-                let range = match client.status().await {
-                    Ok(status) => status
-                        .groups
-                        .iter()
-                        .find(|g| g.start_sku.as_str() <= sku.as_str() && (g.end_sku.is_empty() || sku < g.end_sku))
-                        .map(|g| (g.group_id, g.start_sku.clone())),
-                    Err(_) => None,
-                };
+                let client = self.operator_client().await?;
+                let ranges = ranges(&client).await;
+                let range = ranges.iter().find(|g| g.contains(&sku)).map(|g| (g.group, g.start.clone()));
                 let group = range.as_ref().map(|(group, _)| *group);
                 // At the SKU, so its records move; once its range starts
                 // there, just after it, so it ends up alone.
@@ -267,6 +265,28 @@ impl Nemesis {
                     Some(group) => match client.split_shard(group, &at).await {
                         Ok(done) => json!({"at": at, "group": group, "outcome": "split", "child": done.child.map(|c| c.group_id)}),
                         Err(e) => json!({"at": at, "group": group, "outcome": "refused", "error": e.to_string()}),
+                    },
+                };
+                self.record(Kind::Info, f, result);
+                Ok(Active::Lasting)
+            }
+            FaultKind::Merge => {
+                let sku = self.workload.sku_at(&self.skus, self.shared.started.elapsed(), rng);
+                let client = self.operator_client().await?;
+                let ranges = ranges(&client).await;
+                // The left one of the pair: the range before the SKU's, so
+                // that the SKU's records move; the SKU's own when it is first.
+                let left = ranges.iter().position(|g| g.contains(&sku)).and_then(|i| match i {
+                    0 => ranges.get(1).map(|_| &ranges[0]),
+                    i => ranges.get(i - 1),
+                });
+                let group = left.map(|g| g.group);
+                self.record(Kind::Invoke, f, json!({"sku": sku, "group": group}));
+                let result = match group {
+                    None => json!({"outcome": "no-route"}),
+                    Some(group) => match client.merge_shard(group).await {
+                        Ok(done) => json!({"group": group, "outcome": "merged", "retired": done.retired_group_id}),
+                        Err(e) => json!({"group": group, "outcome": "refused", "error": e.to_string()}),
                     },
                 };
                 self.record(Kind::Info, f, result);
@@ -290,6 +310,17 @@ impl Nemesis {
                 Ok(Active::Wrapped(vec![node]))
             }
         }
+    }
+
+    /// A client with the operator role, patient enough for a topology change.
+    async fn operator_client(&self) -> anyhow::Result<stockd_client::Client> {
+        let config = stockd_client::ClientConfig {
+            connect_timeout: Duration::from_millis(500),
+            request_timeout: Duration::from_secs(8),
+            total_deadline: Duration::from_secs(8),
+            ..stockd_client::ClientConfig::default()
+        };
+        self.cluster.lock().await.client("operator", config)
     }
 
     async fn heal(&self, active: Active) -> anyhow::Result<()> {
@@ -364,4 +395,28 @@ impl Nemesis {
         self.record(Kind::Info, "heal", json!({"restarted": restarted}));
         Ok(())
     }
+}
+
+/// One range as a node's status shows it.
+struct Range {
+    group: u32,
+    start: String,
+    /// Empty: unbounded.
+    end: String,
+}
+
+impl Range {
+    fn contains(&self, sku: &str) -> bool {
+        self.start.as_str() <= sku && (self.end.is_empty() || sku < self.end.as_str())
+    }
+}
+
+/// The ranges of the region a node serves, in key order (none when no node
+/// answers).
+async fn ranges(client: &stockd_client::Client) -> Vec<Range> {
+    let Ok(status) = client.status().await else { return Vec::new() };
+    let mut ranges: Vec<Range> =
+        status.groups.iter().filter(|g| g.group_id != 0).map(|g| Range { group: g.group_id, start: g.start_sku.clone(), end: g.end_sku.clone() }).collect();
+    ranges.sort_by(|a, b| a.start.cmp(&b.start));
+    ranges
 }

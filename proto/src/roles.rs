@@ -119,6 +119,7 @@ pub const TABLE: &[Rpc] = &[
     rpc("/stockd.v1.Admin/SetModelCandidate", OPERATOR),
     rpc("/stockd.v1.Admin/SetModelDisabled", OPERATOR),
     rpc("/stockd.v1.Admin/SplitShard", OPERATOR),
+    rpc("/stockd.v1.Admin/MergeShard", OPERATOR),
     // The peer plane: nodes only.
     rpc("/stockd.peer.v1.RaftPeer/AppendEntries", PEER),
     rpc("/stockd.peer.v1.RaftPeer/Vote", PEER),

@@ -52,6 +52,7 @@ use crate::TypeConfig;
 const APPLIED: &str = "applied";
 const SNAPSHOT: &str = "snapshot";
 const TOPOLOGY: &str = "topology";
+const MERGE: &str = "merge";
 
 /// A group split off by an applied `Command::Split`: its state was written
 /// to the engine in the same atomic batch as the parent's apply, so it can
@@ -154,6 +155,9 @@ impl StateMachineStore {
         }
         if let Some(bytes) = engine.get(Table::State, &keys::state_meta_key(group, TOPOLOGY)).map_err(read_err)? {
             records.topology = Some(codec::decode(&bytes, "topology").map_err(read_err)?);
+        }
+        if let Some(bytes) = engine.get(Table::State, &keys::state_meta_key(group, MERGE)).map_err(read_err)? {
+            records.merge = Some(codec::decode(&bytes, "merge state").map_err(read_err)?);
         }
         let applied_index = last_applied.map(|l| l.index).unwrap_or(0);
         let inventory = Inventory::load(limits.clone(), range, log_time_ms, applied_index, records);
@@ -259,6 +263,9 @@ fn write_dirty(group: GroupId, inventory: &mut Inventory, batch: &mut WriteBatch
     }
     if let Some(topology) = dirty.topology {
         batch.put(Table::State, keys::state_meta_key(group, TOPOLOGY), codec::encode(&topology));
+    }
+    if let Some(merge) = dirty.merge {
+        batch.put(Table::State, keys::state_meta_key(group, MERGE), codec::encode(&merge));
     }
 }
 
@@ -382,6 +389,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if fresh.topology().is_bootstrapped() {
             batch.put(Table::State, keys::state_meta_key(self.group, TOPOLOGY), codec::encode(fresh.topology()));
         }
+        batch.put(Table::State, keys::state_meta_key(self.group, MERGE), codec::encode(fresh.merge_state()));
         self.add_dirty(&mut fresh, &mut batch);
         let stored = StoredSnapshot { meta: meta.clone(), data };
         batch.put(Table::Meta, keys::meta_key(self.group, SNAPSHOT), codec::encode(&stored));

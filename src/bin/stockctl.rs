@@ -89,6 +89,17 @@ async fn run(cli: Cli) -> u8 {
             }
             Err(error) => fail(&error),
         },
+        Command::Shard(cli::ShardCommand::Merge(args)) => match client.merge_shard(args.group).await {
+            Ok(merge) => {
+                if json {
+                    emit_json(&cli::shard_merge_json(&merge));
+                } else {
+                    emit(&cli::shard_merge_human(&merge));
+                }
+                cli::EXIT_DONE
+            }
+            Err(error) => fail(&error),
+        },
         Command::Status => {
             let reports = client.status_all().await;
             if json {

@@ -86,6 +86,8 @@ pub struct Dirty {
     pub locators: Vec<(String, Option<Locator>)>,
     /// The metadata group's topology, when it changed.
     pub topology: Option<Topology>,
+    /// The group's merge state, when it changed.
+    pub merge: Option<crate::range::MergeState>,
 }
 
 impl Dirty {
@@ -97,6 +99,7 @@ impl Dirty {
             && self.intents.is_empty()
             && self.locators.is_empty()
             && self.topology.is_none()
+            && self.merge.is_none()
     }
 }
 
@@ -119,6 +122,8 @@ pub struct InventorySnapshot {
     pub locators: BTreeMap<String, Locator>,
     /// The metadata group's topology (empty in every other group).
     pub topology: Topology,
+    /// Whether the group is frozen for a merge, and the merges it refused.
+    pub merge: crate::range::MergeState,
 }
 
 /// Records to rebuild an inventory from (see [`Inventory::load`]).
@@ -131,6 +136,7 @@ pub struct Records {
     pub intents: Vec<(String, IntentOf)>,
     pub locators: Vec<(String, Locator)>,
     pub topology: Option<Topology>,
+    pub merge: Option<crate::range::MergeState>,
 }
 
 /// Log position and log time of the batch being applied.
@@ -186,6 +192,9 @@ pub struct Inventory {
     /// other group.
     pub(crate) topology: Topology,
     pub(crate) dirty_topology: bool,
+    /// Frozen for a merge; merges refused at this epoch (`crate::split`).
+    pub(crate) merge: crate::range::MergeState,
+    pub(crate) dirty_merge: bool,
     /// Groups split off by the batch being applied, for the store to write
     /// and start (`take_split_children`). Not part of the state.
     pub(crate) split_children: Vec<Inventory>,
@@ -213,6 +222,7 @@ impl PartialEq for Inventory {
             && self.locators == other.locators
             && self.locator_expiry == other.locator_expiry
             && self.topology == other.topology
+            && self.merge == other.merge
     }
 }
 
@@ -252,6 +262,8 @@ impl Inventory {
             dirty_locators: BTreeSet::new(),
             topology: Topology::default(),
             dirty_topology: false,
+            merge: Default::default(),
+            dirty_merge: false,
             split_children: Vec::new(),
         }
     }
@@ -282,6 +294,7 @@ impl Inventory {
             inventory.locators.insert(id, locator);
         }
         inventory.topology = records.topology.unwrap_or_default();
+        inventory.merge = records.merge.unwrap_or_default();
         inventory
     }
 
@@ -297,6 +310,7 @@ impl Inventory {
             intents: self.intents.clone(),
             locators: self.locators.clone(),
             topology: self.topology.clone(),
+            merge: self.merge.clone(),
         }
     }
 
@@ -309,6 +323,7 @@ impl Inventory {
             intents: snapshot.intents.into_iter().collect(),
             locators: snapshot.locators.into_iter().collect(),
             topology: Some(snapshot.topology),
+            merge: Some(snapshot.merge),
         };
         Self::load(limits, snapshot.range, snapshot.log_time_ms, snapshot.last_applied_index, records)
     }
@@ -439,6 +454,12 @@ impl Inventory {
     /// applies the commands in order. Returns one result per command.
     pub fn apply_batch(&mut self, log_index: u64, batch: &Batch) -> Vec<CommandResult> {
         debug_assert!(log_index >= self.last_applied_index);
+        if let Some(frozen_at) = self.merge.frozen_at {
+            // Frozen for a merge: not even the clock moves.
+            let results = batch.commands.iter().map(|command| self.apply_frozen(frozen_at, batch.epoch, command)).collect();
+            self.last_applied_index = log_index;
+            return results;
+        }
         self.log_time_ms = self.log_time_ms.max(batch.proposed_at_ms);
         let at = At { log_index, ms: self.log_time_ms };
         self.expire(at);
@@ -485,6 +506,10 @@ impl Inventory {
             | Command::CartFollow { .. }
             | Command::CartFollowed { .. }
             | Command::Locate { .. }
+            | Command::Freeze
+            | Command::Thaw { .. }
+            // Adjacency is checked on the decoded state (`merge_right`).
+            | Command::Merge { .. }
             | Command::Topology(_) => false,
         };
         misplaced.then_some(Outcome::KeyNotInRange)
@@ -511,6 +536,10 @@ impl Inventory {
             Command::CartFollowed { reservation_id, begin_index, group, state } => self.cart_followed(at, reservation_id, *begin_index, *group, *state),
             Command::Locate { reservation_id, group, ttl_ms } => self.locate(at, reservation_id, *group, *ttl_ms),
             Command::Split { at_sku, child } => self.split(at_sku, *child),
+            Command::Freeze => self.freeze(at.log_index),
+            // Not frozen: nothing to lift.
+            Command::Thaw { .. } => CommandResult { range: Some(self.range.clone()), ..CommandResult::bare(Outcome::Ok) },
+            Command::Merge { right } => self.merge_right(right),
             Command::Topology(change) => self.change_topology(change),
         }
     }
@@ -871,7 +900,8 @@ impl Inventory {
         let intents = std::mem::take(&mut self.dirty_intents).into_iter().map(|id| (id.clone(), self.intents.get(&id).copied())).collect();
         let locators = std::mem::take(&mut self.dirty_locators).into_iter().map(|id| (id.clone(), self.locators.get(&id).copied())).collect();
         let topology = std::mem::take(&mut self.dirty_topology).then(|| self.topology.clone());
-        Dirty { positions, reservations, events, carts, intents, locators, topology }
+        let merge = std::mem::take(&mut self.dirty_merge).then(|| self.merge.clone());
+        Dirty { positions, reservations, events, carts, intents, locators, topology, merge }
     }
 
     /// Verifies the invariants listed in the module documentation (quantity

@@ -375,6 +375,25 @@ pub enum Command {
         at_sku: String,
         child: GroupId,
     },
+    /// Topology, in the right side of a merge: from this index on the group
+    /// applies nothing (no command, no expiry, no clock), so its state is
+    /// the same on every replica and can be taken into its left neighbour
+    /// (`Merge`). Refused while a cart is in flight here or the state is
+    /// larger than a merge carries (`crate::split::MERGE_RECORDS_MAX`).
+    Freeze,
+    /// Topology: the freeze at index `frozen_at` is lifted; only after the
+    /// left neighbour refused the merge of that freeze for good.
+    Thaw {
+        frozen_at: u64,
+    },
+    /// Topology, in the left side of a merge: takes `right`, the frozen
+    /// state of the adjacent range after this one (an `InventorySnapshot`
+    /// encoded by `crate::codec`), and serves both ranges at the next
+    /// epoch. The state travels in this entry, so every replica takes the
+    /// same records whether or not it replicates the right side.
+    Merge {
+        right: Vec<u8>,
+    },
     /// A change of the topology; applies in the metadata group only
     /// (`crate::topology`), and nothing else applies there.
     Topology(crate::topology::TopologyCommand),
@@ -408,7 +427,7 @@ impl Command {
             | Command::CartFollow { reservation_id, .. }
             | Command::CartFollowed { reservation_id, .. }
             | Command::Locate { reservation_id, .. } => Some(reservation_id),
-            Command::Adjust(_) | Command::Split { .. } | Command::Topology(_) => None,
+            Command::Adjust(_) | Command::Split { .. } | Command::Freeze | Command::Thaw { .. } | Command::Merge { .. } | Command::Topology(_) => None,
         }
     }
 }
@@ -696,6 +715,9 @@ pub struct CommandResult {
     pub refusal: Option<String>,
     /// For an applied `Command::Topology`: its answer.
     pub topology: Option<crate::topology::TopologyAnswer>,
+    /// For `Freeze` and any command refused by a frozen group: the log index
+    /// of its freeze.
+    pub frozen_at: Option<u64>,
 }
 
 impl CommandResult {
@@ -712,6 +734,7 @@ impl CommandResult {
             range: None,
             refusal: None,
             topology: None,
+            frozen_at: None,
         }
     }
 }

@@ -1,6 +1,8 @@
 //! Groups and their ranges: the ids and key ranges that the inventory, the
 //! topology and the router all speak of.
 
+use std::collections::BTreeSet;
+
 use serde::Deserialize;
 use serde::Serialize;
 
@@ -67,4 +69,16 @@ impl std::fmt::Display for RangeDesc {
         let end = self.end_sku.as_deref().map(|e| format!("{e:?}")).unwrap_or_else(|| "end".to_owned());
         write!(f, "group {} [{:?}, {end}) at epoch {}", self.group, self.start_sku, self.epoch)
     }
+}
+
+/// A group's part in merges: part of its replicated state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergeState {
+    /// The log index of this group's `Freeze`, while it is frozen.
+    pub frozen_at: Option<u64>,
+    /// `(right group, its freeze index)` of the merges this group refused
+    /// at its current epoch: never taken afterwards, so the right side may
+    /// thaw. Cleared when the epoch changes (a merge routed at the old one
+    /// is refused by its epoch).
+    pub refused: BTreeSet<(GroupId, u64)>,
 }

@@ -20,16 +20,51 @@
 //! A merge takes back the right neighbour's records (adjacent ranges only;
 //! an id or event id held by both refuses the merge). Split then merge gives
 //! back the same records and indexes (`storage/tests/prop_split.rs`).
+//!
+//! A merge of two groups is three commands, each in one group's log:
+//! 1. `Freeze` in the right group: from that index it applies nothing, not
+//!    even expiry, so its state is the same on every replica that applied
+//!    the freeze. Refused while a cart is in flight there (a live intent or
+//!    an unsettled home record) or when the state is larger than one log
+//!    entry should carry (`MERGE_RECORDS_MAX`, `MERGE_BYTES_MAX`).
+//! 2. `Merge` in the left group, carrying that frozen state: every replica
+//!    of the left takes the same records, whether or not it replicates the
+//!    right (the right's records travel through the left's log, so the two
+//!    need not share replicas, and no replica waits for another to catch
+//!    up). The left decides once: taken, or refused for good (a record held
+//!    by both sides), and a refusal is remembered at that epoch so the same
+//!    frozen state is never taken later.
+//! 3. After a refusal only, `Thaw` in the right group lifts its freeze.
+//!
+//! The freeze is the commit point of nothing: a frozen group whose merge
+//! was not proposed (its driver stopped) is merged by whichever node leads
+//! it next, into whatever group then ends where it starts.
 
 use std::collections::BTreeMap;
 
 use crate::inventory::Inventory;
 use crate::inventory::InventorySnapshot;
+use crate::model::Command;
+use crate::model::CommandResult;
 use crate::model::GroupId;
 use crate::model::Line;
+use crate::model::Outcome;
 use crate::model::PositionKey;
 use crate::model::RangeDesc;
 use crate::model::ReservationState;
+
+/// Most records (positions, reservations, events, carts, intents, locators)
+/// a group may hold to be frozen for a merge: its state travels in one log
+/// entry of its left neighbour.
+pub const MERGE_RECORDS_MAX: usize = 20_000;
+/// Most encoded bytes of that state.
+pub const MERGE_BYTES_MAX: usize = 8 << 20;
+/// Most refused merges a group remembers at one epoch; past it, it refuses
+/// merges without remembering them (their right sides then stay frozen
+/// until a merge is taken).
+pub const MERGE_REFUSALS_MAX: usize = 256;
+
+pub use crate::range::MergeState;
 
 /// Why a split or merge was refused; nothing changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -80,6 +115,106 @@ impl Inventory {
         (skus.len() >= 2).then(|| skus[skus.len() / 2].to_owned())
     }
 
+    /// Records of every kind this group holds.
+    pub fn record_count(&self) -> usize {
+        self.positions.len() + self.reservations.len() + self.events.len() + self.carts.len() + self.intents.len() + self.locators.len()
+    }
+
+    /// The log index of this group's freeze, while it is frozen for a merge.
+    pub fn frozen_at(&self) -> Option<u64> {
+        self.merge.frozen_at
+    }
+
+    pub fn merge_state(&self) -> &MergeState {
+        &self.merge
+    }
+
+    /// Why this group cannot be frozen for a merge now, if it cannot.
+    pub fn freeze_refusal(&self) -> Option<String> {
+        if let Some((id, _)) = self.intents.iter().find(|(id, _)| self.reservations.get(*id).is_some_and(|r| live(r.state))) {
+            return Some(format!("cart {id} holds units here: a group is merged with no cart in flight"));
+        }
+        if let Some(id) = self.cart_unsettled.iter().next() {
+            return Some(format!("cart {id} is homed here and not settled: a group is merged with no cart in flight"));
+        }
+        let records = self.record_count();
+        if records > MERGE_RECORDS_MAX {
+            return Some(format!("the group holds {records} records; a merge carries at most {MERGE_RECORDS_MAX}"));
+        }
+        let bytes = crate::codec::encode(&self.to_snapshot()).len();
+        (bytes > MERGE_BYTES_MAX).then(|| format!("the group's state is {bytes} bytes; a merge carries at most {MERGE_BYTES_MAX}"))
+    }
+
+    /// `Command::Freeze` at `log_index`.
+    pub(crate) fn freeze(&mut self, log_index: u64) -> CommandResult {
+        let result = match self.freeze_refusal() {
+            Some(refusal) => CommandResult { refusal: Some(refusal), ..CommandResult::bare(Outcome::InvalidState) },
+            None => {
+                self.merge.frozen_at = Some(log_index);
+                self.dirty_merge = true;
+                CommandResult { frozen_at: Some(log_index), ..CommandResult::bare(Outcome::Ok) }
+            }
+        };
+        CommandResult { range: Some(self.range.clone()), ..result }
+    }
+
+    /// A command in a frozen group: a repeated freeze answers its index, a
+    /// thaw of this freeze lifts it, anything else is refused as routed to a
+    /// range that is going away (retried once the merge is in the topology).
+    pub(crate) fn apply_frozen(&mut self, frozen_at: u64, epoch: u64, command: &Command) -> CommandResult {
+        let range = self.range.clone();
+        let answer = |outcome| CommandResult { range: Some(range.clone()), frozen_at: Some(frozen_at), ..CommandResult::bare(outcome) };
+        match command {
+            _ if epoch != self.range.epoch => answer(Outcome::EpochNotMatch),
+            Command::Freeze => CommandResult { replay: true, ..answer(Outcome::Ok) },
+            Command::Thaw { frozen_at: named } if *named == frozen_at => {
+                self.merge.frozen_at = None;
+                self.dirty_merge = true;
+                CommandResult { frozen_at: None, ..answer(Outcome::Ok) }
+            }
+            Command::Thaw { .. } => answer(Outcome::InvalidState),
+            _ => answer(Outcome::EpochNotMatch),
+        }
+    }
+
+    /// `Command::Merge`: takes the frozen `right` or refuses it for good.
+    /// A refusal that is remembered answers `frozen_at` (the right side may
+    /// thaw); one that is not (the right side is not frozen, or the list of
+    /// refusals is full) answers none.
+    pub(crate) fn merge_right(&mut self, encoded: &[u8]) -> CommandResult {
+        let refuse = |refusal: String, remembered: Option<u64>| CommandResult {
+            refusal: Some(refusal),
+            frozen_at: remembered,
+            ..CommandResult::bare(Outcome::InvalidState)
+        };
+        let right: InventorySnapshot = match crate::codec::decode(encoded, "merged state") {
+            Ok(right) => right,
+            Err(e) => return CommandResult { range: Some(self.range.clone()), ..refuse(e.to_string(), None) },
+        };
+        if self.range.end_sku.as_deref() != Some(right.range.start_sku.as_str()) {
+            // Routed to a group that no longer ends where the right side starts.
+            return CommandResult { range: Some(self.range.clone()), ..CommandResult::bare(Outcome::KeyNotInRange) };
+        }
+        let group = right.range.group;
+        let result = match right.merge.frozen_at {
+            None => refuse(format!("group {group} is not frozen: only a frozen state can be merged"), None),
+            Some(f) if self.merge.refused.contains(&(group, f)) => refuse(format!("the merge of group {group} frozen at {f} was refused here before"), Some(f)),
+            Some(f) => {
+                let theirs = InventorySnapshot { merge: MergeState::default(), ..right };
+                match self.merge(Inventory::from_snapshot(self.limits().clone(), theirs)) {
+                    Ok(()) => CommandResult::bare(Outcome::Ok),
+                    Err(refusal) if self.merge.refused.len() < MERGE_REFUSALS_MAX => {
+                        self.merge.refused.insert((group, f));
+                        self.dirty_merge = true;
+                        refuse(refusal.to_string(), Some(f))
+                    }
+                    Err(refusal) => refuse(refusal.to_string(), None),
+                }
+            }
+        };
+        CommandResult { range: Some(self.range.clone()), ..result }
+    }
+
     /// Splits `[at, end)` off into a new inventory serving it as group
     /// `child`; this one keeps `[start, at)`. Both take the next epoch.
     /// Everything moved is marked changed on both sides (deleted here,
@@ -113,13 +248,17 @@ impl Inventory {
             intents: BTreeMap::new(),
             locators: BTreeMap::new(),
             topology: Default::default(),
+            merge: MergeState::default(),
         };
         right.intents = take_where(&mut left.intents, |id, _| right.reservations.contains_key(id));
         left.range = RangeDesc { end_sku: Some(at.to_owned()), epoch, ..range };
+        // A new epoch: merges refused at the old one are refused by it.
+        left.merge.refused.clear();
         let mut child_inventory = Inventory::from_snapshot(self.limits().clone(), right);
         child_inventory.mark_all_dirty();
         let mut kept = Inventory::from_snapshot(self.limits().clone(), left);
         kept.take_dirty_of(self);
+        kept.dirty_merge = true;
         kept.mark_dirty_like(&child_inventory);
         *self = kept;
         Ok(child_inventory)
@@ -142,9 +281,11 @@ impl Inventory {
         absorb(&mut merged.locators, theirs.locators, "locator")?;
         merged.log_time_ms = merged.log_time_ms.max(theirs.log_time_ms);
         merged.range = RangeDesc { end_sku: r.end_sku, epoch: l.epoch.max(r.epoch) + 1, ..l };
+        merged.merge = MergeState::default();
         let mut kept = Inventory::from_snapshot(self.limits().clone(), merged);
         kept.take_dirty_of(self);
         kept.mark_dirty_like(&right);
+        kept.dirty_merge = true;
         *self = kept;
         Ok(())
     }
@@ -157,6 +298,7 @@ impl Inventory {
         self.dirty_carts.extend(self.carts.keys().cloned());
         self.dirty_intents.extend(self.intents.keys().cloned());
         self.dirty_locators.extend(self.locators.keys().cloned());
+        self.dirty_merge = true;
     }
 
     /// Marks changed every key that `other` holds.
@@ -173,6 +315,8 @@ impl Inventory {
     /// that the store has not taken yet.
     fn take_dirty_of(&mut self, before: &mut Inventory) {
         self.split_children.append(&mut before.split_children);
+        self.dirty_merge |= before.dirty_merge;
+        self.dirty_topology |= before.dirty_topology;
         self.dirty_positions.append(&mut before.dirty_positions);
         self.dirty_reservations.append(&mut before.dirty_reservations);
         self.dirty_events.append(&mut before.dirty_events);

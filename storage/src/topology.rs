@@ -106,8 +106,10 @@ pub enum TopologyCommand {
         at_sku: String,
         child: GroupId,
     },
-    /// Records a merge applied in `left`'s log: `right` (adjacent, on the
-    /// same replicas) is now part of `left` and its id retired.
+    /// Records a merge applied in `left`'s log: `right` (adjacent; its
+    /// records travelled in `left`'s log, so the two need not share
+    /// replicas) is now part of `left`, on `left`'s replicas, and its id
+    /// retired.
     Merge {
         left: GroupId,
         left_epoch: u64,
@@ -340,10 +342,6 @@ impl Topology {
         let r = self.at_epoch(right, right_epoch)?.clone();
         if l.region != r.region || l.end_sku.as_deref() != Some(r.start_sku.as_str()) {
             return Err(invalid("right", format!("{} does not follow {} in one region", r.desc(), l.desc())));
-        }
-        let aligned = |v: &[NodeId]| v.iter().copied().collect::<BTreeSet<_>>();
-        if aligned(&l.replicas) != aligned(&r.replicas) {
-            return Err(invalid("right", format!("groups {left} and {right} are not on the same replicas")));
         }
         self.ranges.remove(&right);
         self.ranges.insert(left, RangeInfo { end_sku: r.end_sku, epoch: l.epoch.max(r.epoch) + 1, ..l });

@@ -177,8 +177,9 @@ pub fn validate_command(command: &Command, limits: &InputLimits) -> Result<(), I
         }
         Command::Split { at_sku, .. } => check_token("at_sku", at_sku, limits.sku_bytes_max),
         // Built by nodes only (trusted peers), within the peer payload
-        // bound; `Topology::apply` refuses what does not fit the topology.
-        Command::Topology(_) => Ok(()),
+        // bound; `Topology::apply` refuses what does not fit the topology,
+        // and a merge what is not a frozen adjacent range.
+        Command::Topology(_) | Command::Freeze | Command::Thaw { .. } | Command::Merge { .. } => Ok(()),
     }
 }
 

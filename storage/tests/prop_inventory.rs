@@ -568,6 +568,9 @@ impl Harness {
             | Command::CartFollowed { .. }
             | Command::Locate { .. }
             | Command::Split { .. }
+            | Command::Freeze
+            | Command::Thaw { .. }
+            | Command::Merge { .. }
             | Command::Topology(_) => {}
         }
         Ok(())
@@ -599,7 +602,7 @@ impl Harness {
             | Command::CartFollow { .. }
             | Command::CartFollowed { .. }
             | Command::Locate { .. } => "cart",
-            Command::Split { .. } => "split",
+            Command::Split { .. } | Command::Freeze | Command::Thaw { .. } | Command::Merge { .. } => "split-merge",
             Command::Topology(_) => "topology",
         };
         let replay = if result.replay { " (replay)" } else { "" };

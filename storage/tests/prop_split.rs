@@ -14,7 +14,11 @@
 //! - a split is invisible: the same later commands, each sent to the side
 //!   that holds its keys, give the same results as in the unsplit group, and
 //!   merging then gives its records and indexes (change histories name each
-//!   group's own log indexes, so those are left out of the comparison).
+//!   group's own log indexes, so those are left out of the comparison);
+//! - that last merge goes through the log commands when it can (`Freeze`
+//!   in the right side, `Merge` of its frozen state in the left): the same
+//!   state as the direct merge; a freeze is refused exactly while a cart
+//!   holds units on the right side, and a frozen side applies nothing.
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
@@ -257,6 +261,34 @@ struct Coverage {
     moved_live: usize,
     moved_intents: usize,
     routed_right: usize,
+    merged_by_commands: usize,
+    freeze_refused: usize,
+}
+
+/// Merges `right` into `left` through the log: `Freeze` in `right`, then
+/// `Merge` of its frozen state in `left`. `Err` with the freeze's refusal.
+fn merge_by_commands(world: &mut World, left: &mut Inventory, right: &mut Inventory) -> Result<(), String> {
+    let index = right.last_applied_index() + 1;
+    let frozen = right.apply_batch(index, &Batch::new(world.now_ms, right.range().epoch, vec![Command::Freeze])).remove(0);
+    if frozen.outcome != storage::model::Outcome::Ok {
+        return Err(frozen.refusal.unwrap_or_default());
+    }
+    assert_eq!(frozen.frozen_at, Some(index));
+    // Frozen: a command, and a clock far ahead, change nothing.
+    let before = right.to_snapshot();
+    let later = Command::Commit { reservation_id: id(0) };
+    let refused = right.apply_batch(index + 1, &Batch::new(world.now_ms + 3_600_000, right.range().epoch, vec![later])).remove(0);
+    assert_eq!(refused.outcome, storage::model::Outcome::EpochNotMatch, "a frozen group refuses every command");
+    assert_eq!(
+        InventorySnapshot { last_applied_index: before.last_applied_index, ..right.to_snapshot() },
+        before,
+        "a frozen group applies nothing, not even expiry"
+    );
+    let state = storage::codec::encode(&right.to_snapshot());
+    let index = left.last_applied_index() + 1;
+    let taken = left.apply_batch(index, &Batch::new(world.now_ms, left.range().epoch, vec![Command::Merge { right: state }])).remove(0);
+    assert_eq!(taken.outcome, storage::model::Outcome::Ok, "{:?}", taken.refusal);
+    Ok(())
 }
 
 fn run(before: Vec<Op>, at: &str, after: Vec<Op>, coverage: &mut Coverage) {
@@ -313,7 +345,23 @@ fn run(before: Vec<Op>, at: &str, after: Vec<Op>, coverage: &mut Coverage) {
         };
         assert_eq!(comparable(got), comparable(expected), "{op:?}");
     }
-    left.merge(right).expect("adjacent, disjoint");
+    let live_intent =
+        right.intents().any(|(rid, _)| right.reservation(rid).is_some_and(|r| matches!(r.state, ReservationState::Pending | ReservationState::Committed)));
+    let mut direct = left.clone();
+    direct.merge(right.clone()).expect("adjacent, disjoint");
+    match merge_by_commands(&mut world, &mut left, &mut right) {
+        Ok(()) => {
+            assert!(!live_intent, "frozen with a cart's units on it");
+            coverage.merged_by_commands += 1;
+            let (by_commands, direct) = (without_log_indexes(normalized(&left, &direct)), without_log_indexes(normalized(&direct, &direct)));
+            assert_eq!(by_commands, direct, "a merge through the log takes the same state as a direct one");
+        }
+        Err(refusal) => {
+            assert!(live_intent && refusal.contains("cart"), "freeze refused: {refusal}");
+            coverage.freeze_refused += 1;
+            left = direct;
+        }
+    }
     assert_eq!(left.check_invariants(), Ok(()));
     assert_eq!(left.range().end_sku, None);
     let merged = Inventory::from_snapshot(limits(), without_log_indexes(normalized(&left, &original)));
@@ -352,6 +400,7 @@ fn a_split_moves_every_record_once_is_invisible_and_merges_back() {
     eprintln!("split coverage: {c:?}");
     assert!(c.outside > 0 && c.straddled > 0 && c.split > 100, "{c:?}");
     assert!(c.moved_live > 0 && c.moved_intents > 0 && c.routed_right > 0, "the runs did not move live records: {c:?}");
+    assert!(c.merged_by_commands > 50 && c.freeze_refused > 0, "{c:?}");
 }
 
 #[test]
@@ -391,4 +440,44 @@ fn the_checks_catch_a_split_that_drops_an_intent_mark() {
     assert_eq!(broken.check_invariants(), Ok(()), "each side alone looks consistent");
     let caught = std::panic::catch_unwind(|| check_split(&original, &left, &broken));
     assert!(caught.is_err(), "the dropped intent mark must be caught");
+}
+
+/// A merge the left side refuses (an id held by both) is remembered: the
+/// same frozen state is refused again, so the right side may thaw, and a
+/// thaw of another freeze changes nothing.
+#[test]
+fn a_refused_merge_is_remembered_and_the_right_side_thaws() {
+    let mut world = World { now_ms: 1_000, seq: 0 };
+    let mut left = Inventory::serving(limits(), RangeDesc::whole(GROUP));
+    world.apply(&mut left, &Op::Receipt { sku: 0, quantity: 5 });
+    world.apply(&mut left, &Op::Receipt { sku: 5, quantity: 5 });
+    world.apply(&mut left, &Op::Reserve { id: 1, lines: vec![(0, 1)] });
+    let mut right = left.split_off("c", CHILD).expect("split");
+    world.replay(&mut right, &Op::Reserve { id: 1, lines: vec![(5, 1)] });
+    let now = world.now_ms;
+    let batch = |inventory: &Inventory, command: Command| Batch::new(now, inventory.range().epoch, vec![command]);
+    let frozen = right.apply_batch(10, &batch(&right, Command::Freeze)).remove(0);
+    assert_eq!((frozen.outcome, frozen.frozen_at), (storage::model::Outcome::Ok, Some(10)));
+    let again = right.apply_batch(11, &batch(&right, Command::Freeze)).remove(0);
+    assert_eq!((again.outcome, again.replay, again.frozen_at), (storage::model::Outcome::Ok, true, Some(10)), "a repeated freeze answers its index");
+    let state = storage::codec::encode(&right.to_snapshot());
+    let before = left.to_snapshot();
+    for index in [20, 21] {
+        let refused = left.apply_batch(index, &batch(&left, Command::Merge { right: state.clone() })).remove(0);
+        assert_eq!(refused.outcome, storage::model::Outcome::InvalidState);
+        assert_eq!(refused.frozen_at, Some(10), "the refusal is remembered: the right side may thaw");
+        assert_eq!((left.positions().count(), left.range()), (before.positions.len(), &before.range), "nothing taken");
+    }
+    let wrong = right.apply_batch(12, &batch(&right, Command::Thaw { frozen_at: 9 })).remove(0);
+    assert_eq!(wrong.outcome, storage::model::Outcome::InvalidState, "a thaw names its freeze");
+    assert_eq!(right.frozen_at(), Some(10));
+    let thawed = right.apply_batch(13, &batch(&right, Command::Thaw { frozen_at: 10 })).remove(0);
+    assert_eq!(thawed.outcome, storage::model::Outcome::Ok);
+    assert_eq!(right.frozen_at(), None);
+    let served = world.replay(&mut right, &Op::Commit { id: 1 }).expect("a command");
+    assert_eq!(served.outcome, storage::model::Outcome::Ok, "a thawed group serves again");
+    // A state that is not frozen is never taken.
+    let unfrozen = storage::codec::encode(&right.to_snapshot());
+    let refused = left.apply_batch(30, &batch(&left, Command::Merge { right: unfrozen })).remove(0);
+    assert_eq!((refused.outcome, refused.frozen_at), (storage::model::Outcome::InvalidState, None));
 }

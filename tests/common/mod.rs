@@ -66,6 +66,8 @@ pub fn test_config() -> FileConfig {
     f.cluster.election_timeout_min_ms = 700;
     f.cluster.election_timeout_max_ms = 1400;
     f.cluster.clock_tick_ms = 100;
+    // Tests name their groups: none is merged away unless a test asks.
+    f.cluster.merge_cold_s = 0;
     f.node.rpc_timeout_ms = 5_000;
     // Tests judge answers, not latency: a busy machine must not turn a
     // scored answer into MODEL_TIMEOUT.
