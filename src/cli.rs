@@ -134,6 +134,23 @@ pub enum ShardCommand {
     /// into the group and its id is retired. Waits until the topology shows
     /// it. Refused while a cart is in flight in the range after it.
     Merge(MergeArgs),
+    /// Moves a group's replica from one node to another of its region, while
+    /// the group serves: the new one is caught up, then the voters change.
+    /// Waits until the topology shows it.
+    Move(MoveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MoveArgs {
+    /// The group whose replica moves.
+    #[arg(long)]
+    pub group: u32,
+    /// The node holding the replica now.
+    #[arg(long)]
+    pub from: u64,
+    /// The node to hold it (same region, not a replica of the group yet).
+    #[arg(long)]
+    pub to: u64,
 }
 
 #[derive(Debug, Args)]
@@ -1277,6 +1294,19 @@ pub fn shard_split_human(split: &stockd_proto::v1::SplitShardResponse) -> String
         out.push_str(&line("new  ", child));
     }
     out
+}
+
+/// `{"range": {...}}` of `stockctl shard move`.
+pub fn shard_move_json(moved: &stockd_proto::v1::MoveShardResponse) -> Value {
+    json!({ "range": moved.range.as_ref().map(shard_range_json) })
+}
+
+/// What `stockctl shard move` changed.
+pub fn shard_move_human(moved: &stockd_proto::v1::MoveShardResponse) -> String {
+    moved.range.as_ref().map_or_else(String::new, |r| {
+        let replicas = r.replicas.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+        format!("moved   group {} {} epoch {} replicas {replicas}\n", r.group_id, range_text(&r.start_sku, &r.end_sku), r.epoch)
+    })
 }
 
 /// `{"merged": {...}, "retired_group_id": N}` of `stockctl shard merge`.

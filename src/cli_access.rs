@@ -141,6 +141,7 @@ pub fn command_rpcs(command: &Command) -> Vec<&'static str> {
         Command::Status | Command::Shard(crate::cli::ShardCommand::List) => vec![admin("Status")],
         Command::Shard(crate::cli::ShardCommand::Split(_)) => vec![admin("SplitShard")],
         Command::Shard(crate::cli::ShardCommand::Merge(_)) => vec![admin("MergeShard")],
+        Command::Shard(crate::cli::ShardCommand::Move(_)) => vec![admin("MoveShard")],
         Command::Adjust(_) => vec![inventory("Adjust")],
         Command::Reserve(_) => vec![inventory("Reserve")],
         Command::Commit(_) => vec![inventory("Commit")],

@@ -18,6 +18,7 @@ pub mod metadata;
 pub mod node;
 pub mod peer_client;
 pub mod peer_service;
+pub mod placement;
 pub mod proto;
 pub mod read;
 pub mod security;

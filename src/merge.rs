@@ -200,20 +200,24 @@ impl Node {
         }
     }
 
-    /// Stops and deletes every replica here of a range the topology retired
-    /// (merged away): not in the topology, not allocated, and covered by a
-    /// range of a newer epoch.
-    pub(crate) async fn retire_merged_replicas(&self) {
+    /// Stops and deletes every replica here that the topology no longer
+    /// places here: moved away (the group's replicas leave this node out;
+    /// `crate::placement`), or merged away (not in the topology, not
+    /// allocated, and covered by a range of a newer epoch).
+    pub(crate) async fn retire_replicas(&self) {
         let topology = self.topology();
         if !topology.is_bootstrapped() {
             return;
         }
         let retired: Vec<_> = self
             .groups()
-            .filter(|g| topology.range(g.id).is_none() && !topology.is_allocated(g.id))
-            .filter(|g| {
-                let range = g.range();
-                topology.groups_in(&self.config.region).any(|r| r.desc().overlaps(&range) && r.epoch > range.epoch)
+            .filter(|g| match topology.range(g.id) {
+                Some(placed) => !placed.replicas.contains(&self.id()),
+                None if topology.is_allocated(g.id) => false,
+                None => {
+                    let range = g.range();
+                    topology.groups_in(&self.config.region).any(|r| r.desc().overlaps(&range) && r.epoch > range.epoch)
+                }
             })
             .collect();
         for group in retired {
@@ -226,7 +230,7 @@ impl Node {
                 batch.delete_range(table, keys::group_prefix(group.id), keys::group_end(group.id));
             }
             match self.engine().write(batch, Durability::Sync) {
-                Ok(()) => tracing::info!(node = self.id(), group = group.id, range = %range, "merged away: replica retired and deleted"),
+                Ok(()) => tracing::info!(node = self.id(), group = group.id, range = %range, "moved or merged away: replica retired and deleted"),
                 Err(e) => tracing::warn!(node = self.id(), group = group.id, error = %e, "retired replica not deleted; deleted at the next start"),
             }
         }

@@ -240,7 +240,7 @@ impl Node {
         self.start_missing_replicas().await;
         self.record_unrecorded_splits().await;
         self.record_unrecorded_merges().await;
-        self.retire_merged_replicas().await;
+        self.retire_replicas().await;
     }
 
     /// Proposes `change` to the metadata group; a refusal is an error that

@@ -85,7 +85,7 @@ pub enum NodeError {
 }
 
 /// Where one routing attempt goes.
-enum Target {
+pub(crate) enum Target {
     Local,
     Peer(NodeId),
 }
@@ -119,7 +119,7 @@ pub struct Node {
     starting: tokio::sync::Mutex<()>,
     /// Wakes the topology watcher before its next round (a stale answer).
     pub(crate) topology_stale: tokio::sync::Notify,
-    peers: Arc<PeerNetwork>,
+    pub(crate) peers: Arc<PeerNetwork>,
     /// `None` on an `--insecure` node.
     tls: Option<Arc<NodeTls>>,
     /// The certificate reloader, stopped with the node.
@@ -441,7 +441,7 @@ impl Node {
     /// Runs `attempt` against the node believed to lead `group` (this node
     /// or a peer), following "not leader" hints and waiting out elections
     /// until the request's deadline.
-    async fn toward_leader<T, F, Fut>(&self, group: GroupId, attempt: F) -> Result<T, GroupError>
+    pub(crate) async fn toward_leader<T, F, Fut>(&self, group: GroupId, attempt: F) -> Result<T, GroupError>
     where
         F: Fn(Target) -> Fut,
         Fut: std::future::Future<Output = Result<T, GroupError>>,

@@ -5,6 +5,7 @@
 //! which the receiver compares with its own.
 
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -105,6 +106,12 @@ impl PeerNetwork {
         wire::decode::<Result<(u64, CommandResult), GroupError>>(&reply).map_err(|reason| GroupError::Unavailable { group, reason })?
     }
 
+    /// Forwards a replica move of `group` to `target` (believed to lead it).
+    pub async fn move_replica(&self, target: NodeId, group: GroupId, from: NodeId, to: NodeId, timeout: Duration) -> Result<BTreeSet<NodeId>, GroupError> {
+        let reply = self.call_raw(target, group, Rpc::MoveReplica, wire::encode(&(from, to)), timeout).await.map_err(|s| forward_error(group, target, &s))?;
+        wire::decode::<Result<BTreeSet<NodeId>, GroupError>>(&reply).map_err(|reason| GroupError::Unavailable { group, reason })?
+    }
+
     /// Forwards a read to `target`.
     pub async fn read(&self, target: NodeId, group: GroupId, query: &ReadQuery, consistency: Consistency) -> Result<ReadAnswer, GroupError> {
         let reply = self
@@ -130,6 +137,7 @@ enum Rpc {
     Raft(PeerRpc),
     Propose,
     Read,
+    MoveReplica,
 }
 
 async fn send(
@@ -149,6 +157,7 @@ async fn send(
         Rpc::Raft(PeerRpc::InstallSnapshot) => client.install_snapshot(request).await,
         Rpc::Propose => client.propose(request).await,
         Rpc::Read => client.read(request).await,
+        Rpc::MoveReplica => client.move_replica(request).await,
     };
     reply.map(|r| r.into_inner().payload)
 }

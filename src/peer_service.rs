@@ -193,4 +193,17 @@ impl RaftPeer for PeerService {
         };
         Ok(Response::new(RaftMessage { group_id: m.group_id, payload: wire::encode(&result) }))
     }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(group = request.get_ref().group_id))]
+    async fn move_replica(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.check_fingerprint(&request)?;
+        let caller = security::caller(&request);
+        if !caller.is_trusted_peer() {
+            return Err(Status::permission_denied(format!("replica moves are taken from authenticated peers only, not from {}", caller.subject)));
+        }
+        let m = request.into_inner();
+        let (from, to): (raft::NodeId, raft::NodeId) = wire::decode_bounded(&m.payload, PEER_COMMAND_BYTES_MAX).map_err(Status::invalid_argument)?;
+        let result = self.node.move_replica_here(m.group_id, from, to).await;
+        Ok(Response::new(RaftMessage { group_id: m.group_id, payload: wire::encode(&result) }))
+    }
 }

@@ -642,6 +642,15 @@ impl Admin for AdminService {
         Ok(Response::new(pb::SplitShardResponse { parent: Some(shard_range(&done.parent)), child: Some(shard_range(&done.child)) }))
     }
 
+    async fn move_shard(&self, request: Request<pb::MoveShardRequest>) -> Result<Response<pb::MoveShardResponse>, Status> {
+        let caller = security::caller(&request);
+        let r = request.into_inner();
+        let detail = format!("group={} from={} to={}", r.group_id, r.from_node, r.to_node);
+        let done = self.node.move_replica(r.group_id, r.from_node, r.to_node).await.map_err(status::group_error);
+        security::audit(&caller, "MoveShard", &detail, &outcome(&done));
+        Ok(Response::new(pb::MoveShardResponse { range: Some(shard_range(&done?.range)) }))
+    }
+
     async fn merge_shard(&self, request: Request<pb::MergeShardRequest>) -> Result<Response<pb::MergeShardResponse>, Status> {
         let caller = security::caller(&request);
         let r = request.into_inner();

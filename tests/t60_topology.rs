@@ -4,7 +4,7 @@
 //! no acknowledged write, and survives a restart; a merge under load takes
 //! the right range back, loses no acknowledged write, waits for carts in
 //! flight, and retires the right group's replicas; cold ranges merge by
-//! themselves.
+//! themselves; a replica moves to a node that had none under load.
 
 mod common;
 
@@ -405,6 +405,57 @@ async fn cold_ranges_merge_by_themselves() {
     let client = stockd_client::Client::new(&cluster.addrs).expect("client");
     let r = client.commit("cold-held").await.expect("commit after the merge").reservation.expect("held");
     assert_eq!((r.state(), r.home_group), (pb::ReservationState::Committed, only.group));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_moves_to_another_node_under_load() {
+    let _serial = SERIAL.lock().await;
+    // 4 nodes, 3 replicas: group 2 on nodes 2-4, none on node 1.
+    let cluster = Cluster::start(4, test_config()).await;
+    assert!(cluster.node(1).group(RIGHT).is_none());
+    let mut feed = cluster.feed(2).await;
+    for sku in SKUS {
+        receive(&mut feed, &format!("stock-{sku}"), sku, LOC, 1_000).await;
+    }
+    let client = stockd_client::Client::new(&cluster.addrs).expect("client");
+    let refused = client.move_shard(RIGHT, 3, 4).await.expect_err("node 4 holds a replica already");
+    assert!(refused.to_string().contains("invalid"), "{refused}");
+    let refused = client.move_shard(RIGHT, 2, 9).await.expect_err("no node 9");
+    assert!(refused.to_string().contains("invalid to"), "{refused}");
+    assert_eq!(cluster.node(2).group(RIGHT).expect("group 2").progress().voters.len(), 3, "a refused move changes no voter");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writing = writers(&cluster, &SKUS, &stop);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let moved = client.move_shard(RIGHT, 2, 1).await.expect("move");
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acknowledged = BTreeMap::new();
+    for writer in writing {
+        acknowledged.extend(writer.await.expect("writer"));
+    }
+    assert_eq!(moved.range.expect("range").replicas, vec![1, 3, 4]);
+    assert!(acknowledged.len() > 20, "the writers made progress: {}", acknowledged.len());
+    for id in acknowledged.keys() {
+        let r = client.get_reservation(id).await.unwrap_or_else(|e| panic!("{id}: {e}")).reservation.expect("held");
+        assert_eq!(r.state(), pb::ReservationState::Pending, "{id}");
+    }
+    // The new replica holds every acknowledged unit; the old one is gone.
+    let reserved_on = |id: u64| {
+        cluster
+            .node(id)
+            .group(RIGHT)
+            .map(|g| SKUS.iter().filter_map(|sku| g.state().read().position(&storage::model::PositionKey::new(*sku, LOC)).map(|p| p.reserved)).sum::<u64>())
+    };
+    let total = acknowledged.len() as u64;
+    poll("node 1 caught up", Duration::from_secs(20), || async { reserved_on(1) == Some(total) }).await;
+    let old = cluster.node(2).clone();
+    poll("node 2 retired its replica", Duration::from_secs(20), || async { old.group(RIGHT).is_none() }).await;
+    assert!(old.group(1).is_some(), "node 2 keeps its other group");
+    // The same move again answers at once: it is done.
+    let again = client.move_shard(RIGHT, 2, 1).await.expect("a repeated move");
+    assert_eq!(again.range.expect("range").replicas, vec![1, 3, 4]);
     cluster.shutdown().await;
 }
 

@@ -44,8 +44,8 @@ use stockd_proto::v1::admin_client::AdminClient;
 use stockd_proto::v1::inventory_client::InventoryClient;
 use stockd_proto::v1::{
     AdjustRequest, AdjustResponse, BatchReserveRequest, BatchReserveResponse, Consistency, GetPositionRequest, MergeShardRequest, MergeShardResponse,
-    PositionResponse, ReservationRef, ReservationResponse, ReserveRequest, ReserveResponse, SplitShardRequest, SplitShardResponse, StatusRequest,
-    StatusResponse,
+    MoveShardRequest, MoveShardResponse, PositionResponse, ReservationRef, ReservationResponse, ReserveRequest, ReserveResponse, SplitShardRequest,
+    SplitShardResponse, StatusRequest, StatusResponse,
 };
 use stockd_proto::v1::{
     CheckAvailabilityBatchRequest, CheckAvailabilityBatchResponse, CheckAvailabilityRequest, CheckAvailabilityResponse, LoadModelRequest, ModelStatusRequest,
@@ -482,6 +482,14 @@ impl Client {
     pub async fn merge_shard(&self, group_id: u32) -> Result<MergeShardResponse, ClientError> {
         let request = MergeShardRequest { group_id };
         self.send_once(request, |channel, call| async move { AdminClient::new(channel).merge_shard(call).await }).await
+    }
+
+    /// `Admin.MoveShard`: moves `group_id`'s replica from node `from` to node
+    /// `to`. Sent once (`send_once`); the same move again completes one that
+    /// stopped half way, and answers at once when it is done.
+    pub async fn move_shard(&self, group_id: u32, from: u64, to: u64) -> Result<MoveShardResponse, ClientError> {
+        let request = MoveShardRequest { group_id, from_node: from, to_node: to };
+        self.send_once(request, |channel, call| async move { AdminClient::new(channel).move_shard(call).await }).await
     }
 
     /// An admin change that must not be applied twice: sent to the next

@@ -19,7 +19,10 @@
 //! - `merge`: the group of a workload SKU merged into the range before it
 //!   (so that its records move; into the range after it when it is the
 //!   first), through the operator API under load; nothing to heal (a
-//!   refusal, such as a cart in flight there, is recorded as it came).
+//!   refusal, such as a cart in flight there, is recorded as it came);
+//! - `move`: a replica of a workload SKU's group moved from one of its nodes
+//!   to a node that holds none (so it needs `--nodes` above the replication
+//!   factor of 3), through the operator API under load; nothing to heal.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,6 +56,9 @@ pub enum FaultKind {
     Split,
     /// A workload SKU's range merged with a neighbour (`Admin/MergeShard`).
     Merge,
+    /// A replica of a workload SKU's group moved to another node
+    /// (`Admin/MoveShard`).
+    Move,
 }
 
 impl FaultKind {
@@ -71,6 +77,7 @@ impl FaultKind {
                     FaultKind::Rotate,
                     FaultKind::Split,
                     FaultKind::Merge,
+                    FaultKind::Move,
                 ]),
                 "kill" => out.push(FaultKind::Kill),
                 "pause" => out.push(FaultKind::Pause),
@@ -80,6 +87,7 @@ impl FaultKind {
                 "rotate" => out.push(FaultKind::Rotate),
                 "split" => out.push(FaultKind::Split),
                 "merge" => out.push(FaultKind::Merge),
+                "move" => out.push(FaultKind::Move),
                 _ => return None,
             }
         }
@@ -97,6 +105,7 @@ impl FaultKind {
             FaultKind::Rotate => "rotate",
             FaultKind::Split => "split",
             FaultKind::Merge => "merge",
+            FaultKind::Move => "move",
         }
     }
 }
@@ -292,6 +301,35 @@ impl Nemesis {
                 self.record(Kind::Info, f, result);
                 Ok(Active::Lasting)
             }
+            FaultKind::Move => {
+                let sku = self.workload.sku_at(&self.skus, self.shared.started.elapsed(), rng);
+                let client = self.operator_client().await?;
+                let ids = self.cluster.lock().await.ids();
+                // The SKU's group and its replicas, as any node hosting it reports them.
+                let hosting = client.status_all().await.into_iter().filter_map(|report| report.result.ok()).find_map(|status| {
+                    status
+                        .groups
+                        .into_iter()
+                        .find(|g| g.group_id != 0 && g.start_sku.as_str() <= sku.as_str() && (g.end_sku.is_empty() || sku < g.end_sku))
+                        .map(|g| (g.group_id, g.replicas))
+                });
+                let plan = hosting.and_then(|(group, replicas)| {
+                    let spare: Vec<u64> = ids.iter().copied().filter(|id| !replicas.contains(id)).collect();
+                    (!spare.is_empty() && !replicas.is_empty()).then(|| (group, *rng.pick(&replicas), *rng.pick(&spare)))
+                });
+                let Some((group, from, to)) = plan else {
+                    self.record(Kind::Invoke, f, json!({"sku": sku}));
+                    self.record(Kind::Info, f, json!({"outcome": "no-target"}));
+                    return Ok(Active::Lasting);
+                };
+                self.record(Kind::Invoke, f, json!({"sku": sku, "group": group, "from": from, "to": to}));
+                let result = match client.move_shard(group, from, to).await {
+                    Ok(done) => json!({"group": group, "outcome": "moved", "replicas": done.range.map(|r| r.replicas)}),
+                    Err(e) => json!({"group": group, "outcome": "refused", "error": e.to_string()}),
+                };
+                self.record(Kind::Info, f, result);
+                Ok(Active::Lasting)
+            }
             FaultKind::Rotate => {
                 self.record(Kind::Invoke, f, json!({}));
                 let nodes = self.cluster.lock().await.rotate_certs()?;
@@ -411,12 +449,26 @@ impl Range {
     }
 }
 
-/// The ranges of the region a node serves, in key order (none when no node
-/// answers).
+/// The ranges of the region, in key order, as the nodes that answer report
+/// them (each node lists the groups it hosts; the newest epoch of each group
+/// is kept, and a range a newer one overlaps is dropped: a replica not yet
+/// retired). None when no node answers.
 async fn ranges(client: &stockd_client::Client) -> Vec<Range> {
-    let Ok(status) = client.status().await else { return Vec::new() };
-    let mut ranges: Vec<Range> =
-        status.groups.iter().filter(|g| g.group_id != 0).map(|g| Range { group: g.group_id, start: g.start_sku.clone(), end: g.end_sku.clone() }).collect();
+    let mut newest: std::collections::BTreeMap<u32, (u64, Range)> = std::collections::BTreeMap::new();
+    for status in client.status_all().await.into_iter().filter_map(|report| report.result.ok()) {
+        for g in status.groups.into_iter().filter(|g| g.group_id != 0) {
+            if newest.get(&g.group_id).is_none_or(|(epoch, _)| *epoch < g.epoch) {
+                newest.insert(g.group_id, (g.epoch, Range { group: g.group_id, start: g.start_sku, end: g.end_sku }));
+            }
+        }
+    }
+    let all: Vec<(u64, Range)> = newest.into_values().collect();
+    let overlaps = |a: &Range, b: &Range| (b.end.is_empty() || a.start < b.end) && (a.end.is_empty() || b.start < a.end);
+    let mut ranges: Vec<Range> = all
+        .iter()
+        .filter(|(epoch, r)| !all.iter().any(|(other_epoch, o)| o.group != r.group && other_epoch > epoch && overlaps(r, o)))
+        .map(|(_, r)| Range { group: r.group, start: r.start.clone(), end: r.end.clone() })
+        .collect();
     ranges.sort_by(|a, b| a.start.cmp(&b.start));
     ranges
 }

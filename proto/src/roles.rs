@@ -120,12 +120,14 @@ pub const TABLE: &[Rpc] = &[
     rpc("/stockd.v1.Admin/SetModelDisabled", OPERATOR),
     rpc("/stockd.v1.Admin/SplitShard", OPERATOR),
     rpc("/stockd.v1.Admin/MergeShard", OPERATOR),
+    rpc("/stockd.v1.Admin/MoveShard", OPERATOR),
     // The peer plane: nodes only.
     rpc("/stockd.peer.v1.RaftPeer/AppendEntries", PEER),
     rpc("/stockd.peer.v1.RaftPeer/Vote", PEER),
     rpc("/stockd.peer.v1.RaftPeer/InstallSnapshot", PEER),
     rpc("/stockd.peer.v1.RaftPeer/Propose", PEER),
     rpc("/stockd.peer.v1.RaftPeer/Read", PEER),
+    rpc("/stockd.peer.v1.RaftPeer/MoveReplica", PEER),
     // Standard services: health for anyone (load balancers), reflection for
     // client certificates.
     rpc("/grpc.health.v1.Health/Check", Access::Anyone),

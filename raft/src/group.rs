@@ -184,6 +184,38 @@ impl Group {
         }
     }
 
+    /// On the leader: moves the voter `from` to node `to` (client address
+    /// `addr`). `to` is added as a learner and caught up (by the log, or a
+    /// snapshot when the log behind it was purged), then the voters become
+    /// the current ones without `from` and with `to`, through openraft's
+    /// joint consensus (a config of both sets, then the new one). Answers
+    /// the voters after the change. Repeating a move that completed answers
+    /// at once; one interrupted between the two configs completes.
+    pub async fn replace_voter(&self, from: NodeId, to: NodeId, addr: String) -> Result<std::collections::BTreeSet<NodeId>, GroupError> {
+        let voters: std::collections::BTreeSet<NodeId> = self.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+        let mut next = voters.clone();
+        next.remove(&from);
+        next.insert(to);
+        let write_error = |group: GroupId, e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>| match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => not_leader(group, f),
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => GroupError::Invalid { group, reason: format!("invalid membership change: {e}") },
+            RaftError::Fatal(f) => GroupError::Fatal { group, reason: f.to_string() },
+        };
+        let joint = self.raft.metrics().borrow().membership_config.membership().get_joint_config().len() > 1;
+        if voters == next && !joint {
+            return Ok(voters);
+        }
+        if !voters.contains(&from) && !joint {
+            return Err(GroupError::Invalid { group: self.id, reason: format!("invalid from: node {from} is not a voter of group {}", self.id) });
+        }
+        if voters.contains(&to) && voters.contains(&from) && !joint {
+            return Err(GroupError::Invalid { group: self.id, reason: format!("invalid to: node {to} is a voter of group {} already", self.id) });
+        }
+        self.raft.add_learner(to, BasicNode::new(addr), true).await.map_err(|e| write_error(self.id, e))?;
+        self.raft.change_membership(next.clone(), false).await.map_err(|e| write_error(self.id, e))?;
+        Ok(next)
+    }
+
     /// Proposes `command`, routed with `epoch` of the group's range, and
     /// waits until it is committed and applied here. Returns the log index
     /// of the entry and the command's result; a command refused at apply as

@@ -89,6 +89,17 @@ async fn run(cli: Cli) -> u8 {
             }
             Err(error) => fail(&error),
         },
+        Command::Shard(cli::ShardCommand::Move(args)) => match client.move_shard(args.group, args.from, args.to).await {
+            Ok(moved) => {
+                if json {
+                    emit_json(&cli::shard_move_json(&moved));
+                } else {
+                    emit(&cli::shard_move_human(&moved));
+                }
+                cli::EXIT_DONE
+            }
+            Err(error) => fail(&error),
+        },
         Command::Shard(cli::ShardCommand::Merge(args)) => match client.merge_shard(args.group).await {
             Ok(merge) => {
                 if json {
