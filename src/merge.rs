@@ -205,21 +205,7 @@ impl Node {
     /// `crate::placement`), or merged away (not in the topology, not
     /// allocated, and covered by a range of a newer epoch).
     pub(crate) async fn retire_replicas(&self) {
-        let topology = self.topology();
-        if !topology.is_bootstrapped() {
-            return;
-        }
-        let retired: Vec<_> = self
-            .groups()
-            .filter(|g| match topology.range(g.id) {
-                Some(placed) => !placed.replicas.contains(&self.id()),
-                None if topology.is_allocated(g.id) => false,
-                None => {
-                    let range = g.range();
-                    topology.groups_in(&self.config.region).any(|r| r.desc().overlaps(&range) && r.epoch > range.epoch)
-                }
-            })
-            .collect();
+        let retired: Vec<_> = self.groups().filter(|g| self.is_retiring(g.id)).collect();
         for group in retired {
             let range = group.range();
             self.retired_starts.lock().unwrap_or_else(|p| p.into_inner()).insert(group.id, range.start_sku.clone());
@@ -232,6 +218,21 @@ impl Node {
             match self.engine().write(batch, Durability::Sync) {
                 Ok(()) => tracing::info!(node = self.id(), group = group.id, range = %range, "moved or merged away: replica retired and deleted"),
                 Err(e) => tracing::warn!(node = self.id(), group = group.id, error = %e, "retired replica not deleted; deleted at the next start"),
+            }
+        }
+    }
+
+    /// True when this node runs a replica of `group` that the topology no
+    /// longer places here (see `retire_replicas`).
+    pub fn is_retiring(&self, group: GroupId) -> bool {
+        let topology = self.topology();
+        let Some(replica) = self.group(group).filter(|_| topology.is_bootstrapped()) else { return false };
+        match topology.range(group) {
+            Some(placed) => !placed.replicas.contains(&self.id()),
+            None if topology.is_allocated(group) => false,
+            None => {
+                let range = replica.range();
+                topology.groups_in(&self.config.region).any(|r| r.desc().overlaps(&range) && r.epoch > range.epoch)
             }
         }
     }

@@ -537,7 +537,9 @@ impl Admin for AdminService {
         let nodes = node.config.nodes.values().map(|n| pb::NodeStatus { id: n.id, addr: n.addr.clone(), region: n.region.clone() }).collect();
         let mut groups = Vec::new();
         let topology = node.topology();
-        for g in node.groups() {
+        // A replica the topology moved or merged away is being retired
+        // (`Node::retire_replicas`): not listed.
+        for g in node.groups().filter(|g| !node.is_retiring(g.id)) {
             let range = g.range();
             let region = topology.range(g.id).map_or_else(|| node.config.region.clone(), |r| r.region.clone());
             let p = g.progress();

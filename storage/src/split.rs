@@ -18,7 +18,8 @@
 //! that no single record decides for. The caller picks another key.
 //!
 //! A merge takes back the right neighbour's records (adjacent ranges only;
-//! an id or event id held by both refuses the merge). Split then merge gives
+//! an id or event id held by both refuses the merge, except the finished
+//! parts of one cart, which become one record). Split then merge gives
 //! back the same records and indexes (`storage/tests/prop_split.rs`).
 //!
 //! A merge of two groups is three commands, each in one group's log:
@@ -272,7 +273,8 @@ impl Inventory {
             return Err(TopologyRefusal::NotAdjacent { left: Box::new(l), right: Box::new(r) });
         }
         let mut merged = self.to_snapshot();
-        let theirs = right.to_snapshot();
+        let mut theirs = right.to_snapshot();
+        one_record_per_cart_part(&mut merged, &mut theirs);
         absorb(&mut merged.positions, theirs.positions, "position")?;
         absorb(&mut merged.reservations, theirs.reservations, "reservation")?;
         absorb(&mut merged.events, theirs.events, "event")?;
@@ -323,6 +325,29 @@ impl Inventory {
         self.dirty_carts.append(&mut before.dirty_carts);
         self.dirty_intents.append(&mut before.dirty_intents);
         self.dirty_locators.append(&mut before.dirty_locators);
+    }
+}
+
+/// The parts of one cart on both sides (intents of the same record, kept
+/// after the cart finished for idempotent answers; the cart itself is
+/// answered by its home) become one record: the live one if one is, else
+/// the left one. Two live parts are left to collide (a merge's right side
+/// holds no live intent, so only a direct merge meets them).
+fn one_record_per_cart_part(left: &mut InventorySnapshot, right: &mut InventorySnapshot) {
+    let shared: Vec<String> = right.intents.iter().filter(|(id, of)| left.intents.get(*id) == Some(*of)).map(|(id, _)| id.clone()).collect();
+    for id in shared {
+        let live_in = |side: &InventorySnapshot| side.reservations.get(&id).is_some_and(|r| live(r.state));
+        match (live_in(left), live_in(right)) {
+            (_, false) => {
+                right.reservations.remove(&id);
+                right.intents.remove(&id);
+            }
+            (false, true) => {
+                left.reservations.remove(&id);
+                left.intents.remove(&id);
+            }
+            (true, true) => {}
+        }
     }
 }
 

@@ -294,6 +294,9 @@ fn merge_by_commands(world: &mut World, left: &mut Inventory, right: &mut Invent
 fn run(before: Vec<Op>, at: &str, after: Vec<Op>, coverage: &mut Coverage) {
     let mut world = World { now_ms: 1_000, seq: 0 };
     let mut original = Inventory::serving(limits(), RangeDesc::whole(GROUP));
+    // The clock starts with the log (a merge through the log applies
+    // batches, which carry it).
+    world.apply(&mut original, &Op::Tick { ms: 0 });
     for op in &before {
         world.apply(&mut original, op);
     }
@@ -480,4 +483,35 @@ fn a_refused_merge_is_remembered_and_the_right_side_thaws() {
     let unfrozen = storage::codec::encode(&right.to_snapshot());
     let refused = left.apply_batch(30, &batch(&left, Command::Merge { right: unfrozen })).remove(0);
     assert_eq!((refused.outcome, refused.frozen_at), (storage::model::Outcome::InvalidState, None));
+}
+
+/// Two parts of one cart, one on each side, finished (kept for idempotent
+/// answers): the merge keeps one record of them rather than refuse.
+#[test]
+fn the_finished_parts_of_one_cart_on_both_sides_merge_into_one_record() {
+    let mut world = World { now_ms: 1_000, seq: 0 };
+    let mut left = Inventory::serving(limits(), RangeDesc::whole(GROUP));
+    world.apply(&mut left, &Op::Receipt { sku: 0, quantity: 5 });
+    world.apply(&mut left, &Op::Receipt { sku: 5, quantity: 5 });
+    let mut right = left.split_off("c", CHILD).expect("split");
+    // The same cart (id c1, the same home record) prepared on both sides.
+    world.replay(&mut left, &Op::Prepare { id: 1, lines: vec![(0, 1)] });
+    world.replay(&mut right, &Op::Prepare { id: 1, lines: vec![(5, 2)] });
+    let of = IntentOf { home: 9, begin_index: 1 };
+    let now = world.now_ms;
+    let released = |inventory: &mut Inventory| {
+        let index = inventory.last_applied_index() + 1;
+        let follow = Command::CartFollow { reservation_id: "c1".into(), of, state: ReservationState::Released };
+        let result = inventory.apply_batch(index, &Batch::new(now, inventory.range().epoch, vec![follow])).remove(0);
+        assert_eq!(result.outcome, storage::model::Outcome::Ok);
+    };
+    released(&mut left);
+    let refused = merge_by_commands(&mut world, &mut left.clone(), &mut right.clone()).expect_err("the right part still holds units");
+    assert!(refused.contains("c1"), "{refused}");
+    released(&mut right);
+    merge_by_commands(&mut world, &mut left, &mut right).expect("both parts finished");
+    assert_eq!(left.check_invariants(), Ok(()));
+    assert_eq!(left.intents().filter(|(id, _)| *id == "c1").count(), 1, "one record of the cart's parts");
+    assert_eq!(left.reservation("c1").map(|r| r.state), Some(ReservationState::Released));
+    assert!(left.positions().all(|(_, p)| p.reserved == 0), "nothing held");
 }
