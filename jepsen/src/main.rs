@@ -174,7 +174,7 @@ async fn test(args: TestArgs) -> anyhow::Result<bool> {
         // A bug in splits or merges needs them to happen.
         let (nemesis, spec, secs) = match bug.as_str() {
             "split-drops-reservations" => (vec![FaultKind::Split], "split", 15),
-            "merge-without-freeze" => (vec![FaultKind::Merge], "merge", 15),
+            "merge-without-freeze" => (vec![FaultKind::Merge], "merge", 10),
             _ => (Vec::new(), "none", 10),
         };
         vec![TestConfig { workload, nemesis, nemesis_spec: spec.into(), time_limit_s: secs, ..base }]
