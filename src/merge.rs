@@ -101,11 +101,18 @@ impl Node {
     pub async fn finish_merge(&self, right: GroupId, frozen_at: u64) -> Result<MergeDone, GroupError> {
         let deadline = Instant::now() + Duration::from_millis(self.config.rpc_timeout_ms);
         let unavailable = |reason: String| GroupError::Unavailable { group: right, reason };
+        // The right range's first key, once seen: where its keys are after.
+        let mut start: Option<String> = None;
         loop {
             let topology = self.topology();
             let Some(r) = topology.range(right).cloned() else {
-                return self.merged_into(right).await;
+                return match start {
+                    // Merged meanwhile by another driver.
+                    Some(start) => self.merged_into(right, &start).await,
+                    None => Err(GroupError::Invalid { group: right, reason: format!("invalid group_id: no group {right} in the shard map") }),
+                };
             };
+            start = Some(r.start_sku.clone());
             let Some(l) = left_of(&topology, &r) else {
                 return Err(GroupError::Invalid { group: right, reason: format!("invalid group_id: group {right} starts its region; nothing is before it") });
             };
@@ -123,7 +130,7 @@ impl Node {
                         tracing::debug!(node = self.id(), left = l.group, right, error = %e, "merge recorded elsewhere");
                     }
                     tracing::info!(node = self.id(), left = l.group, right, "merge applied");
-                    return self.merged_into(right).await;
+                    return self.merged_into(right, &r.start_sku).await;
                 }
                 Ok((_, refused)) => {
                     let why = refused.refusal.unwrap_or_else(|| format!("{:?}", refused.outcome));
@@ -145,17 +152,14 @@ impl Node {
     }
 
     /// Waits until the topology no longer has `right`, and answers the range
-    /// that holds its keys then.
-    async fn merged_into(&self, right: GroupId) -> Result<MergeDone, GroupError> {
+    /// that holds its first key `start` then.
+    async fn merged_into(&self, right: GroupId, start: &str) -> Result<MergeDone, GroupError> {
         let deadline = Instant::now() + Duration::from_millis(self.config.rpc_timeout_ms);
         loop {
             self.refresh_topology().await;
             let topology = self.topology();
-            if topology.range(right).is_none() {
-                let merged = self.retired_into(&topology, right);
-                if let Some(merged) = merged {
-                    return Ok(MergeDone { merged, retired: right });
-                }
+            if let Some(merged) = topology.range(right).is_none().then(|| topology.group_for(&self.config.region, start)).flatten() {
+                return Ok(MergeDone { merged: merged.clone(), retired: right });
             }
             if Instant::now() >= deadline {
                 return Err(GroupError::Unavailable {
@@ -165,14 +169,6 @@ impl Node {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    }
-
-    /// The range now holding what group `right` (retired) held, as far as
-    /// this node's replica of it or its last map tells.
-    fn retired_into(&self, topology: &Topology, right: GroupId) -> Option<RangeInfo> {
-        let start =
-            self.group(right).map(|g| g.range().start_sku).or_else(|| self.retired_starts.lock().unwrap_or_else(|p| p.into_inner()).get(&right).cloned())?;
-        topology.group_for(&self.config.region, &start).cloned()
     }
 
     /// Records a merge this node's replica of the left group applied and the
@@ -208,7 +204,6 @@ impl Node {
         let retired: Vec<_> = self.groups().filter(|g| self.is_retiring(g.id)).collect();
         for group in retired {
             let range = group.range();
-            self.retired_starts.lock().unwrap_or_else(|p| p.into_inner()).insert(group.id, range.start_sku.clone());
             self.remove_group(group.id);
             group.shutdown().await;
             let mut batch = WriteBatch::new();

@@ -137,9 +137,6 @@ pub struct Node {
     pub(crate) decides_in_flight: Arc<tokio::sync::Semaphore>,
     /// Slots for locator writes (`spawn_locate`).
     locates_in_flight: Arc<tokio::sync::Semaphore>,
-    /// The first SKU of each group this node retired after a merge, to
-    /// answer where its keys went (`crate::merge`).
-    pub(crate) retired_starts: std::sync::Mutex<BTreeMap<GroupId, String>>,
 }
 
 impl Node {
@@ -209,7 +206,6 @@ impl Node {
             failpoint: std::sync::RwLock::new(crate::failpoint::from_env()),
             decides_in_flight: Arc::new(tokio::sync::Semaphore::new(DECIDES_IN_FLIGHT_MAX)),
             locates_in_flight: Arc::new(tokio::sync::Semaphore::new(LOCATES_IN_FLIGHT_MAX)),
-            retired_starts: std::sync::Mutex::new(BTreeMap::new()),
         });
         node.initialize_groups().await?;
         node.add_task(tokio::spawn(Node::start_children(node.me.clone(), split_reports)));
