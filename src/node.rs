@@ -502,6 +502,15 @@ impl Node {
         if query.sku().is_some_and(|sku| !inventory.range().contains(sku)) {
             return Err(GroupError::StaleRoute { group, routed_epoch: self.route_epoch(group), range: inventory.range().clone() });
         }
+        // A group frozen for a merge may have handed its records to its left
+        // neighbour already (the merge applied there; this node's map does
+        // not show it yet), and it cannot know: its records are not
+        // answered, at any consistency, like its commands. The read is
+        // routed again, to the merged range once the topology shows it, or
+        // here again once a refused merge thaws it.
+        if query.reads_records() && inventory.frozen_at().is_some() {
+            return Err(GroupError::StaleRoute { group, routed_epoch: self.route_epoch(group), range: inventory.range().clone() });
+        }
         let (position, reservation, positions) = match query {
             ReadQuery::Position(key) => (inventory.position(key).cloned(), None, Vec::new()),
             ReadQuery::Reservation(id) => (None, inventory.reservation(id).filter(|_| inventory.intent_of(id).is_none()).cloned(), Vec::new()),
@@ -697,11 +706,15 @@ impl Node {
 
     /// The group whose record of `id` a local replica holds, other than
     /// `except`: a one-group reservation's group, or a cart's home (from its
-    /// record or from one of its intents).
+    /// record or from one of its intents). Replicas frozen for a merge are
+    /// not asked.
     pub fn locate_locally(&self, id: &str, except: Option<GroupId>) -> Option<GroupId> {
         self.groups.read().unwrap_or_else(|p| p.into_inner()).iter().filter(|(g, _)| Some(**g) != except).find_map(|(g, group)| {
             let inventory = group.state().read();
-            if inventory.cart(id).is_some() {
+            if inventory.frozen_at().is_some() {
+                // Its records may be the merged range's already.
+                None
+            } else if inventory.cart(id).is_some() {
                 Some(*g)
             } else if let Some(of) = inventory.intent_of(id) {
                 Some(of.home)

@@ -54,6 +54,13 @@ impl ReadQuery {
             ReadQuery::Reservation(_) | ReadQuery::Topology { .. } | ReadQuery::Range | ReadQuery::SplitKey | ReadQuery::Frozen => None,
         }
     }
+
+    /// True for a read of the group's records (positions, reservations,
+    /// carts), which a group frozen for a merge does not answer: its
+    /// records may be its left neighbour's already.
+    pub fn reads_records(&self) -> bool {
+        matches!(self, ReadQuery::Position(_) | ReadQuery::Reservation(_) | ReadQuery::SkuPositions { .. })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,8 +3,8 @@
 //! moves positions, reservations and cart intents to the new group, loses
 //! no acknowledged write, and survives a restart; a merge under load takes
 //! the right range back, loses no acknowledged write, waits for carts in
-//! flight, and retires the right group's replicas; cold ranges merge by
-//! themselves; a replica moves to a node that had none under load.
+//! flight, and retires the right group's replicas; a frozen range answers
+//! no reads of its records; cold ranges merge by themselves; a replica moves to a node that had none under load.
 
 mod common;
 
@@ -382,6 +382,48 @@ async fn a_merge_under_load_takes_the_range_back_and_retires_its_replicas() {
     // A merge with nothing after it is refused with the reason.
     let last = client.merge_shard(RIGHT).await.expect_err("the last range");
     assert!(last.to_string().contains("last range"), "{last}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_range_answers_no_reads_until_its_merge_finishes() {
+    use stockd::read::Consistency;
+    use stockd::read::ReadQuery;
+    use storage::model::PositionKey;
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(3, test_config()).await;
+    let mut feed = cluster.feed(1).await;
+    receive(&mut feed, "stock-b-8", "b-8", LOC, 10).await;
+    let mut c = cluster.client(1).await;
+    reserve(&mut c, "frozen-held", vec![line("b-8", LOC, 3)], 600_000).await.expect("reserve");
+    let node = cluster.node(1).clone();
+    // Frozen as by a merge driver that stopped right after the freeze.
+    let (_, frozen) = node.propose(RIGHT, storage::model::Command::Freeze).await.expect("freeze");
+    assert!(frozen.frozen_at.is_some(), "{frozen:?}");
+    poll("every replica applied the freeze", Duration::from_secs(10), || async {
+        (1..=3).all(|id| cluster.node(id).group(RIGHT).is_some_and(|g| g.state().read().frozen_at().is_some()))
+    })
+    .await;
+    // Its records are not answered (the left group may hold them already),
+    // at any consistency, and no local replica names it.
+    let key = PositionKey::new("b-8", LOC);
+    for consistency in [Consistency::Strong, Consistency::Bounded { max_staleness_ms: 60_000 }, Consistency::Any] {
+        let read = node.read(RIGHT, ReadQuery::Position(key.clone()), consistency).await;
+        assert!(matches!(read, Err(raft::GroupError::StaleRoute { .. })), "{consistency:?}: {read:?}");
+    }
+    let read = node.read(RIGHT, ReadQuery::Reservation("frozen-held".into()), Consistency::Strong).await;
+    assert!(matches!(read, Err(raft::GroupError::StaleRoute { .. })), "{read:?}");
+    assert!((1..=3).all(|id| cluster.node(id).locate_locally("frozen-held", None).is_none()));
+    assert!(node.read(RIGHT, ReadQuery::Range, Consistency::Strong).await.is_ok(), "its range is still answered");
+    // The frozen group's leader finishes the merge; the records are read
+    // from the merged range.
+    let client = stockd_client::Client::new(&cluster.addrs).expect("client");
+    let held = poll_ok("the reservation, from the merged range", Duration::from_secs(30), || client.get_reservation("frozen-held")).await;
+    let r = held.reservation.expect("held");
+    assert_eq!((r.state(), r.home_group), (pb::ReservationState::Pending, 1));
+    assert!(node.topology().range(RIGHT).is_none(), "the right group is retired");
+    let merged = node.read(1, ReadQuery::Position(key), Consistency::Strong).await.expect("read the merged range");
+    assert_eq!(merged.position.expect("b-8").reserved, 3);
     cluster.shutdown().await;
 }
 
