@@ -30,6 +30,14 @@ fn cargo(args: &[&str]) -> String {
     String::from_utf8(output.stdout).expect("cargo prints UTF-8")
 }
 
+/// The platform this machine builds for (`rustc -vV`'s `host:`).
+fn host_triple() -> String {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let output = Command::new(rustc).arg("-vV").output().expect("run rustc");
+    let text = String::from_utf8(output.stdout).expect("rustc prints UTF-8");
+    text.lines().find_map(|l| l.strip_prefix("host: ")).expect("rustc -vV names the host").trim().to_owned()
+}
+
 /// Which workspace crates each crate may depend on, and which crates none of
 /// its normal dependencies may reach.
 struct Rule {
@@ -60,7 +68,11 @@ type PackageGraph = BTreeMap<String, (String, Vec<String>)>;
 /// The resolved packages and the workspace members' names, from
 /// `cargo metadata`.
 fn dependency_graph() -> (PackageGraph, BTreeSet<String>) {
-    let metadata: Value = serde_json::from_str(&cargo(&["metadata", "--format-version", "1", "--offline"])).expect("metadata is JSON");
+    // Resolved for this machine's platform only: the others' dependencies
+    // (never built here) need not be in the offline package cache.
+    let host = host_triple();
+    let metadata: Value =
+        serde_json::from_str(&cargo(&["metadata", "--format-version", "1", "--offline", "--filter-platform", &host])).expect("metadata is JSON");
     let names: BTreeMap<String, String> = metadata["packages"]
         .as_array()
         .expect("packages")
