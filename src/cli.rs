@@ -121,6 +121,32 @@ pub enum Command {
     /// The shard map as the groups serve it.
     #[command(subcommand)]
     Shard(ShardCommand),
+    /// The cluster's nodes as the topology holds them.
+    #[command(subcommand)]
+    Node(NodeCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// One row per node of the topology (joined ones too): address, region,
+    /// state, replicas and leaders it holds, whether it answered.
+    List,
+    /// Moves every replica (and so every leader) off a node, one at a time,
+    /// to up nodes of its region; waits until it holds none.
+    Drain(NodeArgs),
+    /// Forgets a node that holds no replica (drain it first); its id is
+    /// never given to another node.
+    Remove(NodeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// The node's id (`stockctl node list` shows them).
+    pub node: u64,
+    /// How long `drain` waits for the last replica to leave before it
+    /// returns (the drain goes on).
+    #[arg(long, default_value = "120s", value_parser = parse_timeout, value_name = "DURATION")]
+    pub wait: Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -1059,7 +1085,7 @@ pub fn status_response_json(status: &StatusResponse) -> Value {
         "node_id": status.node_id,
         "region": status.region,
         "version": status.version,
-        "nodes": status.nodes.iter().map(|n| json!({ "id": n.id, "addr": n.addr, "region": n.region })).collect::<Vec<_>>(),
+        "nodes": status.nodes.iter().map(|n| json!({ "id": n.id, "addr": n.addr, "region": n.region, "state": n.state })).collect::<Vec<_>>(),
         "groups": status.groups.iter().map(group_status_json).collect::<Vec<_>>(),
         "model": status.model.as_ref().map(|m| json!({
             "serving": m.serving,
@@ -1357,6 +1383,86 @@ pub fn shard_list_human(reports: &[NodeStatusReport]) -> String {
     let mut out = render_table(&["GROUP", "REGION", "RANGE", "EPOCH", "REPLICAS", "LEADER", "POSITIONS", "PENDING", "LOAD/S"], &rows);
     for addr in unanswered(reports) {
         out.push_str(&format!("{addr}: no answer; its groups are shown as the other nodes see them\n"));
+    }
+    out
+}
+
+/// One node of `stockctl node list`.
+struct NodeRow<'a> {
+    node: &'a stockd_proto::v1::NodeStatus,
+    replicas: usize,
+    leaders: usize,
+    answered: Option<bool>,
+}
+
+/// The nodes of the newest topology any node answered with, with the
+/// replicas and leaders `shard list` shows on each.
+fn node_rows(reports: &[NodeStatusReport]) -> Vec<NodeRow<'_>> {
+    let Some(newest) = reports.iter().filter_map(|r| r.result.as_ref().ok()).max_by_key(|s| s.topology_version) else { return Vec::new() };
+    let shards = shard_rows(reports);
+    newest
+        .nodes
+        .iter()
+        .map(|node| NodeRow {
+            node,
+            replicas: shards.iter().filter(|row| row.group.replicas.contains(&node.id)).count(),
+            leaders: shards.iter().filter(|row| row.group.leader == node.id).count(),
+            answered: reports.iter().find(|r| strip_scheme(&r.addr) == node.addr).map(|r| r.result.is_ok()),
+        })
+        .collect()
+}
+
+/// How many replicas node `id` holds, as the groups' leaders (or their
+/// most advanced replicas) report them; `None` when no node answered.
+pub fn replicas_on(reports: &[NodeStatusReport], id: u64) -> Option<Vec<u32>> {
+    reports
+        .iter()
+        .any(|r| r.result.is_ok())
+        .then(|| shard_rows(reports).iter().filter(|row| row.group.replicas.contains(&id)).map(|row| row.group.group_id).collect())
+}
+
+/// `{"nodes": [...], "unanswered": [addr...]}`; `answered` is null for a
+/// node that was not asked (not in --addr).
+pub fn node_list_json(reports: &[NodeStatusReport]) -> Value {
+    let nodes: Vec<Value> = node_rows(reports)
+        .iter()
+        .map(|row| {
+            json!({
+                "id": row.node.id,
+                "addr": row.node.addr,
+                "region": row.node.region,
+                "state": row.node.state,
+                "replicas": row.replicas,
+                "leaders": row.leaders,
+                "answered": row.answered,
+            })
+        })
+        .collect();
+    json!({ "nodes": nodes, "unanswered": unanswered(reports) })
+}
+
+pub fn node_list_human(reports: &[NodeStatusReport]) -> String {
+    let rows: Vec<Vec<String>> = node_rows(reports)
+        .iter()
+        .map(|row| {
+            vec![
+                row.node.id.to_string(),
+                row.node.addr.clone(),
+                dash_if_empty(&row.node.region),
+                dash_if_empty(&row.node.state),
+                row.replicas.to_string(),
+                row.leaders.to_string(),
+                match row.answered {
+                    Some(true) => "yes".to_owned(),
+                    Some(false) => "no".to_owned(),
+                    None => "not asked".to_owned(),
+                },
+            ]
+        })
+        .collect();
+    let mut out = render_table(&["NODE", "ADDR", "REGION", "STATE", "REPLICAS", "LEADERS", "ANSWERED"], &rows);
+    if rows.is_empty() {
+        out.push_str("no node answered\n");
     }
     out
 }

@@ -138,7 +138,9 @@ fn rpc_path(prefix: &str, method: &str) -> &'static str {
 /// [`bench_stock_rpcs`]). Empty for commands that make none.
 pub fn command_rpcs(command: &Command) -> Vec<&'static str> {
     match command {
-        Command::Status | Command::Shard(crate::cli::ShardCommand::List) => vec![admin("Status")],
+        Command::Status | Command::Shard(crate::cli::ShardCommand::List) | Command::Node(crate::cli::NodeCommand::List) => vec![admin("Status")],
+        Command::Node(crate::cli::NodeCommand::Drain(_)) => vec![admin("DrainNode"), admin("Status")],
+        Command::Node(crate::cli::NodeCommand::Remove(_)) => vec![admin("RemoveNode")],
         Command::Shard(crate::cli::ShardCommand::Split(_)) => vec![admin("SplitShard")],
         Command::Shard(crate::cli::ShardCommand::Merge(_)) => vec![admin("MergeShard")],
         Command::Shard(crate::cli::ShardCommand::Move(_)) => vec![admin("MoveShard")],

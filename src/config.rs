@@ -365,7 +365,14 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub region: Option<String>,
     pub model_dir: Option<PathBuf>,
+    /// `--join ADDR,...`: this node is not in the cluster's bootstrap list
+    /// and joins the running cluster through these nodes (client-plane
+    /// addresses of nodes in that list).
+    pub join: Option<Vec<String>>,
 }
+
+/// Most addresses `--join` takes.
+pub const JOIN_ADDRS_MAX: usize = 16;
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
@@ -382,7 +389,14 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub region: String,
     pub rpc_timeout_ms: u64,
+    /// The cluster's bootstrap list (`[cluster] nodes` or `--peers`); a
+    /// node that joined later is not in it (see `me`).
     pub nodes: BTreeMap<NodeId, NodeEntry>,
+    /// This node as the topology knows it.
+    pub me: NodeEntry,
+    /// Nodes of the bootstrap list to join the running cluster through
+    /// (`--join`); empty for a node of that list.
+    pub join: Vec<NodeId>,
     pub shard_map: ShardMap,
     pub input_limits: InputLimits,
     pub group: GroupConfig,
@@ -412,6 +426,23 @@ pub fn parse_peers(text: &str) -> Result<Vec<PeerArg>, String> {
                 return Err(format!("--peers: `{pair}` has an empty address"));
             }
             Ok(PeerArg { id, addr: addr.to_string(), peer_addr })
+        })
+        .collect()
+}
+
+/// The nodes of the bootstrap list named by `--join` addresses (their
+/// client-plane addresses), in the order given.
+fn join_through(addrs: &[String], nodes: &BTreeMap<NodeId, NodeEntry>) -> Result<Vec<NodeId>, String> {
+    if addrs.len() > JOIN_ADDRS_MAX {
+        return Err(format!("--join takes at most {JOIN_ADDRS_MAX} addresses, not {}", addrs.len()));
+    }
+    addrs
+        .iter()
+        .map(|addr| {
+            nodes.values().find(|n| n.addr == addr.trim()).map(|n| n.id).ok_or_else(|| {
+                let known = nodes.values().map(|n| n.addr.as_str()).collect::<Vec<_>>().join(", ");
+                format!("--join: {addr} is no node of the cluster's bootstrap list ({known}); a joining node runs with the cluster's [cluster] settings")
+            })
         })
         .collect()
 }
@@ -478,7 +509,20 @@ impl FileConfig {
                 return Err(format!("node {} is listed twice in peers", n.id));
             }
         }
-        let me = nodes.get(&node_id).ok_or_else(|| format!("node {node_id} is not among the peers"))?.clone();
+        let join = join_through(o.join.as_deref().unwrap_or_default(), &nodes)?;
+        let me = match nodes.get(&node_id) {
+            Some(_) if !join.is_empty() => {
+                return Err(format!("--join: node {node_id} is in the cluster's bootstrap list; --join is for a node that is not"));
+            }
+            Some(me) => me.clone(),
+            None if !join.is_empty() => {
+                let addr =
+                    self.node.listen.clone().ok_or("--join needs --listen: a joining node is not in the bootstrap list, which gives the others' addresses")?;
+                let entry = NodeEntry { id: node_id, addr, peer_addr: self.node.peer_listen.clone(), region: region.clone() };
+                NodeEntry { peer_addr: Some(entry.resolved_peer_addr()?), ..entry }
+            }
+            None => return Err(format!("node {node_id} is not among the peers (a node that joins a running cluster is started with --join)")),
+        };
         if me.region != region {
             return Err(format!("node {node_id} is in region {} in the peer list but --region is {region}", me.region));
         }
@@ -486,6 +530,9 @@ impl FileConfig {
         let listen: SocketAddr = listen_text.parse().map_err(|e| format!("listen address `{listen_text}`: {e}"))?;
         let peer_listen_text = self.node.peer_listen.clone().or_else(|| me.peer_addr.clone()).unwrap_or_default();
         let peer_listen: SocketAddr = peer_listen_text.parse().map_err(|e| format!("peer listen address `{peer_listen_text}`: {e}"))?;
+        if !join.is_empty() && nodes.values().any(|n| n.addr == me.addr || n.peer_addr == me.peer_addr) {
+            return Err(format!("--join: node {node_id}'s addresses {} / {} are a bootstrap node's", me.addr, me.peer_addr.as_deref().unwrap_or_default()));
+        }
         if peer_listen == listen {
             return Err(format!("the peer plane ({peer_listen}) needs an address of its own, apart from the client plane"));
         }
@@ -555,6 +602,8 @@ impl FileConfig {
             region,
             rpc_timeout_ms: self.node.rpc_timeout_ms,
             nodes,
+            me,
+            join,
             shard_map,
             input_limits,
             group,
@@ -625,6 +674,28 @@ mod tests {
         other.cluster.line_quantity_max = 10;
         let c = other.validate(peers()).expect("valid");
         assert_ne!(a.cluster_fingerprint, c.cluster_fingerprint);
+    }
+
+    #[test]
+    fn a_joining_node_is_outside_the_bootstrap_list_and_keeps_its_fingerprint() {
+        let joining = |id, listen: Option<&str>, join: &[&str]| Overrides {
+            listen: listen.map(str::to_owned),
+            join: Some(join.iter().map(|a| a.to_string()).collect()),
+            ..peers_with(id)
+        };
+        let c = FileConfig::default().validate(joining(4, Some("127.0.0.1:7104"), &["127.0.0.1:7102", "127.0.0.1:7101"])).expect("valid");
+        assert_eq!(c.join, vec![2, 1]);
+        assert_eq!((c.me.id, c.me.addr.as_str(), c.me.peer_addr.as_deref()), (4, "127.0.0.1:7104", Some("127.0.0.1:7204")));
+        assert!(!c.nodes.contains_key(&4), "the bootstrap list is the cluster's");
+        let member = FileConfig::default().validate(peers()).expect("valid");
+        assert_eq!(c.cluster_fingerprint, member.cluster_fingerprint, "the same [cluster] settings");
+        assert_eq!(member.me, member.nodes[&1]);
+        let err = |o| FileConfig::default().validate(o).expect_err("refused");
+        assert!(err(joining(4, None, &["127.0.0.1:7101"])).contains("--join needs --listen"));
+        assert!(err(joining(4, Some("127.0.0.1:7104"), &["127.0.0.1:9999"])).contains("127.0.0.1:9999 is no node"));
+        assert!(err(joining(2, Some("127.0.0.1:7104"), &["127.0.0.1:7101"])).contains("bootstrap list; --join is for"));
+        assert!(err(joining(4, Some("127.0.0.1:7101"), &["127.0.0.1:7102"])).contains("are a bootstrap node's"));
+        assert!(err(peers_with(4)).contains("started with --join"));
     }
 
     #[test]

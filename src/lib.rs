@@ -13,6 +13,7 @@ pub mod cli_access;
 pub mod config;
 pub mod convert;
 pub mod failpoint;
+pub mod join;
 pub mod merge;
 pub mod metadata;
 pub mod node;

@@ -162,11 +162,12 @@ impl Node {
                 (None, None)
             }
         };
-        let peer_addrs = config.nodes.values().filter_map(|n| n.peer_addr.clone().map(|a| (n.id, a))).collect();
+        let peer_addrs = config.nodes.values().chain([&config.me]).filter_map(|n| n.peer_addr.clone().map(|a| (n.id, a))).collect();
         let peers = Arc::new(PeerNetwork::new(peer_addrs, tls.clone(), config.rpc_timeout_ms, &config.cluster_fingerprint).map_err(NodeError::Peers)?);
         let transport: Arc<dyn PeerTransport> = peers.clone();
         let syncer = WalSyncer::start(engine.clone(), WAL_SYNC_QUEUE_MAX);
         let topology = crate::bootstrap::initial_topology(&config, engine.as_ref()).map_err(NodeError::Topology)?;
+        peers.learn(topology.nodes());
         let metadata_replicas = crate::bootstrap::metadata_replicas(&config);
         // What this node replicates: its groups in the topology, every group
         // whose state it stores (a split's child the topology does not record
@@ -212,6 +213,10 @@ impl Node {
         node.add_task(tokio::spawn(Node::watch_topology(node.me.clone())));
         node.add_task(tokio::spawn(Node::split_when_due(node.me.clone())));
         node.add_task(tokio::spawn(Node::merge_when_due(node.me.clone())));
+        node.add_task(tokio::spawn(Node::place_when_due(node.me.clone())));
+        if !node.config.join.is_empty() {
+            node.add_task(tokio::spawn(Node::join_when_started(node.me.clone())));
+        }
         Ok(node)
     }
 
@@ -256,6 +261,11 @@ impl Node {
         self.groups.write().unwrap_or_else(|p| p.into_inner()).remove(&id)
     }
 
+    /// The metadata group's replicas (fixed at bootstrap).
+    pub fn metadata_replicas(&self) -> &[NodeId] {
+        &self.metadata_replicas
+    }
+
     /// This node's copy of the topology.
     pub fn topology(&self) -> Arc<Topology> {
         self.topology.read().unwrap_or_else(|p| p.into_inner()).clone()
@@ -268,6 +278,7 @@ impl Node {
         if topology.version <= current.version {
             return None;
         }
+        self.peers.learn(topology.nodes());
         *current = Arc::new(topology);
         Some(current.clone())
     }

@@ -45,8 +45,9 @@ struct Channels {
 }
 
 pub struct PeerNetwork {
-    /// Peer-plane address of every node.
-    addrs: BTreeMap<NodeId, String>,
+    /// Peer-plane address of every node: the bootstrap list's, then the
+    /// topology's (nodes join while the cluster runs).
+    addrs: std::sync::RwLock<BTreeMap<NodeId, String>>,
     tls: Option<Arc<NodeTls>>,
     channels: Mutex<Channels>,
     rpc_timeout: Duration,
@@ -56,11 +57,31 @@ pub struct PeerNetwork {
 impl PeerNetwork {
     pub fn new(addrs: BTreeMap<NodeId, String>, tls: Option<Arc<NodeTls>>, rpc_timeout_ms: u64, fingerprint: &str) -> Result<Self, String> {
         let fingerprint = AsciiMetadataValue::try_from(fingerprint).map_err(|e| format!("cluster fingerprint `{fingerprint}`: {e}"))?;
-        Ok(Self { addrs, tls, channels: Mutex::new(Channels::default()), rpc_timeout: Duration::from_millis(rpc_timeout_ms), fingerprint })
+        Ok(Self {
+            addrs: std::sync::RwLock::new(addrs),
+            tls,
+            channels: Mutex::new(Channels::default()),
+            rpc_timeout: Duration::from_millis(rpc_timeout_ms),
+            fingerprint,
+        })
+    }
+
+    /// Takes the peer addresses of `nodes` (from a newer topology): a node
+    /// that joined is reachable from then on; a changed address gets a new
+    /// channel.
+    pub fn learn<'a>(&self, nodes: impl Iterator<Item = &'a storage::topology::NodeInfo>) {
+        let mut addrs = self.addrs.write().unwrap_or_else(|p| p.into_inner());
+        for node in nodes {
+            let Some(addr) = &node.peer_addr else { continue };
+            if addrs.get(&node.id) != Some(addr) {
+                addrs.insert(node.id, addr.clone());
+                self.channels.lock().unwrap_or_else(|p| p.into_inner()).by_node.remove(&node.id);
+            }
+        }
     }
 
     fn client(&self, target: NodeId) -> Result<RaftPeerClient<Channel>, String> {
-        let addr = self.addrs.get(&target).ok_or_else(|| format!("node {target} has no peer address"))?;
+        let addr = self.addrs.read().unwrap_or_else(|p| p.into_inner()).get(&target).cloned().ok_or_else(|| format!("node {target} has no peer address"))?;
         let generation = self.tls.as_ref().map_or(0, |tls| tls.generation());
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if channels.generation != generation {
@@ -70,7 +91,7 @@ impl PeerNetwork {
         let channel = match channels.by_node.get(&target) {
             Some(c) => c.clone(),
             None => {
-                let c = self.endpoint(addr)?.connect_lazy();
+                let c = self.endpoint(&addr)?.connect_lazy();
                 channels.by_node.insert(target, c.clone());
                 c
             }

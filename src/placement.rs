@@ -104,3 +104,89 @@ impl Node {
         replica.replace_voter(from, to, addr).await
     }
 }
+
+/// How often the metadata group's leader looks for a replica to move off a
+/// draining node.
+pub const PLACE_CHECK: Duration = Duration::from_secs(2);
+
+/// The node to take `range`'s replica from a node leaving it: an up node of
+/// its region that holds no replica of it, the one holding fewest replicas
+/// (then the lowest id); `None` when there is none.
+pub fn drain_target(topology: &storage::topology::Topology, range: &RangeInfo) -> Option<NodeId> {
+    topology
+        .nodes()
+        .filter(|n| n.state == NodeState::Up && n.region == range.region && !range.replicas.contains(&n.id))
+        .min_by_key(|n| (topology.hosted_by(n.id).count(), n.id))
+        .map(|n| n.id)
+}
+
+impl Node {
+    /// `stockctl node drain`: marks node `id` draining; the placement loop
+    /// then moves its replicas away one at a time. Answers the node as the
+    /// topology holds it then.
+    pub async fn drain_node(&self, id: NodeId) -> Result<storage::topology::NodeInfo, GroupError> {
+        self.set_node_state(id, NodeState::Draining).await
+    }
+
+    /// `stockctl node remove`: forgets node `id` for placement, once it holds
+    /// no replica; its id is never given to another node.
+    pub async fn remove_node(&self, id: NodeId) -> Result<storage::topology::NodeInfo, GroupError> {
+        if self.metadata_replicas().contains(&id) {
+            return Err(GroupError::Invalid {
+                group: storage::topology::METADATA_GROUP,
+                reason: format!("invalid node_id: node {id} replicates the metadata group, whose replicas are fixed at bootstrap"),
+            });
+        }
+        self.set_node_state(id, NodeState::Removed).await
+    }
+
+    async fn set_node_state(&self, id: NodeId, state: NodeState) -> Result<storage::topology::NodeInfo, GroupError> {
+        let invalid = |reason: String| GroupError::Invalid { group: storage::topology::METADATA_GROUP, reason };
+        self.ensure_bootstrapped().await?;
+        self.refresh_topology().await;
+        let known = self.topology().node(id).cloned().ok_or_else(|| invalid(format!("invalid node_id: no node {id} in the topology")))?;
+        if known.state != state {
+            self.change_topology(TopologyCommand::SetNodeState { node: id, state }).await?;
+            self.refresh_topology().await;
+        }
+        self.topology().node(id).cloned().ok_or_else(|| invalid(format!("invalid node_id: no node {id} in the topology")))
+    }
+
+    /// One round of the placement loop, on the metadata group's leader only:
+    /// moves one replica off a draining node (the first such node, its first
+    /// group), to `drain_target`. Answers what it moved.
+    pub async fn place_once(&self) -> Option<(GroupId, NodeId, NodeId)> {
+        if !self.group(storage::topology::METADATA_GROUP).is_some_and(|g| g.is_leader()) {
+            return None;
+        }
+        let topology = self.topology();
+        let draining = topology.nodes().filter(|n| n.state == NodeState::Draining).map(|n| n.id).collect::<Vec<_>>();
+        for from in draining {
+            let Some(range) = topology.hosted_by(from).next().cloned() else { continue };
+            let Some(to) = drain_target(&topology, &range) else {
+                tracing::warn!(node = self.id(), draining = from, group = range.group, region = %range.region, "no up node of the region can take this replica; the drain waits");
+                continue;
+            };
+            return match self.move_replica(range.group, from, to).await {
+                Ok(done) => {
+                    tracing::info!(node = self.id(), draining = from, group = range.group, to, replicas = ?done.range.replicas, "replica moved off a draining node");
+                    Some((range.group, from, to))
+                }
+                Err(e) => {
+                    tracing::info!(node = self.id(), draining = from, group = range.group, to, error = %e, "replica not moved off the draining node yet");
+                    None
+                }
+            };
+        }
+        None
+    }
+
+    /// Runs `place_once` every `PLACE_CHECK` until the node stops.
+    pub(crate) async fn place_when_due(node: std::sync::Weak<Node>) {
+        loop {
+            tokio::time::sleep(PLACE_CHECK).await;
+            let Some(node) = node.upgrade() else { return };
+            node.place_once().await;
+        }
+    }
+}

@@ -534,9 +534,10 @@ impl AdminService {
 impl Admin for AdminService {
     async fn status(&self, _request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
         let node = &self.node;
-        let nodes = node.config.nodes.values().map(|n| pb::NodeStatus { id: n.id, addr: n.addr.clone(), region: n.region.clone() }).collect();
-        let mut groups = Vec::new();
         let topology = node.topology();
+        // Every node of the topology (joined ones too), as this node's copy has them.
+        let nodes = topology.nodes().map(node_status).collect();
+        let mut groups = Vec::new();
         // A replica the topology moved or merged away is being retired
         // (`Node::retire_replicas`): not listed.
         for g in node.groups().filter(|g| !node.is_retiring(g.id)) {
@@ -653,6 +654,22 @@ impl Admin for AdminService {
         Ok(Response::new(pb::MoveShardResponse { range: Some(shard_range(&done?.range)) }))
     }
 
+    async fn drain_node(&self, request: Request<pb::NodeRequest>) -> Result<Response<pb::NodeResponse>, Status> {
+        let caller = security::caller(&request);
+        let id = request.into_inner().node_id;
+        let done = self.node.drain_node(id).await.map_err(status::group_error);
+        security::audit(&caller, "DrainNode", &format!("node={id}"), &outcome(&done));
+        Ok(Response::new(pb::NodeResponse { node: Some(node_status(&done?)) }))
+    }
+
+    async fn remove_node(&self, request: Request<pb::NodeRequest>) -> Result<Response<pb::NodeResponse>, Status> {
+        let caller = security::caller(&request);
+        let id = request.into_inner().node_id;
+        let done = self.node.remove_node(id).await.map_err(status::group_error);
+        security::audit(&caller, "RemoveNode", &format!("node={id}"), &outcome(&done));
+        Ok(Response::new(pb::NodeResponse { node: Some(node_status(&done?)) }))
+    }
+
     async fn merge_shard(&self, request: Request<pb::MergeShardRequest>) -> Result<Response<pb::MergeShardResponse>, Status> {
         let caller = security::caller(&request);
         let r = request.into_inner();
@@ -670,6 +687,10 @@ impl Admin for AdminService {
         security::audit(&caller, "SetModelDisabled", &format!("kill switch {}", if disabled { "on" } else { "off" }), &Ok(()));
         self.model_status()
     }
+}
+
+fn node_status(n: &storage::topology::NodeInfo) -> pb::NodeStatus {
+    pb::NodeStatus { id: n.id, addr: n.addr.clone(), region: n.region.clone(), state: n.state.as_str().to_owned() }
 }
 
 /// An Admin result as the audit line reports it.

@@ -466,7 +466,7 @@ fn status(node_id: u64, role: &str, leader: u64) -> StatusResponse {
     StatusResponse {
         node_id,
         region: "eu".into(),
-        nodes: vec![NodeStatus { id: 1, addr: "127.0.0.1:7101".into(), region: "eu".into() }],
+        nodes: vec![NodeStatus { id: 1, addr: "127.0.0.1:7101".into(), region: "eu".into(), state: "up".into() }],
         groups: vec![GroupStatus {
             group_id: 1,
             region: "eu".into(),
@@ -534,6 +534,35 @@ fn status_tables_show_every_node_and_group() {
     assert_eq!(responses[1]["status"]["node_id"], 2);
     assert_eq!(responses[2]["status"], Value::Null);
     assert!(responses[2]["error"].as_str().expect("error text").contains("connection refused"));
+}
+
+#[test]
+fn node_list_shows_the_newest_topology_with_replicas_and_leaders() {
+    let mut newer = status(2, "follower", 1);
+    newer.topology_version = 5;
+    newer.nodes = (1..=4).map(|id| NodeStatus { id, addr: format!("127.0.0.1:710{id}"), region: "eu".into(), state: "up".into() }).collect();
+    newer.nodes[2].state = "draining".into();
+    let reports = vec![
+        NodeStatusReport { addr: "http://127.0.0.1:7101".into(), result: Ok(status(1, "leader", 1)) },
+        NodeStatusReport { addr: "http://127.0.0.1:7102".into(), result: Ok(newer) },
+        NodeStatusReport {
+            addr: "http://127.0.0.1:7103".into(),
+            result: Err(ClientError::Unavailable { outcome_unknown: false, message: "connection refused".into() }),
+        },
+    ];
+    let text = cli::node_list_human(&reports);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("NODE") && lines[0].contains("STATE") && lines[0].contains("LEADERS"), "{text}");
+    assert_eq!(lines.len(), 5, "header and the four nodes of the newer topology: {text}");
+    let cells = |line: &str| line.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+    assert_eq!(cells(lines[1]), ["1", "127.0.0.1:7101", "eu", "up", "1", "1", "yes"], "{text}");
+    assert_eq!(cells(lines[3]), ["3", "127.0.0.1:7103", "eu", "draining", "1", "0", "no"], "{text}");
+    assert_eq!(cells(lines[4])[..5], ["4", "127.0.0.1:7104", "eu", "up", "0"], "{text}");
+    assert!(lines[4].ends_with("not asked"), "{text}");
+    let value = cli::node_list_json(&reports);
+    assert_eq!(value["nodes"].as_array().map(Vec::len), Some(4));
+    assert_eq!((value["nodes"][0]["leaders"].as_u64(), value["nodes"][3]["answered"].is_null()), (Some(1), true));
+    assert_eq!(value["unanswered"][0], "127.0.0.1:7103");
 }
 
 #[test]

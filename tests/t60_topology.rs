@@ -4,7 +4,9 @@
 //! no acknowledged write, and survives a restart; a merge under load takes
 //! the right range back, loses no acknowledged write, waits for carts in
 //! flight, and retires the right group's replicas; a frozen range answers
-//! no reads of its records; cold ranges merge by themselves; a replica moves to a node that had none under load.
+//! no reads of its records; cold ranges merge by themselves; a node joins
+//! the running cluster and takes a replica; a drained node's replicas move
+//! to the others and an empty node is removed; a replica moves to a node that had none under load.
 
 mod common;
 
@@ -498,6 +500,106 @@ async fn a_replica_moves_to_another_node_under_load() {
     // The same move again answers at once: it is done.
     let again = client.move_shard(RIGHT, 2, 1).await.expect("a repeated move");
     assert_eq!(again.range.expect("range").replicas, vec![1, 3, 4]);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_the_running_cluster_and_takes_a_replica() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(3, test_config()).await;
+    let mut feed = cluster.feed(1).await;
+    receive(&mut feed, "stock-b-8", "b-8", LOC, 10).await;
+    let mut c = cluster.client(1).await;
+    reserve(&mut c, "before-join", vec![line("b-8", LOC, 2)], 600_000).await.expect("reserve");
+    let joined = cluster.join_node().await;
+    assert_eq!(joined, 4);
+    for id in 1..=4 {
+        let n = cluster.node(id).clone();
+        poll("every node's topology lists node 4", Duration::from_secs(20), || async {
+            n.topology().node(4).is_some_and(|info| info.state == storage::topology::NodeState::Up && info.peer_addr.is_some())
+        })
+        .await;
+    }
+    assert!(cluster.node(4).groups().next().is_none(), "a joined node holds no replica");
+    // Status on any node lists it; clients learn its address there.
+    let mut admin = pb::admin_client::AdminClient::new(cluster.channel(2, Some("operator")));
+    let status = admin.status(pb::StatusRequest {}).await.expect("status").into_inner();
+    let four = status.nodes.iter().find(|n| n.id == 4).expect("node 4 in the status");
+    assert_eq!((four.addr.as_str(), four.state.as_str()), (cluster.addrs[3].as_str(), "up"));
+
+    // A replica moves to it: the other nodes reach it at the address it joined with.
+    let client = stockd_client::Client::new(&cluster.addrs).expect("client");
+    let moved = client.move_shard(RIGHT, 1, 4).await.expect("move to the joined node");
+    assert!(moved.range.expect("range").replicas.contains(&4));
+    {
+        // (Scoped: a node kept alive here would keep its database locked
+        // through the restart below.)
+        let n4 = cluster.node(4).clone();
+        let reserved_on_4 =
+            || n4.group(RIGHT).and_then(|g| g.state().read().position(&storage::model::PositionKey::new("b-8", LOC)).map(|p| p.reserved)).unwrap_or(0);
+        poll("node 4 caught up", Duration::from_secs(20), || async { reserved_on_4() == 2 }).await;
+        // Served through the joined node's own address.
+        let mut via_4 = cluster.client(4).await;
+        reserve(&mut via_4, "after-join", vec![line("b-8", LOC, 3)], 600_000).await.expect("reserve through node 4");
+        poll("node 4's replica applied it", Duration::from_secs(20), || async { reserved_on_4() == 5 }).await;
+    }
+
+    // Restarted with --join again: nothing changes, it serves its replica.
+    let version = cluster.node(1).topology().version;
+    cluster.stop_node(4).await;
+    cluster.start_node(4).await;
+    let back = cluster.node(4).clone();
+    poll("node 4 serves its replica after a restart", Duration::from_secs(20), || async {
+        back.is_joined() && back.group(RIGHT).is_some_and(|g| g.leader().is_some())
+    })
+    .await;
+    cluster.node(1).refresh_topology().await;
+    let after = cluster.node(1).topology();
+    assert_eq!(after.nodes().count(), 4);
+    assert!(after.version <= version + 1, "a repeated join adds no node: {} then {}", version, after.version);
+    let r = client.get_reservation("after-join").await.expect("lookup").reservation.expect("held");
+    assert_eq!(r.state(), pb::ReservationState::Pending);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_hands_its_replicas_to_a_joined_one_and_an_empty_node_is_removed() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(3, test_config()).await;
+    let mut feed = cluster.feed(1).await;
+    for sku in ["0-a", "b-8"] {
+        receive(&mut feed, &format!("stock-{sku}"), sku, LOC, 10).await;
+    }
+    let mut c = cluster.client(1).await;
+    reserve(&mut c, "before-drain", vec![line("b-8", LOC, 2)], 600_000).await.expect("reserve");
+    assert_eq!(cluster.join_node().await, 4);
+    let client = stockd_client::Client::new(&cluster.addrs).expect("client");
+    let draining = client.drain_node(3).await.expect("drain node 3").node.expect("node");
+    assert_eq!(draining.state, "draining");
+    let node = cluster.node(1).clone();
+    poll("node 3's replicas moved to node 4", Duration::from_secs(60), || async {
+        node.topology().hosted_by(3).next().is_none() && node.topology().hosted_by(4).count() == 2
+    })
+    .await;
+    let n3 = cluster.node(3).clone();
+    poll("node 3 retired its replicas", Duration::from_secs(20), || async { n3.groups().next().is_none() }).await;
+    let r = client.get_reservation("before-drain").await.expect("lookup").reservation.expect("held");
+    assert_eq!(r.state(), pb::ReservationState::Pending);
+    let moved = client.move_shard(RIGHT, 1, 3).await.expect_err("a draining node takes no replica");
+    assert!(moved.to_string().contains("Draining"), "{moved}");
+    // Node 3 replicates the metadata group (fixed at bootstrap): not removed.
+    let refused = client.remove_node(3).await.expect_err("a metadata replica");
+    assert!(refused.to_string().contains("metadata group"), "{refused}");
+    let refused = client.remove_node(4).await.expect_err("node 4 holds replicas");
+    assert!(refused.to_string().contains("drain it first"), "{refused}");
+    // A node with nothing on it drains at once and is removed.
+    assert_eq!(cluster.join_node().await, 5);
+    poll("node 5 joined", Duration::from_secs(20), || async { node.topology().node(5).is_some() }).await;
+    client.drain_node(5).await.expect("drain node 5");
+    let removed = client.remove_node(5).await.expect("remove node 5").node.expect("node");
+    assert_eq!((removed.id, removed.state.as_str()), (5, "removed"));
+    let refused = client.remove_node(9).await.expect_err("no node 9");
+    assert!(refused.to_string().contains("no node 9"), "{refused}");
     cluster.shutdown().await;
 }
 

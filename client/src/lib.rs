@@ -44,8 +44,8 @@ use stockd_proto::v1::admin_client::AdminClient;
 use stockd_proto::v1::inventory_client::InventoryClient;
 use stockd_proto::v1::{
     AdjustRequest, AdjustResponse, BatchReserveRequest, BatchReserveResponse, Consistency, GetPositionRequest, MergeShardRequest, MergeShardResponse,
-    MoveShardRequest, MoveShardResponse, PositionResponse, ReservationRef, ReservationResponse, ReserveRequest, ReserveResponse, SplitShardRequest,
-    SplitShardResponse, StatusRequest, StatusResponse,
+    MoveShardRequest, MoveShardResponse, NodeRequest, NodeResponse, PositionResponse, ReservationRef, ReservationResponse, ReserveRequest, ReserveResponse,
+    SplitShardRequest, SplitShardResponse, StatusRequest, StatusResponse,
 };
 use stockd_proto::v1::{
     CheckAvailabilityBatchRequest, CheckAvailabilityBatchResponse, CheckAvailabilityRequest, CheckAvailabilityResponse, LoadModelRequest, ModelStatusRequest,
@@ -490,6 +490,19 @@ impl Client {
     pub async fn move_shard(&self, group_id: u32, from: u64, to: u64) -> Result<MoveShardResponse, ClientError> {
         let request = MoveShardRequest { group_id, from_node: from, to_node: to };
         self.send_once(request, |channel, call| async move { AdminClient::new(channel).move_shard(call).await }).await
+    }
+
+    /// `Admin.DrainNode`: marks node `node_id` draining (its replicas then
+    /// move away). Repeatable: draining a draining node changes nothing.
+    pub async fn drain_node(&self, node_id: u64) -> Result<NodeResponse, ClientError> {
+        let request = NodeRequest { node_id };
+        self.send_once(request, |channel, call| async move { AdminClient::new(channel).drain_node(call).await }).await
+    }
+
+    /// `Admin.RemoveNode`: forgets node `node_id`, which must hold no replica.
+    pub async fn remove_node(&self, node_id: u64) -> Result<NodeResponse, ClientError> {
+        let request = NodeRequest { node_id };
+        self.send_once(request, |channel, call| async move { AdminClient::new(channel).remove_node(call).await }).await
     }
 
     /// An admin change that must not be applied twice: sent to the next

@@ -121,6 +121,8 @@ pub const TABLE: &[Rpc] = &[
     rpc("/stockd.v1.Admin/SplitShard", OPERATOR),
     rpc("/stockd.v1.Admin/MergeShard", OPERATOR),
     rpc("/stockd.v1.Admin/MoveShard", OPERATOR),
+    rpc("/stockd.v1.Admin/DrainNode", OPERATOR),
+    rpc("/stockd.v1.Admin/RemoveNode", OPERATOR),
     // The peer plane: nodes only.
     rpc("/stockd.peer.v1.RaftPeer/AppendEntries", PEER),
     rpc("/stockd.peer.v1.RaftPeer/Vote", PEER),

@@ -78,6 +78,31 @@ async fn run(cli: Cli) -> u8 {
             }
             cli::status_exit_code(&reports)
         }
+        Command::Node(cli::NodeCommand::List) => {
+            let reports = client.status_all().await;
+            if json {
+                emit_json(&cli::node_list_json(&reports));
+            } else {
+                emit(&cli::node_list_human(&reports));
+            }
+            cli::status_exit_code(&reports)
+        }
+        Command::Node(cli::NodeCommand::Drain(args)) => match client.drain_node(args.node).await {
+            Ok(_) => drain_wait(&client, args.node, args.wait, json).await,
+            Err(error) => fail(&error),
+        },
+        Command::Node(cli::NodeCommand::Remove(args)) => match client.remove_node(args.node).await {
+            Ok(removed) => {
+                let node = removed.node.unwrap_or_default();
+                if json {
+                    emit_json(&serde_json::json!({ "node": { "id": node.id, "addr": node.addr, "region": node.region, "state": node.state } }));
+                } else {
+                    emit(&format!("node {} ({}, region {}) is {}: its id is never given to another node\n", node.id, node.addr, node.region, node.state));
+                }
+                cli::EXIT_DONE
+            }
+            Err(error) => fail(&error),
+        },
         Command::Shard(cli::ShardCommand::Split(args)) => match client.split_shard(args.group, args.at.as_deref().unwrap_or_default()).await {
             Ok(split) => {
                 if json {
@@ -362,4 +387,42 @@ fn emit(text: &str) {
 
 fn emit_json(value: &Value) {
     emit(&format!("{value}\n"));
+}
+
+/// `stockctl node drain`: waits until node `id` holds no replica, saying
+/// which groups are left each time that changes.
+async fn drain_wait(client: &stockd_client::Client, id: u64, wait: std::time::Duration, json: bool) -> u8 {
+    let deadline = std::time::Instant::now() + wait;
+    let mut last: Option<Vec<u32>> = None;
+    loop {
+        let left = cli::replicas_on(&client.status_all().await, id);
+        if let Some(groups) = &left {
+            if groups.is_empty() {
+                if json {
+                    emit_json(&serde_json::json!({ "node_id": id, "state": "draining", "replicas": [], "drained": true }));
+                } else {
+                    emit(&format!("node {id} drained: it holds no replica; `stockctl node remove {id}` forgets it\n"));
+                }
+                return cli::EXIT_DONE;
+            }
+            if !json && last.as_ref() != Some(groups) {
+                let list = groups.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+                emit(&format!("node {id} draining: {} replica(s) left (groups {list})\n", groups.len()));
+            }
+            last = left;
+        }
+        if std::time::Instant::now() >= deadline {
+            let groups = last.unwrap_or_default();
+            if json {
+                emit_json(&serde_json::json!({ "node_id": id, "state": "draining", "replicas": groups, "drained": false }));
+            } else {
+                emit(&format!(
+                    "node {id} is still draining ({} replica(s) left); the metadata group's leader goes on, `stockctl node list` shows it\n",
+                    groups.len()
+                ));
+            }
+            return cli::EXIT_UNAVAILABLE;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }

@@ -60,6 +60,12 @@ enum Cmd {
         /// TOML configuration; flags override it.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Join a running cluster through these nodes (client-plane
+        /// addresses from its bootstrap list, comma separated): this node,
+        /// not in that list, runs with the cluster's [cluster] settings and
+        /// --peers, with its own --node-id and --listen.
+        #[arg(long, value_delimiter = ',', value_name = "ADDR,...")]
+        join: Option<Vec<String>>,
     },
     /// Run a local cluster: node i on 127.0.0.1:PORT+i, one process each.
     Dev {
@@ -79,6 +85,12 @@ enum Cmd {
         /// under DATA_DIR/certs on first start).
         #[arg(long)]
         insecure: bool,
+        /// Grow the dev cluster already running from DATA_DIR (started with
+        /// the same --nodes, --port and security) by one node: the lowest id
+        /// above --nodes not running, joined through the others, in the
+        /// foreground until Ctrl-C. Run it again to bring that node back.
+        #[arg(long)]
+        join: bool,
     },
     /// Make a CA (or reuse the one in DIR) and the certificates of a cluster:
     /// node-<id>.crt/.key per node, <role>.crt/.key per client role.
@@ -110,10 +122,17 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Cmd::Start { node_id, listen, peer_listen, peers, certs, insecure, data_dir, region, model_dir, config } => {
-                start(Overrides { node_id, listen, peer_listen, peers: None, certs, insecure, data_dir, region, model_dir }, peers, config).await
+            Cmd::Start { node_id, listen, peer_listen, peers, certs, insecure, data_dir, region, model_dir, config, join } => {
+                start(Overrides { node_id, listen, peer_listen, peers: None, certs, insecure, data_dir, region, model_dir, join }, peers, config).await
             }
-            Cmd::Dev { nodes, data_dir, port, config, model_dir, insecure } => dev(DevArgs { nodes, data_dir, port, config, model_dir, insecure }).await,
+            Cmd::Dev { nodes, data_dir, port, config, model_dir, insecure, join } => {
+                let args = DevArgs { nodes, data_dir, port, config, model_dir, insecure };
+                if join {
+                    dev_join(args).await
+                } else {
+                    dev(args).await
+                }
+            }
             Cmd::Certs { out, nodes, hosts, days } => make_certs(&certs::CertRequest { out, nodes, hosts, days }),
         }
     });
@@ -240,10 +259,20 @@ fn dev_certs(args: &DevArgs) -> anyhow::Result<Option<PathBuf>> {
     Ok(Some(dir))
 }
 
+/// Client address of dev node `id`.
+fn dev_addr(args: &DevArgs, id: u64) -> String {
+    format!("127.0.0.1:{}", args.port + id as u16)
+}
+
 fn spawn_nodes(args: &DevArgs, certs: Option<&std::path::Path>) -> anyhow::Result<Vec<Child>> {
+    (1..=args.nodes).map(|id| spawn_node(args, certs, id, &[])).collect()
+}
+
+/// Starts dev node `id` (one of the bootstrap list, or one joining through
+/// `join`), its output appended to its log.
+fn spawn_node(args: &DevArgs, certs: Option<&std::path::Path>, id: u64, join: &[String]) -> anyhow::Result<Child> {
     let exe = std::env::current_exe().context("find the stockd executable")?;
-    let peers: Vec<(u64, String)> = (1..=args.nodes).map(|i| (i, format!("127.0.0.1:{}", args.port + i as u16))).collect();
-    let peer_arg = peers.iter().map(|(i, a)| format!("{i}={a}")).collect::<Vec<_>>().join(",");
+    let peer_arg = (1..=args.nodes).map(|i| format!("{i}={}", dev_addr(args, i))).collect::<Vec<_>>().join(",");
     let dev_config = match &args.config {
         Some(c) => c.clone(),
         None if args.nodes == 1 => {
@@ -254,28 +283,91 @@ fn spawn_nodes(args: &DevArgs, certs: Option<&std::path::Path>) -> anyhow::Resul
         }
         None => PathBuf::new(),
     };
-    let mut children = Vec::new();
-    for (id, addr) in &peers {
-        let dir = args.data_dir.join(format!("node-{id}"));
-        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("stockd.log")).context("open the node log")?;
-        let mut cmd = tokio::process::Command::new(&exe);
-        cmd.arg("start").arg("--node-id").arg(id.to_string()).arg("--listen").arg(addr).arg("--peers").arg(&peer_arg).arg("--data-dir").arg(&dir);
-        match certs {
-            Some(certs) => cmd.arg("--certs").arg(certs),
-            None => cmd.arg("--insecure"),
-        };
-        if !dev_config.as_os_str().is_empty() {
-            cmd.arg("--config").arg(&dev_config);
-        }
-        if let Some(model_dir) = &args.model_dir {
-            cmd.arg("--model-dir").arg(model_dir);
-        }
-        cmd.stdout(log.try_clone().context("clone the log handle")?).stderr(log).kill_on_drop(true);
-        let process = cmd.spawn().context("spawn a node")?;
-        children.push(Child { id: *id, addr: addr.clone(), process });
+    let addr = dev_addr(args, id);
+    let dir = args.data_dir.join(format!("node-{id}"));
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("stockd.log")).context("open the node log")?;
+    let mut cmd = tokio::process::Command::new(&exe);
+    cmd.arg("start").arg("--node-id").arg(id.to_string()).arg("--listen").arg(&addr).arg("--peers").arg(&peer_arg).arg("--data-dir").arg(&dir);
+    if !join.is_empty() {
+        cmd.arg("--join").arg(join.join(","));
     }
-    Ok(children)
+    match certs {
+        Some(certs) => cmd.arg("--certs").arg(certs),
+        None => cmd.arg("--insecure"),
+    };
+    if !dev_config.as_os_str().is_empty() {
+        cmd.arg("--config").arg(&dev_config);
+    }
+    if let Some(model_dir) = &args.model_dir {
+        cmd.arg("--model-dir").arg(model_dir);
+    }
+    cmd.stdout(log.try_clone().context("clone the log handle")?).stderr(log).kill_on_drop(true);
+    let process = cmd.spawn().context("spawn a node")?;
+    Ok(Child { id, addr, process })
+}
+
+/// `stockd dev --join`: one more node for the running dev cluster.
+async fn dev_join(args: DevArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.nodes >= 3, "--join grows a cluster of at least 3 nodes (replication factor 3)");
+    let running = |id: u64| std::net::TcpStream::connect_timeout(&dev_addr(&args, id).parse().expect("a dev address"), Duration::from_millis(200)).is_ok();
+    let members: Vec<u64> = (1..=args.nodes).filter(|id| running(*id)).collect();
+    anyhow::ensure!(
+        !members.is_empty(),
+        "no node of the dev cluster answers on 127.0.0.1:{}..{}; start it first with `stockd dev --nodes {}` (same --port and --data-dir)",
+        args.port + 1,
+        args.port + args.nodes as u16,
+        args.nodes
+    );
+    let id = (args.nodes + 1..=9).find(|id| !running(*id)).context("every dev node id up to 9 runs already")?;
+    let certs = if args.insecure {
+        None
+    } else {
+        let dir = stockd_client::tls::dev_certs_dir(&args.data_dir);
+        anyhow::ensure!(dir.join("ca.key").exists(), "no dev CA in {}: start the cluster with `stockd dev` first, or give --insecure", dir.display());
+        if !certs::complete(&dir, &[id]) {
+            certs::create(&certs::CertRequest { out: dir.clone(), nodes: vec![id], hosts: Vec::new(), days: certs::LEAF_DAYS_DEFAULT })
+                .context("make the joining node's certificate")?;
+        }
+        Some(dir)
+    };
+    let join: Vec<String> = members.iter().map(|m| dev_addr(&args, *m)).collect();
+    let mut child = spawn_node(&args, certs.as_deref(), id, &join)?;
+    let log = args.data_dir.join(format!("node-{id}")).join("stockd.log");
+    println!("stockd dev --join: node {id} on {} joins through {}; log: {}", child.addr, join.join(","), log.display());
+    let client = dev_client(std::slice::from_ref(&child), certs.as_deref())?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Some(status)) = child.process.try_wait() {
+            anyhow::bail!("node {id} exited ({status}){}", last_error_line(&log).map(|l| format!(": {l}")).unwrap_or_default());
+        }
+        let listed = client.status_all().await.into_iter().any(|r| r.result.is_ok_and(|s| s.nodes.iter().any(|n| n.id == id)));
+        if listed {
+            println!("joined: the topology lists node {id}; it holds no replica until one is moved to it:");
+            let security = certs.as_ref().map_or_else(|| "--insecure".to_owned(), |d| format!("--certs {}", d.display()));
+            println!("  bin/stockctl --addr {} {security} shard move --group G --from N --to {id}", join[0]);
+            break;
+        }
+        if Instant::now() >= deadline {
+            println!("node {id} is not in the topology after 60 s; it keeps trying (see its log)");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    println!("Ctrl-C stops node {id}; `stockd dev --join` again brings it back.");
+    let mut children = vec![child];
+    tokio::select! {
+        _ = shutdown_signal() => println!("stopping node {id}..."),
+        (id, status) = first_exit(&mut children) => {
+            println!("node {id} exited ({status})");
+            if let Some(reason) = last_error_line(&log) {
+                println!("  {reason}");
+            }
+        }
+    }
+    stop_nodes(&mut children).await;
+    println!("stopped");
+    Ok(())
 }
 
 /// The client `stockd dev` watches the cluster with (the reader role).

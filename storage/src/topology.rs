@@ -43,6 +43,16 @@ pub enum NodeState {
     Removed,
 }
 
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Up => "up",
+            NodeState::Draining => "draining",
+            NodeState::Removed => "removed",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
     pub id: NodeId,
@@ -125,6 +135,11 @@ pub enum TopologyCommand {
         region: String,
         placement: Placement,
     },
+    // Variants are appended: stored logs name them by position.
+    /// A node joining a running cluster (`stockd start --join`): added, up,
+    /// with no replica; a repeat with the same addresses and region changes
+    /// nothing, anything else about a known id is refused.
+    Join(NodeInfo),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -244,6 +259,7 @@ impl Topology {
         match command {
             TopologyCommand::Bootstrap { nodes, ranges, placement } => self.bootstrap(nodes, ranges, placement),
             TopologyCommand::AddNode(node) => self.add_node(node),
+            TopologyCommand::Join(node) => self.join(node),
             TopologyCommand::SetNodeState { node, state } => self.set_node_state(*node, *state),
             TopologyCommand::AllocateGroup => {
                 let id = self.next_group;
@@ -297,6 +313,26 @@ impl Topology {
         }
         self.nodes.insert(node.id, NodeInfo { state: NodeState::Up, ..node.clone() });
         Ok(())
+    }
+
+    fn join(&mut self, node: &NodeInfo) -> Result<(), TopologyError> {
+        match self.nodes.get(&node.id) {
+            None => self.add_node(node),
+            Some(known) if known.state == NodeState::Removed => {
+                Err(invalid("node.id", format!("node {} was removed: ids are never reused; join with a new id", node.id)))
+            }
+            Some(known) if (&known.addr, &known.peer_addr, &known.region) == (&node.addr, &node.peer_addr, &node.region) => Ok(()),
+            Some(known) => Err(invalid(
+                "node.id",
+                format!(
+                    "node {} is in the cluster already at {} (peer {}) in region {}; a node joins with its own id",
+                    node.id,
+                    known.addr,
+                    known.peer_addr.as_deref().unwrap_or("-"),
+                    known.region
+                ),
+            )),
+        }
     }
 
     fn set_node_state(&mut self, id: NodeId, state: NodeState) -> Result<(), TopologyError> {

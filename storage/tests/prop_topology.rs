@@ -216,3 +216,25 @@ fn nothing_but_a_bootstrap_applies_before_one_and_a_bootstrap_only_once() {
     let refused = topology.apply(&TopologyCommand::SetNodeState { node: 1, state: NodeState::Removed }).expect_err("holds replicas");
     assert!(refused.to_string().contains("drain it first"), "{refused}");
 }
+
+#[test]
+fn a_join_adds_a_node_once_and_refuses_a_known_id_elsewhere_or_a_removed_one() {
+    let mut topology = bootstrapped();
+    let joiner = NodeInfo { peer_addr: Some("127.0.0.1:7208".into()), ..node(8, "eu") };
+    assert_eq!(topology.apply(&TopologyCommand::Join(joiner.clone())), Ok(TopologyAnswer::Done));
+    assert_eq!(topology.node(8), Some(&joiner));
+    assert!(topology.hosted_by(8).next().is_none(), "a joined node holds no replica");
+    // Again (a restart with --join): nothing changes.
+    let before = topology.clone();
+    assert_eq!(topology.apply(&TopologyCommand::Join(joiner.clone())), Ok(TopologyAnswer::Done));
+    assert_eq!(topology.nodes().collect::<Vec<_>>(), before.nodes().collect::<Vec<_>>());
+    // The same id at another address is another node: refused, unchanged.
+    let elsewhere = NodeInfo { addr: "10.0.0.9:7100".into(), ..joiner.clone() };
+    let refused = topology.apply(&TopologyCommand::Join(elsewhere)).expect_err("a known id");
+    assert!(refused.to_string().contains("in the cluster already at 127.0.0.1:7108"), "{refused}");
+    assert_eq!(topology.node(8), Some(&joiner));
+    // A removed id never comes back.
+    topology.apply(&TopologyCommand::SetNodeState { node: 8, state: NodeState::Removed }).expect("remove the empty node");
+    let refused = topology.apply(&TopologyCommand::Join(joiner)).expect_err("removed");
+    assert!(refused.to_string().contains("never reused"), "{refused}");
+}

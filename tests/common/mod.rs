@@ -39,6 +39,8 @@ pub struct Cluster {
     pub peer_addrs: Vec<String>,
     /// mTLS with the certificates of this directory; `None`: `--insecure`.
     pub certs: Option<PathBuf>,
+    /// Nodes 1..=bootstrap are the bootstrap list; later ones joined.
+    bootstrap: usize,
     running: Vec<Option<Running>>,
 }
 
@@ -98,7 +100,7 @@ impl Cluster {
             stockd::certs::create(&request).expect("test certificates");
             certs
         });
-        let mut cluster = Cluster { dir, file, addrs, peer_addrs, certs, running: (0..nodes).map(|_| None).collect() };
+        let mut cluster = Cluster { dir, file, addrs, peer_addrs, certs, bootstrap: nodes, running: (0..nodes).map(|_| None).collect() };
         for id in 1..=nodes as u64 {
             cluster.start_node(id).await;
         }
@@ -110,20 +112,40 @@ impl Cluster {
         self.dir.path().join(format!("node-{id}"))
     }
 
+    /// Starts one more node, not in the bootstrap list, with `--join`
+    /// through node 1 (and its certificate, on a TLS cluster); answers its id.
+    pub async fn join_node(&mut self) -> u64 {
+        let id = self.addrs.len() as u64 + 1;
+        self.addrs.push(format!("127.0.0.1:{}", free_port()));
+        self.peer_addrs.push(format!("127.0.0.1:{}", free_port()));
+        self.running.push(None);
+        if let Some(certs) = &self.certs {
+            let request = stockd::certs::CertRequest { out: certs.clone(), nodes: vec![id], hosts: Vec::new(), days: 2 };
+            stockd::certs::create(&request).expect("the joining node's certificate");
+        }
+        self.start_node(id).await;
+        id
+    }
+
     pub async fn start_node(&mut self, id: u64) {
         let peers = self
             .addrs
             .iter()
             .zip(&self.peer_addrs)
+            .take(self.bootstrap)
             .enumerate()
             .map(|(i, (addr, peer))| PeerArg { id: i as u64 + 1, addr: addr.clone(), peer_addr: Some(peer.clone()) })
             .collect();
+        let joins = id as usize > self.bootstrap;
         let overrides = Overrides {
             node_id: Some(id),
             peers: Some(peers),
             data_dir: Some(self.data_dir(id)),
             insecure: self.certs.is_none(),
             certs: self.certs.clone(),
+            listen: joins.then(|| self.addrs[id as usize - 1].clone()),
+            peer_listen: joins.then(|| self.peer_addrs[id as usize - 1].clone()),
+            join: joins.then(|| vec![self.addrs[0].clone()]),
             ..Default::default()
         };
         let config = self.file.clone().validate(overrides).expect("valid test config");
