@@ -19,7 +19,7 @@
 //! - `merge-without-freeze`: a merge copies the right range's state without
 //!   freezing it first, so whatever the right range acknowledges between
 //!   the copy and its retirement is lost (the pitfall the freeze exists
-//!   for).
+//!   for); its driver waits a second after the copy, as a slow one would.
 //!
 //! A coordinator that stops (as if its node died) after one step of a cart
 //! across groups, answering `UNAVAILABLE`; the rest is left to the
@@ -39,6 +39,10 @@ pub const SPLIT_DROPS_RESERVATIONS: &str = "split-drops-reservations";
 pub const MERGE_WITHOUT_FREEZE: &str = "merge-without-freeze";
 /// The freeze index `merge-without-freeze` claims for a range it never froze.
 pub const MERGE_WITHOUT_FREEZE_INDEX: u64 = 0;
+/// How long `merge-without-freeze`'s driver waits between the copy and the
+/// merge: the window in which the right range still acknowledges writes
+/// that the copy misses (a 10 s run with one merge must show a loss).
+pub const MERGE_WITHOUT_FREEZE_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
 pub const CART_STOP_AFTER_BEGIN: &str = "cart-stop-after-begin";
 pub const CART_STOP_AFTER_PREPARE: &str = "cart-stop-after-prepare";
 pub const CART_STOP_BEFORE_FOLLOW: &str = "cart-stop-before-follow";

@@ -122,6 +122,11 @@ impl Node {
                 .filter(|(index, _)| *index == frozen_at)
                 .map(|(_, state)| state)
                 .ok_or_else(|| unavailable(format!("group {right} is no longer frozen at {frozen_at}")))?;
+            if self.failpoint(crate::failpoint::MERGE_WITHOUT_FREEZE) {
+                // The planted bug's driver is slow, as a real one may be: what
+                // the unfrozen right range acknowledges meanwhile is lost.
+                tokio::time::sleep(crate::failpoint::MERGE_WITHOUT_FREEZE_PAUSE).await;
+            }
             match self.propose(l.group, Command::Merge { right: state }).await {
                 Ok((_, taken)) if taken.outcome == Outcome::Ok => {
                     let change = TopologyCommand::Merge { left: l.group, left_epoch: l.epoch, right, right_epoch: r.epoch };
