@@ -146,8 +146,10 @@ impl Node {
                     }
                     return Err(GroupError::Invalid { group: l.group, reason: format!("invalid group_id: the merge was refused: {why}") });
                 }
-                // The left side changed (split, merged): route again.
-                Err(GroupError::StaleRoute { .. }) if Instant::now() < deadline => {
+                // The left side changed (split, merged, retired: this node's
+                // map named a group nobody leads any more): route again, with
+                // a fresh map, while the right side stays frozen.
+                Err(GroupError::StaleRoute { .. } | GroupError::NotLeader { .. }) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     self.refresh_topology().await;
                 }
