@@ -412,7 +412,15 @@ async fn drain_wait(client: &stockd_client::Client, id: u64, wait: std::time::Du
             last = left;
         }
         if std::time::Instant::now() >= deadline {
-            let groups = last.unwrap_or_default();
+            let Some(groups) = last else {
+                // No node answered a status while we waited: nothing is known.
+                if json {
+                    emit_json(&serde_json::json!({ "node_id": id, "state": "draining", "replicas": null, "drained": false }));
+                } else {
+                    emit(&format!("node {id} is marked draining; no node answered a status within {} s, so what is left is unknown\n", wait.as_secs()));
+                }
+                return cli::EXIT_UNAVAILABLE;
+            };
             if json {
                 emit_json(&serde_json::json!({ "node_id": id, "state": "draining", "replicas": groups, "drained": false }));
             } else {
