@@ -34,7 +34,7 @@ pub fn bootstrap_command(config: &Config) -> TopologyCommand {
     for range in &config.shard_map.ranges {
         placement.entry(range.region.clone()).or_insert(Placement { replication_factor: range.replicas.len() });
     }
-    TopologyCommand::Bootstrap { nodes, ranges: config.shard_map.ranges.clone(), placement }
+    TopologyCommand::Bootstrap { nodes, ranges: config.shard_map.ranges.clone(), placement, balance: config.balance }
 }
 
 /// The topology a node starts routing with: the one it last stored if it

@@ -124,6 +124,22 @@ pub enum Command {
     /// The cluster's nodes as the topology holds them.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// The placement loop's balancing of replicas and leaders per node.
+    #[command(subcommand)]
+    Balance(BalanceCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BalanceCommand {
+    /// Balance replicas, then leaders, per up node of each region: one step
+    /// every 2 s, by the metadata group's leader.
+    On,
+    /// Pause the balancing: replicas and leaders stay where they are
+    /// (a drain still moves replicas off its node).
+    Off,
+    /// Whether balancing is on, replicas and leaders per node, and the next
+    /// step the balancer would take.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]
@@ -1463,6 +1479,89 @@ pub fn node_list_human(reports: &[NodeStatusReport]) -> String {
     let mut out = render_table(&["NODE", "ADDR", "REGION", "STATE", "REPLICAS", "LEADERS", "ANSWERED"], &rows);
     if rows.is_empty() {
         out.push_str("no node answered\n");
+    }
+    out
+}
+
+/// `stockctl balance on|off`, as the topology recorded it.
+pub fn balance_set_json(set: &stockd_proto::v1::SetBalanceResponse) -> Value {
+    json!({ "enabled": set.enabled, "topology_version": set.topology_version })
+}
+
+pub fn balance_set_human(set: &stockd_proto::v1::SetBalanceResponse) -> String {
+    if set.enabled {
+        format!(
+            "balancing is on (topology version {}): the metadata group's leader evens out replicas, then leaders, per node, one step every {} s\n",
+            set.topology_version,
+            crate::placement::PLACE_CHECK.as_secs()
+        )
+    } else {
+        format!("balancing is off (topology version {}): replicas and leaders stay where they are; a drain still moves replicas\n", set.topology_version)
+    }
+}
+
+/// The balancer's inputs as the newest answers show them, and its plan.
+fn balance_plan(reports: &[NodeStatusReport]) -> Option<(&StatusResponse, Option<crate::placement::BalanceStep>)> {
+    use crate::placement::GroupView;
+    use crate::placement::NodeView;
+    use storage::topology::NodeState;
+    let newest = reports.iter().filter_map(|r| r.result.as_ref().ok()).max_by_key(|s| s.topology_version)?;
+    let nodes: Vec<NodeView> = newest
+        .nodes
+        .iter()
+        .map(|n| NodeView {
+            id: n.id,
+            region: n.region.clone(),
+            state: match n.state.as_str() {
+                "up" => NodeState::Up,
+                "draining" => NodeState::Draining,
+                _ => NodeState::Removed,
+            },
+        })
+        .collect();
+    let groups: Vec<GroupView> = shard_rows(reports)
+        .iter()
+        .map(|row| GroupView {
+            group: row.group.group_id,
+            region: row.group.region.clone(),
+            replicas: row.group.replicas.clone(),
+            leader: (row.group.leader != 0).then_some(row.group.leader),
+        })
+        .collect();
+    Some((newest, crate::placement::plan_balance(&nodes, &groups)))
+}
+
+fn balance_step_json(step: &crate::placement::BalanceStep) -> Value {
+    use crate::placement::BalanceStep;
+    match *step {
+        BalanceStep::Replica { group, from, to } => json!({ "kind": "replica", "group_id": group, "from": from, "to": to }),
+        BalanceStep::Leader { group, from, to } => json!({ "kind": "leader", "group_id": group, "from": from, "to": to }),
+    }
+}
+
+/// `{"enabled", "topology_version", "nodes": [...], "next_step", "unanswered"}`;
+/// `enabled` is null when no node answered.
+pub fn balance_status_json(reports: &[NodeStatusReport]) -> Value {
+    let plan = balance_plan(reports);
+    let mut out = node_list_json(reports);
+    out["enabled"] = json!(plan.map(|(s, _)| s.balance_enabled));
+    out["topology_version"] = json!(plan.map(|(s, _)| s.topology_version));
+    out["next_step"] = plan.and_then(|(_, step)| step).map_or(Value::Null, |step| balance_step_json(&step));
+    out
+}
+
+pub fn balance_status_human(reports: &[NodeStatusReport]) -> String {
+    let Some((newest, step)) = balance_plan(reports) else { return "no node answered\n".to_owned() };
+    let mut out = format!("balancing: {} (topology version {})\n", if newest.balance_enabled { "on" } else { "off" }, newest.topology_version);
+    out.push_str(&node_list_human(reports));
+    match step {
+        Some(step) if newest.balance_enabled => out.push_str(&format!("next step: {step}\n")),
+        Some(step) => out.push_str(&format!("unbalanced; with balancing on, the next step would be: {step}\n")),
+        None => out.push_str("balanced: no up node holds two more replicas, or leads two more groups, than one that could take one\n"),
+    }
+    let missing = unanswered(reports);
+    if !missing.is_empty() {
+        out.push_str(&format!("not answered: {} (their groups' leaders may be unknown)\n", missing.join(", ")));
     }
     out
 }

@@ -141,6 +141,8 @@ pub fn command_rpcs(command: &Command) -> Vec<&'static str> {
         Command::Status | Command::Shard(crate::cli::ShardCommand::List) | Command::Node(crate::cli::NodeCommand::List) => vec![admin("Status")],
         Command::Node(crate::cli::NodeCommand::Drain(_)) => vec![admin("DrainNode"), admin("Status")],
         Command::Node(crate::cli::NodeCommand::Remove(_)) => vec![admin("RemoveNode")],
+        Command::Balance(crate::cli::BalanceCommand::On | crate::cli::BalanceCommand::Off) => vec![admin("SetBalance")],
+        Command::Balance(crate::cli::BalanceCommand::Status) => vec![admin("Status")],
         Command::Shard(crate::cli::ShardCommand::Split(_)) => vec![admin("SplitShard")],
         Command::Shard(crate::cli::ShardCommand::Merge(_)) => vec![admin("MergeShard")],
         Command::Shard(crate::cli::ShardCommand::Move(_)) => vec![admin("MoveShard")],

@@ -181,6 +181,10 @@ pub struct ClusterFile {
     /// two hold fewer than half of `split-positions-max` positions together
     /// (0: never by itself).
     pub merge_cold_s: u64,
+    /// Whether a new cluster's placement loop balances replicas and leaders
+    /// per node (`stockctl balance on|off` changes it later; the topology
+    /// holds it, this is only the bootstrap input).
+    pub balance: bool,
 }
 
 impl Default for ClusterFile {
@@ -211,6 +215,7 @@ impl Default for ClusterFile {
             split_positions_max: SplitPolicy::default().positions_max,
             split_load_cmds_per_s: SplitPolicy::default().load_cmds_per_s,
             merge_cold_s: SplitPolicy::default().merge_cold_s,
+            balance: true,
         }
     }
 }
@@ -401,6 +406,8 @@ pub struct Config {
     pub input_limits: InputLimits,
     pub group: GroupConfig,
     pub split: SplitPolicy,
+    /// `[cluster] balance`: a new cluster's balancing switch.
+    pub balance: bool,
     pub scoring: ScoringConfig,
     pub availability: AvailabilityFile,
 }
@@ -608,6 +615,7 @@ impl FileConfig {
             input_limits,
             group,
             split: SplitPolicy { positions_max: c.split_positions_max, load_cmds_per_s: c.split_load_cmds_per_s, merge_cold_s: c.merge_cold_s },
+            balance: c.balance,
             scoring: self.model,
             availability: self.availability,
         })

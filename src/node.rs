@@ -51,7 +51,8 @@ const FORMAT_KEY: &str = "format";
 /// half-read. 2: ranges with epochs (the entry and state layouts changed).
 /// 3: the metadata group (the topology in its state), children of splits.
 /// 4: merges (a group's merge state in its snapshots and its log).
-pub const DATA_FORMAT: u32 = 4;
+/// 5: the balancing switch in the topology.
+pub const DATA_FORMAT: u32 = 5;
 /// Most attempts one request makes to reach its group's leader: leader-hint
 /// hops and waits out elections (`ELECTION_BACKOFF` each) together; the
 /// request's deadline (`rpc-timeout-ms`) bounds them too.

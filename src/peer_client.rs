@@ -133,6 +133,24 @@ impl PeerNetwork {
         wire::decode::<Result<BTreeSet<NodeId>, GroupError>>(&reply).map_err(|reason| GroupError::Unavailable { group, reason })?
     }
 
+    /// Forwards a leader move of `group` to `target` (believed to lead it).
+    pub async fn transfer_leader(&self, target: NodeId, group: GroupId, to: NodeId, timeout: Duration) -> Result<(), GroupError> {
+        let reply = self.call_raw(target, group, Rpc::TransferLeader, wire::encode(&to), timeout).await.map_err(|s| forward_error(group, target, &s))?;
+        wire::decode::<Result<(), GroupError>>(&reply).map_err(|reason| GroupError::Unavailable { group, reason })?
+    }
+
+    /// Asks `target` to start an election in `group` now.
+    pub async fn campaign(&self, target: NodeId, group: GroupId) -> Result<(), GroupError> {
+        let reply = self.call_raw(target, group, Rpc::Campaign, Vec::new(), self.rpc_timeout).await.map_err(|s| forward_error(group, target, &s))?;
+        wire::decode::<Result<(), GroupError>>(&reply).map_err(|reason| GroupError::Unavailable { group, reason })?
+    }
+
+    /// The leaders `target` knows of: (group, leader, term) per replica.
+    pub async fn leaders(&self, target: NodeId, timeout: Duration) -> Result<Vec<(GroupId, Option<NodeId>, u64)>, String> {
+        let reply = self.call_raw(target, 0, Rpc::Leaders, Vec::new(), timeout).await.map_err(|s| format!("node {target}: {:?}: {}", s.code(), s.message()))?;
+        wire::decode(&reply)
+    }
+
     /// Forwards a read to `target`.
     pub async fn read(&self, target: NodeId, group: GroupId, query: &ReadQuery, consistency: Consistency) -> Result<ReadAnswer, GroupError> {
         let reply = self
@@ -159,6 +177,9 @@ enum Rpc {
     Propose,
     Read,
     MoveReplica,
+    TransferLeader,
+    Campaign,
+    Leaders,
 }
 
 async fn send(
@@ -179,6 +200,9 @@ async fn send(
         Rpc::Propose => client.propose(request).await,
         Rpc::Read => client.read(request).await,
         Rpc::MoveReplica => client.move_replica(request).await,
+        Rpc::TransferLeader => client.transfer_leader(request).await,
+        Rpc::Campaign => client.campaign(request).await,
+        Rpc::Leaders => client.leaders(request).await,
     };
     reply.map(|r| r.into_inner().payload)
 }

@@ -49,6 +49,17 @@ pub struct PeerService {
 }
 
 impl PeerService {
+    /// Refuses a topology step (`what`) from a node with other cluster
+    /// settings or without a peer certificate.
+    fn check_trusted_peer<T>(&self, request: &Request<T>, what: &str) -> Result<(), Status> {
+        self.check_fingerprint(request)?;
+        let caller = security::caller(request);
+        if !caller.is_trusted_peer() {
+            return Err(Status::permission_denied(format!("{what} are taken from authenticated peers only, not from {}", caller.subject)));
+        }
+        Ok(())
+    }
+
     /// Refuses a message from a node with other cluster settings.
     fn check_fingerprint<T>(&self, request: &Request<T>) -> Result<(), Status> {
         let ours = &self.node.config.cluster_fingerprint;
@@ -196,14 +207,38 @@ impl RaftPeer for PeerService {
 
     #[tracing::instrument(level = "debug", skip_all, fields(group = request.get_ref().group_id))]
     async fn move_replica(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        self.check_fingerprint(&request)?;
-        let caller = security::caller(&request);
-        if !caller.is_trusted_peer() {
-            return Err(Status::permission_denied(format!("replica moves are taken from authenticated peers only, not from {}", caller.subject)));
-        }
+        self.check_trusted_peer(&request, "replica moves")?;
         let m = request.into_inner();
         let (from, to): (raft::NodeId, raft::NodeId) = wire::decode_bounded(&m.payload, PEER_COMMAND_BYTES_MAX).map_err(Status::invalid_argument)?;
         let result = self.node.move_replica_here(m.group_id, from, to).await;
         Ok(Response::new(RaftMessage { group_id: m.group_id, payload: wire::encode(&result) }))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(group = request.get_ref().group_id))]
+    async fn transfer_leader(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.check_trusted_peer(&request, "leader moves")?;
+        let m = request.into_inner();
+        let to: raft::NodeId = wire::decode_bounded(&m.payload, PEER_COMMAND_BYTES_MAX).map_err(Status::invalid_argument)?;
+        let result = self.node.transfer_leader_here(m.group_id, to).await;
+        Ok(Response::new(RaftMessage { group_id: m.group_id, payload: wire::encode(&result) }))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(group = request.get_ref().group_id))]
+    async fn campaign(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.check_trusted_peer(&request, "elections")?;
+        let group = request.get_ref().group_id;
+        let result = match self.node.group(group) {
+            Some(replica) => {
+                replica.campaign().await;
+                Ok(())
+            }
+            None => Err(GroupError::NotLeader { group, leader: None }),
+        };
+        Ok(Response::new(RaftMessage { group_id: group, payload: wire::encode(&result) }))
+    }
+
+    async fn leaders(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.check_trusted_peer(&request, "leader views")?;
+        Ok(Response::new(RaftMessage { group_id: 0, payload: wire::encode(&self.node.local_leaders()) }))
     }
 }

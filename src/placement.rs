@@ -105,6 +105,98 @@ impl Node {
     }
 }
 
+/// Longest a leader move takes, forwarding included.
+pub const LEADER_MOVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Node {
+    /// Hands `group`'s leadership to node `to`, a replica of it (see
+    /// `raft::Group::transfer_leader`), wherever the leader is.
+    pub async fn transfer_leader(&self, group: GroupId, to: NodeId) -> Result<(), GroupError> {
+        self.toward_leader(group, |target| async move {
+            match target {
+                Target::Local => self.transfer_leader_here(group, to).await,
+                Target::Peer(id) => self.peers.transfer_leader(id, group, to, LEADER_MOVE_TIMEOUT).await,
+            }
+        })
+        .await
+    }
+
+    /// A leader move on this node, when it leads `group`.
+    pub async fn transfer_leader_here(&self, group: GroupId, to: NodeId) -> Result<(), GroupError> {
+        let replica = self.group(group).ok_or(GroupError::NotLeader { group, leader: None })?;
+        let campaign = async {
+            if to == self.id() {
+                replica.campaign().await;
+                Ok(())
+            } else {
+                self.peers.campaign(to, group).await
+            }
+        };
+        replica.transfer_leader(to, campaign).await?;
+        tracing::info!(node = self.id(), group, to, "leader moved");
+        Ok(())
+    }
+
+    /// (group, leader, term) for every group this node replicates, as its
+    /// replica knows them.
+    pub fn local_leaders(&self) -> Vec<(GroupId, Option<NodeId>, u64)> {
+        self.groups()
+            .map(|g| {
+                let p = g.progress();
+                (g.id, p.leader, p.term)
+            })
+            .collect()
+    }
+
+    /// The balancer's view of the cluster: every node of the topology, and
+    /// every range with the leader its most recent term names (asked of
+    /// every up node; one that does not answer in `timeout` is left out).
+    pub async fn balance_view(&self, timeout: Duration) -> (Vec<NodeView>, Vec<GroupView>) {
+        let topology = self.topology();
+        let others: Vec<NodeId> = topology.nodes().filter(|n| n.state != NodeState::Removed && n.id != self.id()).map(|n| n.id).collect();
+        let answers = futures::future::join_all(others.iter().map(|&id| self.peers.leaders(id, timeout))).await;
+        let mut newest: std::collections::BTreeMap<GroupId, (u64, NodeId)> = std::collections::BTreeMap::new();
+        for (group, leader, term) in answers.into_iter().filter_map(Result::ok).flatten().chain(self.local_leaders()) {
+            if let Some(leader) = leader {
+                let seen = newest.entry(group).or_insert((term, leader));
+                if term > seen.0 {
+                    *seen = (term, leader);
+                }
+            }
+        }
+        let nodes = topology.nodes().map(|n| NodeView { id: n.id, region: n.region.clone(), state: n.state }).collect();
+        let groups = topology
+            .ranges()
+            .map(|r| GroupView { group: r.group, region: r.region.clone(), replicas: r.replicas.clone(), leader: newest.get(&r.group).map(|(_, l)| *l) })
+            .collect();
+        (nodes, groups)
+    }
+
+    /// One step of balancing, when the topology has it on: plans with
+    /// `plan_balance` and takes the step. Answers the step it took.
+    async fn balance_once(&self) -> Option<BalanceStep> {
+        if !self.topology().balance_enabled() {
+            return None;
+        }
+        let (nodes, groups) = self.balance_view(PLACE_CHECK).await;
+        let step = plan_balance(&nodes, &groups)?;
+        let outcome = match step {
+            BalanceStep::Replica { group, from, to } => self.move_replica(group, from, to).await.map(|_| ()),
+            BalanceStep::Leader { group, to, .. } => self.transfer_leader(group, to).await,
+        };
+        match outcome {
+            Ok(()) => {
+                tracing::info!(node = self.id(), %step, "balanced");
+                Some(step)
+            }
+            Err(e) => {
+                tracing::info!(node = self.id(), %step, error = %e, "balancing step not taken; planned again next round");
+                None
+            }
+        }
+    }
+}
+
 /// How often the metadata group's leader looks for a replica to move off a
 /// draining node.
 pub const PLACE_CHECK: Duration = Duration::from_secs(2);
@@ -140,6 +232,14 @@ impl Node {
         self.set_node_state(id, NodeState::Removed).await
     }
 
+    /// `stockctl balance on|off`: answers the topology that records it.
+    pub async fn set_balance(&self, enabled: bool) -> Result<std::sync::Arc<storage::topology::Topology>, GroupError> {
+        self.ensure_bootstrapped().await?;
+        self.change_topology(TopologyCommand::SetBalance { enabled }).await?;
+        self.refresh_topology().await;
+        Ok(self.topology())
+    }
+
     async fn set_node_state(&self, id: NodeId, state: NodeState) -> Result<storage::topology::NodeInfo, GroupError> {
         let invalid = |reason: String| GroupError::Invalid { group: storage::topology::METADATA_GROUP, reason };
         self.ensure_bootstrapped().await?;
@@ -152,13 +252,24 @@ impl Node {
         self.topology().node(id).cloned().ok_or_else(|| invalid(format!("invalid node_id: no node {id} in the topology")))
     }
 
-    /// One round of the placement loop, on the metadata group's leader only:
-    /// moves one replica off a draining node (the first such node, its first
-    /// group), to `drain_target`. Answers what it moved.
-    pub async fn place_once(&self) -> Option<(GroupId, NodeId, NodeId)> {
+    /// One round of the placement loop, on the metadata group's leader
+    /// only: a drain step if a node is draining, else a balancing step.
+    /// At most one change per round (`PLACE_CHECK`): that is the rate limit.
+    pub async fn place_once(&self) -> Option<BalanceStep> {
         if !self.group(storage::topology::METADATA_GROUP).is_some_and(|g| g.is_leader()) {
             return None;
         }
+        let topology = self.topology();
+        let draining = topology.nodes().any(|n| n.state == NodeState::Draining && topology.hosted_by(n.id).next().is_some());
+        if draining {
+            return self.drain_once().await.map(|(group, from, to)| BalanceStep::Replica { group, from, to });
+        }
+        self.balance_once().await
+    }
+
+    /// Moves one replica off a draining node (the first such node, its
+    /// first group), to `drain_target`. Answers what it moved.
+    async fn drain_once(&self) -> Option<(GroupId, NodeId, NodeId)> {
         let topology = self.topology();
         let draining = topology.nodes().filter(|n| n.state == NodeState::Draining).map(|n| n.id).collect::<Vec<_>>();
         for from in draining {
@@ -188,5 +299,178 @@ impl Node {
             let Some(node) = node.upgrade() else { return };
             node.place_once().await;
         }
+    }
+}
+
+/// A node as the balancer sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeView {
+    pub id: NodeId,
+    pub region: String,
+    pub state: NodeState,
+}
+
+/// A range as the balancer sees it: its replicas (from the topology) and
+/// its leader (as the replicas report it; `None` when unknown).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupView {
+    pub group: GroupId,
+    pub region: String,
+    pub replicas: Vec<NodeId>,
+    pub leader: Option<NodeId>,
+}
+
+/// One step of the balancer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BalanceStep {
+    /// Move `group`'s replica from `from` to `to`.
+    Replica { group: GroupId, from: NodeId, to: NodeId },
+    /// Hand `group`'s leadership from `from` to `to` (a replica of it).
+    Leader { group: GroupId, from: NodeId, to: NodeId },
+}
+
+impl std::fmt::Display for BalanceStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BalanceStep::Replica { group, from, to } => write!(f, "move group {group}'s replica from node {from} to node {to}"),
+            BalanceStep::Leader { group, from, to } => write!(f, "move group {group}'s leader from node {from} to node {to}"),
+        }
+    }
+}
+
+/// The next step that evens out replicas, then leaders, per up node of a
+/// region, or `None` when every region is balanced: no up node holds two
+/// more replicas (or leads two more groups) than another that could take
+/// one. A replica moves to the least loaded node (a follower's replica
+/// first, so that no leader changes); a leader moves to a replica of its
+/// group only, of a group of at most `raft::LEADER_MOVE_VOTERS_MAX`
+/// replicas. Ties go to the lowest ids, so every run plans the same step.
+pub fn plan_balance(nodes: &[NodeView], groups: &[GroupView]) -> Option<BalanceStep> {
+    let regions: BTreeSet<&str> = nodes.iter().map(|n| n.region.as_str()).collect();
+    for region in &regions {
+        let up: Vec<NodeId> = nodes.iter().filter(|n| n.region == *region && n.state == NodeState::Up).map(|n| n.id).collect();
+        let in_region: Vec<&GroupView> = groups.iter().filter(|g| g.region == *region).collect();
+        let replicas = |id: NodeId| in_region.iter().filter(|g| g.replicas.contains(&id)).count();
+        if let Some(step) = even_out(&up, replicas, |from, to| {
+            let movable = |g: &&&GroupView| g.replicas.contains(&from) && !g.replicas.contains(&to);
+            let pick = in_region.iter().filter(movable).min_by_key(|g| (g.leader == Some(from), g.group))?;
+            Some(BalanceStep::Replica { group: pick.group, from, to })
+        }) {
+            return Some(step);
+        }
+    }
+    for region in &regions {
+        let up: Vec<NodeId> = nodes.iter().filter(|n| n.region == *region && n.state == NodeState::Up).map(|n| n.id).collect();
+        let in_region: Vec<&GroupView> = groups.iter().filter(|g| g.region == *region).collect();
+        let leads = |id: NodeId| in_region.iter().filter(|g| g.leader == Some(id)).count();
+        if let Some(step) = even_out(&up, leads, |from, to| {
+            let pick = in_region
+                .iter()
+                .filter(|g| g.leader == Some(from) && g.replicas.contains(&to) && g.replicas.len() <= raft::LEADER_MOVE_VOTERS_MAX)
+                .min_by_key(|g| g.group)?;
+            Some(BalanceStep::Leader { group: pick.group, from, to })
+        }) {
+            return Some(step);
+        }
+    }
+    None
+}
+
+/// Among `up` nodes counted by `count`: from the most loaded to each less
+/// loaded one with at least two fewer, the first step `step` finds.
+fn even_out(up: &[NodeId], count: impl Fn(NodeId) -> usize, step: impl Fn(NodeId, NodeId) -> Option<BalanceStep>) -> Option<BalanceStep> {
+    let mut by_load: Vec<(usize, NodeId)> = up.iter().map(|&id| (count(id), id)).collect();
+    by_load.sort();
+    for &(high, from) in by_load.iter().rev() {
+        for &(low, to) in &by_load {
+            if low + 2 > high {
+                break;
+            }
+            if let Some(found) = step(from, to) {
+                return Some(found);
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes(ids: &[NodeId]) -> Vec<NodeView> {
+        ids.iter().map(|&id| NodeView { id, region: "eu".into(), state: NodeState::Up }).collect()
+    }
+
+    fn group(group: GroupId, replicas: &[NodeId], leader: NodeId) -> GroupView {
+        GroupView { group, region: "eu".into(), replicas: replicas.to_vec(), leader: Some(leader) }
+    }
+
+    /// Applies steps until the plan is empty; answers the steps taken.
+    fn settle(nodes: &[NodeView], groups: &mut [GroupView]) -> Vec<BalanceStep> {
+        let mut steps = Vec::new();
+        while let Some(step) = plan_balance(nodes, groups) {
+            assert!(steps.len() < 100, "the balancer does not converge: {steps:?}");
+            match step {
+                BalanceStep::Replica { group, from, to } => {
+                    let g = groups.iter_mut().find(|g| g.group == group).expect("planned group");
+                    let at = g.replicas.iter().position(|&r| r == from).expect("from holds it");
+                    g.replicas[at] = to;
+                    if g.leader == Some(from) {
+                        g.leader = Some(g.replicas[0]);
+                    }
+                }
+                BalanceStep::Leader { group, to, .. } => groups.iter_mut().find(|g| g.group == group).expect("planned group").leader = Some(to),
+            }
+            steps.push(step);
+        }
+        steps
+    }
+
+    #[test]
+    fn a_joined_node_takes_its_share_of_replicas_then_of_leaders() {
+        let view = nodes(&[1, 2, 3, 4]);
+        let mut groups: Vec<GroupView> = (1..=8).map(|g| group(g, &[1, 2, 3], [1, 2, 3][(g as usize) % 3])).collect();
+        let steps = settle(&view, &mut groups);
+        let replicas = |id| groups.iter().filter(|g| g.replicas.contains(&id)).count();
+        let leaders = |id| groups.iter().filter(|g| g.leader == Some(id)).count();
+        assert_eq!([1, 2, 3, 4].map(replicas), [6, 6, 6, 6], "{steps:?}");
+        let counts = [1, 2, 3, 4].map(leaders);
+        assert!(counts.iter().max() <= counts.iter().min().map(|m| m + 1).as_ref(), "{counts:?} after {steps:?}");
+        assert_eq!(steps.iter().filter(|s| matches!(s, BalanceStep::Replica { .. })).count(), 6, "only the moves needed: {steps:?}");
+        // A follower's replica moves first: no leader changes for it.
+        let BalanceStep::Replica { group: first, from, .. } = steps[0] else { panic!("{steps:?}") };
+        assert_ne!((1..=8).map(|g| group(g, &[1, 2, 3], [1, 2, 3][(g as usize) % 3])).find(|g| g.group == first).expect("planned group").leader, Some(from));
+    }
+
+    #[test]
+    fn leaders_piled_on_one_node_after_restarts_spread_over_the_replicas() {
+        let view = nodes(&[1, 2, 3]);
+        let mut groups: Vec<GroupView> = (1..=8).map(|g| group(g, &[1, 2, 3], 3)).collect();
+        let steps = settle(&view, &mut groups);
+        assert!(steps.iter().all(|s| matches!(s, BalanceStep::Leader { from: 3, .. })), "{steps:?}");
+        let counts = [1, 2, 3].map(|id| groups.iter().filter(|g| g.leader == Some(id)).count());
+        assert_eq!(counts, [3, 2, 3], "{steps:?}");
+    }
+
+    #[test]
+    fn a_balanced_region_plans_nothing_and_others_are_not_counted() {
+        let mut view = nodes(&[1, 2, 3]);
+        view.push(NodeView { id: 4, region: "us".into(), state: NodeState::Up });
+        view.push(NodeView { id: 5, region: "eu".into(), state: NodeState::Draining });
+        let groups: Vec<GroupView> = (1..=3).map(|g| group(g, &[1, 2, 3], g as NodeId)).collect();
+        assert_eq!(plan_balance(&view, &groups), None, "a region of its own and a draining node take nothing");
+    }
+
+    #[test]
+    fn a_leader_moves_only_to_a_replica_of_a_small_enough_group_and_unknown_leaders_count_for_nobody() {
+        let view = nodes(&[1, 2, 3, 4, 5]);
+        // Node 1 leads both, but of five replicas each: no move is possible.
+        let big = vec![group(1, &[1, 2, 3, 4, 5], 1), group(2, &[1, 2, 3, 4, 5], 1)];
+        assert_eq!(plan_balance(&view, &big), None);
+        let mut unknown = vec![group(1, &[1, 2, 3], 1), group(2, &[1, 2, 3], 1)];
+        unknown[1].leader = None;
+        let view = nodes(&[1, 2, 3]);
+        assert_eq!(plan_balance(&view, &unknown), None, "1 against 0 is within one");
     }
 }

@@ -580,6 +580,7 @@ impl Admin for AdminService {
             model: Some(model_summary(&self.availability.scorer().status())),
             home_slots: topology.home_slots(&node.config.region).to_vec(),
             topology_version: topology.version,
+            balance_enabled: topology.balance_enabled(),
         }))
     }
 
@@ -668,6 +669,15 @@ impl Admin for AdminService {
         let done = self.node.remove_node(id).await.map_err(status::group_error);
         security::audit(&caller, "RemoveNode", &format!("node={id}"), &outcome(&done));
         Ok(Response::new(pb::NodeResponse { node: Some(node_status(&done?)) }))
+    }
+
+    async fn set_balance(&self, request: Request<pb::SetBalanceRequest>) -> Result<Response<pb::SetBalanceResponse>, Status> {
+        let caller = security::caller(&request);
+        let enabled = request.into_inner().enabled;
+        let done = self.node.set_balance(enabled).await.map_err(status::group_error);
+        security::audit(&caller, "SetBalance", &format!("enabled={enabled}"), &outcome(&done));
+        let topology = done?;
+        Ok(Response::new(pb::SetBalanceResponse { enabled: topology.balance_enabled(), topology_version: topology.version }))
     }
 
     async fn merge_shard(&self, request: Request<pb::MergeShardRequest>) -> Result<Response<pb::MergeShardResponse>, Status> {

@@ -493,6 +493,7 @@ fn status(node_id: u64, role: &str, leader: u64) -> StatusResponse {
         model: None,
         home_slots: vec![1],
         topology_version: 1,
+        balance_enabled: true,
     }
 }
 
@@ -563,6 +564,39 @@ fn node_list_shows_the_newest_topology_with_replicas_and_leaders() {
     assert_eq!(value["nodes"].as_array().map(Vec::len), Some(4));
     assert_eq!((value["nodes"][0]["leaders"].as_u64(), value["nodes"][3]["answered"].is_null()), (Some(1), true));
     assert_eq!(value["unanswered"][0], "127.0.0.1:7103");
+}
+
+#[test]
+fn balance_status_shows_the_switch_and_the_next_step() {
+    // Node 1 leads groups 1-3, all on nodes 1-3: a leader should move.
+    let mut one = status(1, "leader", 1);
+    one.nodes = (1..=3).map(|id| NodeStatus { id, addr: format!("127.0.0.1:710{id}"), region: "eu".into(), state: "up".into() }).collect();
+    one.groups = (1..=3).map(|g| GroupStatus { group_id: g, ..one.groups[0].clone() }).collect();
+    let reports = vec![NodeStatusReport { addr: "http://127.0.0.1:7101".into(), result: Ok(one.clone()) }];
+    let text = cli::balance_status_human(&reports);
+    assert!(text.starts_with("balancing: on (topology version 1)"), "{text}");
+    assert!(text.contains("next step: move group 1's leader from node 1 to node 2"), "{text}");
+    let value = cli::balance_status_json(&reports);
+    assert_eq!((value["enabled"].as_bool(), value["next_step"]["kind"].as_str(), value["next_step"]["to"].as_u64()), (Some(true), Some("leader"), Some(2)));
+    assert_eq!(value["nodes"].as_array().map(Vec::len), Some(3));
+    // Off: the same imbalance is shown as what balancing would do.
+    one.balance_enabled = false;
+    let reports = vec![NodeStatusReport { addr: "http://127.0.0.1:7101".into(), result: Ok(one.clone()) }];
+    let text = cli::balance_status_human(&reports);
+    assert!(text.starts_with("balancing: off") && text.contains("with balancing on, the next step would be: move group 1's leader"), "{text}");
+    // One group led by each node: balanced.
+    for (g, group) in one.groups.iter_mut().enumerate() {
+        group.leader = g as u64 + 1;
+    }
+    let reports = vec![NodeStatusReport { addr: "http://127.0.0.1:7101".into(), result: Ok(one) }];
+    assert!(cli::balance_status_human(&reports).contains("balanced: no up node"), "{}", cli::balance_status_human(&reports));
+    assert!(cli::balance_status_json(&reports)["next_step"].is_null());
+    let none = vec![NodeStatusReport {
+        addr: "http://127.0.0.1:7101".into(),
+        result: Err(ClientError::Unavailable { outcome_unknown: false, message: "refused".into() }),
+    }];
+    assert_eq!(cli::balance_status_human(&none), "no node answered\n");
+    assert!(cli::balance_status_json(&none)["enabled"].is_null());
 }
 
 #[test]

@@ -6,7 +6,10 @@
 //! flight, and retires the right group's replicas; a frozen range answers
 //! no reads of its records; cold ranges merge by themselves; a node joins
 //! the running cluster and takes a replica; a drained node's replicas move
-//! to the others and an empty node is removed; a replica moves to a node that had none under load.
+//! to the others and an empty node is removed; a replica moves to a node that had none under load;
+//! leaders piled on one node (by leader moves, then by a restart) spread
+//! out once balancing is on, and a joined node takes its share of replicas
+//! and leaders, under load, with no acknowledged write lost.
 
 mod common;
 
@@ -296,7 +299,7 @@ fn writers(cluster: &Cluster, skus: &'static [&'static str], stop: &Arc<AtomicBo
                 while !stop.load(Ordering::Relaxed) {
                     let sku = skus[(w + i) % skus.len()];
                     let id = format!("m{w}-{i}");
-                    let request = pb::ReserveRequest { reservation_id: id.clone(), lines: vec![line(sku, LOC, 1)], ttl_ms: 60_000, risk_gate: None };
+                    let request = pb::ReserveRequest { reservation_id: id.clone(), lines: vec![line(sku, LOC, 1)], ttl_ms: 600_000, risk_gate: None };
                     if let Ok(answer) = client.reserve(request).await {
                         assert_eq!(answer.outcome(), pb::Outcome::Ok, "{id} on {sku}");
                         acknowledged.insert(id, sku);
@@ -600,6 +603,96 @@ async fn a_drained_node_hands_its_replicas_to_a_joined_one_and_an_empty_node_is_
     assert_eq!((removed.id, removed.state.as_str()), (5, "removed"));
     let refused = client.remove_node(9).await.expect_err("no node 9");
     assert!(refused.to_string().contains("no node 9"), "{refused}");
+    cluster.shutdown().await;
+}
+
+/// Leaders per running node, as each node's own replicas see themselves.
+fn leaders_per_node(cluster: &Cluster, ids: &[u64]) -> Vec<usize> {
+    ids.iter()
+        .map(|&id| if cluster.is_running(id) { cluster.node(id).groups().filter(|g| g.id != METADATA_GROUP && g.is_leader()).count() } else { 0 })
+        .collect()
+}
+
+fn spread(counts: &[usize]) -> usize {
+    counts.iter().max().unwrap_or(&0) - counts.iter().min().unwrap_or(&0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaders_piled_on_one_node_spread_out_and_a_joined_node_takes_its_share() {
+    let _serial = SERIAL.lock().await;
+    let mut config = test_config();
+    config.cluster.groups_per_region = 4;
+    config.cluster.split_points = Some(vec!["4".into(), "8".into(), "c".into()]);
+    let mut cluster = Cluster::start(3, config).await;
+    const SPREAD: [&str; 8] = ["1-a", "3-b", "5-c", "7-d", "9-e", "b-f", "d-0", "f-1"];
+    let mut feed = cluster.feed(1).await;
+    for sku in SPREAD {
+        receive(&mut feed, &format!("stock-{sku}"), sku, LOC, 100_000).await;
+    }
+    let client = stockd_client::Client::new(&cluster.addrs).expect("client");
+    let groups: Vec<u32> = cluster.node(1).topology().ranges().map(|r| r.group).collect();
+    assert_eq!(groups.len(), 4);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writing = writers(&cluster, &SPREAD, &stop);
+
+    // Leader moves, under load: every group ends up led by node 3.
+    let node = cluster.node(1).clone();
+    for &group in &groups {
+        poll_ok(&format!("group {group}'s leader moved to node 3"), Duration::from_secs(30), || node.transfer_leader(group, 3)).await;
+    }
+    assert_eq!(leaders_per_node(&cluster, &[1, 2, 3]), vec![0, 0, 4]);
+    let refused = node.transfer_leader(groups[0], 9).await.expect_err("node 9 replicates nothing");
+    assert!(refused.to_string().contains("invalid to"), "{refused}");
+    // With balancing off (the test default), they stay there.
+    let status = client.status().await.expect("status");
+    assert!(!status.balance_enabled);
+    tokio::time::sleep(stockd::placement::PLACE_CHECK * 3).await;
+    assert_eq!(leaders_per_node(&cluster, &[1, 2, 3]), vec![0, 0, 4], "nothing moves while balancing is off");
+
+    let on = client.set_balance(true).await.expect("balance on");
+    assert!(on.enabled);
+    poll("leaders spread over the nodes", Duration::from_secs(60), || async { spread(&leaders_per_node(&cluster, &[1, 2, 3])) <= 1 }).await;
+
+    // A restart piles the stopped node's leaders on the others; they spread again.
+    cluster.stop_node(2).await;
+    poll("node 2's groups elected other leaders", Duration::from_secs(30), || async { leaders_per_node(&cluster, &[1, 3]).iter().sum::<usize>() == 4 }).await;
+    cluster.start_node(2).await;
+    poll("leaders spread over the nodes after the restart", Duration::from_secs(60), || async {
+        let counts = leaders_per_node(&cluster, &[1, 2, 3]);
+        counts.iter().sum::<usize>() == 4 && spread(&counts) <= 1
+    })
+    .await;
+
+    // A joined node takes a quarter of the 12 replicas, and leaders.
+    assert_eq!(cluster.join_node().await, 4);
+    let node = cluster.node(1).clone();
+    poll("replicas and leaders spread over 4 nodes", Duration::from_secs(120), || async {
+        let topology = node.topology();
+        let replicas: Vec<usize> = (1..=4).map(|id| topology.hosted_by(id).count()).collect();
+        let leaders = leaders_per_node(&cluster, &[1, 2, 3, 4]);
+        replicas == vec![3, 3, 3, 3] && leaders.iter().sum::<usize>() == 4 && spread(&leaders) <= 1
+    })
+    .await;
+
+    let off = client.set_balance(false).await.expect("balance off");
+    assert!(!off.enabled && off.topology_version > on.topology_version);
+    stop.store(true, Ordering::Relaxed);
+    let mut acknowledged = BTreeMap::new();
+    for writer in writing {
+        acknowledged.extend(writer.await.expect("writer"));
+    }
+    assert!(acknowledged.len() > 50, "the writers made progress: {}", acknowledged.len());
+    for id in acknowledged.keys() {
+        let r = client.get_reservation(id).await.unwrap_or_else(|e| panic!("{id}: {e}")).reservation.expect("held");
+        assert_eq!(r.state(), pb::ReservationState::Pending, "{id}");
+    }
+    let mut c = cluster.client(1).await;
+    for sku in SPREAD {
+        let held = acknowledged.values().filter(|s| **s == sku).count() as u64;
+        let p = common::position(&mut c, sku, LOC, pb::Consistency::Strong).await.position.expect("position");
+        // A write whose answer was lost may hold a unit too.
+        assert!(p.reserved >= held, "{sku}: {} reserved, {held} acknowledged", p.reserved);
+    }
     cluster.shutdown().await;
 }
 

@@ -45,7 +45,7 @@ use stockd_proto::v1::inventory_client::InventoryClient;
 use stockd_proto::v1::{
     AdjustRequest, AdjustResponse, BatchReserveRequest, BatchReserveResponse, Consistency, GetPositionRequest, MergeShardRequest, MergeShardResponse,
     MoveShardRequest, MoveShardResponse, NodeRequest, NodeResponse, PositionResponse, ReservationRef, ReservationResponse, ReserveRequest, ReserveResponse,
-    SplitShardRequest, SplitShardResponse, StatusRequest, StatusResponse,
+    SetBalanceRequest, SetBalanceResponse, SplitShardRequest, SplitShardResponse, StatusRequest, StatusResponse,
 };
 use stockd_proto::v1::{
     CheckAvailabilityBatchRequest, CheckAvailabilityBatchResponse, CheckAvailabilityRequest, CheckAvailabilityResponse, LoadModelRequest, ModelStatusRequest,
@@ -503,6 +503,13 @@ impl Client {
     pub async fn remove_node(&self, node_id: u64) -> Result<NodeResponse, ClientError> {
         let request = NodeRequest { node_id };
         self.send_once(request, |channel, call| async move { AdminClient::new(channel).remove_node(call).await }).await
+    }
+
+    /// `Admin.SetBalance`: turns the balancing of replicas and leaders on or
+    /// off. Repeatable.
+    pub async fn set_balance(&self, enabled: bool) -> Result<SetBalanceResponse, ClientError> {
+        let request = SetBalanceRequest { enabled };
+        self.send_once(request, |channel, call| async move { AdminClient::new(channel).set_balance(call).await }).await
     }
 
     /// An admin change that must not be applied twice: sent to the next

@@ -123,6 +123,7 @@ pub const TABLE: &[Rpc] = &[
     rpc("/stockd.v1.Admin/MoveShard", OPERATOR),
     rpc("/stockd.v1.Admin/DrainNode", OPERATOR),
     rpc("/stockd.v1.Admin/RemoveNode", OPERATOR),
+    rpc("/stockd.v1.Admin/SetBalance", OPERATOR),
     // The peer plane: nodes only.
     rpc("/stockd.peer.v1.RaftPeer/AppendEntries", PEER),
     rpc("/stockd.peer.v1.RaftPeer/Vote", PEER),
@@ -130,6 +131,9 @@ pub const TABLE: &[Rpc] = &[
     rpc("/stockd.peer.v1.RaftPeer/Propose", PEER),
     rpc("/stockd.peer.v1.RaftPeer/Read", PEER),
     rpc("/stockd.peer.v1.RaftPeer/MoveReplica", PEER),
+    rpc("/stockd.peer.v1.RaftPeer/TransferLeader", PEER),
+    rpc("/stockd.peer.v1.RaftPeer/Campaign", PEER),
+    rpc("/stockd.peer.v1.RaftPeer/Leaders", PEER),
     // Standard services: health for anyone (load balancers), reflection for
     // client certificates.
     rpc("/grpc.health.v1.Health/Check", Access::Anyone),

@@ -3,10 +3,13 @@
 //! that carries leader time into the log, and its reads.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
+use std::time::Instant;
 use std::time::SystemTime;
 use std::time::UNIX_EPOCH;
 
@@ -116,8 +119,37 @@ pub struct Group {
     load: Arc<LoadMeter>,
     /// The keys of a sample of those commands.
     keys: KeySampler,
+    /// Entries the proposer may have in flight; a leader move takes them
+    /// all, so that nothing new is proposed while it runs.
+    inflight: Arc<Semaphore>,
+    inflight_max: u32,
+    /// Set while a leader move runs: the clock ticker proposes nothing.
+    transferring: Arc<AtomicBool>,
+    /// The term this node leads, and since when (as the ticker saw it).
+    leading_since: LeadingSince,
+    /// openraft's leader lease: a voter refuses another candidate for this
+    /// long after it last heard from its leader.
+    lease: Duration,
     tasks: Vec<JoinHandle<()>>,
 }
+
+/// The term a node leads and since when, as its clock ticker saw it.
+type LeadingSince = Arc<Mutex<Option<(u64, Instant)>>>;
+
+/// Most voters of a group whose leadership can be moved: the candidate and
+/// the old leader, which grants once its own lease expired, must be a
+/// quorum (the other voters refuse any candidate while they hear from a
+/// leader).
+pub const LEADER_MOVE_VOTERS_MAX: usize = 3;
+
+/// Longest a leader move holds new proposals back.
+pub const LEADER_MOVE_PAUSE_MAX: Duration = Duration::from_secs(1);
+/// Of that, longest it waits for the new leader to hold the whole log.
+pub const LEADER_MOVE_CATCH_UP_MAX: Duration = Duration::from_millis(300);
+/// A leader move starts only when its target trails by at most this many
+/// entries (a node cut off or down trails more after a few clock ticks, and
+/// waiting for it would only hold proposals back).
+pub const LEADER_MOVE_LAG_MAX: u64 = 4;
 
 /// The wall clock, Unix ms (0 before 1970).
 pub fn wall_clock_ms() -> u64 {
@@ -169,9 +201,28 @@ impl Group {
         let (tx, rx) = mpsc::channel(config.proposal_queue_max);
         let last_proposed = Arc::new(AtomicU64::new(0));
         let load = Arc::new(LoadMeter::new());
-        let proposer = tokio::spawn(run_proposer(id, raft.clone(), rx, config.clone(), (last_proposed.clone(), load.clone())));
-        let ticker = tokio::spawn(run_ticker(id, raft.clone(), config.clock_tick_ms, last_proposed));
-        Ok(Group { id, node_id, raft, state, proposals: tx, committed, load, keys: KeySampler::default(), tasks: vec![proposer, ticker] })
+        let inflight_max = config.proposals_inflight_max.clamp(1, Semaphore::MAX_PERMITS) as u32;
+        let inflight = Arc::new(Semaphore::new(inflight_max as usize));
+        let transferring = Arc::new(AtomicBool::new(false));
+        let leading_since = Arc::new(Mutex::new(None));
+        let proposer = tokio::spawn(run_proposer(id, raft.clone(), rx, config.clone(), inflight.clone(), (last_proposed.clone(), load.clone())));
+        let ticker = tokio::spawn(run_ticker(id, raft.clone(), config.clock_tick_ms, last_proposed, (transferring.clone(), leading_since.clone())));
+        Ok(Group {
+            id,
+            node_id,
+            raft,
+            state,
+            proposals: tx,
+            committed,
+            load,
+            keys: KeySampler::default(),
+            inflight,
+            inflight_max,
+            transferring,
+            leading_since,
+            lease: Duration::from_millis(config.election_timeout_max_ms),
+            tasks: vec![proposer, ticker],
+        })
     }
 
     /// Makes `members` the group's voters if the group has never been
@@ -265,6 +316,119 @@ impl Group {
         }
     }
 
+    /// On the leader: hands the leadership to voter `to`, without an
+    /// election timeout anyone could see. `campaign` makes `to` start an
+    /// election (a peer RPC to it).
+    ///
+    /// 1. New proposals are held back (the proposer waits for the entries
+    ///    in flight to apply and proposes nothing more; no clock tick), for
+    ///    at most `LEADER_MOVE_PAUSE_MAX`; only when `to` trails by at most
+    ///    `LEADER_MOVE_LAG_MAX` entries, and it must then catch up within
+    ///    `LEADER_MOVE_CATCH_UP_MAX`.
+    /// 2. Once `to` holds the whole log, `campaign` runs: `to` asks for
+    ///    votes at the next term. This node grants (its own lease expired,
+    ///    the logs match) and so `to` has a quorum of a group of up to
+    ///    `LEADER_MOVE_VOTERS_MAX` voters.
+    /// 3. The held proposals then go on: to `to` when it won (this node
+    ///    answers them "not leader", with `to` as the hint; none was
+    ///    proposed, so a retry is safe), or here again when it did not.
+    ///
+    /// Refused (nothing changed) when this node does not lead, `to` is not
+    /// another voter, the group is too large, or this node has led for
+    /// less than a lease (it would refuse the vote itself).
+    pub async fn transfer_leader<F>(&self, to: NodeId, campaign: F) -> Result<(), GroupError>
+    where
+        F: std::future::Future<Output = Result<(), GroupError>>,
+    {
+        let group = self.id;
+        let invalid = |reason: String| GroupError::Invalid { group, reason };
+        let (term, voters, joint, lag) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            if m.state != ServerState::Leader {
+                return Err(GroupError::NotLeader { group, leader: self.leader() });
+            }
+            let membership = m.membership_config.membership();
+            let matched = m.replication.as_ref().and_then(|r| r.get(&to)).and_then(|l| l.map(|l| l.index)).unwrap_or(0);
+            (
+                m.current_term,
+                membership.voter_ids().collect::<Vec<_>>(),
+                membership.get_joint_config().len() > 1,
+                m.last_log_index.unwrap_or(0).saturating_sub(matched),
+            )
+        };
+        if to == self.node_id {
+            return Ok(());
+        }
+        if !voters.contains(&to) || joint {
+            return Err(invalid(format!("invalid to: node {to} is not a voter of group {group}")));
+        }
+        if voters.len() > LEADER_MOVE_VOTERS_MAX {
+            return Err(invalid(format!("group {group} has {} voters; a leader move needs at most {LEADER_MOVE_VOTERS_MAX} in this version", voters.len())));
+        }
+        let led_for = self.leading_since.lock().unwrap_or_else(|p| p.into_inner()).filter(|(t, _)| *t == term).map(|(_, since)| since.elapsed());
+        if led_for.is_none_or(|d| d <= self.lease) {
+            return Err(GroupError::Unavailable {
+                group,
+                reason: format!("this node has led group {group} for less than its lease ({} ms); move its leader later", self.lease.as_millis()),
+            });
+        }
+        if lag > LEADER_MOVE_LAG_MAX {
+            return Err(GroupError::Unavailable {
+                group,
+                reason: format!("node {to} trails the leader by {lag} entries; a leader move waits until it keeps up (at most {LEADER_MOVE_LAG_MAX})"),
+            });
+        }
+        let deadline = tokio::time::Instant::now() + LEADER_MOVE_PAUSE_MAX;
+        let paused = tokio::time::timeout_at(deadline, self.inflight.acquire_many(self.inflight_max))
+            .await
+            .map_err(|_| GroupError::Unavailable { group, reason: "the entries in flight did not apply in time for a leader move".into() })?
+            .map_err(|_| GroupError::Fatal { group, reason: "proposer stopped".into() })?;
+        let started = Instant::now();
+        self.transferring.store(true, Ordering::Release);
+        let outcome = self.hand_over(to, term, deadline, campaign).await;
+        self.transferring.store(false, Ordering::Release);
+        drop(paused);
+        let held_ms = started.elapsed().as_millis() as u64;
+        match &outcome {
+            Ok(()) => tracing::info!(group, to, held_ms, "leadership handed over; proposals were held back meanwhile"),
+            Err(e) => tracing::info!(group, to, held_ms, error = %e, "leadership not handed over"),
+        }
+        outcome
+    }
+
+    async fn hand_over<F>(&self, to: NodeId, term: u64, deadline: tokio::time::Instant, campaign: F) -> Result<(), GroupError>
+    where
+        F: std::future::Future<Output = Result<(), GroupError>>,
+    {
+        let group = self.id;
+        let late = |what: &str| GroupError::Unavailable { group, reason: format!("leader move to node {to}: {what} in time") };
+        let mut metrics = self.raft.metrics();
+        let caught_up = |m: &openraft::RaftMetrics<NodeId, BasicNode>| {
+            m.state != ServerState::Leader
+                || m.current_term != term
+                || m.replication
+                    .as_ref()
+                    .and_then(|r| r.get(&to))
+                    .is_some_and(|matched| matched.map(|l| l.index) == m.last_log_index && m.last_applied.map(|l| l.index) == m.last_log_index)
+        };
+        let catch_up = deadline.min(tokio::time::Instant::now() + LEADER_MOVE_CATCH_UP_MAX);
+        tokio::time::timeout_at(catch_up, metrics.wait_for(caught_up))
+            .await
+            .map_err(|_| late("the log did not reach it"))?
+            .map_err(|_| late("the group stopped"))?;
+        if !self.is_leader() || self.raft.metrics().borrow().current_term != term {
+            return Err(GroupError::NotLeader { group, leader: self.leader() });
+        }
+        tokio::time::timeout_at(deadline, campaign).await.map_err(|_| late("its election did not start"))??;
+        let elected = |m: &openraft::RaftMetrics<NodeId, BasicNode>| m.current_term > term && m.current_leader.is_some_and(|l| l != self.node_id);
+        tokio::time::timeout_at(deadline, metrics.wait_for(elected)).await.map_err(|_| late("it was not elected"))?.map_err(|_| late("the group stopped"))?;
+        match self.raft.metrics().borrow().current_leader {
+            Some(l) if l == to => Ok(()),
+            other => Err(GroupError::Unavailable { group, reason: format!("leader move to node {to}: node {other:?} was elected instead") }),
+        }
+    }
+
     /// The group's range as this replica last applied it.
     pub fn range(&self) -> RangeDesc {
         self.state.read().range().clone()
@@ -347,9 +511,15 @@ impl Group {
     }
 }
 
-async fn run_proposer(group: GroupId, raft: Raft, mut rx: mpsc::Receiver<Proposal>, config: GroupConfig, meters: (Arc<AtomicU64>, Arc<LoadMeter>)) {
+async fn run_proposer(
+    group: GroupId,
+    raft: Raft,
+    mut rx: mpsc::Receiver<Proposal>,
+    config: GroupConfig,
+    inflight: Arc<Semaphore>,
+    meters: (Arc<AtomicU64>, Arc<LoadMeter>),
+) {
     let (last_proposed, load) = meters;
-    let inflight = Arc::new(Semaphore::new(config.proposals_inflight_max));
     let mut next = None;
     loop {
         let first = match next.take() {
@@ -416,12 +586,28 @@ fn routed(group: GroupId, epoch: u64, index: u64, result: CommandResult) -> Resu
     }
 }
 
-async fn run_ticker(group: GroupId, raft: Raft, tick_ms: u64, last_proposed: Arc<AtomicU64>) {
+async fn run_ticker(group: GroupId, raft: Raft, tick_ms: u64, last_proposed: Arc<AtomicU64>, leading: (Arc<AtomicBool>, LeadingSince)) {
+    let (transferring, leading_since) = leading;
     let mut interval = tokio::time::interval(Duration::from_millis(tick_ms));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        if raft.metrics().borrow().state != ServerState::Leader {
+        let (state, term) = {
+            let m = raft.metrics();
+            let m = m.borrow();
+            (m.state, m.current_term)
+        };
+        if state != ServerState::Leader {
+            *leading_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            continue;
+        }
+        {
+            let mut since = leading_since.lock().unwrap_or_else(|p| p.into_inner());
+            if since.is_none_or(|(t, _)| t != term) {
+                *since = Some((term, Instant::now()));
+            }
+        }
+        if transferring.load(Ordering::Acquire) {
             continue;
         }
         let now = wall_clock_ms();

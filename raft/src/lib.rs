@@ -25,5 +25,6 @@ pub mod wire;
 pub use error::GroupError;
 pub use group::Group;
 pub use group::GroupConfig;
+pub use group::LEADER_MOVE_VOTERS_MAX;
 pub use types::NodeId;
 pub use types::TypeConfig;

@@ -87,6 +87,28 @@ async fn run(cli: Cli) -> u8 {
             }
             cli::status_exit_code(&reports)
         }
+        Command::Balance(cli::BalanceCommand::Status) => {
+            let reports = client.status_all().await;
+            if json {
+                emit_json(&cli::balance_status_json(&reports));
+            } else {
+                emit(&cli::balance_status_human(&reports));
+            }
+            cli::status_exit_code(&reports)
+        }
+        Command::Balance(on_off @ (cli::BalanceCommand::On | cli::BalanceCommand::Off)) => {
+            match client.set_balance(matches!(on_off, cli::BalanceCommand::On)).await {
+                Ok(set) => {
+                    if json {
+                        emit_json(&cli::balance_set_json(&set));
+                    } else {
+                        emit(&cli::balance_set_human(&set));
+                    }
+                    cli::EXIT_DONE
+                }
+                Err(error) => fail(&error),
+            }
+        }
         Command::Node(cli::NodeCommand::Drain(args)) => match client.drain_node(args.node).await {
             Ok(_) => drain_wait(&client, args.node, args.wait, json).await,
             Err(error) => fail(&error),

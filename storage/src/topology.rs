@@ -100,6 +100,8 @@ pub enum TopologyCommand {
         nodes: Vec<NodeInfo>,
         ranges: Vec<RangeInfo>,
         placement: BTreeMap<String, Placement>,
+        /// Whether the placement loop balances (see `SetBalance`).
+        balance: bool,
     },
     AddNode(NodeInfo),
     SetNodeState {
@@ -140,6 +142,11 @@ pub enum TopologyCommand {
     /// with no replica; a repeat with the same addresses and region changes
     /// nothing, anything else about a known id is refused.
     Join(NodeInfo),
+    /// `stockctl balance on|off`: whether the placement loop balances
+    /// replicas and leaders.
+    SetBalance {
+        enabled: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -182,11 +189,19 @@ pub struct Topology {
     allocated: BTreeSet<GroupId>,
     /// The next id `AllocateGroup` gives.
     next_group: GroupId,
+    /// The placement loop balances replicas and leaders only while this is
+    /// false (`stockctl balance on|off`); it drains nodes either way.
+    balance_paused: bool,
 }
 
 impl Topology {
     pub fn is_bootstrapped(&self) -> bool {
         self.next_group > 0
+    }
+
+    /// True unless `stockctl balance off` paused the balancing.
+    pub fn balance_enabled(&self) -> bool {
+        !self.balance_paused
     }
 
     pub fn nodes(&self) -> impl Iterator<Item = &NodeInfo> {
@@ -257,7 +272,10 @@ impl Topology {
 
     fn change(&mut self, command: &TopologyCommand) -> Result<TopologyAnswer, TopologyError> {
         match command {
-            TopologyCommand::Bootstrap { nodes, ranges, placement } => self.bootstrap(nodes, ranges, placement),
+            TopologyCommand::Bootstrap { nodes, ranges, placement, balance } => {
+                self.balance_paused = !balance;
+                self.bootstrap(nodes, ranges, placement)
+            }
             TopologyCommand::AddNode(node) => self.add_node(node),
             TopologyCommand::Join(node) => self.join(node),
             TopologyCommand::SetNodeState { node, state } => self.set_node_state(*node, *state),
@@ -273,6 +291,10 @@ impl Topology {
             TopologyCommand::SetPlacement { region, placement } => {
                 check_placement(placement)?;
                 self.placement.insert(region.clone(), *placement);
+                Ok(())
+            }
+            TopologyCommand::SetBalance { enabled } => {
+                self.balance_paused = !enabled;
                 Ok(())
             }
         }?;

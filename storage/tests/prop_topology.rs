@@ -47,7 +47,7 @@ fn bootstrapped() -> Topology {
         range(1001, "us", "", None, &[5, 6, 7]),
     ];
     let placement = BTreeMap::from([("eu".to_owned(), Placement { replication_factor: 3 }), ("us".to_owned(), Placement { replication_factor: 3 })]);
-    topology.apply(&TopologyCommand::Bootstrap { nodes, ranges, placement }).expect("bootstrap");
+    topology.apply(&TopologyCommand::Bootstrap { nodes, ranges, placement, balance: true }).expect("bootstrap");
     topology
 }
 
@@ -199,13 +199,14 @@ fn nothing_but_a_bootstrap_applies_before_one_and_a_bootstrap_only_once() {
     let mut empty = Topology::default();
     assert_eq!(empty.apply(&TopologyCommand::AllocateGroup), Err(TopologyError::NotBootstrapped));
     let mut topology = bootstrapped();
-    let again = TopologyCommand::Bootstrap { nodes: vec![], ranges: vec![], placement: BTreeMap::new() };
+    let again = TopologyCommand::Bootstrap { nodes: vec![], ranges: vec![], placement: BTreeMap::new(), balance: true };
     assert_eq!(topology.apply(&again), Err(TopologyError::Bootstrapped));
     // A bootstrap whose ranges leave a gap is refused whole.
     let gap = TopologyCommand::Bootstrap {
         nodes: vec![node(1, "eu")],
         ranges: vec![range(1, "eu", "", Some("h"), &[1]), range(2, "eu", "k", None, &[1])],
         placement: BTreeMap::new(),
+        balance: true,
     };
     let refused = empty.apply(&gap).expect_err("a gap");
     assert!(refused.to_string().contains("does not end where"), "{refused}");
@@ -237,4 +238,26 @@ fn a_join_adds_a_node_once_and_refuses_a_known_id_elsewhere_or_a_removed_one() {
     topology.apply(&TopologyCommand::SetNodeState { node: 8, state: NodeState::Removed }).expect("remove the empty node");
     let refused = topology.apply(&TopologyCommand::Join(joiner)).expect_err("removed");
     assert!(refused.to_string().contains("never reused"), "{refused}");
+}
+
+#[test]
+fn the_balancing_switch_starts_as_bootstrapped_and_turns_on_and_off() {
+    let mut topology = bootstrapped();
+    assert!(topology.balance_enabled());
+    let version = topology.version;
+    topology.apply(&TopologyCommand::SetBalance { enabled: false }).expect("off");
+    assert!(!topology.balance_enabled());
+    assert_eq!(topology.version, version + 1, "a cached copy sees the change");
+    topology.apply(&TopologyCommand::SetBalance { enabled: true }).expect("on");
+    assert!(topology.balance_enabled());
+    let mut paused = Topology::default();
+    paused
+        .apply(&TopologyCommand::Bootstrap {
+            nodes: vec![node(1, "eu")],
+            ranges: vec![range(1, "eu", "", None, &[1])],
+            placement: BTreeMap::new(),
+            balance: false,
+        })
+        .expect("bootstrap");
+    assert!(!paused.balance_enabled());
 }

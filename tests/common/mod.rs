@@ -70,6 +70,8 @@ pub fn test_config() -> FileConfig {
     f.cluster.clock_tick_ms = 100;
     // Tests name their groups: none is merged away unless a test asks.
     f.cluster.merge_cold_s = 0;
+    // Nor does a replica or a leader move unless a test turns balancing on.
+    f.cluster.balance = false;
     f.node.rpc_timeout_ms = 5_000;
     // Tests judge answers, not latency: a busy machine must not turn a
     // scored answer into MODEL_TIMEOUT.
