@@ -570,6 +570,7 @@ impl FileConfig {
             snapshot_logs_since_last: c.snapshot_logs_since_last,
             logs_to_keep_after_snapshot: c.logs_to_keep_after_snapshot,
             limits: Limits { idempotency_retention_ms: c.idempotency_retention_ms, recent_changes_max: c.recent_changes_max },
+            skip_history: false,
         };
         for (name, v) in [
             ("batch-commands-max", group.batch_commands_max as u64),

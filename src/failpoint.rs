@@ -20,6 +20,11 @@
 //!   freezing it first, so whatever the right range acknowledges between
 //!   the copy and its retirement is lost (the pitfall the freeze exists
 //!   for); its driver waits a second after the copy, as a slow one would.
+//! - `move-skips-history`: a replica started empty on a node (the target
+//!   of a move) takes the entries from before it was added as applied,
+//!   without applying them, so it starts without the group's records; the
+//!   move's driver then hands it the group's leadership, as the balancer
+//!   may.
 //!
 //! A coordinator that stops (as if its node died) after one step of a cart
 //! across groups, answering `UNAVAILABLE`; the rest is left to the
@@ -43,6 +48,7 @@ pub const MERGE_WITHOUT_FREEZE_INDEX: u64 = 0;
 /// merge: the window in which the right range still acknowledges writes
 /// that the copy misses (a 10 s run with one merge must show a loss).
 pub const MERGE_WITHOUT_FREEZE_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+pub const MOVE_SKIPS_HISTORY: &str = "move-skips-history";
 pub const CART_STOP_AFTER_BEGIN: &str = "cart-stop-after-begin";
 pub const CART_STOP_AFTER_PREPARE: &str = "cart-stop-after-prepare";
 pub const CART_STOP_BEFORE_FOLLOW: &str = "cart-stop-before-follow";

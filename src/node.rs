@@ -249,8 +249,9 @@ impl Node {
             return Ok(group);
         }
         let id = range.group;
-        let group =
-            Group::start(self.id(), range, self.engine.clone(), self.syncer.clone(), self.transport.clone(), &self.config.group, self.splits.clone()).await?;
+        let mut config = self.config.group.clone();
+        config.skip_history = self.failpoint(crate::failpoint::MOVE_SKIPS_HISTORY);
+        let group = Group::start(self.id(), range, self.engine.clone(), self.syncer.clone(), self.transport.clone(), &config, self.splits.clone()).await?;
         let group = Arc::new(group);
         self.groups.write().unwrap_or_else(|p| p.into_inner()).insert(id, group.clone());
         tracing::info!(node = self.id(), group = id, range = %group.range(), "replica started");

@@ -86,6 +86,11 @@ impl Node {
             .cloned()
             .ok_or_else(|| GroupError::Unavailable { group, reason: "the group left the topology during the move".into() })?;
         tracing::info!(node = self.id(), group, from, to, replicas = ?range.replicas, "replica moved");
+        if self.failpoint(crate::failpoint::MOVE_SKIPS_HISTORY) {
+            if let Err(e) = self.transfer_leader(group, to).await {
+                tracing::info!(node = self.id(), group, to, error = %e, "planted bug: the moved replica did not take the leadership");
+            }
+        }
         Ok(MoveDone { range })
     }
 

@@ -91,7 +91,7 @@ struct TestArgs {
 }
 
 /// The planted bugs `--bug` can turn on (stockd's `src/failpoint.rs`).
-const BUGS: &[&str] = &["lost-ack", "peer-invalid-after-apply", "partial-cart", "split-drops-reservations", "merge-without-freeze"];
+const BUGS: &[&str] = &["lost-ack", "peer-invalid-after-apply", "partial-cart", "split-drops-reservations", "merge-without-freeze", "move-skips-history"];
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -168,16 +168,19 @@ async fn test(args: TestArgs) -> anyhow::Result<bool> {
         let workload = match bug.as_str() {
             "peer-invalid-after-apply" => Workload::MultiSku,
             "partial-cart" => Workload::Cart,
-            "split-drops-reservations" | "merge-without-freeze" => Workload::MultiSku,
+            "split-drops-reservations" | "merge-without-freeze" | "move-skips-history" => Workload::MultiSku,
             _ => Workload::HotSku,
         };
         // A bug in splits or merges needs them to happen.
         let (nemesis, spec, secs) = match bug.as_str() {
             "split-drops-reservations" => (vec![FaultKind::Split], "split", 15),
             "merge-without-freeze" => (vec![FaultKind::Merge], "merge", 10),
+            // A move needs a node without a replica of the group: 5 nodes.
+            "move-skips-history" => (vec![FaultKind::Move], "move", 20),
             _ => (Vec::new(), "none", 10),
         };
-        vec![TestConfig { workload, nemesis, nemesis_spec: spec.into(), time_limit_s: secs, ..base }]
+        let nodes = if bug == "move-skips-history" { 5 } else { base.nodes };
+        vec![TestConfig { workload, nemesis, nemesis_spec: spec.into(), time_limit_s: secs, concurrency: base.concurrency.max(2 * nodes), nodes, ..base }]
     } else {
         [
             (Workload::HotSku, "none", 10),

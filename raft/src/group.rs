@@ -68,6 +68,10 @@ pub struct GroupConfig {
     /// Entries kept behind a snapshot for lagging followers.
     pub logs_to_keep_after_snapshot: u64,
     pub limits: Limits,
+    /// Test only, the planted `move-skips-history` bug: a replica started
+    /// empty takes the commands of the entries before the membership that
+    /// names it as applied, without applying them.
+    pub skip_history: bool,
 }
 
 impl Default for GroupConfig {
@@ -83,6 +87,7 @@ impl Default for GroupConfig {
             snapshot_logs_since_last: 20_000,
             logs_to_keep_after_snapshot: 2_000,
             limits: Limits::default(),
+            skip_history: false,
         }
     }
 }
@@ -194,6 +199,9 @@ impl Group {
         let committed = log_store.committed_index();
         let mut sm = StateMachineStore::open(engine, id, config.limits.clone(), range).map_err(|e| fatal(format!("cannot open the state machine: {e}")))?;
         sm.report_splits_to(splits);
+        if config.skip_history {
+            sm.skip_history_of(node_id);
+        }
         let state = sm.state();
         let raft = Raft::new(node_id, Arc::new(raft_config), GroupNetwork::new(transport, id), log_store, sm)
             .await

@@ -119,6 +119,9 @@ pub struct StateMachineStore {
     snapshot_seq: Arc<AtomicU64>,
     /// Where applied splits are reported (`report_splits`).
     splits: Option<mpsc::UnboundedSender<SplitApplied>>,
+    /// `GroupConfig::skip_history` (a planted bug): this node, while no
+    /// applied membership names it.
+    skipping_for: Option<NodeId>,
 }
 
 impl StateMachineStore {
@@ -163,7 +166,7 @@ impl StateMachineStore {
         let inventory = Inventory::load(limits.clone(), range, log_time_ms, applied_index, records);
         let state =
             Arc::new(GroupState { inventory: RwLock::new(inventory), applied_index: AtomicU64::new(applied_index), log_time_ms: AtomicU64::new(log_time_ms) });
-        Ok(Self { engine, group, limits, state, last_applied, membership, snapshot_seq: Arc::new(AtomicU64::new(0)), splits: None })
+        Ok(Self { engine, group, limits, state, last_applied, membership, snapshot_seq: Arc::new(AtomicU64::new(0)), splits: None, skipping_for: None })
     }
 
     pub fn state(&self) -> Arc<GroupState> {
@@ -181,6 +184,15 @@ impl StateMachineStore {
     /// (one per applied `Command::Split`: as many as the log holds).
     pub fn report_splits_to(&mut self, tx: mpsc::UnboundedSender<SplitApplied>) {
         self.splits = Some(tx);
+    }
+
+    /// The planted `move-skips-history` bug (`GroupConfig::skip_history`):
+    /// a state machine that has applied nothing yet skips the commands of
+    /// entries until a membership naming `node` applies.
+    pub fn skip_history_of(&mut self, node: NodeId) {
+        if self.last_applied.is_none() {
+            self.skipping_for = Some(node);
+        }
     }
 
     /// Writes every record the inventory changed, plus the applied log id,
@@ -321,6 +333,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             self.last_applied = Some(entry.log_id);
             let results = match entry.payload {
                 EntryPayload::Blank => Vec::new(),
+                EntryPayload::Normal(_) if self.skipping_for.is_some() => Vec::new(),
                 EntryPayload::Normal(batch) => {
                     let results = inventory.apply_batch(index, &batch);
                     for child in inventory.take_split_children() {
@@ -330,6 +343,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     results
                 }
                 EntryPayload::Membership(membership) => {
+                    if self.skipping_for.is_some_and(|me| membership.nodes().any(|(id, _)| *id == me)) {
+                        self.skipping_for = None;
+                    }
                     self.membership = StoredMembership::new(Some(entry.log_id), membership);
                     Vec::new()
                 }

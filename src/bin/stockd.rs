@@ -341,11 +341,18 @@ async fn dev_join(args: DevArgs) -> anyhow::Result<()> {
         if let Ok(Some(status)) = child.process.try_wait() {
             anyhow::bail!("node {id} exited ({status}){}", last_error_line(&log).map(|l| format!(": {l}")).unwrap_or_default());
         }
-        let listed = client.status_all().await.into_iter().any(|r| r.result.is_ok_and(|s| s.nodes.iter().any(|n| n.id == id)));
-        if listed {
-            println!("joined: the topology lists node {id}; it holds no replica until one is moved to it:");
+        let statuses = client.status_all().await;
+        let newest = statuses.iter().filter_map(|r| r.result.as_ref().ok()).max_by_key(|s| s.topology_version);
+        if let Some(status) = newest.filter(|s| s.nodes.iter().any(|n| n.id == id)) {
             let security = certs.as_ref().map_or_else(|| "--insecure".to_owned(), |d| format!("--certs {}", d.display()));
-            println!("  bin/stockctl --addr {} {security} shard move --group G --from N --to {id}", join[0]);
+            let addrs = join.iter().cloned().chain([dev_addr(&args, id)]).collect::<Vec<_>>().join(",");
+            if status.balance_enabled {
+                println!("joined: the topology lists node {id}; the balancer moves replicas and leaders to it, one step every 2 s:");
+                println!("  bin/stockctl --addr {addrs} {security} balance status");
+            } else {
+                println!("joined: the topology lists node {id}; balancing is off, so it holds no replica until one is moved to it:");
+                println!("  bin/stockctl --addr {} {security} shard move --group G --from N --to {id}", join[0]);
+            }
             break;
         }
         if Instant::now() >= deadline {
