@@ -87,8 +87,14 @@ impl Node {
             .ok_or_else(|| GroupError::Unavailable { group, reason: "the group left the topology during the move".into() })?;
         tracing::info!(node = self.id(), group, from, to, replicas = ?range.replicas, "replica moved");
         if self.failpoint(crate::failpoint::MOVE_SKIPS_HISTORY) {
-            if let Err(e) = self.transfer_leader(group, to).await {
-                tracing::info!(node = self.id(), group, to, error = %e, "planted bug: the moved replica did not take the leadership");
+            // As the balancer may, give the new replica the leadership (once
+            // it keeps up and the leader's lease allows), for up to 10 s.
+            for _ in 0..20 {
+                match self.transfer_leader(group, to).await {
+                    Ok(()) => break,
+                    Err(e) => tracing::info!(node = self.id(), group, to, error = %e, "planted bug: the moved replica did not take the leadership yet"),
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
         Ok(MoveDone { range })
