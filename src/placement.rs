@@ -107,6 +107,22 @@ impl Node {
         if !replica.is_leader() {
             return Err(GroupError::NotLeader { group, leader: replica.leader() });
         }
+        if from == self.id() {
+            // The leader's own replica leaves: hand the leadership to another
+            // voter first, so that removing it costs no election timeout
+            // (every client of the group would wait it out). The move goes
+            // on at the new leader; if no voter takes it, it goes on here.
+            let progress = replica.progress();
+            let caught_up = |id: &NodeId| {
+                progress.replication.iter().any(|(r, matched)| r == id && progress.last_log_index.saturating_sub(*matched) <= raft::group::LEADER_MOVE_LAG_MAX)
+            };
+            if let Some(heir) = progress.voters.iter().copied().filter(|v| *v != from && *v != to).find(caught_up) {
+                match self.transfer_leader_here(group, heir).await {
+                    Ok(()) => return Err(GroupError::NotLeader { group, leader: replica.leader() }),
+                    Err(e) => tracing::info!(node = self.id(), group, heir, error = %e, "the leader's replica moves without handing the leadership over first"),
+                }
+            }
+        }
         let addr = self
             .topology()
             .node(to)
