@@ -97,13 +97,14 @@ impl Node {
     }
 
     /// Step 2 in every line group but the home (which held its own lines
-    /// at begin), in parallel. Repeating it is safe: it is how a stuck
+    /// at begin, beside the record, unless a split put them apart), in
+    /// parallel. Repeating it is safe: it is how a stuck
     /// record is decided. A part goes to the group holding its lines now
     /// (a split may have moved them since the plan); a part whose lines a
     /// split has put in two groups cannot be held, so it is refused (no
     /// intent of it can exist: a split never cuts a live one).
     async fn prepare_all(&self, cart: &Cart, gates: &BTreeMap<GroupId, RiskGate>) -> Result<Prepared, GroupError> {
-        let prepares = cart.parts.iter().filter(|(g, _)| **g != cart.home).map(|(group, part)| async move {
+        let prepares = cart.parts.iter().filter(|(g, _)| !cart.moves_with_record(**g)).map(|(group, part)| async move {
             let Some(target) = self.group_of_lines(&part.lines) else {
                 return Ok((0, storage::model::CommandResult::bare(Outcome::InvalidState)));
             };

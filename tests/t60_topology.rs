@@ -75,14 +75,12 @@ async fn a_split_under_load_moves_its_records_and_loses_no_write() {
     let cart_id = (0..).map(|i| format!("cart-{i}")).find(|id| node.home_of(id) == Some(1)).expect("an id homed in group 1");
     let cart = reserve(&mut c, &cart_id, vec![line("0-x", LOC, 1), line("b-8", LOC, 2)], 60_000).await.expect("cart");
     assert_eq!(cart.outcome(), pb::Outcome::Ok);
-    // A cart homed in the splitting group with its own lines on the right
-    // pins the split until it finishes: the split is refused, nothing moves.
-    let pinned_id = (0..).map(|i| format!("pinned-{i}")).find(|id| node.home_of(id) == Some(RIGHT)).expect("an id homed in group 2");
-    reserve(&mut c, &pinned_id, vec![line("0-x", LOC, 1), line("b-6", LOC, 1)], 60_000).await.expect("pinned cart");
-    let refused = node.split_group(RIGHT, Some(AT.into())).await.expect_err("a cart's own lines would leave its home");
-    assert!(refused.to_string().contains(&pinned_id), "{refused}");
+    // A cart homed in the splitting group with its own lines on the right:
+    // the split takes them away from the record, which from then on has
+    // them followed as it has any other group's.
+    let apart_id = (0..).map(|i| format!("apart-{i}")).find(|id| node.home_of(id) == Some(RIGHT)).expect("an id homed in group 2");
+    reserve(&mut c, &apart_id, vec![line("0-x", LOC, 1), line("b-6", LOC, 1)], 60_000).await.expect("cart with its own lines on the right");
     let mut client = stockd_client::Client::new(&cluster.addrs).expect("client");
-    client.release(&pinned_id).await.expect("release the pinned cart");
 
     // Writers on both sides of the split key while it happens.
     let stop = Arc::new(AtomicBool::new(false));
@@ -115,13 +113,18 @@ async fn a_split_under_load_moves_its_records_and_loses_no_write() {
     client.commit("before-split").await.expect("commit a reservation that moved");
     let committed = client.commit(&cart_id).await.expect("commit a cart whose intent moved");
     assert_eq!(committed.reservation.expect("cart").state(), pb::ReservationState::Committed);
+    let record_group = node.home_of(&apart_id).expect("home");
+    let apart = node.group(record_group).and_then(|g| g.state().read().cart(&apart_id).cloned()).expect("the record");
+    assert!(apart.own_apart, "the split put the record's own lines (b-6) in the new group: {apart:?}");
+    let committed = client.commit(&apart_id).await.expect("commit a cart whose own lines left its home");
+    assert_eq!(committed.reservation.expect("cart").state(), pb::ReservationState::Committed);
     let at = |sku: &str| {
         let group = cluster.node(2).topology().group_for("local", sku).expect("group").group;
         let replica = cluster.node(2).group(group).expect("hosted");
         let p = replica.state().read().position(&storage::model::PositionKey::new(sku, LOC)).cloned().expect("position");
         (group, p.committed)
     };
-    poll("the commits applied on node 2", Duration::from_secs(10), || async { at("b-6").1 == 5 && at("b-8").1 == 2 }).await;
+    poll("the commits applied on node 2", Duration::from_secs(10), || async { at("b-6").1 == 6 && at("b-8").1 == 2 }).await;
     assert_eq!(at("b-8").0, child.group_id);
     // The parent no longer answers for a SKU that left it, not even
     // "absent": a read routed there with an old map is refused as stale.

@@ -535,6 +535,11 @@ pub struct Cart {
     pub parts: BTreeMap<GroupId, CartPart>,
     /// Why it was aborted for stock.
     pub shortfalls: Vec<Shortfall>,
+    /// The part under `home` (the lines held at begin) is no longer in the
+    /// group that holds this record: a split put the two apart. It is then
+    /// prepared and followed as any other line group's part, instead of
+    /// moving in the same apply as the record.
+    pub own_apart: bool,
 }
 
 impl Cart {
@@ -542,12 +547,18 @@ impl Cart {
         IntentOf { home: self.home, begin_index: self.begin_index }
     }
 
-    /// Line groups (not the home) whose intents have not yet confirmed the
-    /// state the home record requires.
+    /// Whether part `group` moves in the same apply as the record: the
+    /// home's own lines, while they are held beside it.
+    pub fn moves_with_record(&self, group: GroupId) -> bool {
+        group == self.home && !self.own_apart
+    }
+
+    /// Parts (but the one held beside the record) whose intents have not
+    /// yet confirmed the state the home record requires.
     pub fn unfollowed(&self) -> impl Iterator<Item = GroupId> + '_ {
         // Pending needs no follow: an intent holds from its prepare on.
         let want = self.state.intent_state().filter(|s| *s != ReservationState::Pending);
-        self.parts.iter().filter(move |(g, part)| **g != self.home && want.is_some() && part.followed != want).map(|(g, _)| *g)
+        self.parts.iter().filter(move |(g, part)| !self.moves_with_record(**g) && want.is_some() && part.followed != want).map(|(g, _)| *g)
     }
 
     /// A result carrying this record (and its reservation view).

@@ -9,7 +9,9 @@
 //!
 //! What stays in the group whatever its keys:
 //! - home records of carts and locators: they are homed by their id, not by
-//!   SKU, and a split does not move homes;
+//!   SKU, and a split does not move homes. A record whose own lines (held
+//!   at begin, beside it) move to the new group is marked `own_apart`: from
+//!   then on that part is prepared and followed as any other group's;
 //! - finished reservations whose lines fall on both sides (kept for
 //!   idempotent answers only: they hold no units).
 //!
@@ -76,8 +78,6 @@ pub enum TopologyRefusal {
     Straddles { at: String, id: String },
     #[error("{left} and {right} are not adjacent")]
     NotAdjacent { left: Box<RangeDesc>, right: Box<RangeDesc> },
-    #[error("split key {at:?} would move the lines cart {id} holds in its own home")]
-    HomeLines { at: String, id: String },
     #[error("{what} {id} is held by both sides of the merge")]
     Collides { what: &'static str, id: String },
 }
@@ -228,14 +228,6 @@ impl Inventory {
         if let Some((id, _)) = self.reservations.iter().find(|(_, r)| live(r.state) && side_of(&r.lines, at) == Side::Both) {
             return Err(TopologyRefusal::Straddles { at: at.to_owned(), id: id.clone() });
         }
-        // A cart's record decides its own lines in place: they stay with it
-        // while they hold units.
-        let own_lines_right = |(id, of): (&String, &crate::model::IntentOf)| {
-            of.home == range.group && self.reservations.get(id).is_some_and(|r| live(r.state) && side_of(&r.lines, at) == Side::Right)
-        };
-        if let Some((id, _)) = self.intents.iter().find(|entry| own_lines_right(*entry)) {
-            return Err(TopologyRefusal::HomeLines { at: at.to_owned(), id: id.clone() });
-        }
         let epoch = range.epoch + 1;
         let mut left = self.to_snapshot();
         let mut right = InventorySnapshot {
@@ -252,6 +244,13 @@ impl Inventory {
             merge: MergeState::default(),
         };
         right.intents = take_where(&mut left.intents, |id, _| right.reservations.contains_key(id));
+        // A record whose own lines moved follows them from now on as it
+        // follows any other group's.
+        for (id, cart) in left.carts.iter_mut() {
+            if right.intents.get(id) == Some(&cart.of()) {
+                cart.own_apart = true;
+            }
+        }
         left.range = RangeDesc { end_sku: Some(at.to_owned()), epoch, ..range };
         // A new epoch: merges refused at the old one are refused by it.
         left.merge.refused.clear();
@@ -281,6 +280,7 @@ impl Inventory {
         absorb(&mut merged.carts, theirs.carts, "cart")?;
         absorb(&mut merged.intents, theirs.intents, "intent")?;
         absorb(&mut merged.locators, theirs.locators, "locator")?;
+        rejoin_own_parts(&mut merged);
         merged.log_time_ms = merged.log_time_ms.max(theirs.log_time_ms);
         merged.range = RangeDesc { end_sku: r.end_sku, epoch: l.epoch.max(r.epoch) + 1, ..l };
         merged.merge = MergeState::default();
@@ -347,6 +347,26 @@ fn one_record_per_cart_part(left: &mut InventorySnapshot, right: &mut InventoryS
                 left.intents.remove(&id);
             }
             (true, true) => {}
+        }
+    }
+}
+
+/// A record whose own lines a split had put apart holds them beside it
+/// again once a merge brings them back in the state the record asks for:
+/// they move in the same apply as the record from then on, as before the
+/// split (so a split then a merge gives back the same records).
+fn rejoin_own_parts(state: &mut InventorySnapshot) {
+    for (id, cart) in state.carts.iter_mut().filter(|(_, c)| c.own_apart) {
+        let want = cart.state.as_reservation_state();
+        // Held here in that state, or finished and forgotten on both sides.
+        let held = match state.intents.get(id) {
+            Some(of) if *of == cart.of() => state.reservations.get(id).is_some_and(|r| r.state == want),
+            Some(_) => false,
+            None => cart.state.is_final() && !state.reservations.contains_key(id),
+        };
+        let noted = cart.parts.get(&cart.home).is_some_and(|part| part.followed == Some(want));
+        if held && noted {
+            cart.own_apart = false;
         }
     }
 }

@@ -12,7 +12,9 @@
 //! - merging the sides back at once gives the unsplit group's state, byte
 //!   for byte (range and epoch aside);
 //! - a split is invisible: the same later commands, each sent to the side
-//!   that holds its keys, give the same results as in the unsplit group, and
+//!   that holds its keys, give the same results as in the unsplit group
+//!   (where a split put a record's own lines apart, once the new group
+//!   follows the record, as the home's leader makes it), and
 //!   merging then gives its records and indexes (change histories name each
 //!   group's own log indexes, so those are left out of the comparison);
 //! - that last merge goes through the log commands when it can (`Freeze`
@@ -69,9 +71,11 @@ enum Op {
         id: usize,
         lines: Vec<(usize, u64)>,
     },
-    /// A cart record homed here whose lines are all elsewhere.
+    /// A cart record homed here with a part elsewhere and, when `own` is
+    /// not empty, lines held here beside it.
     Begin {
         id: usize,
+        own: Vec<(usize, u64)>,
     },
     Tick {
         ms: u64,
@@ -87,7 +91,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..IDS).prop_map(|id| Op::Release { id }),
         1 => (0..IDS).prop_map(|id| Op::Fulfill { id }),
         1 => (0..IDS, lines()).prop_map(|(id, lines)| Op::Prepare { id, lines }),
-        1 => (0..IDS).prop_map(|id| Op::Begin { id }),
+        1 => (0..IDS, prop::collection::vec((0..SKUS.len(), 1u64..3), 0..3)).prop_map(|(id, own)| Op::Begin { id, own }),
         2 => (100u64..4_000).prop_map(|ms| Op::Tick { ms }),
     ]
 }
@@ -129,16 +133,15 @@ fn command(op: &Op, seq: u64) -> Option<Command> {
             expires_at_ms: u64::MAX,
             gate: None,
         },
-        Op::Begin { id: n } => {
+        Op::Begin { id: n, own } => {
             let elsewhere = vec![Line { sku: "zz".into(), location: LOCATION.into(), quantity: 1 }];
-            Command::CartBegin {
-                reservation_id: format!("h{n}"),
-                lines: elsewhere.clone(),
-                ttl_ms: 5_000,
-                home: GROUP,
-                parts: BTreeMap::from([(9, elsewhere)]),
-                own_gate: None,
+            let mut parts = BTreeMap::from([(9, elsewhere.clone())]);
+            let mut lines = elsewhere;
+            if !own.is_empty() {
+                parts.insert(GROUP, lines_of(own));
+                lines.extend(lines_of(own));
             }
+            Command::CartBegin { reservation_id: format!("h{n}"), lines, ttl_ms: 5_000, home: GROUP, parts, own_gate: None }
         }
         Op::Tick { .. } => return None,
     })
@@ -263,6 +266,8 @@ struct Coverage {
     routed_right: usize,
     merged_by_commands: usize,
     freeze_refused: usize,
+    own_apart: usize,
+    followed_apart: usize,
 }
 
 /// Merges `right` into `left` through the log: `Freeze` in `right`, then
@@ -322,6 +327,7 @@ fn run(before: Vec<Op>, at: &str, after: Vec<Op>, coverage: &mut Coverage) {
     coverage.split += 1;
     coverage.moved_live += right.reservations().filter(|(_, r)| matches!(r.state, ReservationState::Pending | ReservationState::Committed)).count();
     coverage.moved_intents += right.intents().count();
+    coverage.own_apart += left.carts().filter(|(_, c)| c.own_apart).count();
     let mut merged = left.clone();
     merged.merge(right.clone()).expect("adjacent, disjoint");
     assert_eq!(merged.range().epoch, original.range().epoch + 2);
@@ -337,6 +343,7 @@ fn run(before: Vec<Op>, at: &str, after: Vec<Op>, coverage: &mut Coverage) {
             continue;
         }
         let expected = world_twin(&mut world, &mut original, op);
+        coverage.followed_apart += settle(world.now_ms, &mut left, &mut right);
         coverage.routed_right += usize::from(side == Some(true));
         let got = match side {
             Some(true) => world.replay(&mut right, op),
@@ -369,6 +376,32 @@ fn run(before: Vec<Op>, at: &str, after: Vec<Op>, coverage: &mut Coverage) {
     assert_eq!(left.range().end_sku, None);
     let merged = Inventory::from_snapshot(limits(), without_log_indexes(normalized(&left, &original)));
     assert_eq!(merged, Inventory::from_snapshot(limits(), without_log_indexes(original.to_snapshot())), "the split was invisible");
+}
+
+/// What the home group's leader does between commands once a split put a
+/// record's own lines apart from it: the left side's log moves the record
+/// (expiry, at `now_ms`), and the right side follows it there and then. In
+/// the unsplit group both happened in one apply. Answers how many follows.
+fn settle(now_ms: u64, left: &mut Inventory, right: &mut Inventory) -> usize {
+    let apply = |inventory: &mut Inventory, command: Option<Command>| {
+        let index = inventory.last_applied_index() + 1;
+        let mut results = inventory.apply_batch(index, &Batch::new(now_ms, inventory.range().epoch, command.into_iter().collect()));
+        assert_eq!(inventory.check_invariants(), Ok(()));
+        results.pop()
+    };
+    apply(left, None);
+    let apart: Vec<_> = left
+        .carts()
+        .filter(|(_, cart)| cart.own_apart && cart.unfollowed().any(|g| g == cart.home))
+        .filter_map(|(id, cart)| cart.state.intent_state().map(|state| (id.clone(), cart.of(), state)))
+        .collect();
+    for (id, of, state) in &apart {
+        let followed = apply(right, Some(Command::CartFollow { reservation_id: id.clone(), of: *of, state: *state })).expect("one result");
+        assert_eq!(followed.outcome, storage::model::Outcome::Ok, "{id} follows to {state:?}");
+        let note = Command::CartFollowed { reservation_id: id.clone(), begin_index: of.begin_index, group: GROUP, state: *state };
+        assert_eq!(apply(left, Some(note)).map(|r| r.outcome), Some(storage::model::Outcome::Ok));
+    }
+    apart.len()
 }
 
 /// Applies `op` to the unsplit group, advancing the world's clock.
@@ -404,6 +437,7 @@ fn a_split_moves_every_record_once_is_invisible_and_merges_back() {
     assert!(c.outside > 0 && c.straddled > 0 && c.split > 100, "{c:?}");
     assert!(c.moved_live > 0 && c.moved_intents > 0 && c.routed_right > 0, "the runs did not move live records: {c:?}");
     assert!(c.merged_by_commands > 50 && c.freeze_refused > 0, "{c:?}");
+    assert!(c.own_apart > 0 && c.followed_apart > 0, "no split put a record's own lines apart from it: {c:?}");
 }
 
 #[test]
@@ -514,4 +548,54 @@ fn the_finished_parts_of_one_cart_on_both_sides_merge_into_one_record() {
     assert_eq!(left.intents().filter(|(id, _)| *id == "c1").count(), 1, "one record of the cart's parts");
     assert_eq!(left.reservation("c1").map(|r| r.state), Some(ReservationState::Released));
     assert!(left.positions().all(|(_, p)| p.reserved == 0), "nothing held");
+}
+
+/// A split that moves the lines a cart's record holds beside it: the
+/// record stays, marked `own_apart`; its commit no longer moves them in the
+/// same apply, so that part is unfollowed until the new group follows; a
+/// merge puts them beside the record again.
+#[test]
+fn a_split_puts_a_records_own_lines_apart_and_the_record_follows_them() {
+    let mut world = World { now_ms: 1_000, seq: 0 };
+    let mut left = Inventory::serving(limits(), RangeDesc::whole(GROUP));
+    world.apply(&mut left, &Op::Tick { ms: 0 });
+    world.apply(&mut left, &Op::Receipt { sku: 4, quantity: 5 });
+    let begun = world.apply(&mut left, &Op::Begin { id: 1, own: vec![(4, 2)] }).expect("begin");
+    assert_eq!(begun.outcome, storage::model::Outcome::Ok);
+    let of = left.cart("h1").expect("record").of();
+    let apply = |inventory: &mut Inventory, command: Command| {
+        let index = inventory.last_applied_index() + 1;
+        let result = inventory.apply_batch(index, &Batch::new(2_000, inventory.range().epoch, vec![command])).remove(0);
+        assert_eq!(inventory.check_invariants(), Ok(()));
+        result
+    };
+    let decided = apply(&mut left, Command::CartDecide { reservation_id: "h1".into(), begin_index: of.begin_index, hold: true, shortfalls: vec![] });
+    assert_eq!(decided.cart.map(|c| c.state), Some(storage::model::CartState::Pending));
+    let unsplit = left.clone();
+
+    let mut right = left.split_off("d", CHILD).expect("a record's own lines no longer pin a split");
+    let record = left.cart("h1").expect("the record stays with its home");
+    assert!(record.own_apart, "its own lines moved to the new group");
+    assert_eq!(right.intents().find(|(id, _)| *id == "h1").map(|(_, o)| *o), Some(of));
+    assert_eq!(right.reservation("h1").map(|r| r.state), Some(ReservationState::Pending));
+    assert!(left.reservation("h1").is_none());
+
+    let committed = apply(&mut left, Command::Commit { reservation_id: "h1".into() });
+    assert_eq!(committed.outcome, storage::model::Outcome::Ok);
+    let record = left.cart("h1").expect("record");
+    assert_eq!(record.unfollowed().collect::<BTreeSet<_>>(), BTreeSet::from([GROUP, 9]), "the own part now follows as the others do");
+    assert_eq!(right.reservation("h1").map(|r| r.state), Some(ReservationState::Pending), "not moved by the record's apply");
+    let followed = apply(&mut right, Command::CartFollow { reservation_id: "h1".into(), of, state: ReservationState::Committed });
+    assert_eq!(followed.outcome, storage::model::Outcome::Ok);
+    let noted =
+        apply(&mut left, Command::CartFollowed { reservation_id: "h1".into(), begin_index: of.begin_index, group: GROUP, state: ReservationState::Committed });
+    assert_eq!(noted.outcome, storage::model::Outcome::Ok);
+    assert_eq!(left.cart("h1").expect("record").unfollowed().collect::<Vec<_>>(), vec![9]);
+
+    left.merge(right).expect("adjacent");
+    assert_eq!(left.check_invariants(), Ok(()));
+    let record = left.cart("h1").expect("record");
+    assert!(!record.own_apart, "beside its record again, in the state it asks for");
+    assert_eq!(left.reservation("h1").map(|r| r.state), Some(ReservationState::Committed));
+    assert_ne!(left.cart("h1"), unsplit.cart("h1"));
 }

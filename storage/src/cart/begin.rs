@@ -82,6 +82,7 @@ impl Inventory {
                 })
                 .collect(),
             shortfalls: Vec::new(),
+            own_apart: false,
         };
         if let Some(own) = own {
             self.hold(at, id, own, ttl_ms, expires_at_ms, own_gate, Some(of));

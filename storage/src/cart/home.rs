@@ -11,9 +11,11 @@
 //! - Expiry: a `Preparing` or `Pending` record whose `expires_at_ms` is at or
 //!   before the home's log time becomes `Expired` at the start of the next
 //!   applied entry, as a plain reservation does.
-//! - Every transition moves the home's own intent in the same apply; the
-//!   other line groups follow (step 4), driven by the caller and, if it
-//!   dies, by the home group's leader.
+//! - Every transition moves the home's own intent in the same apply, while
+//!   it is held beside the record; the other line groups follow (step 4),
+//!   driven by the caller and, if it dies, by the home group's leader. Once
+//!   a split has put the own intent in another group (`Cart::own_apart`),
+//!   it follows as theirs do.
 //! - An aborted record answers a client as a refused reserve does: not found.
 
 use std::collections::BTreeSet;
@@ -68,7 +70,8 @@ impl Inventory {
         }
         let want = state.intent_state();
         let home = cart.home;
-        let own = cart.parts.get_mut(&home).map(|part| {
+        let beside = cart.moves_with_record(home);
+        let own = cart.parts.get_mut(&home).filter(|_| beside).map(|part| {
             part.followed = want;
         });
         let expires_at_ms = cart.expires_at_ms;
@@ -131,8 +134,8 @@ impl Inventory {
         }
     }
 
-    /// Home records and their indexes agree; the home's own intent is in
-    /// the state its record asks for.
+    /// Home records and their indexes agree; the home's own intent, while
+    /// it is held beside its record, is in the state the record asks for.
     pub(crate) fn check_cart_invariants(&self) -> Result<(), String> {
         let mut expiry = BTreeSet::new();
         let mut finished = BTreeSet::new();
@@ -152,7 +155,7 @@ impl Inventory {
             }
             let own = self.intents.get(id).filter(|of| **of == cart.of()).and_then(|_| self.reservations.get(id));
             let want = cart.state.intent_state().unwrap_or(ReservationState::Pending);
-            if let (Some(_), Some(own)) = (cart.parts.get(&cart.home), own) {
+            if let (Some(_), Some(own), false) = (cart.parts.get(&cart.home), own, cart.own_apart) {
                 if own.state != want {
                     return Err(format!("cart {id} is {} but its home intent is {}", cart.state.as_str(), own.state.as_str()));
                 }
