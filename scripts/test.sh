@@ -59,7 +59,7 @@ else
   echo "jepsen: the quick runs found a violation or could not run (store: $jepsen_store/quick)"
   failed=$((failed + 1))
 fi
-for bug in lost-ack peer-invalid-after-apply partial-cart split-drops-reservations merge-without-freeze move-skips-history; do
+for bug in lost-ack peer-invalid-after-apply partial-cart split-drops-reservations split-drops-homes merge-without-freeze move-skips-history; do
   bug_status=0
   "$jepsen" test --quick --bug "$bug" --store "$jepsen_store/bug-$bug" >"$jepsen_store/bug-$bug.log" 2>&1 || bug_status=$?
   if [ "$bug_status" -eq 1 ]; then

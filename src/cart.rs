@@ -134,7 +134,7 @@ impl Node {
     /// as decided, which may be another node's earlier decision.
     async fn decide(&self, cart: &Cart, hold: bool, shortfalls: Vec<Shortfall>) -> Result<(u64, CommandResult), GroupError> {
         let command = Command::CartDecide { reservation_id: cart.id.clone(), begin_index: cart.begin_index, hold, shortfalls };
-        let (index, decided) = self.propose(cart.home, command).await?;
+        let (index, decided) = self.propose(self.home_now(cart), command).await?;
         let Some(after) = decided.cart.clone() else { return Ok((index, decided)) };
         if after.state.is_final() {
             self.stop_at(crate::failpoint::CART_STOP_BEFORE_FOLLOW, cart.home)?;
@@ -146,6 +146,13 @@ impl Node {
             _ => Outcome::Ok,
         };
         Ok((index, CommandResult { outcome, replay: decided.replay, shortfalls: after.shortfalls.clone(), ..decided }))
+    }
+
+    /// The group holding `cart`'s record now: its id's home slot, which a
+    /// split or merge may have moved since the record was begun in
+    /// `cart.home` (which stays its identity, in `IntentOf`).
+    fn home_now(&self, cart: &Cart) -> GroupId {
+        self.home_of(&cart.id).unwrap_or(cart.home)
     }
 
     /// Test only: the coordinator stops here, as if its node died, when the
@@ -206,7 +213,7 @@ impl Node {
                 }
             }
             let note = Command::CartFollowed { reservation_id: cart.id.clone(), begin_index: cart.begin_index, group: *group, state };
-            self.propose(cart.home, note).await.map(|_| ())
+            self.propose(self.home_now(cart), note).await.map(|_| ())
         });
         let mut first_error = None;
         for result in futures::future::join_all(follows).await {

@@ -145,10 +145,11 @@ pub struct ClusterFile {
     /// Every node: id, address and region.
     #[serde(default)]
     pub nodes: Vec<NodeEntry>,
-    /// Raft groups (SKU ranges) per region.
+    /// Raft groups (SKU ranges) per region at bootstrap; default 1, which
+    /// size and load splits then shape.
     pub groups_per_region: u32,
-    /// Explicit SKU split points (groups_per_region - 1 of them, ascending);
-    /// default: spread over the first hex digit of the SKU.
+    /// SKU split points (groups_per_region - 1 of them, ascending), needed
+    /// for more than one group.
     #[serde(default)]
     pub split_points: Option<Vec<String>>,
     /// Replicas per group (3 or 5), all in the group's region.
@@ -193,7 +194,7 @@ impl Default for ClusterFile {
         let group = GroupConfig::default();
         Self {
             nodes: Vec::new(),
-            groups_per_region: 8,
+            groups_per_region: 1,
             split_points: None,
             replication_factor: 3,
             reservation_ttl_ms_default: input.ttl_ms_default,
@@ -643,7 +644,7 @@ mod tests {
         assert_eq!(c.listen.port(), 7101);
         assert_eq!(c.peer_listen.port(), 7201, "the peer plane is 100 ports up");
         assert_eq!(c.nodes[&2].peer_addr.as_deref(), Some("127.0.0.1:7202"));
-        assert_eq!(c.shard_map.ranges.len(), 8);
+        assert_eq!(c.shard_map.ranges.len(), 1, "a region starts as one range");
         assert_eq!(c.region, "local");
         assert_eq!(c.security, Security::Insecure);
     }
@@ -715,11 +716,13 @@ mod tests {
 
     #[test]
     fn file_values_are_overridden_by_flags() {
-        let f: FileConfig = toml::from_str("[node]\nid = 2\ndata-dir = \"/tmp/x\"\n[cluster]\ngroups-per-region = 4\n").expect("parses");
+        let toml = "[node]\nid = 2\ndata-dir = \"/tmp/x\"\n[cluster]\ngroups-per-region = 4\nsplit-points = [\"d\", \"h\", \"p\"]\n";
+        let f: FileConfig = toml::from_str(toml).expect("parses");
         assert_eq!(f.cluster.replication_factor, 3, "unset keys keep defaults");
         let c = f.validate(peers()).expect("valid");
         assert_eq!(c.node_id, 1);
         assert_eq!(c.shard_map.ranges.len(), 4);
+        assert_eq!(FileConfig::default().validate(peers()).expect("valid").shard_map.ranges.len(), 1, "one range by default");
     }
 
     #[test]

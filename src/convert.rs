@@ -74,9 +74,12 @@ pub fn reservation_to_pb(r: &m::Reservation, group: m::GroupId) -> pb::Reservati
     }
 }
 
-/// A cart across groups, from its home record: each group's lines with the
-/// state that group confirmed (unspecified while it has not yet).
-pub fn cart_to_pb(cart: &m::Cart) -> pb::Reservation {
+/// A cart across groups, from its home record as group `home` holds it
+/// (the id's home now: a split or merge may have moved the record since
+/// it was begun in `cart.home`): each group's lines with the state that
+/// group confirmed (unspecified while it has not yet), by the group ids the
+/// cart was planned with.
+pub fn cart_to_pb(cart: &m::Cart, home: m::GroupId) -> pb::Reservation {
     let parts = cart
         .parts
         .iter()
@@ -86,14 +89,14 @@ pub fn cart_to_pb(cart: &m::Cart) -> pb::Reservation {
             state: part.followed.map_or(pb::ReservationState::Unspecified, state_to_pb) as i32,
         })
         .collect();
-    pb::Reservation { home_group: cart.home, parts, ..reservation_to_pb(&cart.as_reservation(), cart.home) }
+    pb::Reservation { home_group: home, parts, ..reservation_to_pb(&cart.as_reservation(), home) }
 }
 
 /// The reservation a command result carries: a cart's record, else the
 /// plain reservation of `group`.
 fn result_reservation(r: &m::CommandResult, group: m::GroupId) -> Option<pb::Reservation> {
     match (&r.cart, &r.reservation) {
-        (Some(cart), _) => Some(cart_to_pb(cart)),
+        (Some(cart), _) => Some(cart_to_pb(cart, group)),
         (None, Some(plain)) => Some(reservation_to_pb(plain, group)),
         (None, None) => None,
     }

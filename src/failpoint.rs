@@ -16,6 +16,9 @@
 //! - `split-drops-reservations`: a split's child starts without the
 //!   reservations and intents that moved to it (their positions keep the
 //!   units held): acknowledged reservations lost in a split.
+//! - `split-drops-homes`: a split's child starts without the cart records
+//!   and locators of the home slots it took (their intents keep the units
+//!   held): acknowledged carts whose record is lost in a split.
 //! - `merge-without-freeze`: a merge copies the right range's state without
 //!   freezing it first, so whatever the right range acknowledges between
 //!   the copy and its retirement is lost (the pitfall the freeze exists
@@ -41,6 +44,7 @@ pub const LOST_ACK: &str = "lost-ack";
 pub const PEER_INVALID_AFTER_APPLY: &str = "peer-invalid-after-apply";
 pub const PARTIAL_CART: &str = "partial-cart";
 pub const SPLIT_DROPS_RESERVATIONS: &str = "split-drops-reservations";
+pub const SPLIT_DROPS_HOMES: &str = "split-drops-homes";
 pub const MERGE_WITHOUT_FREEZE: &str = "merge-without-freeze";
 /// The freeze index `merge-without-freeze` claims for a range it never froze.
 pub const MERGE_WITHOUT_FREEZE_INDEX: u64 = 0;

@@ -107,7 +107,10 @@ impl Node {
         while let Some(split) = splits.recv().await {
             let Some(node) = node.upgrade() else { return };
             if node.failpoint(crate::failpoint::SPLIT_DROPS_RESERVATIONS) {
-                node.drop_reservations_of(split.child.group);
+                node.drop_records_of(split.child.group, &[keys::STATE_RESERVATION, keys::STATE_INTENT]);
+            }
+            if node.failpoint(crate::failpoint::SPLIT_DROPS_HOMES) {
+                node.drop_records_of(split.child.group, &[keys::STATE_CART, keys::STATE_LOCATOR]);
             }
             match node.start_group(split.child.clone()).await {
                 Ok(child) => {
@@ -171,15 +174,16 @@ impl Node {
         }
     }
 
-    /// The planted `split-drops-reservations` bug: deletes the stored
-    /// reservations and intents of a child not started yet.
-    fn drop_reservations_of(&self, group: GroupId) {
+    /// The planted `split-drops-reservations` and `split-drops-homes` bugs:
+    /// deletes the stored records of kinds `tags` of a child not started
+    /// yet.
+    fn drop_records_of(&self, group: GroupId, tags: &[u8]) {
         let mut batch = WriteBatch::new();
-        for tag in [keys::STATE_RESERVATION, keys::STATE_INTENT] {
+        for &tag in tags {
             batch.delete_range(Table::State, keys::state_prefix(group, tag), keys::state_prefix_end(group, tag));
         }
         if let Err(e) = self.engine().write(batch, Durability::Sync) {
-            tracing::warn!(group, error = %e, "failpoint: reservations not dropped");
+            tracing::warn!(group, error = %e, "failpoint: records not dropped");
         }
     }
 
@@ -402,7 +406,7 @@ mod tests {
     const POLICY: SplitPolicy = SplitPolicy { positions_max: 100, load_cmds_per_s: 1_000, merge_cold_s: 60 };
 
     fn range(start: &str, end: Option<&str>) -> RangeDesc {
-        RangeDesc { group: 2, start_sku: start.into(), end_sku: end.map(str::to_owned), epoch: 1 }
+        RangeDesc { group: 2, start_sku: start.into(), end_sku: end.map(str::to_owned), epoch: 1, home_slots: stockd_proto::home::ALL_SLOTS }
     }
 
     fn sample(counts: &[(&str, u64)]) -> BTreeMap<String, u64> {

@@ -51,8 +51,9 @@ const FORMAT_KEY: &str = "format";
 /// half-read. 2: ranges with epochs (the entry and state layouts changed).
 /// 3: the metadata group (the topology in its state), children of splits.
 /// 4: merges (a group's merge state in its snapshots and its log).
-/// 5: the balancing switch in the topology.
-pub const DATA_FORMAT: u32 = 5;
+/// 5: the balancing switch in the topology. 6: home slots that move with
+/// splits and merges (in every range), a cart's own lines apart from it.
+pub const DATA_FORMAT: u32 = 6;
 /// Most attempts one request makes to reach its group's leader: leader-hint
 /// hops and waits out elections (`ELECTION_BACKOFF` each) together; the
 /// request's deadline (`rpc-timeout-ms`) bounds them too.
@@ -330,11 +331,10 @@ impl Node {
                 }
                 parts.iter().try_for_each(|(part_group, lines)| skus_in(lines, *part_group))
             }
-            Command::CartPrepare { of, lines, .. } => {
-                skus_in(lines, group)?;
-                self.check_home(of.home, id)
-            }
-            Command::CartFollow { of, .. } => self.check_home(of.home, id),
+            // `of.home` names the record's first home, which a split may
+            // have moved since: an intent is matched to its record by `of`.
+            Command::CartPrepare { lines, .. } => skus_in(lines, group),
+            Command::CartFollow { .. } => Ok(()),
             Command::Split { at_sku, .. } => self.check_sku_in_group(group, at_sku),
             // Apply checks that the right side is frozen and adjacent.
             Command::Freeze | Command::Thaw { .. } | Command::Merge { .. } => Ok(()),
@@ -347,7 +347,7 @@ impl Node {
 
     /// The group that holds reservation `id`'s record, in this node's region.
     pub fn home_of(&self, id: &str) -> Option<GroupId> {
-        self.topology().home_for(&self.config.region, id, stockd_proto::home::slot).map(|r| r.group)
+        self.topology().home_for(&self.config.region, id).map(|r| r.group)
     }
 
     /// Refuses `group` unless it is reservation `id`'s home.
@@ -355,7 +355,7 @@ impl Node {
         let topology = self.topology();
         // A node replicates groups of its own region only.
         let region = topology.range(group).map_or_else(|| self.config.region.clone(), |r| r.region.clone());
-        match topology.home_for(&region, id, stockd_proto::home::slot) {
+        match topology.home_for(&region, id) {
             Some(home) if home.group == group => Ok(()),
             Some(home) => Err(GroupError::Invalid { group, reason: format!("invalid reservation_id: its home is group {}, not group {group}", home.group) }),
             None => Err(GroupError::Invalid { group, reason: format!("invalid group_id: no group {group} in the shard map") }),
@@ -638,6 +638,12 @@ impl Node {
             if answer.reservation.is_some() || answer.cart.is_some() {
                 return Ok(Some(home));
             }
+            // A home that split or merged since this node's map was made
+            // may have handed the record on: not "absent", a stale route.
+            if let Some(range) = answer.range.filter(|r| r.epoch > self.route_epoch(home) && !r.holds_home(id)) {
+                self.topology_stale.notify_one();
+                return Err(GroupError::StaleRoute { group: home, routed_epoch: self.route_epoch(home), range });
+            }
             if let Some(group) = answer.located {
                 return Ok(Some(group));
             }
@@ -730,7 +736,8 @@ impl Node {
             } else if inventory.cart(id).is_some() {
                 Some(*g)
             } else if let Some(of) = inventory.intent_of(id) {
-                Some(of.home)
+                // The record's home now: a split may have moved it.
+                Some(self.home_of(id).unwrap_or(of.home))
             } else {
                 inventory.reservation(id).map(|_| *g)
             }
@@ -793,7 +800,8 @@ mod tests {
     use super::*;
 
     fn map(groups: u32) -> ShardMap {
-        ShardMap::build((1..=3).map(|id| (id, "local")), groups, None, 3).expect("map")
+        let splits = (1..groups).map(|i| format!("{i:02}")).collect();
+        ShardMap::build((1..=3).map(|id| (id, "local")), groups, Some(splits), 3).expect("map")
     }
 
     #[test]

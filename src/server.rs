@@ -201,7 +201,7 @@ impl InventoryService {
         let replica = self.node.group(group)?;
         let inventory = replica.state().read();
         match inventory.cart(id) {
-            Some(cart) => Some(convert::cart_to_pb(cart)),
+            Some(cart) => Some(convert::cart_to_pb(cart, group)),
             None => inventory.reservation(id).map(|r| convert::reservation_to_pb(r, group)),
         }
     }
@@ -399,7 +399,7 @@ impl Inventory for InventoryService {
             answer = self.node.read(home, ReadQuery::Reservation(id), Consistency::Strong).await.map_err(status::group_error)?;
         }
         let reservation = match (&answer.cart, &answer.reservation) {
-            (Some(cart), _) if cart.state != m::CartState::Aborted => Some(convert::cart_to_pb(cart)),
+            (Some(cart), _) if cart.state != m::CartState::Aborted => Some(convert::cart_to_pb(cart, home)),
             (Some(_), _) => None,
             (None, Some(plain)) => Some(convert::reservation_to_pb(plain, home)),
             (None, None) => None,
@@ -578,7 +578,7 @@ impl Admin for AdminService {
             groups,
             version: env!("CARGO_PKG_VERSION").to_string(),
             model: Some(model_summary(&self.availability.scorer().status())),
-            home_slots: topology.home_slots(&node.config.region).to_vec(),
+            home_slots: topology.home_slots(&node.config.region),
             topology_version: topology.version,
             balance_enabled: topology.balance_enabled(),
         }))

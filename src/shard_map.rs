@@ -1,9 +1,9 @@
-//! The shard map: each region's key space split into contiguous SKU ranges,
-//! each range one Raft group replicated on nodes of that region only.
-//!
-//! Static in this version (from the cluster configuration) and stored in the
-//! node's database at first start; a node refuses to start if its stored map
-//! differs from the configured one.
+//! The bootstrap layout: each region's key space split into contiguous SKU
+//! ranges, each range one Raft group replicated on nodes of that region
+//! only, from the `[cluster]` settings of a new cluster. By default a
+//! region starts as one range holding every home slot; size and load
+//! splits shape it from there (`crate::metadata`). Explicit split points
+//! give a region more ranges from the start.
 
 use std::collections::BTreeMap;
 
@@ -21,18 +21,11 @@ pub struct ShardMap {
     pub ranges: Vec<ShardRange>,
 }
 
-const HEX: &[u8] = b"0123456789abcdef";
-
-fn default_split_points(groups: u32) -> Result<Vec<String>, String> {
-    if groups == 0 || groups > 16 {
-        return Err(format!("groups-per-region {groups} needs explicit split-points (default split points cover 1..=16 groups)"));
-    }
-    Ok((1..groups).map(|i| ((HEX[(i * 16 / groups) as usize]) as char).to_string()).collect())
-}
-
 impl ShardMap {
     /// Splits each region of `members` (node id, region) into
-    /// `groups_per_region` ranges.
+    /// `groups_per_region` ranges at `split_points` (one range needs none);
+    /// the region's home slots are shared out evenly in range order
+    /// (`stockd_home::bootstrap_slots`).
     pub fn build<'a>(
         members: impl Iterator<Item = (NodeId, &'a str)>,
         groups_per_region: u32,
@@ -41,7 +34,13 @@ impl ShardMap {
     ) -> Result<ShardMap, String> {
         let splits = match split_points {
             Some(s) => s,
-            None => default_split_points(groups_per_region)?,
+            None if groups_per_region == 1 => Vec::new(),
+            None => {
+                return Err(format!(
+                    "groups-per-region {groups_per_region} needs {} split-points: a region starts as one range unless told where to cut it",
+                    groups_per_region.saturating_sub(1)
+                ))
+            }
         };
         if splits.len() + 1 != groups_per_region as usize {
             return Err(format!("{} split points make {} groups, but groups-per-region is {groups_per_region}", splits.len(), splits.len() + 1));
@@ -67,7 +66,16 @@ impl ShardMap {
                 // Rotate so that groups spread over the region's nodes when it
                 // has more nodes than replicas.
                 let replicas = (0..replication_factor).map(|k| members[(i + k) % members.len()]).collect();
-                ranges.push(ShardRange { group: (r * 1000 + i + 1) as GroupId, region: region.to_string(), start_sku, end_sku, replicas, epoch: FIRST_EPOCH });
+                let home_slots = stockd_proto::home::bootstrap_slots(i, groups_per_region as usize);
+                ranges.push(ShardRange {
+                    group: (r * 1000 + i + 1) as GroupId,
+                    region: region.to_string(),
+                    start_sku,
+                    end_sku,
+                    replicas,
+                    epoch: FIRST_EPOCH,
+                    home_slots,
+                });
             }
         }
         Ok(ShardMap { ranges })
@@ -78,13 +86,11 @@ impl ShardMap {
         self.ranges.iter().find(|r| r.region == region && r.contains(sku))
     }
 
-    /// The home group of reservation `id` in `region`: the group that holds
-    /// its record. The region's groups split the 64-bit hash space of ids
-    /// into equal ranges, in group order (`stockd_proto::home`, which
-    /// clients use to send a cart to its home's leader).
+    /// The home group of reservation `id` in `region`: the range holding
+    /// the id's home slot.
     pub fn home_for(&self, region: &str, id: &str) -> Option<&ShardRange> {
-        let groups: Vec<&ShardRange> = self.ranges.iter().filter(|r| r.region == region).collect();
-        groups.get(stockd_proto::home::slot(id, groups.len())).copied()
+        let bit = stockd_proto::home::slot_bit(id);
+        self.ranges.iter().find(|r| r.region == region && r.home_slots & bit != 0)
     }
 
     pub fn range(&self, group: GroupId) -> Option<&ShardRange> {
@@ -101,8 +107,6 @@ impl ShardMap {
     }
 }
 
-pub use stockd_proto::home::id_hash;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,9 +115,14 @@ mod tests {
         (1..=n).map(|id| (id, "local"))
     }
 
+    fn eight(n: u64) -> ShardMap {
+        let splits = ["2", "4", "6", "8", "a", "c", "e"].map(String::from).to_vec();
+        ShardMap::build(nodes(n), 8, Some(splits), 3).expect("map")
+    }
+
     #[test]
     fn every_sku_has_exactly_one_group() {
-        let map = ShardMap::build(nodes(3), 8, None, 3).expect("map");
+        let map = eight(3);
         assert_eq!(map.ranges.len(), 8);
         for sku in ["", "0", "1zzz", "2", "7abc", "a", "dead", "e", "f0", "zzz", "SKU-1"] {
             let owners = map.ranges.iter().filter(|r| r.contains(sku)).count();
@@ -126,11 +135,22 @@ mod tests {
     }
 
     #[test]
-    fn homes_are_stable_and_spread_over_the_region() {
-        // Pinned: a reservation's home must never move between versions.
-        assert_eq!(id_hash(""), 0xefd0_1f60_ba99_2926);
-        assert_eq!(id_hash("a"), 0x82a2_a958_a9be_ce5b);
-        let map = ShardMap::build(nodes(3), 8, None, 3).expect("map");
+    fn a_region_starts_as_one_range_unless_told_where_to_cut() {
+        let map = ShardMap::build(nodes(3), 1, None, 3).expect("one range");
+        assert_eq!(map.ranges.len(), 1);
+        let only = &map.ranges[0];
+        assert_eq!((only.start_sku.as_str(), only.end_sku.as_deref(), only.home_slots), ("", None, stockd_proto::home::ALL_SLOTS));
+        for sku in ["", "SKU-12345", "B07XJ8C8F5", "9", "zzz"] {
+            assert_eq!(map.group_for("local", sku).map(|r| r.group), Some(1), "{sku}");
+        }
+        assert_eq!(map.home_for("local", "order-1").map(|r| r.group), Some(1));
+        let refused = ShardMap::build(nodes(3), 4, None, 3).expect_err("4 ranges, no split points");
+        assert!(refused.contains("needs 3 split-points"), "{refused}");
+    }
+
+    #[test]
+    fn homes_are_spread_over_the_region() {
+        let map = eight(3);
         let mut counts = BTreeMap::new();
         for i in 0..8000 {
             let home = map.home_for("local", &format!("order-{i}")).expect("home").group;
@@ -139,7 +159,8 @@ mod tests {
         assert_eq!(counts.len(), 8, "every group is home to some ids");
         // Sequential ids too: 1,000 per group expected.
         assert!(counts.values().all(|&n| (850..1150).contains(&n)), "{counts:?}");
-        assert_eq!(map.home_for("local", "order-1").map(|r| r.group), map.home_for("local", "order-1").map(|r| r.group));
+        // Eight slots each, in range order.
+        assert!(map.ranges.iter().enumerate().all(|(i, r)| r.home_slots == 0xff << (8 * i)), "{:?}", map.ranges);
         assert!(map.home_for("elsewhere", "order-1").is_none());
     }
 
@@ -150,7 +171,7 @@ mod tests {
             assert_eq!(r.replicas.len(), 3);
         }
         assert_ne!(map.ranges[0].replicas, map.ranges[1].replicas);
-        assert!(ShardMap::build(nodes(2), 8, None, 3).is_err(), "too few nodes");
+        assert!(ShardMap::build(nodes(2), 1, None, 3).is_err(), "too few nodes");
         assert!(ShardMap::build(nodes(3), 3, Some(vec!["b".into(), "a".into()]), 3).is_err(), "unordered");
     }
 }

@@ -32,7 +32,7 @@ const SKUS: [&str; 6] = ["0-a", "2-b", "4-c", "6-d", "8-e", "a-f"];
 fn eight_groups() -> stockd::config::FileConfig {
     let mut f = test_config();
     f.cluster.groups_per_region = 8;
-    f.cluster.split_points = None;
+    f.cluster.split_points = Some(["2", "4", "6", "8", "a", "c", "e"].map(String::from).to_vec());
     f
 }
 

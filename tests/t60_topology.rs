@@ -46,12 +46,14 @@ async fn every_node_learns_the_topology_from_the_metadata_group() {
     for id in 1..=3 {
         let topology = cluster.node(id).topology();
         assert_eq!(topology.ranges().count(), 2, "node {id}");
-        assert_eq!(topology.home_slots("local"), &[1, 2], "node {id}: homes in group order");
+        let halves: Vec<u32> = [1; 32].into_iter().chain([2; 32]).collect();
+        assert_eq!(topology.home_slots("local"), halves, "node {id}: each group holds half of the home slots, in range order");
     }
     // Status tells clients the home slots and the version routed with.
     let mut admin = pb::admin_client::AdminClient::new(cluster.channel(2, Some("operator")));
     let status = admin.status(pb::StatusRequest {}).await.expect("status").into_inner();
-    assert_eq!(status.home_slots, vec![1, 2]);
+    assert_eq!(status.home_slots.len(), 64);
+    assert_eq!(status.home_slots, cluster.node(2).topology().home_slots("local"));
     assert!(status.topology_version >= 1);
     assert!(status.groups.iter().all(|g| g.group_id != METADATA_GROUP), "the metadata group is not a shard");
     cluster.shutdown().await;
@@ -78,15 +80,19 @@ async fn a_split_under_load_moves_its_records_and_loses_no_write() {
     // A cart homed in the splitting group with its own lines on the right:
     // the split takes them away from the record, which from then on has
     // them followed as it has any other group's.
-    let apart_id = (0..).map(|i| format!("apart-{i}")).find(|id| node.home_of(id) == Some(RIGHT)).expect("an id homed in group 2");
+    // Group 2 holds home slots 32-63; the split hands 48-63 to the child.
+    let slot = |id: &str| stockd_proto::home::slot(id, stockd_proto::home::SLOTS);
+    let apart_id = (0..).map(|i| format!("apart-{i}")).find(|id| node.home_of(id) == Some(RIGHT) && slot(id) < 48).expect("an id that stays in group 2");
     reserve(&mut c, &apart_id, vec![line("0-x", LOC, 1), line("b-6", LOC, 1)], 60_000).await.expect("cart with its own lines on the right");
-    let mut client = stockd_client::Client::new(&cluster.addrs).expect("client");
+    // And a record that goes with its slot, leaving its own lines behind.
+    let moved_id = (0..).map(|i| format!("moved-{i}")).find(|id| slot(id) >= 48).expect("an id of the child's slots");
+    reserve(&mut c, &moved_id, vec![line("0-x", LOC, 1), line("b-2", LOC, 1)], 60_000).await.expect("cart homed in the upper slots");
 
     // Writers on both sides of the split key while it happens.
     let stop = Arc::new(AtomicBool::new(false));
     let writing = writers(&cluster, &SKUS, &stop);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    client = stockd_client::Client::new(&cluster.addrs).expect("client");
+    let client = stockd_client::Client::new(&cluster.addrs).expect("client");
     let split = client.split_shard(RIGHT, AT).await.expect("split");
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     stop.store(true, Ordering::Relaxed);
@@ -118,13 +124,18 @@ async fn a_split_under_load_moves_its_records_and_loses_no_write() {
     assert!(apart.own_apart, "the split put the record's own lines (b-6) in the new group: {apart:?}");
     let committed = client.commit(&apart_id).await.expect("commit a cart whose own lines left its home");
     assert_eq!(committed.reservation.expect("cart").state(), pb::ReservationState::Committed);
+    assert_eq!(node.home_of(&moved_id), Some(child.group_id), "the record went with its home slot");
+    let found = client.get_reservation(&moved_id).await.expect("get a record that moved").reservation.expect("found");
+    assert_eq!((found.state(), found.home_group), (pb::ReservationState::Pending, child.group_id));
+    let committed = client.commit(&moved_id).await.expect("commit a record that moved");
+    assert_eq!(committed.reservation.expect("cart").state(), pb::ReservationState::Committed);
     let at = |sku: &str| {
         let group = cluster.node(2).topology().group_for("local", sku).expect("group").group;
         let replica = cluster.node(2).group(group).expect("hosted");
         let p = replica.state().read().position(&storage::model::PositionKey::new(sku, LOC)).cloned().expect("position");
         (group, p.committed)
     };
-    poll("the commits applied on node 2", Duration::from_secs(10), || async { at("b-6").1 == 6 && at("b-8").1 == 2 }).await;
+    poll("the commits applied on node 2", Duration::from_secs(10), || async { at("b-6").1 == 6 && at("b-8").1 == 2 && at("b-2").1 == 1 }).await;
     assert_eq!(at("b-8").0, child.group_id);
     // The parent no longer answers for a SKU that left it, not even
     // "absent": a read routed there with an old map is refused as stale.
@@ -451,7 +462,7 @@ async fn cold_ranges_merge_by_themselves() {
     poll("one range left", Duration::from_secs(60), || async { node.topology().ranges().count() == 1 }).await;
     let only = node.topology().ranges().next().cloned().expect("a range");
     assert_eq!((only.start_sku.as_str(), only.end_sku.as_deref()), ("", None));
-    assert_eq!(node.topology().home_slots("local"), &[only.group, only.group], "the retired group's home slots moved to the merged one");
+    assert_eq!(node.topology().home_slots("local"), vec![only.group; 64], "the retired group's home slots moved to the merged one");
     let client = stockd_client::Client::new(&cluster.addrs).expect("client");
     let r = client.commit("cold-held").await.expect("commit after the merge").reservation.expect("held");
     assert_eq!((r.state(), r.home_group), (pb::ReservationState::Committed, only.group));

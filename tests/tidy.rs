@@ -49,13 +49,19 @@ struct Rule {
 const SERVER_PIECES: &[&str] = &["rocksdb", "librocksdb-sys", "openraft", "ort", "ort-sys"];
 
 const RULES: &[Rule] = &[
-    Rule { krate: "stockd-proto", allowed: &[], forbidden: &["rocksdb", "librocksdb-sys", "openraft", "ort", "storage", "raft", "models", "stockd"] },
+    // The home slot of an id: pure arithmetic that both sides share.
+    Rule { krate: "stockd-home", allowed: &[], forbidden: &["rocksdb", "librocksdb-sys", "openraft", "ort", "tonic", "storage", "stockd-proto"] },
+    Rule {
+        krate: "stockd-proto",
+        allowed: &["stockd-home"],
+        forbidden: &["rocksdb", "librocksdb-sys", "openraft", "ort", "storage", "raft", "models", "stockd"],
+    },
     Rule {
         krate: "stockd-client",
         allowed: &["stockd-proto"],
         forbidden: &["rocksdb", "librocksdb-sys", "openraft", "ort", "storage", "raft", "models", "stockd"],
     },
-    Rule { krate: "storage", allowed: &[], forbidden: &["openraft", "tonic", "ort"] },
+    Rule { krate: "storage", allowed: &["stockd-home"], forbidden: &["openraft", "tonic", "ort"] },
     Rule { krate: "raft", allowed: &["storage"], forbidden: &["tonic", "ort"] },
     Rule { krate: "models", allowed: &["storage"], forbidden: &["tonic", "openraft", "rocksdb"] },
     Rule { krate: "jepsen", allowed: &["stockd-client", "stockd-proto"], forbidden: &["rocksdb", "openraft", "ort", "storage", "raft", "models", "stockd"] },

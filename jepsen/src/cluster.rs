@@ -81,7 +81,14 @@ pub struct Cluster {
     cert_hosts: Vec<String>,
     /// Extra environment of every node process (the failpoint of `--bug`).
     env: Vec<(String, String)>,
+    /// The nodes' `--config`: the layout the workloads' SKUs expect.
+    config: PathBuf,
 }
+
+/// Every run starts with eight ranges, one per first character of the
+/// workloads' SKUs (`0-sku`, `2-sku`, ...), so carts span groups from the
+/// first operation; a cluster's default of one range would hold them all.
+const CLUSTER_CONFIG: &str = "[cluster]\ngroups-per-region = 8\nsplit-points = [\"2\", \"4\", \"6\", \"8\", \"a\", \"c\", \"e\"]\n";
 
 /// Limits of the cluster's waits.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -98,6 +105,8 @@ impl Cluster {
         cert_hosts.sort_unstable();
         cert_hosts.dedup();
         make_certs(&exe, &certs, addrs.len(), &cert_hosts)?;
+        let config = dir.join("cluster.toml");
+        std::fs::write(&config, CLUSTER_CONFIG).with_context(|| format!("write {}", config.display()))?;
         let mut nodes = Vec::new();
         for (i, a) in addrs.into_iter().enumerate() {
             let id = i as u64 + 1;
@@ -105,7 +114,7 @@ impl Cluster {
             std::fs::create_dir_all(node_dir.join("data")).with_context(|| format!("create {}", node_dir.display()))?;
             nodes.push(Node { id, addr: a.addr, netns: a.netns, dir: node_dir, wrapper: Wrapper::Plain, paused: false, child: None });
         }
-        Ok(Cluster { exe, nodes, peers, certs, cert_hosts, env })
+        Ok(Cluster { exe, nodes, peers, certs, cert_hosts, env, config })
     }
 
     /// New node and client certificates from the same CA, then SIGHUP to
@@ -143,6 +152,7 @@ impl Cluster {
         let peers = self.peers.clone();
         let certs = self.certs.clone();
         let env = self.env.clone();
+        let config = self.config.clone();
         let node = self.node_mut(id)?;
         if node.child.is_some() {
             return Ok(());
@@ -170,6 +180,8 @@ impl Cluster {
         program.push(node.dir.join("data").display().to_string());
         program.push("--certs".into());
         program.push(certs.display().to_string());
+        program.push("--config".into());
+        program.push(config.display().to_string());
         let mut cmd = tokio::process::Command::new(&program[0]);
         cmd.args(&program[1..]);
         for (k, v) in &env {

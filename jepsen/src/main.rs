@@ -78,8 +78,11 @@ struct TestArgs {
     /// applied, then reported invalid: an applied write reported failed),
     /// partial-cart (a cart's commit applied in one line group without its
     /// home record), split-drops-reservations (a split's new group starts
-    /// without the reservations that moved to it), merge-without-freeze (a
-    /// merge copies the right range without freezing it).
+    /// without the reservations that moved to it), split-drops-homes (a
+    /// split's new group starts without the cart records of the home slots
+    /// it took), merge-without-freeze (a merge copies the right range
+    /// without freezing it), move-skips-history (a moved replica skips the
+    /// entries before it joined).
     #[arg(long)]
     bug: Option<String>,
     /// auto (namespaces when available), netns, or loopback.
@@ -91,7 +94,8 @@ struct TestArgs {
 }
 
 /// The planted bugs `--bug` can turn on (stockd's `src/failpoint.rs`).
-const BUGS: &[&str] = &["lost-ack", "peer-invalid-after-apply", "partial-cart", "split-drops-reservations", "merge-without-freeze", "move-skips-history"];
+const BUGS: &[&str] =
+    &["lost-ack", "peer-invalid-after-apply", "partial-cart", "split-drops-reservations", "split-drops-homes", "merge-without-freeze", "move-skips-history"];
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -167,13 +171,13 @@ async fn test(args: TestArgs) -> anyhow::Result<bool> {
         // client prefers: many SKUs, whose groups' leaders are spread.
         let workload = match bug.as_str() {
             "peer-invalid-after-apply" => Workload::MultiSku,
-            "partial-cart" => Workload::Cart,
+            "partial-cart" | "split-drops-homes" => Workload::Cart,
             "split-drops-reservations" | "merge-without-freeze" | "move-skips-history" => Workload::MultiSku,
             _ => Workload::HotSku,
         };
         // A bug in splits or merges needs them to happen.
         let (nemesis, spec, secs) = match bug.as_str() {
-            "split-drops-reservations" => (vec![FaultKind::Split], "split", 15),
+            "split-drops-reservations" | "split-drops-homes" => (vec![FaultKind::Split], "split", 15),
             "merge-without-freeze" => (vec![FaultKind::Merge], "merge", 10),
             // A move needs a node without a replica of the group: 5 nodes.
             "move-skips-history" => (vec![FaultKind::Move], "move", 20),

@@ -8,29 +8,10 @@
 
 pub mod roles;
 
-/// The home group of a reservation id, as nodes compute it; clients use it
-/// to send a cart to its home's leader.
-pub mod home {
-    /// FNV-1a, 64 bits, then MurmurHash3's 64-bit finalizer: stable across
-    /// versions and platforms, as a reservation's home must be. The finalizer
-    /// matters: FNV-1a alone leaves the high bits (which pick the home) almost
-    /// unchanged between ids that differ only at the end, as sequential order
-    /// ids do.
-    pub fn id_hash(id: &str) -> u64 {
-        let fnv = id.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3));
-        let mut h = fnv ^ (fnv >> 33);
-        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-        h ^ (h >> 33)
-    }
-
-    /// The home among `groups` groups of a region (in group order) of `id`:
-    /// the groups split the 64-bit hash space of ids into equal ranges.
-    pub fn slot(id: &str, groups: usize) -> usize {
-        ((u128::from(id_hash(id)) * groups as u128) >> 64) as usize
-    }
-}
+/// The home slot of a reservation id, as nodes compute it; clients use it
+/// to send a cart to its home's leader (a crate of its own, which the state
+/// machine shares).
+pub use stockd_home as home;
 
 /// Generated `stockd.v1` types, clients and service traits.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]

@@ -71,12 +71,12 @@ async fn a_split_writes_the_child_with_the_parent_and_the_child_opens_from_it() 
     let responses = parent.apply(entries).await.expect("apply");
     let split_result = &responses[2].results[0];
     assert_eq!(split_result.outcome, Outcome::Ok);
-    let left = RangeDesc { group: PARENT, start_sku: String::new(), end_sku: Some("m".into()), epoch: FIRST_EPOCH + 1 };
+    let left = RangeDesc { group: PARENT, start_sku: String::new(), end_sku: Some("m".into()), epoch: FIRST_EPOCH + 1, home_slots: u64::from(u32::MAX) };
     assert_eq!(split_result.range.as_ref(), Some(&left));
     assert_eq!(responses[2].results[1].outcome, Outcome::EpochNotMatch, "the rest of the entry was routed before the split");
     assert_eq!(responses[3].results[0].outcome, Outcome::EpochNotMatch);
 
-    let child_range = RangeDesc { group: CHILD, start_sku: "m".into(), end_sku: None, epoch: FIRST_EPOCH + 1 };
+    let child_range = RangeDesc { group: CHILD, start_sku: "m".into(), end_sku: None, epoch: FIRST_EPOCH + 1, home_slots: u64::MAX << 32 };
     let reported = splits.try_recv().expect("the split is reported");
     assert_eq!(reported, SplitApplied { parent: PARENT, log_index: 3, child: child_range.clone(), voters: vec![1, 2, 3] });
     assert!(splits.try_recv().is_err(), "one split");

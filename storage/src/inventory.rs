@@ -481,7 +481,8 @@ impl Inventory {
 
     /// Why `command`, routed at `epoch`, does not belong in this group, if
     /// it does not: another epoch of the range, or a key outside it. Keys
-    /// are the SKUs of the lines the command moves here; commands named by
+    /// are the SKUs of the lines the command moves here, and for a cart's
+    /// record (and a locator) the id's home slot; other commands named by
     /// a reservation id find their record here or not at all, and the
     /// epoch tells whether that answer is this group's to give.
     fn misrouted(&self, epoch: u64, command: &Command) -> Option<Outcome> {
@@ -497,15 +498,18 @@ impl Inventory {
             Command::Reserve { lines, .. } | Command::ReserveGated { lines, .. } | Command::CartPrepare { lines, .. } => outside(lines),
             Command::Adjust(adjustment) => !self.range.contains(&adjustment.sku),
             Command::Split { at_sku, .. } => !self.range.contains(at_sku),
-            Command::CartBegin { home, parts, .. } => *home != self.range.group || parts.get(home).is_some_and(|own| outside(own)),
+            Command::CartBegin { reservation_id, home, parts, .. } => {
+                *home != self.range.group || !self.range.holds_home(reservation_id) || parts.get(home).is_some_and(|own| outside(own))
+            }
+            // Steps of a cart's record, and locators, belong in the id's home.
+            Command::CartDecide { reservation_id, .. } | Command::CartFollowed { reservation_id, .. } | Command::Locate { reservation_id, .. } => {
+                !self.range.holds_home(reservation_id)
+            }
             Command::Commit { .. }
             | Command::Release { .. }
             | Command::Fulfill { .. }
             | Command::Cancel { .. }
-            | Command::CartDecide { .. }
             | Command::CartFollow { .. }
-            | Command::CartFollowed { .. }
-            | Command::Locate { .. }
             | Command::Freeze
             | Command::Thaw { .. }
             // Adjacency is checked on the decoded state (`merge_right`).
@@ -1140,7 +1144,7 @@ mod tests {
 
     /// A group serving ["m", "t") at epoch 2, with 10 units of "p-1" at DC.
     fn ranged() -> Inventory {
-        let range = RangeDesc { group: 4, start_sku: "m".into(), end_sku: Some("t".into()), epoch: 2 };
+        let range = RangeDesc { group: 4, start_sku: "m".into(), end_sku: Some("t".into()), epoch: 2, home_slots: stockd_home::ALL_SLOTS };
         let mut inventory = Inventory::serving(limits(), range);
         let receipt = Command::Adjust(Adjustment { sku: "p-1".into(), ..adjustment("stock", AdjustmentKind::Receipt, 10, "wms", 1) });
         let results = inventory.apply_batch(1, &Batch::new(1_000, 2, vec![receipt]));
@@ -1190,7 +1194,8 @@ mod tests {
         assert_eq!(second[0].outcome, Outcome::Ok);
         let children: Vec<RangeDesc> = inventory.take_split_children().iter().map(|c| c.range().clone()).collect();
         assert_eq!(children.iter().map(|r| (r.group, r.start_sku.as_str(), r.epoch)).collect::<Vec<_>>(), vec![(10, "q", 3), (11, "o", 4)]);
-        assert_eq!(inventory.range(), &RangeDesc { group: 4, start_sku: "m".into(), end_sku: Some("o".into()), epoch: 4 });
+        // Each split gave the child the upper half of the slots.
+        assert_eq!(inventory.range(), &RangeDesc { group: 4, start_sku: "m".into(), end_sku: Some("o".into()), epoch: 4, home_slots: u64::from(u16::MAX) });
         assert!(inventory.take_split_children().is_empty());
     }
 

@@ -27,17 +27,27 @@ pub struct RangeDesc {
     /// Exclusive; `None` is unbounded.
     pub end_sku: Option<String>,
     pub epoch: u64,
+    /// The home slots of its region this group holds (bit `i` is slot `i`
+    /// of `stockd_home::SLOTS`): the records of the reservation ids hashed
+    /// there. A split gives the child half of them, a merge gives the right
+    /// side's to the left, both at a new epoch.
+    pub home_slots: u64,
 }
 
 impl RangeDesc {
-    /// All of the key space, at the first epoch.
+    /// All of the key space and every home slot, at the first epoch.
     pub fn whole(group: GroupId) -> Self {
-        Self { group, start_sku: String::new(), end_sku: None, epoch: FIRST_EPOCH }
+        Self { group, start_sku: String::new(), end_sku: None, epoch: FIRST_EPOCH, home_slots: stockd_home::ALL_SLOTS }
     }
 
-    /// The metadata group's: it holds no key at all.
+    /// The metadata group's: it holds no key and no home at all.
     pub fn metadata() -> Self {
-        Self { group: METADATA_GROUP, start_sku: String::new(), end_sku: Some(String::new()), epoch: FIRST_EPOCH }
+        Self { group: METADATA_GROUP, start_sku: String::new(), end_sku: Some(String::new()), epoch: FIRST_EPOCH, home_slots: 0 }
+    }
+
+    /// True when this group holds reservation `id`'s record (its home slot).
+    pub fn holds_home(&self, id: &str) -> bool {
+        self.home_slots & stockd_home::slot_bit(id) != 0
     }
 
     /// True for the metadata group's range, which holds no key; a

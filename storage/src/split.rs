@@ -7,11 +7,14 @@
 //! event records of its SKUs. Both sides take the next epoch, so a command
 //! routed with the old map is refused by either (`Outcome::EpochNotMatch`).
 //!
+//! Home records of carts and locators are homed by their id, not by SKU:
+//! they go with their home slot (`stockd_home::split_slots`: the new group
+//! takes the upper half of the parent's slots, the same split that the
+//! topology records). A record whose own lines (held at begin, beside it)
+//! end up on the other side is marked `own_apart`: from then on that part
+//! is prepared and followed as any other group's.
+//!
 //! What stays in the group whatever its keys:
-//! - home records of carts and locators: they are homed by their id, not by
-//!   SKU, and a split does not move homes. A record whose own lines (held
-//!   at begin, beside it) move to the new group is marked `own_apart`: from
-//!   then on that part is prepared and followed as any other group's;
 //! - finished reservations whose lines fall on both sides (kept for
 //!   idempotent answers only: they hold no units).
 //!
@@ -229,29 +232,30 @@ impl Inventory {
             return Err(TopologyRefusal::Straddles { at: at.to_owned(), id: id.clone() });
         }
         let epoch = range.epoch + 1;
+        let (kept_slots, moved_slots) = stockd_home::split_slots(range.home_slots);
+        let homed_right = |id: &str| moved_slots & stockd_home::slot_bit(id) != 0;
         let mut left = self.to_snapshot();
         let mut right = InventorySnapshot {
             log_time_ms: left.log_time_ms,
             last_applied_index: 0,
-            range: RangeDesc { group: child, start_sku: at.to_owned(), end_sku: range.end_sku.clone(), epoch },
+            range: RangeDesc { group: child, start_sku: at.to_owned(), end_sku: range.end_sku.clone(), epoch, home_slots: moved_slots },
             positions: left.positions.split_off(&PositionKey::new(at, "")),
             reservations: take_where(&mut left.reservations, |_, r| side_of(&r.lines, at) == Side::Right),
             events: take_where(&mut left.events, |_, e| e.adjustment.sku.as_str() >= at),
-            carts: BTreeMap::new(),
+            carts: take_where(&mut left.carts, |id, _| homed_right(id)),
             intents: BTreeMap::new(),
-            locators: BTreeMap::new(),
+            locators: take_where(&mut left.locators, |id, _| homed_right(id)),
             topology: Default::default(),
             merge: MergeState::default(),
         };
         right.intents = take_where(&mut left.intents, |id, _| right.reservations.contains_key(id));
-        // A record whose own lines moved follows them from now on as it
-        // follows any other group's.
-        for (id, cart) in left.carts.iter_mut() {
-            if right.intents.get(id) == Some(&cart.of()) {
-                cart.own_apart = true;
-            }
-        }
-        left.range = RangeDesc { end_sku: Some(at.to_owned()), epoch, ..range };
+        // A record whose own lines are now on the other side follows them
+        // from now on as it follows any other group's.
+        mark_own_apart(&mut left, &right);
+        mark_own_apart(&mut right, &left);
+        rejoin_own_parts(&mut left);
+        rejoin_own_parts(&mut right);
+        left.range = RangeDesc { end_sku: Some(at.to_owned()), epoch, home_slots: kept_slots, ..range };
         // A new epoch: merges refused at the old one are refused by it.
         left.merge.refused.clear();
         let mut child_inventory = Inventory::from_snapshot(self.limits().clone(), right);
@@ -282,7 +286,7 @@ impl Inventory {
         absorb(&mut merged.locators, theirs.locators, "locator")?;
         rejoin_own_parts(&mut merged);
         merged.log_time_ms = merged.log_time_ms.max(theirs.log_time_ms);
-        merged.range = RangeDesc { end_sku: r.end_sku, epoch: l.epoch.max(r.epoch) + 1, ..l };
+        merged.range = RangeDesc { end_sku: r.end_sku, epoch: l.epoch.max(r.epoch) + 1, home_slots: l.home_slots | r.home_slots, ..l };
         merged.merge = MergeState::default();
         let mut kept = Inventory::from_snapshot(self.limits().clone(), merged);
         kept.take_dirty_of(self);
@@ -347,6 +351,15 @@ fn one_record_per_cart_part(left: &mut InventorySnapshot, right: &mut InventoryS
                 left.intents.remove(&id);
             }
             (true, true) => {}
+        }
+    }
+}
+
+/// Marks the records of `side` whose own intent went to `other`.
+fn mark_own_apart(side: &mut InventorySnapshot, other: &InventorySnapshot) {
+    for (id, cart) in side.carts.iter_mut() {
+        if cart.parts.contains_key(&cart.home) && other.intents.get(id) == Some(&cart.of()) {
+            cart.own_apart = true;
         }
     }
 }

@@ -7,10 +7,12 @@
 //! - nodes (id, addresses, region, up / draining / removed);
 //! - ranges (region, `[start, end)`, group, replicas, epoch), which tile each
 //!   region's key space;
-//! - the home slots of reservation ids per region: slot `i` of the hash
-//!   space of ids is held by one group (`stockd_proto::home::slot`). A split
-//!   keeps every home where it was; a merge hands the right side's slots to
-//!   the left, with its records;
+//! - the home slots of reservation ids per region: each of the region's
+//!   `stockd_home::SLOTS` slots of the hash space of ids is held by one of
+//!   its ranges (`RangeInfo::home_slots`). A split hands the upper half of
+//!   the parent's slots to the child, with their records; a merge hands the
+//!   right side's to the left (`stockd_home::split_slots`, which the
+//!   group's own split applies too);
 //! - group id allocation: ids grow and are never reused, not even after a
 //!   merge retired one;
 //! - placement rules (replication factor per region).
@@ -74,6 +76,8 @@ pub struct RangeInfo {
     pub end_sku: Option<String>,
     pub replicas: Vec<NodeId>,
     pub epoch: u64,
+    /// The home slots it holds (`RangeDesc::home_slots`).
+    pub home_slots: u64,
 }
 
 impl RangeInfo {
@@ -83,7 +87,7 @@ impl RangeInfo {
 
     /// What the group's own state machine holds of the range.
     pub fn desc(&self) -> RangeDesc {
-        RangeDesc { group: self.group, start_sku: self.start_sku.clone(), end_sku: self.end_sku.clone(), epoch: self.epoch }
+        RangeDesc { group: self.group, start_sku: self.start_sku.clone(), end_sku: self.end_sku.clone(), epoch: self.epoch, home_slots: self.home_slots }
     }
 }
 
@@ -182,8 +186,6 @@ pub struct Topology {
     pub version: u64,
     nodes: BTreeMap<NodeId, NodeInfo>,
     ranges: BTreeMap<GroupId, RangeInfo>,
-    /// Per region, the group holding each home slot, in slot order.
-    homes: BTreeMap<String, Vec<GroupId>>,
     placement: BTreeMap<String, Placement>,
     /// Allocated and not yet used by a split.
     allocated: BTreeSet<GroupId>,
@@ -225,18 +227,27 @@ impl Topology {
         self.ranges.values().find(|r| r.region == region && r.contains(sku))
     }
 
-    /// The groups holding `region`'s home slots, in slot order: the record
-    /// of reservation `id` is in `slots[stockd_proto::home::slot(id,
-    /// slots.len())]` (the hash lives with the API, which the clients share).
-    pub fn home_slots(&self, region: &str) -> &[GroupId] {
-        self.homes.get(region).map_or(&[], Vec::as_slice)
+    /// The groups holding `region`'s home slots, in slot order
+    /// (`stockd_home::SLOTS` of them, or none for a region without ranges):
+    /// the record of reservation `id` is in `slots[stockd_home::slot(id,
+    /// slots.len())]`. Clients route by this table.
+    pub fn home_slots(&self, region: &str) -> Vec<GroupId> {
+        let mut slots = vec![None; stockd_home::SLOTS];
+        for range in self.groups_in(region) {
+            for (s, slot) in slots.iter_mut().enumerate() {
+                if range.home_slots & (1 << s) != 0 {
+                    *slot = Some(range.group);
+                }
+            }
+        }
+        slots.into_iter().collect::<Option<Vec<_>>>().unwrap_or_default()
     }
 
-    /// The home group of reservation `id` in `region`: the group holding
+    /// The home group of reservation `id` in `region`: the range holding
     /// the id's home slot.
-    pub fn home_for(&self, region: &str, id: &str, slot: impl Fn(&str, usize) -> usize) -> Option<&RangeInfo> {
-        let slots = self.home_slots(region);
-        slots.get(slot(id, slots.len())).and_then(|g| self.ranges.get(g))
+    pub fn home_for(&self, region: &str, id: &str) -> Option<&RangeInfo> {
+        let bit = stockd_home::slot_bit(id);
+        self.ranges.values().find(|r| r.region == region && r.home_slots & bit != 0)
     }
 
     pub fn groups_in<'a>(&'a self, region: &'a str) -> impl Iterator<Item = &'a RangeInfo> + 'a {
@@ -318,10 +329,6 @@ impl Topology {
             check_placement(rule)?;
         }
         self.placement = placement.clone();
-        // Home slots: today's order, the region's groups by id.
-        for range in self.ranges.values() {
-            self.homes.entry(range.region.clone()).or_default().push(range.group);
-        }
         self.next_group = self.ranges.keys().max().map_or(1, |g| g + 1);
         self.check_invariants().map_err(|reason| invalid("ranges", reason))
     }
@@ -389,8 +396,9 @@ impl Topology {
         if !self.allocated.remove(&child) {
             return Err(invalid("child", format!("group {child} was not allocated for a split, or is used")));
         }
-        let right = RangeInfo { group: child, start_sku: at.to_owned(), epoch: epoch + 1, ..range.clone() };
-        self.ranges.insert(parent, RangeInfo { end_sku: Some(at.to_owned()), epoch: epoch + 1, ..range });
+        let (kept, moved) = stockd_home::split_slots(range.home_slots);
+        let right = RangeInfo { group: child, start_sku: at.to_owned(), epoch: epoch + 1, home_slots: moved, ..range.clone() };
+        self.ranges.insert(parent, RangeInfo { end_sku: Some(at.to_owned()), epoch: epoch + 1, home_slots: kept, ..range });
         self.ranges.insert(child, right);
         Ok(())
     }
@@ -402,12 +410,8 @@ impl Topology {
             return Err(invalid("right", format!("{} does not follow {} in one region", r.desc(), l.desc())));
         }
         self.ranges.remove(&right);
-        self.ranges.insert(left, RangeInfo { end_sku: r.end_sku, epoch: l.epoch.max(r.epoch) + 1, ..l });
-        for slot in self.homes.values_mut().flatten() {
-            if *slot == right {
-                *slot = left;
-            }
-        }
+        let home_slots = l.home_slots | r.home_slots;
+        self.ranges.insert(left, RangeInfo { end_sku: r.end_sku, epoch: l.epoch.max(r.epoch) + 1, home_slots, ..l });
         Ok(())
     }
 
@@ -435,7 +439,8 @@ impl Topology {
     }
 
     /// The ranges tile each region's key space; replicas are live nodes of
-    /// the range's region; homes name groups of their region; ids are below
+    /// the range's region; each home slot of a region is held by exactly
+    /// one of its ranges; ids are below
     /// the next one given.
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut by_region: BTreeMap<&str, Vec<&RangeInfo>> = BTreeMap::new();
@@ -458,19 +463,21 @@ impl Topology {
             if ranges.iter().any(|r| r.end_sku.as_deref().is_some_and(|end| end <= r.start_sku.as_str())) {
                 return Err(format!("region {region} has an empty range"));
             }
-            if self.homes.get(region).is_none_or(|slots| slots.is_empty()) {
-                return Err(format!("region {region} has ranges but no home slot"));
+            let mut held = 0u64;
+            for range in &ranges {
+                if held & range.home_slots != 0 {
+                    return Err(format!("region {region}: a home slot of group {} is held by another group too", range.group));
+                }
+                held |= range.home_slots;
+            }
+            if held != stockd_home::ALL_SLOTS {
+                return Err(format!("region {region}: home slots {:#x} are held by no group", !held));
             }
         }
         for range in self.ranges.values() {
             self.check_replicas(range, &range.replicas).map_err(|e| e.to_string())?;
             if range.group >= self.next_group || self.allocated.contains(&range.group) {
                 return Err(format!("group {} is not below the next id {} or still marked allocated", range.group, self.next_group));
-            }
-        }
-        for (region, slots) in &self.homes {
-            if let Some(g) = slots.iter().find(|g| self.ranges.get(g).is_none_or(|r| &r.region != region)) {
-                return Err(format!("a home slot of region {region} names group {g}, which is not one of its ranges"));
             }
         }
         Ok(())

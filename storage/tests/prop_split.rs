@@ -7,14 +7,14 @@
 //!   changes nothing;
 //! - after a split, each side keeps its own invariants and holds only keys
 //!   of its range; every position, reservation, intent and feed event is on
-//!   exactly one side (home records stay in the group); both sides are at the
-//!   next epoch;
+//!   exactly one side; home records go with their home slot (the child
+//!   takes the upper half of the slots); both sides are at the next epoch;
 //! - merging the sides back at once gives the unsplit group's state, byte
 //!   for byte (range and epoch aside);
 //! - a split is invisible: the same later commands, each sent to the side
 //!   that holds its keys, give the same results as in the unsplit group
-//!   (where a split put a record's own lines apart, once the new group
-//!   follows the record, as the home's leader makes it), and
+//!   (where a split put a record and its own lines apart, once the lines'
+//!   side follows the record, as the home's leader makes it), and
 //!   merging then gives its records and indexes (change histories name each
 //!   group's own log indexes, so those are left out of the comparison);
 //! - that last merge goes through the log commands when it can (`Freeze`
@@ -251,8 +251,11 @@ fn check_split(original: &Inventory, left: &Inventory, right: &Inventory) {
     }
     let events: BTreeSet<_> = left.events().chain(right.events()).map(|(id, _)| id).collect();
     assert_eq!(events, original.events().map(|(id, _)| id).collect::<BTreeSet<_>>());
-    assert_eq!(right.carts().count(), 0, "home records stay");
-    assert_eq!(left.carts().count(), original.carts().count());
+    // Home records go with their home slot: the child took the upper half.
+    let (kept, moved) = stockd_home::split_slots(original.range().home_slots);
+    assert_eq!((left.range().home_slots, right.range().home_slots), (kept, moved));
+    assert!(left.carts().all(|(id, _)| left.range().holds_home(id)) && right.carts().all(|(id, _)| right.range().holds_home(id)));
+    assert_eq!(left.carts().count() + right.carts().count(), original.carts().count());
 }
 
 /// What one run reached, for the coverage check.
@@ -268,6 +271,7 @@ struct Coverage {
     freeze_refused: usize,
     own_apart: usize,
     followed_apart: usize,
+    moved_carts: usize,
 }
 
 /// Merges `right` into `left` through the log: `Freeze` in `right`, then
@@ -327,7 +331,8 @@ fn run(before: Vec<Op>, at: &str, after: Vec<Op>, coverage: &mut Coverage) {
     coverage.split += 1;
     coverage.moved_live += right.reservations().filter(|(_, r)| matches!(r.state, ReservationState::Pending | ReservationState::Committed)).count();
     coverage.moved_intents += right.intents().count();
-    coverage.own_apart += left.carts().filter(|(_, c)| c.own_apart).count();
+    coverage.own_apart += left.carts().chain(right.carts()).filter(|(_, c)| c.own_apart).count();
+    coverage.moved_carts += right.carts().count();
     let mut merged = left.clone();
     merged.merge(right.clone()).expect("adjacent, disjoint");
     assert_eq!(merged.range().epoch, original.range().epoch + 2);
@@ -357,17 +362,18 @@ fn run(before: Vec<Op>, at: &str, after: Vec<Op>, coverage: &mut Coverage) {
     }
     let live_intent =
         right.intents().any(|(rid, _)| right.reservation(rid).is_some_and(|r| matches!(r.state, ReservationState::Pending | ReservationState::Committed)));
+    let in_flight = live_intent || right.unsettled_carts().next().is_some();
     let mut direct = left.clone();
     direct.merge(right.clone()).expect("adjacent, disjoint");
     match merge_by_commands(&mut world, &mut left, &mut right) {
         Ok(()) => {
-            assert!(!live_intent, "frozen with a cart's units on it");
+            assert!(!in_flight, "frozen with a cart in flight");
             coverage.merged_by_commands += 1;
             let (by_commands, direct) = (without_log_indexes(normalized(&left, &direct)), without_log_indexes(normalized(&direct, &direct)));
             assert_eq!(by_commands, direct, "a merge through the log takes the same state as a direct one");
         }
         Err(refusal) => {
-            assert!(live_intent && refusal.contains("cart"), "freeze refused: {refusal}");
+            assert!(in_flight && refusal.contains("cart"), "freeze refused: {refusal}");
             coverage.freeze_refused += 1;
             left = direct;
         }
@@ -390,18 +396,22 @@ fn settle(now_ms: u64, left: &mut Inventory, right: &mut Inventory) -> usize {
         results.pop()
     };
     apply(left, None);
-    let apart: Vec<_> = left
-        .carts()
-        .filter(|(_, cart)| cart.own_apart && cart.unfollowed().any(|g| g == cart.home))
-        .filter_map(|(id, cart)| cart.state.intent_state().map(|state| (id.clone(), cart.of(), state)))
-        .collect();
-    for (id, of, state) in &apart {
-        let followed = apply(right, Some(Command::CartFollow { reservation_id: id.clone(), of: *of, state: *state })).expect("one result");
-        assert_eq!(followed.outcome, storage::model::Outcome::Ok, "{id} follows to {state:?}");
-        let note = Command::CartFollowed { reservation_id: id.clone(), begin_index: of.begin_index, group: GROUP, state: *state };
-        assert_eq!(apply(left, Some(note)).map(|r| r.outcome), Some(storage::model::Outcome::Ok));
-    }
-    apart.len()
+    apply(right, None);
+    let follow = |records: &mut Inventory, lines: &mut Inventory| {
+        let apart: Vec<_> = records
+            .carts()
+            .filter(|(_, cart)| cart.own_apart && cart.unfollowed().any(|g| g == cart.home))
+            .filter_map(|(id, cart)| cart.state.intent_state().map(|state| (id.clone(), cart.of(), state)))
+            .collect();
+        for (id, of, state) in &apart {
+            let followed = apply(lines, Some(Command::CartFollow { reservation_id: id.clone(), of: *of, state: *state })).expect("one result");
+            assert_eq!(followed.outcome, storage::model::Outcome::Ok, "{id} follows to {state:?}");
+            let note = Command::CartFollowed { reservation_id: id.clone(), begin_index: of.begin_index, group: of.home, state: *state };
+            assert_eq!(apply(records, Some(note)).map(|r| r.outcome), Some(storage::model::Outcome::Ok));
+        }
+        apart.len()
+    };
+    follow(left, right) + follow(right, left)
 }
 
 /// Applies `op` to the unsplit group, advancing the world's clock.
@@ -437,13 +447,13 @@ fn a_split_moves_every_record_once_is_invisible_and_merges_back() {
     assert!(c.outside > 0 && c.straddled > 0 && c.split > 100, "{c:?}");
     assert!(c.moved_live > 0 && c.moved_intents > 0 && c.routed_right > 0, "the runs did not move live records: {c:?}");
     assert!(c.merged_by_commands > 50 && c.freeze_refused > 0, "{c:?}");
-    assert!(c.own_apart > 0 && c.followed_apart > 0, "no split put a record's own lines apart from it: {c:?}");
+    assert!(c.own_apart > 0 && c.followed_apart > 0 && c.moved_carts > 0, "no split moved a record or put its own lines apart from it: {c:?}");
 }
 
 #[test]
 fn a_merge_refuses_ranges_that_do_not_touch_and_ids_on_both_sides() {
-    let mut a = Inventory::serving(limits(), RangeDesc { group: 1, start_sku: String::new(), end_sku: Some("m".into()), epoch: 3 });
-    let b = Inventory::serving(limits(), RangeDesc { group: 2, start_sku: "n".into(), end_sku: None, epoch: 3 });
+    let mut a = Inventory::serving(limits(), RangeDesc { group: 1, start_sku: String::new(), end_sku: Some("m".into()), epoch: 3, home_slots: 1 });
+    let b = Inventory::serving(limits(), RangeDesc { group: 2, start_sku: "n".into(), end_sku: None, epoch: 3, home_slots: 2 });
     assert!(matches!(a.merge(b), Err(TopologyRefusal::NotAdjacent { .. })));
     let mut world = World { now_ms: 1_000, seq: 0 };
     let mut left = Inventory::serving(limits(), RangeDesc::whole(GROUP));

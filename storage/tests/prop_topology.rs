@@ -6,9 +6,10 @@
 //! Checked after every command:
 //! - a refused command changes nothing; an applied one bumps the version;
 //! - the invariants: ranges tile each region, replicas are live nodes of the
-//!   region, homes name the region's groups;
+//!   region, each home slot is held by exactly one of the region's groups;
 //! - group ids are never given twice, not even after a merge retired one;
-//! - homes are stable: a split moves no reservation id's home; a merge moves
+//! - homes move only as the range does: a split moves the ids of the upper
+//!   half of the parent's slots to the child and no other; a merge moves
 //!   only the right side's, to the left side.
 
 use std::collections::BTreeMap;
@@ -33,18 +34,18 @@ fn node(id: NodeId, region: &str) -> NodeInfo {
     NodeInfo { id, addr: format!("127.0.0.1:{}", 7100 + id), peer_addr: None, region: region.into(), state: NodeState::Up }
 }
 
-fn range(group: GroupId, region: &str, start: &str, end: Option<&str>, replicas: &[NodeId]) -> RangeInfo {
-    RangeInfo { group, region: region.into(), start_sku: start.into(), end_sku: end.map(str::to_owned), replicas: replicas.to_vec(), epoch: 1 }
+fn range(group: GroupId, region: &str, (start, end): (&str, Option<&str>), replicas: &[NodeId], home_slots: u64) -> RangeInfo {
+    RangeInfo { group, region: region.into(), start_sku: start.into(), end_sku: end.map(str::to_owned), replicas: replicas.to_vec(), epoch: 1, home_slots }
 }
 
 fn bootstrapped() -> Topology {
     let mut topology = Topology::default();
     let nodes = vec![node(1, "eu"), node(2, "eu"), node(3, "eu"), node(4, "eu"), node(5, "us"), node(6, "us"), node(7, "us")];
     let ranges = vec![
-        range(1, "eu", "", Some("h"), &[1, 2, 3]),
-        range(2, "eu", "h", Some("p"), &[1, 2, 3]),
-        range(3, "eu", "p", None, &[2, 3, 4]),
-        range(1001, "us", "", None, &[5, 6, 7]),
+        range(1, "eu", ("", Some("h")), &[1, 2, 3], stockd_home::bootstrap_slots(0, 3)),
+        range(2, "eu", ("h", Some("p")), &[1, 2, 3], stockd_home::bootstrap_slots(1, 3)),
+        range(3, "eu", ("p", None), &[2, 3, 4], stockd_home::bootstrap_slots(2, 3)),
+        range(1001, "us", ("", None), &[5, 6, 7], stockd_home::ALL_SLOTS),
     ];
     let placement = BTreeMap::from([("eu".to_owned(), Placement { replication_factor: 3 }), ("us".to_owned(), Placement { replication_factor: 3 })]);
     topology.apply(&TopologyCommand::Bootstrap { nodes, ranges, placement, balance: true }).expect("bootstrap");
@@ -104,18 +105,18 @@ fn command(topology: &Topology, op: &Op, last_allocated: Option<GroupId>) -> Top
     }
 }
 
-/// Stand-in for the API's hash: any fixed function of the id will do.
-fn slot(id: &str, slots: usize) -> usize {
-    id.bytes().fold(7usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize)) % slots
-}
-
-fn homes(topology: &Topology) -> Vec<(String, Option<GroupId>)> {
+/// Per region and id, its slot's bit and its home as the slot table says
+/// (which clients route by) and as `home_for` says: the two must agree.
+fn homes(topology: &Topology) -> Vec<(u64, Option<GroupId>)> {
     let mut out = Vec::new();
     for region in ["eu", "us"] {
         let slots = topology.home_slots(region);
+        assert_eq!(slots.len(), stockd_home::SLOTS);
         for i in 0..IDS {
             let id = format!("order-{i}");
-            out.push((region.to_owned(), slots.get(slot(&id, slots.len().max(1))).copied()));
+            let home = slots.get(stockd_home::slot(&id, slots.len())).copied();
+            assert_eq!(home, topology.home_for(region, &id).map(|r| r.group), "{id}");
+            out.push((stockd_home::slot_bit(&id), home));
         }
     }
     out
@@ -163,7 +164,12 @@ fn run(ops: &[Op], coverage: &mut Coverage) {
                     }
                     TopologyCommand::Split { parent, child, .. } => {
                         coverage.splits += 1;
-                        assert_eq!(homes_after, homes_before, "a split moves no home");
+                        let moved = topology.range(*child).expect("child").home_slots;
+                        assert_eq!(moved, stockd_home::split_slots(before.range(*parent).expect("was").home_slots).1);
+                        for (b, a) in homes_before.iter().zip(&homes_after) {
+                            let expected = if b.1 == Some(*parent) && moved & b.0 != 0 { Some(*child) } else { b.1 };
+                            assert_eq!(a.1, expected, "a split moves the ids of the child's slots, from the parent");
+                        }
                         let (p, c) = (topology.range(*parent).expect("parent"), topology.range(*child).expect("child"));
                         assert_eq!((p.epoch, c.epoch, &p.replicas), (c.epoch, before.range(*parent).expect("was").epoch + 1, &c.replicas));
                         last_allocated = None;
@@ -204,13 +210,25 @@ fn nothing_but_a_bootstrap_applies_before_one_and_a_bootstrap_only_once() {
     // A bootstrap whose ranges leave a gap is refused whole.
     let gap = TopologyCommand::Bootstrap {
         nodes: vec![node(1, "eu")],
-        ranges: vec![range(1, "eu", "", Some("h"), &[1]), range(2, "eu", "k", None, &[1])],
+        ranges: vec![range(1, "eu", ("", Some("h")), &[1], u64::from(u32::MAX)), range(2, "eu", ("k", None), &[1], u64::MAX << 32)],
         placement: BTreeMap::new(),
         balance: true,
     };
     let refused = empty.apply(&gap).expect_err("a gap");
     assert!(refused.to_string().contains("does not end where"), "{refused}");
     assert_eq!(empty, Topology::default());
+    // So is one whose home slots overlap, or leave one held by no group.
+    for (left, right, why) in [(u64::from(u32::MAX), u64::MAX, "held by another group too"), (1, 2, "held by no group")] {
+        let bad = TopologyCommand::Bootstrap {
+            nodes: vec![node(1, "eu")],
+            ranges: vec![range(1, "eu", ("", Some("h")), &[1], left), range(2, "eu", ("h", None), &[1], right)],
+            placement: BTreeMap::new(),
+            balance: true,
+        };
+        let refused = empty.apply(&bad).expect_err(why);
+        assert!(refused.to_string().contains(why), "{refused}");
+        assert_eq!(empty, Topology::default());
+    }
     // The first allocated id follows the bootstrap's largest.
     assert_eq!(topology.apply(&TopologyCommand::AllocateGroup), Ok(TopologyAnswer::Allocated(1002)));
     // A node that holds replicas cannot be removed before it is drained.
@@ -254,7 +272,7 @@ fn the_balancing_switch_starts_as_bootstrapped_and_turns_on_and_off() {
     paused
         .apply(&TopologyCommand::Bootstrap {
             nodes: vec![node(1, "eu")],
-            ranges: vec![range(1, "eu", "", None, &[1])],
+            ranges: vec![range(1, "eu", ("", None), &[1], stockd_home::ALL_SLOTS)],
             placement: BTreeMap::new(),
             balance: false,
         })
