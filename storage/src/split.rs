@@ -233,12 +233,13 @@ impl Inventory {
         }
         let epoch = range.epoch + 1;
         let (kept_slots, moved_slots) = stockd_home::split_slots(range.home_slots);
-        let homed_right = |id: &str| moved_slots & stockd_home::slot_bit(id) != 0;
+        let child_range = RangeDesc { group: child, start_sku: at.to_owned(), end_sku: range.end_sku.clone(), epoch, home_slots: moved_slots };
+        let homed_right = |id: &str| child_range.holds_home(id);
         let mut left = self.to_snapshot();
         let mut right = InventorySnapshot {
             log_time_ms: left.log_time_ms,
             last_applied_index: 0,
-            range: RangeDesc { group: child, start_sku: at.to_owned(), end_sku: range.end_sku.clone(), epoch, home_slots: moved_slots },
+            range: child_range.clone(),
             positions: left.positions.split_off(&PositionKey::new(at, "")),
             reservations: take_where(&mut left.reservations, |_, r| side_of(&r.lines, at) == Side::Right),
             events: take_where(&mut left.events, |_, e| e.adjustment.sku.as_str() >= at),
