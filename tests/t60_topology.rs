@@ -6,7 +6,8 @@
 //! flight, and retires the right group's replicas; a frozen range answers
 //! no reads of its records; cold ranges merge by themselves; a node joins
 //! the running cluster and takes a replica; a drained node's replicas move
-//! to the others and an empty node is removed; a replica moves to a node that had none under load;
+//! to the others and an empty node is removed; a replica moves to a node that had none under load,
+//! and so does the leader's own replica;
 //! leaders piled on one node (by leader moves, then by a restart) spread
 //! out once balancing is on, and a joined node takes its share of replicas
 //! and leaders, under load, with no acknowledged write lost.
@@ -517,6 +518,63 @@ async fn a_replica_moves_to_another_node_under_load() {
     // The same move again answers at once: it is done.
     let again = client.move_shard(RIGHT, 2, 1).await.expect("a repeated move");
     assert_eq!(again.range.expect("range").replicas, vec![1, 3, 4]);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leaders_own_replica_moves_away_under_load() {
+    let _serial = SERIAL.lock().await;
+    // 4 nodes, 3 replicas: group 2 on nodes 2-4, none on node 1.
+    let cluster = Cluster::start(4, test_config()).await;
+    let mut feed = cluster.feed(2).await;
+    for sku in SKUS {
+        receive(&mut feed, &format!("stock-{sku}"), sku, LOC, 1_000).await;
+    }
+    let leader = poll_ok("group 2 has a leader", Duration::from_secs(20), || async {
+        cluster.node(2).group(RIGHT).and_then(|g| g.leader()).map(|(id, _)| id).ok_or("no leader yet")
+    })
+    .await;
+    assert!((2..=4).contains(&leader), "group 2's leader is one of its replicas: {leader}");
+    let client = stockd_client::Client::new(&cluster.addrs).expect("client");
+    let stop = Arc::new(AtomicBool::new(false));
+    let writing = writers(&cluster, &SKUS, &stop);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let moved = client.move_shard(RIGHT, leader, 1).await.expect("move the leader's replica");
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acknowledged = BTreeMap::new();
+    for writer in writing {
+        acknowledged.extend(writer.await.expect("writer"));
+    }
+    let mut expected: Vec<u64> = [1, 2, 3, 4].into_iter().filter(|id| *id != leader).collect();
+    expected.sort_unstable();
+    assert_eq!(moved.range.expect("range").replicas, expected);
+    assert!(acknowledged.len() > 20, "the writers made progress: {}", acknowledged.len());
+    for id in acknowledged.keys() {
+        let r = client.get_reservation(id).await.unwrap_or_else(|e| panic!("{id}: {e}")).reservation.expect("held");
+        assert_eq!(r.state(), pb::ReservationState::Pending, "{id}");
+    }
+    // The group is led by a node that still holds it; the old leader's
+    // replica is gone and node 1's holds every acknowledged unit.
+    let staying = expected[1];
+    let now = poll_ok("group 2 has a new leader", Duration::from_secs(20), || async {
+        cluster.node(staying).group(RIGHT).and_then(|g| g.leader()).map(|(id, _)| id).ok_or("no leader yet")
+    })
+    .await;
+    assert!(expected.contains(&now), "led by {now}, replicas {expected:?}");
+    let total = acknowledged.len() as u64;
+    let reserved_on_1 = || {
+        cluster
+            .node(1)
+            .group(RIGHT)
+            .map(|g| SKUS.iter().filter_map(|sku| g.state().read().position(&storage::model::PositionKey::new(*sku, LOC)).map(|p| p.reserved)).sum::<u64>())
+    };
+    poll("node 1 caught up", Duration::from_secs(20), || async { reserved_on_1() == Some(total) }).await;
+    let old = cluster.node(leader).clone();
+    poll("the old leader retired its replica", Duration::from_secs(20), || async { old.group(RIGHT).is_none() }).await;
+    // Still writable after the move.
+    let mut c = cluster.client(now).await;
+    reserve(&mut c, "after-leader-move", vec![line("b-8", LOC, 1)], 600_000).await.expect("reserve after the move");
     cluster.shutdown().await;
 }
 

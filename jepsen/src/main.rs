@@ -223,6 +223,9 @@ async fn test(args: TestArgs) -> anyhow::Result<bool> {
         }
         all_valid &= outcome.valid;
         lines.push(format!("{verdict:<8} {}", config.replay_command()));
+        for failed in &outcome.failed {
+            lines.push(format!("         {failed}"));
+        }
     }
     if runs.len() > 1 {
         println!("== summary");

@@ -100,11 +100,20 @@ pub struct TestOutcome {
     pub valid: bool,
     pub dir: PathBuf,
     pub summary: String,
+    /// The checkers that did not pass, each with its first error: what a
+    /// one-line verdict names.
+    pub failed: Vec<String>,
 }
 
 /// Limits of the phases around the workload.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Each final read is retried for this long from its own first attempt
+/// (not from the heal: a slow machine takes longer than that over a run's
+/// thousand lookups without any of them failing)...
 const FINAL_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// ... and the final phase stops retrying after this long in all; a read
+/// started later gets one attempt.
+const FINAL_PHASE_TIMEOUT: Duration = Duration::from_secs(180);
 const FINAL_CONCURRENCY: usize = 4;
 /// Pause before the final reads of a cart run (the resolver's period is
 /// 300 ms; follows of carts whose answers were lost land within it).
@@ -327,7 +336,8 @@ async fn drive(
         println!("warning: no timeline plot: {e:#}");
     }
     let summary = summarize(&results);
-    Ok(TestOutcome { valid, dir: dir.to_path_buf(), summary })
+    let failed = failed_checkers(&results);
+    Ok(TestOutcome { valid, dir: dir.to_path_buf(), summary, failed })
 }
 
 /// Strong reads of every SKU and lookups of every reservation id, each
@@ -362,12 +372,13 @@ async fn final_reads(shared: &Arc<Shared>, endpoints: &Endpoints) -> anyhow::Res
         }
         targets.extend(skus.into_iter().map(|sku| Op::Read { sku }));
     }
-    let deadline = Instant::now() + FINAL_READ_TIMEOUT;
+    let phase_deadline = Instant::now() + FINAL_PHASE_TIMEOUT;
     let clients = Clients::connect(endpoints)?;
     futures::stream::iter(targets)
         .for_each_concurrent(FINAL_CONCURRENCY, |op| {
             let (shared, client) = (shared.clone(), clients.clone());
             async move {
+                let deadline = (Instant::now() + FINAL_READ_TIMEOUT).min(phase_deadline);
                 loop {
                     let process = shared.new_process();
                     if workload::run_op(&shared, &client, process, &op, true).await.0 == Kind::Ok || Instant::now() >= deadline {
@@ -381,9 +392,25 @@ async fn final_reads(shared: &Arc<Shared>, endpoints: &Endpoints) -> anyhow::Res
     Ok(())
 }
 
+/// The checkers whose verdict is not `valid`, as `name: first error`, the
+/// error cut to 240 characters.
+fn failed_checkers(results: &serde_json::Value) -> Vec<String> {
+    CHECKERS
+        .iter()
+        .filter(|checker| !results[**checker].is_null() && results[**checker]["valid"].as_str() != Some("valid"))
+        .map(|checker| {
+            let first = results[*checker]["errors"].get(0).and_then(|e| e.as_str()).unwrap_or("no error given").replace('\n', " ");
+            let cut: String = first.chars().take(240).collect();
+            format!("{checker}: {cut}")
+        })
+        .collect()
+}
+
+const CHECKERS: [&str; 5] = ["linearizable", "conservation", "no_lost_acks", "all_or_nothing", "availability"];
+
 fn summarize(results: &serde_json::Value) -> String {
     let mut out = String::new();
-    for checker in ["linearizable", "conservation", "no_lost_acks", "all_or_nothing", "availability"] {
+    for checker in CHECKERS {
         let r = &results[checker];
         if r.is_null() {
             continue;
