@@ -398,12 +398,16 @@ fn settle(now_ms: u64, left: &mut Inventory, right: &mut Inventory) -> usize {
     apply(left, None);
     apply(right, None);
     let follow = |records: &mut Inventory, lines: &mut Inventory| {
-        let apart: Vec<_> = records
+        // In the order the home group's log moved them: several records
+        // expire in one apply by (expiry, id), as the unsplit group
+        // expired their lines, so the lines' audit trails agree too.
+        let mut apart: Vec<_> = records
             .carts()
             .filter(|(_, cart)| cart.own_apart && cart.unfollowed().any(|g| g == cart.home))
-            .filter_map(|(id, cart)| cart.state.intent_state().map(|state| (id.clone(), cart.of(), state)))
+            .filter_map(|(id, cart)| cart.state.intent_state().map(|state| (cart.expires_at_ms, id.clone(), cart.of(), state)))
             .collect();
-        for (id, of, state) in &apart {
+        apart.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        for (_, id, of, state) in &apart {
             let followed = apply(lines, Some(Command::CartFollow { reservation_id: id.clone(), of: *of, state: *state })).expect("one result");
             assert_eq!(followed.outcome, storage::model::Outcome::Ok, "{id} follows to {state:?}");
             let note = Command::CartFollowed { reservation_id: id.clone(), begin_index: of.begin_index, group: of.home, state: *state };
@@ -558,6 +562,52 @@ fn the_finished_parts_of_one_cart_on_both_sides_merge_into_one_record() {
     assert_eq!(left.intents().filter(|(id, _)| *id == "c1").count(), 1, "one record of the cart's parts");
     assert_eq!(left.reservation("c1").map(|r| r.state), Some(ReservationState::Released));
     assert!(left.positions().all(|(_, p)| p.reserved == 0), "nothing held");
+}
+
+/// A locator at an id's home naming the group that holds the reservation:
+/// once the two groups merge, it names the merged group itself. The merge
+/// drops it (on disk too), so that the reservation's own retry is a replay,
+/// not a reused id; a locator naming a third group stays.
+#[test]
+fn a_merge_drops_the_locators_that_name_either_side() {
+    let mut world = World { now_ms: 1_000, seq: 0 };
+    let mut left = Inventory::serving(limits(), RangeDesc::whole(GROUP));
+    world.apply(&mut left, &Op::Tick { ms: 0 });
+    world.apply(&mut left, &Op::Receipt { sku: 0, quantity: 5 });
+    world.apply(&mut left, &Op::Receipt { sku: 5, quantity: 5 });
+    let mut right = left.split_off("c", CHILD).expect("split");
+    let homed = |side: &Inventory, skip: usize| (skip..1_000).find(|n| side.range().holds_home(&id(*n))).expect("an id homed there");
+    let (in_right, in_left) = (homed(&left, 0), homed(&right, 0));
+    let elsewhere = homed(&left, in_right + 1);
+    let locate = |n: usize, group: u32| Command::Locate { reservation_id: id(n), group, ttl_ms: 5_000 };
+    let apply = |inventory: &mut Inventory, command: Command| {
+        let index = inventory.last_applied_index() + 1;
+        let result = inventory.apply_batch(index, &Batch::new(2_000, inventory.range().epoch, vec![command])).remove(0);
+        assert_eq!(inventory.check_invariants(), Ok(()));
+        result
+    };
+    // Each side holds a reservation homed on the other, which notes it.
+    let reserve_right = Op::Reserve { id: in_right, lines: vec![(5, 1)] };
+    let reserve_left = Op::Reserve { id: in_left, lines: vec![(0, 1)] };
+    assert_eq!(world.apply(&mut right, &reserve_right).map(|r| r.outcome), Some(storage::model::Outcome::Ok));
+    assert_eq!(world.apply(&mut left, &reserve_left).map(|r| r.outcome), Some(storage::model::Outcome::Ok));
+    assert_eq!(apply(&mut left, locate(in_right, CHILD)).outcome, storage::model::Outcome::Ok);
+    assert_eq!(apply(&mut right, locate(in_left, GROUP)).outcome, storage::model::Outcome::Ok);
+    assert_eq!(apply(&mut left, locate(elsewhere, 7)).outcome, storage::model::Outcome::Ok);
+    left.take_dirty();
+
+    merge_by_commands(&mut world, &mut left, &mut right).expect("nothing in flight");
+    assert_eq!(left.check_invariants(), Ok(()));
+    assert!(left.locator(&id(in_right)).is_none() && left.locator(&id(in_left)).is_none(), "they name this group now");
+    assert_eq!(left.locator(&id(elsewhere)).map(|l| l.group), Some(7), "a third group's stays");
+    let dirty = left.take_dirty();
+    for n in [in_right, in_left] {
+        assert!(dirty.locators.iter().any(|(i, l)| *i == id(n) && l.is_none()), "{} deleted from disk", id(n));
+    }
+    for op in [reserve_right, reserve_left] {
+        let retried = world.apply(&mut left, &op).expect("a result");
+        assert_eq!((retried.outcome, retried.replay), (storage::model::Outcome::Ok, true), "{op:?}: the retry is a replay");
+    }
 }
 
 /// A split that moves the lines a cart's record holds beside it: the
