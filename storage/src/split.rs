@@ -285,6 +285,14 @@ impl Inventory {
         absorb(&mut merged.carts, theirs.carts, "cart")?;
         absorb(&mut merged.intents, theirs.intents, "intent")?;
         absorb(&mut merged.locators, theirs.locators, "locator")?;
+        // A locator naming either side names this group now, which holds
+        // the reservation itself: beside it, the locator would refuse the
+        // reservation's own retry as a reused id.
+        let sides = [l.group, r.group];
+        let merged_away: Vec<String> = merged.locators.iter().filter(|(_, locator)| sides.contains(&locator.group)).map(|(id, _)| id.clone()).collect();
+        for id in &merged_away {
+            merged.locators.remove(id);
+        }
         rejoin_own_parts(&mut merged);
         merged.log_time_ms = merged.log_time_ms.max(theirs.log_time_ms);
         merged.range = RangeDesc { end_sku: r.end_sku, epoch: l.epoch.max(r.epoch) + 1, home_slots: l.home_slots | r.home_slots, ..l };
@@ -292,6 +300,7 @@ impl Inventory {
         let mut kept = Inventory::from_snapshot(self.limits().clone(), merged);
         kept.take_dirty_of(self);
         kept.mark_dirty_like(&right);
+        kept.dirty_locators.extend(merged_away);
         kept.dirty_merge = true;
         *self = kept;
         Ok(())

@@ -56,9 +56,10 @@ impl Inventory {
     }
 
     /// The conflict a record under `id` meets here when a locator says a
-    /// one-group reservation under the id lives in another group.
+    /// one-group reservation under the id lives in another group. A locator
+    /// naming this group (kept from before a merge) names no other.
     pub(crate) fn located_elsewhere(&self, id: &str) -> Option<CommandResult> {
-        let locator = self.locators.get(id)?;
+        let locator = self.locators.get(id).filter(|locator| locator.group != self.range.group)?;
         Some(CommandResult { located: Some(locator.group), ..CommandResult::bare(Outcome::IdempotencyConflict) })
     }
 
