@@ -163,15 +163,20 @@ impl InventoryService {
         let verdicts: Vec<pb::LineRisk> = in_order.iter().map(convert::line_risk_to_pb).collect();
         let refused = in_order.iter().any(m::LineRisk::refuses);
         // An id whose record a local replica holds in another group (a
-        // one-group reservation, or a cart homed elsewhere) is a reused id.
+        // one-group reservation, or a cart homed elsewhere) is a reused id,
+        // if that group's leader still holds it: a replica that has not yet
+        // applied a split or merge may show the record where it was.
         let record_at = plan.single_group().unwrap_or(plan.home);
         if let Some(other) = self.node.locate_locally(&reservation_id, Some(record_at)).filter(|g| *g != record_at) {
-            return Ok(pb::ReserveResponse {
-                outcome: pb::Outcome::IdempotencyConflict as i32,
-                reservation: self.local_record(other, &reservation_id),
-                risk: verdicts,
-                ..Default::default()
-            });
+            let held = self.node.read(other, ReadQuery::Reservation(reservation_id.clone()), Consistency::Strong).await.map_err(status::group_error)?;
+            let record = match (&held.cart, &held.reservation) {
+                (Some(cart), _) => Some(convert::cart_to_pb(cart, other)),
+                (None, Some(plain)) => Some(convert::reservation_to_pb(plain, other)),
+                (None, None) => None,
+            };
+            if record.is_some() {
+                return Ok(pb::ReserveResponse { outcome: pb::Outcome::IdempotencyConflict as i32, reservation: record, risk: verdicts, ..Default::default() });
+            }
         }
         let (index, mut result) = if let Some(group) = plan.single_group() {
             let command = match gates.into_values().next() {
@@ -194,16 +199,6 @@ impl InventoryService {
             None => record_at,
         };
         Ok(pb::ReserveResponse { risk: verdicts, ..convert::reserve_response(index, &result, record_at) })
-    }
-
-    /// The record of `id` this node's replica of `group` holds, for answers.
-    fn local_record(&self, group: m::GroupId, id: &str) -> Option<pb::Reservation> {
-        let replica = self.node.group(group)?;
-        let inventory = replica.state().read();
-        match inventory.cart(id) {
-            Some(cart) => Some(convert::cart_to_pb(cart, group)),
-            None => inventory.reservation(id).map(|r| convert::reservation_to_pb(r, group)),
-        }
     }
 
     /// The risk gate's verdicts, each line scored by its own group: in line

@@ -209,6 +209,17 @@ fn refusal(status: &tonic::Status) -> Option<ClientError> {
     }
 }
 
+/// The error of a write's later attempt: after an attempt that may have
+/// been applied, a refusal of a retry says nothing of that one, so the
+/// outcome stays unknown.
+fn after_unknown(maybe_applied: bool, rpc: &str, error: ClientError) -> ClientError {
+    if maybe_applied {
+        ClientError::Unavailable { outcome_unknown: true, message: format!("{rpc}: an earlier attempt may have been applied; a retry got: {error}") }
+    } else {
+        error
+    }
+}
+
 fn unknown_suffix(outcome_unknown: &bool) -> &'static str {
     if *outcome_unknown {
         " (outcome unknown)"
@@ -739,7 +750,7 @@ impl Client {
                 Err(_elapsed) => tonic::Status::deadline_exceeded(format!("no answer within {} ms", timeout.as_millis())),
             };
             if let Some(refused) = refusal(&status) {
-                return Err(refused);
+                return Err(after_unknown(maybe_applied, rpc, refused));
             }
             match status.code() {
                 Code::FailedPrecondition if status.message().starts_with(NOT_LEADER_PREFIX) => {
@@ -772,7 +783,7 @@ impl Client {
                     self.mark_failed(index);
                     last_failure = format!("{addr}: {}", describe(&status));
                 }
-                code => return Err(ClientError::Rpc { code, message: status.message().to_owned() }),
+                code => return Err(after_unknown(maybe_applied, rpc, ClientError::Rpc { code, message: status.message().to_owned() })),
             }
             tracing::debug!(rpc, addr = %addr, attempts, failure = %last_failure, "retrying on the next node");
             let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
@@ -1301,6 +1312,16 @@ mod tests {
         let error = client.reserve(cart("r1")).await.expect_err("invalid");
         assert_eq!(error, ClientError::InvalidArgument("invalid lines[0].quantity: must be between 1 and 1000000".into()));
         assert_eq!(node.seen().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_refused_retry_after_an_unknown_attempt_stays_unknown() {
+        let node = fake::start(vec![fake::Reply::Unavailable, fake::Reply::InvalidArgument]).await;
+        let client = Client::with_config(&[node.addr.as_str()], quick()).expect("client");
+        let error = client.reserve(cart("r1")).await.expect_err("refused on the retry");
+        assert!(error.is_outcome_unknown(), "the first attempt may have been applied: {error:?}");
+        assert!(error.to_string().contains("invalid lines[0].quantity"), "the retry's refusal is named: {error}");
+        assert_eq!(node.seen(), vec!["r1", "r1"]);
     }
 
     #[tokio::test]
