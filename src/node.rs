@@ -644,7 +644,10 @@ impl Node {
                 self.topology_stale.notify_one();
                 return Err(GroupError::StaleRoute { group: home, routed_epoch: self.route_epoch(home), range });
             }
-            if let Some(group) = answer.located {
+            // A locator naming a group merged away since (into a third
+            // group) would route to no replica: the reservation is asked
+            // for everywhere instead.
+            if let Some(group) = answer.located.filter(|g| self.topology().range(*g).is_some()) {
                 return Ok(Some(group));
             }
         }

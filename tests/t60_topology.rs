@@ -194,6 +194,49 @@ async fn a_locator_written_before_a_split_does_not_lose_the_reservation() {
     cluster.shutdown().await;
 }
 
+/// A locator at the id's home names the group that held the reservation;
+/// merges then move it on. A merge into a third group leaves the locator
+/// naming a retired group: the commit still finds the reservation. A merge
+/// into the locator's own group brings the two together: the reserve's
+/// retry is a replay, not a reused id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locator_outlived_by_its_group_neither_loses_nor_refuses_the_reservation() {
+    let _serial = SERIAL.lock().await;
+    // As above: node 1 does not replicate group 2, nor the child it splits off.
+    let cluster = Cluster::start(4, test_config()).await;
+    let node = cluster.node(1).clone();
+    let mut feed = cluster.feed(2).await;
+    receive(&mut feed, "stock-b-8", "b-8", LOC, 10).await;
+    let client = stockd_client::Client::new(&cluster.addrs).expect("client");
+    let child = client.split_shard(RIGHT, AT).await.expect("split").child.expect("child").group_id;
+    let id = (0..).map(|i| format!("outlived-{i}")).find(|id| node.home_of(id) == Some(1)).expect("an id homed in group 1");
+    let mut c = cluster.client(1).await;
+    let first = reserve(&mut c, &id, vec![line("b-8", LOC, 3)], 60_000).await.expect("reserve");
+    assert_eq!(first.outcome(), pb::Outcome::Ok);
+    let found = c.get_reservation(pb::ReservationRef { reservation_id: id.clone() }).await.expect("get").into_inner();
+    assert_eq!(found.reservation.expect("found").home_group, child);
+    let home = node.group(1).expect("node 1 replicates group 1");
+    poll("the locator at the id's home", Duration::from_secs(10), || async { home.state().read().locator(&id).map(|l| l.group) == Some(child) }).await;
+
+    // The child merges back into group 2: the locator names a retired group.
+    assert_eq!(client.merge_shard(RIGHT).await.expect("merge").retired_group_id, child);
+    poll("node 1 sees the child retired", Duration::from_secs(10), || async { node.topology().range(child).is_none() }).await;
+    let committed = c.commit(pb::ReservationRef { reservation_id: id.clone() }).await.expect("commit").into_inner();
+    assert_eq!(committed.outcome(), pb::Outcome::Ok, "{committed:?}");
+    assert_eq!(committed.reservation.expect("reservation").home_group, RIGHT);
+
+    // Group 2 merges into group 1, which holds the locator.
+    assert_eq!(client.merge_shard(1).await.expect("merge").retired_group_id, RIGHT);
+    poll("node 1 sees group 2 retired", Duration::from_secs(10), || async { node.topology().range(RIGHT).is_none() }).await;
+    let retried = reserve(&mut c, &id, vec![line("b-8", LOC, 3)], 60_000).await.expect("the reserve again");
+    assert_eq!((retried.outcome(), retried.replay), (pb::Outcome::Ok, true), "{retried:?}");
+    assert!(home.state().read().locator(&id).is_none(), "the merge dropped the locator beside its reservation");
+    let got = c.get_reservation(pb::ReservationRef { reservation_id: id.clone() }).await.expect("get").into_inner();
+    let r = got.reservation.expect("found");
+    assert_eq!((r.state(), r.home_group), (pb::ReservationState::Committed, 1));
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_split_by_themselves_by_size_and_a_hot_sku_ends_up_alone() {
     let _serial = SERIAL.lock().await;

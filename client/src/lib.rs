@@ -210,10 +210,15 @@ fn refusal(status: &tonic::Status) -> Option<ClientError> {
 }
 
 /// The error of a write's later attempt: after an attempt that may have
-/// been applied, a refusal of a retry says nothing of that one, so the
-/// outcome stays unknown.
+/// been applied, a retry's error (an invalid argument included: a node may
+/// judge a SKU by a newer map) says nothing of that one, so the outcome
+/// stays unknown. A refused certificate or role is the exception: every
+/// attempt of the call carried the same identity, so none was served (a
+/// first attempt's refused TLS handshake often shows only as a broken
+/// connection).
 fn after_unknown(maybe_applied: bool, rpc: &str, error: ClientError) -> ClientError {
-    if maybe_applied {
+    let identity_refused = matches!(error, ClientError::Unauthenticated(_) | ClientError::PermissionDenied(_));
+    if maybe_applied && !identity_refused {
         ClientError::Unavailable { outcome_unknown: true, message: format!("{rpc}: an earlier attempt may have been applied; a retry got: {error}") }
     } else {
         error
@@ -1078,6 +1083,7 @@ mod tests {
             NotLeader(Option<String>),
             Unavailable,
             InvalidArgument,
+            PermissionDenied,
         }
 
         #[derive(Clone, Default)]
@@ -1142,6 +1148,7 @@ mod tests {
                     }
                     Reply::Unavailable => Err(Status::unavailable("group 1: outcome unknown, retry with the same id")),
                     Reply::InvalidArgument => Err(Status::invalid_argument("invalid lines[0].quantity: must be between 1 and 1000000")),
+                    Reply::PermissionDenied => Err(Status::permission_denied("role reader may not call Reserve")),
                 }
             }
             async fn batch_reserve(&self, _: Request<BatchReserveRequest>) -> Result<Response<BatchReserveResponse>, Status> {
@@ -1322,6 +1329,12 @@ mod tests {
         assert!(error.is_outcome_unknown(), "the first attempt may have been applied: {error:?}");
         assert!(error.to_string().contains("invalid lines[0].quantity"), "the retry's refusal is named: {error}");
         assert_eq!(node.seen(), vec!["r1", "r1"]);
+
+        // A refused role was refused for every attempt: none was served.
+        let node = fake::start(vec![fake::Reply::Unavailable, fake::Reply::PermissionDenied]).await;
+        let client = Client::with_config(&[node.addr.as_str()], quick()).expect("client");
+        let error = client.reserve(cart("r2")).await.expect_err("refused on the retry");
+        assert!(matches!(&error, ClientError::PermissionDenied(_)), "{error:?}");
     }
 
     #[tokio::test]

@@ -636,15 +636,18 @@ impl Inventory {
         if let Some(cart) = self.carts.get(id) {
             return cart.replay(cart.lines == lines && cart.ttl_ms == ttl_ms);
         }
-        if let Some(conflict) = self.located_elsewhere(id) {
-            return conflict;
-        }
         self.forget_finished_intent(id);
+        // The reservation held here answers for the id before a locator
+        // does: a locator beside it was written while the two were in
+        // different groups, which merges have made one since.
         if let Some(existing) = self.reservations.get(id) {
             if existing.lines == lines && existing.ttl_ms == ttl_ms && !self.intents.contains_key(id) {
                 return reservation_result(Outcome::Ok, true, existing.clone());
             }
             return reservation_result(Outcome::IdempotencyConflict, false, existing.clone());
+        }
+        if let Some(conflict) = self.located_elsewhere(id) {
+            return conflict;
         }
         if gate.is_some_and(|gate| gate.lines.iter().any(LineRisk::refuses)) {
             return CommandResult::bare(Outcome::RiskRefused);

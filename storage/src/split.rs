@@ -285,11 +285,17 @@ impl Inventory {
         absorb(&mut merged.carts, theirs.carts, "cart")?;
         absorb(&mut merged.intents, theirs.intents, "intent")?;
         absorb(&mut merged.locators, theirs.locators, "locator")?;
-        // A locator naming either side names this group now, which holds
-        // the reservation itself: beside it, the locator would refuse the
-        // reservation's own retry as a reused id.
+        // A locator naming either side names this group now, and one beside
+        // the reservation it locates (moved here by earlier merges) names a
+        // group it left: either would answer lookups with a group that
+        // holds nothing, or refuse the reservation's own retry.
         let sides = [l.group, r.group];
-        let merged_away: Vec<String> = merged.locators.iter().filter(|(_, locator)| sides.contains(&locator.group)).map(|(id, _)| id.clone()).collect();
+        let merged_away: Vec<String> = merged
+            .locators
+            .iter()
+            .filter(|(id, locator)| sides.contains(&locator.group) || merged.reservations.contains_key(*id))
+            .map(|(id, _)| id.clone())
+            .collect();
         for id in &merged_away {
             merged.locators.remove(id);
         }

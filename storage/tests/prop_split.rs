@@ -567,7 +567,8 @@ fn the_finished_parts_of_one_cart_on_both_sides_merge_into_one_record() {
 /// A locator at an id's home naming the group that holds the reservation:
 /// once the two groups merge, it names the merged group itself. The merge
 /// drops it (on disk too), so that the reservation's own retry is a replay,
-/// not a reused id; a locator naming a third group stays.
+/// not a reused id. So does a locator naming a third group that the
+/// reservation left by an earlier merge; one beside no reservation stays.
 #[test]
 fn a_merge_drops_the_locators_that_name_either_side() {
     let mut world = World { now_ms: 1_000, seq: 0 };
@@ -579,6 +580,7 @@ fn a_merge_drops_the_locators_that_name_either_side() {
     let homed = |side: &Inventory, skip: usize| (skip..1_000).find(|n| side.range().holds_home(&id(*n))).expect("an id homed there");
     let (in_right, in_left) = (homed(&left, 0), homed(&right, 0));
     let elsewhere = homed(&left, in_right + 1);
+    let moved_in = homed(&left, elsewhere + 1);
     let locate = |n: usize, group: u32| Command::Locate { reservation_id: id(n), group, ttl_ms: 5_000 };
     let apply = |inventory: &mut Inventory, command: Command| {
         let index = inventory.last_applied_index() + 1;
@@ -594,17 +596,22 @@ fn a_merge_drops_the_locators_that_name_either_side() {
     assert_eq!(apply(&mut left, locate(in_right, CHILD)).outcome, storage::model::Outcome::Ok);
     assert_eq!(apply(&mut right, locate(in_left, GROUP)).outcome, storage::model::Outcome::Ok);
     assert_eq!(apply(&mut left, locate(elsewhere, 7)).outcome, storage::model::Outcome::Ok);
+    // Reserved in a group 8 that merged into the right side since.
+    let reserve_moved_in = Op::Reserve { id: moved_in, lines: vec![(5, 2)] };
+    assert_eq!(world.apply(&mut right, &reserve_moved_in).map(|r| r.outcome), Some(storage::model::Outcome::Ok));
+    assert_eq!(apply(&mut left, locate(moved_in, 8)).outcome, storage::model::Outcome::Ok);
     left.take_dirty();
 
     merge_by_commands(&mut world, &mut left, &mut right).expect("nothing in flight");
     assert_eq!(left.check_invariants(), Ok(()));
     assert!(left.locator(&id(in_right)).is_none() && left.locator(&id(in_left)).is_none(), "they name this group now");
+    assert!(left.locator(&id(moved_in)).is_none(), "it stood beside the reservation it locates");
     assert_eq!(left.locator(&id(elsewhere)).map(|l| l.group), Some(7), "a third group's stays");
     let dirty = left.take_dirty();
-    for n in [in_right, in_left] {
+    for n in [in_right, in_left, moved_in] {
         assert!(dirty.locators.iter().any(|(i, l)| *i == id(n) && l.is_none()), "{} deleted from disk", id(n));
     }
-    for op in [reserve_right, reserve_left] {
+    for op in [reserve_right, reserve_left, reserve_moved_in] {
         let retried = world.apply(&mut left, &op).expect("a result");
         assert_eq!((retried.outcome, retried.replay), (storage::model::Outcome::Ok, true), "{op:?}: the retry is a replay");
     }

@@ -11,7 +11,10 @@
 //!   write). Another group, a cart record or a plain reservation of the home
 //!   under the id is a conflict, and nothing changes.
 //! - The other way round, a `Reserve` or `CartBegin` here under an id that a
-//!   locator names is a conflict too.
+//!   locator names is a conflict too, unless a reservation under the id is
+//!   held here (merges brought it beside its locator): that one answers.
+//! - A merge drops the locators naming either of its groups, and those
+//!   beside the reservation they locate.
 //! - Recovery: none needed. A locator only speeds a lookup up: one naming a
 //!   group without the reservation (forgotten there) finds nothing, which is
 //!   the truth, and a reservation without one is found by asking every group.
