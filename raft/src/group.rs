@@ -270,9 +270,37 @@ impl Group {
         if voters.contains(&to) && voters.contains(&from) && !joint {
             return Err(GroupError::Invalid { group: self.id, reason: format!("invalid to: node {to} is a voter of group {} already", self.id) });
         }
+        let known = self.raft.metrics().borrow().membership_config.membership().nodes().any(|(id, _)| *id == to);
+        if !known {
+            self.purge_to_a_snapshot().await?;
+        }
         self.raft.add_learner(to, BasicNode::new(addr), true).await.map_err(|e| write_error(self.id, e))?;
         self.raft.change_membership(next.clone(), false).await.map_err(|e| write_error(self.id, e))?;
         Ok(next)
+    }
+
+    /// Before a replica joins: a new replica starts empty under the group's
+    /// range of today, so once that range has changed (a split or merge
+    /// since the group began) the log from its start cannot rebuild the
+    /// state there (the commands routed at older epochs would be refused).
+    /// The log up to a fresh snapshot is purged, and the new replica is
+    /// caught up from the snapshot. A group still at its first range
+    /// replays its log as it is.
+    async fn purge_to_a_snapshot(&self) -> Result<(), GroupError> {
+        if self.state.read().range().epoch == storage::model::FIRST_EPOCH {
+            return Ok(());
+        }
+        let Some(applied) = self.raft.metrics().borrow().last_applied else { return Ok(()) };
+        let fatal = |e: openraft::error::Fatal<u64>| GroupError::Fatal { group: self.id, reason: e.to_string() };
+        let waited = |e: openraft::metrics::WaitError| GroupError::Unavailable { group: self.id, reason: format!("before adding a replica: {e}") };
+        let wait = Some(Duration::from_secs(10));
+        self.raft.trigger().snapshot().await.map_err(fatal)?;
+        let metrics =
+            self.raft.wait(wait).metrics(|m| m.snapshot.is_some_and(|s| s.index >= applied.index), "a snapshot for the new replica").await.map_err(waited)?;
+        let upto = metrics.snapshot.map_or(applied.index, |s| s.index);
+        self.raft.trigger().purge_log(upto).await.map_err(fatal)?;
+        self.raft.wait(wait).metrics(|m| m.purged.is_some_and(|p| p.index >= upto), "the log purged up to the snapshot").await.map_err(waited)?;
+        Ok(())
     }
 
     /// Proposes `command`, routed with `epoch` of the group's range, and
