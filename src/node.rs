@@ -634,15 +634,18 @@ impl Node {
         }
         let home = self.home_of(id);
         if let Some(home) = home {
+            // The epoch the map had when the read was sent: the map may
+            // learn the change while the read is under way.
+            let routed_epoch = self.route_epoch(home);
             let answer = self.read(home, ReadQuery::Reservation(id.to_string()), Consistency::Strong).await?;
             if answer.reservation.is_some() || answer.cart.is_some() {
                 return Ok(Some(home));
             }
             // A home that split or merged since this node's map was made
             // may have handed the record on: not "absent", a stale route.
-            if let Some(range) = answer.range.filter(|r| r.epoch > self.route_epoch(home) && !r.holds_home(id)) {
+            if let Some(range) = answer.range.filter(|r| r.epoch > routed_epoch && !r.holds_home(id)) {
                 self.topology_stale.notify_one();
-                return Err(GroupError::StaleRoute { group: home, routed_epoch: self.route_epoch(home), range });
+                return Err(GroupError::StaleRoute { group: home, routed_epoch, range });
             }
             // A locator naming a group merged away since (into a third
             // group) would route to no replica: the reservation is asked
@@ -661,11 +664,15 @@ impl Node {
     /// before a split moved the reservation), `except` is that group.
     pub async fn locate_everywhere(&self, id: &str, home: Option<GroupId>, except: Option<GroupId>) -> Result<Option<GroupId>, GroupError> {
         self.lookups_everywhere.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let groups: Vec<GroupId> = self.topology().groups_in(&self.config.region).map(|r| r.group).filter(|g| Some(*g) != except).collect();
-        let reads = groups.iter().map(|g| self.read(*g, ReadQuery::Reservation(id.to_string()), Consistency::Strong));
+        // The groups and their epochs from one copy of the map: a split
+        // that the map learns while the reads are under way must still
+        // show as a stale route, since its child was not asked.
+        let groups: Vec<(GroupId, u64)> =
+            self.topology().groups_in(&self.config.region).filter(|r| Some(r.group) != except).map(|r| (r.group, r.epoch)).collect();
+        let reads = groups.iter().map(|(g, _)| self.read(*g, ReadQuery::Reservation(id.to_string()), Consistency::Strong));
         let answers = futures::future::join_all(reads).await;
         let mut first_error = None;
-        for (group, answer) in groups.iter().zip(answers) {
+        for ((group, routed_epoch), answer) in groups.iter().zip(answers) {
             match answer {
                 Ok(a) if a.cart.is_some() => return Ok(Some(*group)),
                 Ok(ReadAnswer { reservation: Some(plain), .. }) => {
@@ -677,9 +684,9 @@ impl Node {
                 // A replica whose range changed since this node's map was
                 // made (a split) may have handed the id to a group the map
                 // does not list yet: not "absent", a stale route.
-                Ok(ReadAnswer { range: Some(range), .. }) if range.epoch > self.route_epoch(*group) => {
+                Ok(ReadAnswer { range: Some(range), .. }) if range.epoch > *routed_epoch => {
                     self.topology_stale.notify_one();
-                    let stale = GroupError::StaleRoute { group: *group, routed_epoch: self.route_epoch(*group), range };
+                    let stale = GroupError::StaleRoute { group: *group, routed_epoch: *routed_epoch, range };
                     first_error = first_error.or(Some(stale));
                 }
                 Ok(_) => {}
