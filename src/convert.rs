@@ -95,7 +95,13 @@ pub fn cart_to_pb(cart: &m::Cart, home: m::GroupId) -> pb::Reservation {
 /// The reservation a command result carries: a cart's record, else the
 /// plain reservation of `group`.
 fn result_reservation(r: &m::CommandResult, group: m::GroupId) -> Option<pb::Reservation> {
-    match (&r.cart, &r.reservation) {
+    record_to_pb(r.cart.as_ref(), r.reservation.as_ref(), group)
+}
+
+/// The record under an id that `group` holds (a command's result or a
+/// read's answer): a cart's record, else a plain reservation.
+pub fn record_to_pb(cart: Option<&m::Cart>, plain: Option<&m::Reservation>, group: m::GroupId) -> Option<pb::Reservation> {
+    match (cart, plain) {
         (Some(cart), _) => Some(cart_to_pb(cart, group)),
         (None, Some(plain)) => Some(reservation_to_pb(plain, group)),
         (None, None) => None,

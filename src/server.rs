@@ -169,11 +169,7 @@ impl InventoryService {
         let record_at = plan.single_group().unwrap_or(plan.home);
         if let Some(other) = self.node.locate_locally(&reservation_id, Some(record_at)).filter(|g| *g != record_at) {
             let held = self.node.read(other, ReadQuery::Reservation(reservation_id.clone()), Consistency::Strong).await.map_err(status::group_error)?;
-            let record = match (&held.cart, &held.reservation) {
-                (Some(cart), _) => Some(convert::cart_to_pb(cart, other)),
-                (None, Some(plain)) => Some(convert::reservation_to_pb(plain, other)),
-                (None, None) => None,
-            };
+            let record = convert::record_to_pb(held.cart.as_ref(), held.reservation.as_ref(), other);
             if record.is_some() {
                 return Ok(pb::ReserveResponse { outcome: pb::Outcome::IdempotencyConflict as i32, reservation: record, risk: verdicts, ..Default::default() });
             }
@@ -393,11 +389,10 @@ impl Inventory for InventoryService {
             self.node.recover_cart(cart).await.map_err(status::group_error)?;
             answer = self.node.read(home, ReadQuery::Reservation(id), Consistency::Strong).await.map_err(status::group_error)?;
         }
-        let reservation = match (&answer.cart, &answer.reservation) {
-            (Some(cart), _) if cart.state != m::CartState::Aborted => Some(convert::cart_to_pb(cart, home)),
-            (Some(_), _) => None,
-            (None, Some(plain)) => Some(convert::reservation_to_pb(plain, home)),
-            (None, None) => None,
+        // An aborted cart is not found, as a refused reserve.
+        let reservation = match &answer.cart {
+            Some(cart) if cart.state == m::CartState::Aborted => None,
+            cart => convert::record_to_pb(cart.as_ref(), answer.reservation.as_ref(), home),
         };
         let outcome = if reservation.is_some() { pb::Outcome::Ok } else { pb::Outcome::NotFound };
         Ok(Response::new(pb::ReservationResponse { outcome: outcome as i32, replay: false, reservation, applied_index: answer.applied_index }))

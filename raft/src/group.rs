@@ -48,6 +48,11 @@ use crate::wire;
 use crate::GroupError;
 use crate::NodeId;
 
+/// Longest wait, each, for the snapshot and the log purge that come before
+/// a replica new to a group whose range changed (`purge_to_a_snapshot`);
+/// past it the move answers unavailable and can be repeated.
+const SNAPSHOT_BEFORE_NEW_REPLICA_WAIT: Duration = Duration::from_secs(10);
+
 /// Per-group settings. Cluster-wide: every replica uses the same values.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupConfig {
@@ -291,9 +296,9 @@ impl Group {
             return Ok(());
         }
         let Some(applied) = self.raft.metrics().borrow().last_applied else { return Ok(()) };
-        let fatal = |e: openraft::error::Fatal<u64>| GroupError::Fatal { group: self.id, reason: e.to_string() };
+        let fatal = |e: openraft::error::Fatal<NodeId>| GroupError::Fatal { group: self.id, reason: e.to_string() };
         let waited = |e: openraft::metrics::WaitError| GroupError::Unavailable { group: self.id, reason: format!("before adding a replica: {e}") };
-        let wait = Some(Duration::from_secs(10));
+        let wait = Some(SNAPSHOT_BEFORE_NEW_REPLICA_WAIT);
         self.raft.trigger().snapshot().await.map_err(fatal)?;
         let metrics =
             self.raft.wait(wait).metrics(|m| m.snapshot.is_some_and(|s| s.index >= applied.index), "a snapshot for the new replica").await.map_err(waited)?;

@@ -122,12 +122,6 @@ pub struct StateMachineStore {
     /// `GroupConfig::skip_history` (a planted bug): this node, while no
     /// applied membership names it.
     skipping_for: Option<NodeId>,
-    /// Started empty under a range that changed since the group began (a
-    /// replica new to a group that split or merged): the log from its start
-    /// cannot rebuild that state (commands routed at older epochs would be
-    /// refused, and the replica diverge), so it applies nothing until a
-    /// snapshot is installed.
-    awaiting_snapshot: bool,
 }
 
 impl StateMachineStore {
@@ -169,22 +163,10 @@ impl StateMachineStore {
             records.merge = Some(codec::decode(&bytes, "merge state").map_err(read_err)?);
         }
         let applied_index = last_applied.map(|l| l.index).unwrap_or(0);
-        let awaiting_snapshot = last_applied.is_none() && range.epoch != storage::model::FIRST_EPOCH;
         let inventory = Inventory::load(limits.clone(), range, log_time_ms, applied_index, records);
         let state =
             Arc::new(GroupState { inventory: RwLock::new(inventory), applied_index: AtomicU64::new(applied_index), log_time_ms: AtomicU64::new(log_time_ms) });
-        Ok(Self {
-            engine,
-            group,
-            limits,
-            state,
-            last_applied,
-            membership,
-            snapshot_seq: Arc::new(AtomicU64::new(0)),
-            splits: None,
-            skipping_for: None,
-            awaiting_snapshot,
-        })
+        Ok(Self { engine, group, limits, state, last_applied, membership, snapshot_seq: Arc::new(AtomicU64::new(0)), splits: None, skipping_for: None })
     }
 
     pub fn state(&self) -> Arc<GroupState> {
@@ -347,7 +329,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut responses = Vec::new();
         let mut children = Vec::new();
         let mut entries = entries.into_iter().peekable();
-        if self.awaiting_snapshot {
+        // Empty under a range that changed since the group began (a replica
+        // new to a group that split or merged): the log from its start
+        // cannot rebuild that state (commands routed at older epochs would
+        // be refused, and the replica diverge), so it applies nothing until
+        // a snapshot is installed (which sets `last_applied`).
+        if self.last_applied.is_none() && inventory.range().epoch != storage::model::FIRST_EPOCH {
             if let Some(first) = entries.peek() {
                 let reason = format!(
                     "group {}: a new replica under range epoch {} was sent log entry {} instead of a snapshot; it cannot rebuild the state from the log",
@@ -442,7 +429,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         batch.put(Table::Meta, keys::meta_key(self.group, SNAPSHOT), codec::encode(&stored));
         self.engine.write(batch, Durability::Sync).map_err(|e| io_err(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write, e))?;
         *inventory = fresh;
-        self.awaiting_snapshot = false;
         self.publish(&inventory);
         Ok(())
     }

@@ -564,6 +564,15 @@ fn the_finished_parts_of_one_cart_on_both_sides_merge_into_one_record() {
     assert!(left.positions().all(|(_, p)| p.reserved == 0), "nothing held");
 }
 
+/// Applies `command` alone in the next entry of `inventory`, at log time
+/// 2 s, and checks the invariants after it.
+fn apply_at_2s(inventory: &mut Inventory, command: Command) -> CommandResult {
+    let index = inventory.last_applied_index() + 1;
+    let result = inventory.apply_batch(index, &Batch::new(2_000, inventory.range().epoch, vec![command])).remove(0);
+    assert_eq!(inventory.check_invariants(), Ok(()));
+    result
+}
+
 /// A locator at an id's home naming the group that holds the reservation:
 /// once the two groups merge, it names the merged group itself. The merge
 /// drops it (on disk too), so that the reservation's own retry is a replay,
@@ -582,24 +591,18 @@ fn a_merge_drops_the_locators_that_name_either_side() {
     let elsewhere = homed(&left, in_right + 1);
     let moved_in = homed(&left, elsewhere + 1);
     let locate = |n: usize, group: u32| Command::Locate { reservation_id: id(n), group, ttl_ms: 5_000 };
-    let apply = |inventory: &mut Inventory, command: Command| {
-        let index = inventory.last_applied_index() + 1;
-        let result = inventory.apply_batch(index, &Batch::new(2_000, inventory.range().epoch, vec![command])).remove(0);
-        assert_eq!(inventory.check_invariants(), Ok(()));
-        result
-    };
     // Each side holds a reservation homed on the other, which notes it.
     let reserve_right = Op::Reserve { id: in_right, lines: vec![(5, 1)] };
     let reserve_left = Op::Reserve { id: in_left, lines: vec![(0, 1)] };
     assert_eq!(world.apply(&mut right, &reserve_right).map(|r| r.outcome), Some(storage::model::Outcome::Ok));
     assert_eq!(world.apply(&mut left, &reserve_left).map(|r| r.outcome), Some(storage::model::Outcome::Ok));
-    assert_eq!(apply(&mut left, locate(in_right, CHILD)).outcome, storage::model::Outcome::Ok);
-    assert_eq!(apply(&mut right, locate(in_left, GROUP)).outcome, storage::model::Outcome::Ok);
-    assert_eq!(apply(&mut left, locate(elsewhere, 7)).outcome, storage::model::Outcome::Ok);
+    assert_eq!(apply_at_2s(&mut left, locate(in_right, CHILD)).outcome, storage::model::Outcome::Ok);
+    assert_eq!(apply_at_2s(&mut right, locate(in_left, GROUP)).outcome, storage::model::Outcome::Ok);
+    assert_eq!(apply_at_2s(&mut left, locate(elsewhere, 7)).outcome, storage::model::Outcome::Ok);
     // Reserved in a group 8 that merged into the right side since.
     let reserve_moved_in = Op::Reserve { id: moved_in, lines: vec![(5, 2)] };
     assert_eq!(world.apply(&mut right, &reserve_moved_in).map(|r| r.outcome), Some(storage::model::Outcome::Ok));
-    assert_eq!(apply(&mut left, locate(moved_in, 8)).outcome, storage::model::Outcome::Ok);
+    assert_eq!(apply_at_2s(&mut left, locate(moved_in, 8)).outcome, storage::model::Outcome::Ok);
     left.take_dirty();
 
     merge_by_commands(&mut world, &mut left, &mut right).expect("nothing in flight");
@@ -630,13 +633,7 @@ fn a_split_puts_a_records_own_lines_apart_and_the_record_follows_them() {
     let begun = world.apply(&mut left, &Op::Begin { id: 1, own: vec![(4, 2)] }).expect("begin");
     assert_eq!(begun.outcome, storage::model::Outcome::Ok);
     let of = left.cart("h1").expect("record").of();
-    let apply = |inventory: &mut Inventory, command: Command| {
-        let index = inventory.last_applied_index() + 1;
-        let result = inventory.apply_batch(index, &Batch::new(2_000, inventory.range().epoch, vec![command])).remove(0);
-        assert_eq!(inventory.check_invariants(), Ok(()));
-        result
-    };
-    let decided = apply(&mut left, Command::CartDecide { reservation_id: "h1".into(), begin_index: of.begin_index, hold: true, shortfalls: vec![] });
+    let decided = apply_at_2s(&mut left, Command::CartDecide { reservation_id: "h1".into(), begin_index: of.begin_index, hold: true, shortfalls: vec![] });
     assert_eq!(decided.cart.map(|c| c.state), Some(storage::model::CartState::Pending));
     let unsplit = left.clone();
 
@@ -647,15 +644,17 @@ fn a_split_puts_a_records_own_lines_apart_and_the_record_follows_them() {
     assert_eq!(right.reservation("h1").map(|r| r.state), Some(ReservationState::Pending));
     assert!(left.reservation("h1").is_none());
 
-    let committed = apply(&mut left, Command::Commit { reservation_id: "h1".into() });
+    let committed = apply_at_2s(&mut left, Command::Commit { reservation_id: "h1".into() });
     assert_eq!(committed.outcome, storage::model::Outcome::Ok);
     let record = left.cart("h1").expect("record");
     assert_eq!(record.unfollowed().collect::<BTreeSet<_>>(), BTreeSet::from([GROUP, 9]), "the own part now follows as the others do");
     assert_eq!(right.reservation("h1").map(|r| r.state), Some(ReservationState::Pending), "not moved by the record's apply");
-    let followed = apply(&mut right, Command::CartFollow { reservation_id: "h1".into(), of, state: ReservationState::Committed });
+    let followed = apply_at_2s(&mut right, Command::CartFollow { reservation_id: "h1".into(), of, state: ReservationState::Committed });
     assert_eq!(followed.outcome, storage::model::Outcome::Ok);
-    let noted =
-        apply(&mut left, Command::CartFollowed { reservation_id: "h1".into(), begin_index: of.begin_index, group: GROUP, state: ReservationState::Committed });
+    let noted = apply_at_2s(
+        &mut left,
+        Command::CartFollowed { reservation_id: "h1".into(), begin_index: of.begin_index, group: GROUP, state: ReservationState::Committed },
+    );
     assert_eq!(noted.outcome, storage::model::Outcome::Ok);
     assert_eq!(left.cart("h1").expect("record").unfollowed().collect::<Vec<_>>(), vec![9]);
 
