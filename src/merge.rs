@@ -210,8 +210,15 @@ impl Node {
     pub(crate) async fn retire_replicas(&self) {
         let retired: Vec<_> = self.groups().filter(|g| self.is_retiring(g.id)).collect();
         for group in retired {
+            // One retirement or start of a replica at a time, so that a
+            // replica moved back here starts only after its old copy is
+            // gone. The replica leaves the node's groups only once its data
+            // is deleted: no replica here means no data here either.
+            let _one_at_a_time = self.starting.lock().await;
+            if !self.is_retiring(group.id) {
+                continue;
+            }
             let range = group.range();
-            self.remove_group(group.id);
             group.shutdown().await;
             let mut batch = WriteBatch::new();
             for table in [Table::Log, Table::Meta, Table::State] {
@@ -221,6 +228,7 @@ impl Node {
                 Ok(()) => tracing::info!(node = self.id(), group = group.id, range = %range, "moved or merged away: replica retired and deleted"),
                 Err(e) => tracing::warn!(node = self.id(), group = group.id, error = %e, "retired replica not deleted; deleted at the next start"),
             }
+            self.remove_group(group.id);
         }
     }
 

@@ -116,9 +116,10 @@ pub struct Node {
     syncer: Arc<WalSyncer>,
     transport: Arc<dyn PeerTransport>,
     splits: tokio::sync::mpsc::UnboundedSender<SplitApplied>,
-    /// One group start at a time (a message and a split may race to start
-    /// the same child).
-    starting: tokio::sync::Mutex<()>,
+    /// One group start or retirement at a time (a message and a split may
+    /// race to start the same child; a replica moved back must not start
+    /// while its old copy is being deleted).
+    pub(crate) starting: tokio::sync::Mutex<()>,
     /// Wakes the topology watcher before its next round (a stale answer).
     pub(crate) topology_stale: tokio::sync::Notify,
     pub(crate) peers: Arc<PeerNetwork>,
