@@ -19,9 +19,9 @@ use storage::Table;
 
 use crate::config::Config;
 
-/// Most replicas of the metadata group (an odd number of the first nodes).
-pub const METADATA_REPLICAS_MAX: usize = 5;
 pub const TOPOLOGY_CACHE_KEY: &str = "topology";
+/// The version of a topology that has applied its bootstrap command only.
+pub const BOOTSTRAP_VERSION: u64 = 1;
 
 /// The first command of a new cluster, from its `[cluster]` settings.
 pub fn bootstrap_command(config: &Config) -> TopologyCommand {
@@ -34,7 +34,7 @@ pub fn bootstrap_command(config: &Config) -> TopologyCommand {
     for range in &config.shard_map.ranges {
         placement.entry(range.region.clone()).or_insert(Placement { replication_factor: range.replicas.len() });
     }
-    TopologyCommand::Bootstrap { nodes, ranges: config.shard_map.ranges.clone(), placement, balance: config.balance }
+    TopologyCommand::Bootstrap { nodes, ranges: config.shard_map.ranges.clone(), placement, balance: config.balance, metadata: metadata_replicas(config) }
 }
 
 /// The topology a node starts routing with: the one it last stored if it
@@ -52,11 +52,12 @@ pub fn initial_topology(config: &Config, engine: &dyn Engine) -> Result<Topology
     Ok(topology)
 }
 
-/// The metadata group's replicas: the first nodes by id, an odd number of
-/// them (at most `METADATA_REPLICAS_MAX`), whatever their regions (the
-/// topology holds no user data).
+/// The metadata group's first replicas: the first nodes by id, an odd
+/// number of them (at most `[cluster] metadata-replicas`), whatever their regions
+/// (the topology holds no user data). Moves change them later; the
+/// topology records them (`Topology::metadata_replicas`).
 pub fn metadata_replicas(config: &Config) -> Vec<NodeId> {
-    let mut count = config.nodes.len().min(METADATA_REPLICAS_MAX);
+    let mut count = config.nodes.len().min(config.metadata_replicas);
     if count > 1 && count.is_multiple_of(2) {
         count -= 1;
     }

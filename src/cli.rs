@@ -178,13 +178,14 @@ pub enum ShardCommand {
     Merge(MergeArgs),
     /// Moves a group's replica from one node to another of its region, while
     /// the group serves: the new one is caught up, then the voters change.
-    /// Waits until the topology shows it.
+    /// Waits until the topology shows it. Group 0 is the metadata group
+    /// (its replicas may go to a node of any region).
     Move(MoveArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct MoveArgs {
-    /// The group whose replica moves.
+    /// The group whose replica moves (0: the metadata group).
     #[arg(long)]
     pub group: u32,
     /// The node holding the replica now.
@@ -1347,6 +1348,9 @@ pub fn shard_move_json(moved: &stockd_proto::v1::MoveShardResponse) -> Value {
 pub fn shard_move_human(moved: &stockd_proto::v1::MoveShardResponse) -> String {
     moved.range.as_ref().map_or_else(String::new, |r| {
         let replicas = r.replicas.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+        if r.group_id == storage::topology::METADATA_GROUP {
+            return format!("moved   group 0 (the metadata group) replicas {replicas}\n");
+        }
         format!("moved   group {} {} epoch {} replicas {replicas}\n", r.group_id, range_text(&r.start_sku, &r.end_sku), r.epoch)
     })
 }
@@ -1408,6 +1412,8 @@ struct NodeRow<'a> {
     node: &'a stockd_proto::v1::NodeStatus,
     replicas: usize,
     leaders: usize,
+    /// Whether it holds a replica of the metadata group.
+    metadata: bool,
     answered: Option<bool>,
 }
 
@@ -1423,18 +1429,19 @@ fn node_rows(reports: &[NodeStatusReport]) -> Vec<NodeRow<'_>> {
             node,
             replicas: shards.iter().filter(|row| row.group.replicas.contains(&node.id)).count(),
             leaders: shards.iter().filter(|row| row.group.leader == node.id).count(),
+            metadata: newest.metadata_replicas.contains(&node.id),
             answered: reports.iter().find(|r| strip_scheme(&r.addr) == node.addr).map(|r| r.result.is_ok()),
         })
         .collect()
 }
 
-/// How many replicas node `id` holds, as the groups' leaders (or their
-/// most advanced replicas) report them; `None` when no node answered.
+/// The groups node `id` holds replicas of, as the groups' leaders (or
+/// their most advanced replicas) report them, and group 0 when the newest
+/// topology names it a metadata replica; `None` when no node answered.
 pub fn replicas_on(reports: &[NodeStatusReport], id: u64) -> Option<Vec<u32>> {
-    reports
-        .iter()
-        .any(|r| r.result.is_ok())
-        .then(|| shard_rows(reports).iter().filter(|row| row.group.replicas.contains(&id)).map(|row| row.group.group_id).collect())
+    let newest = reports.iter().filter_map(|r| r.result.as_ref().ok()).max_by_key(|s| s.topology_version)?;
+    let metadata = newest.metadata_replicas.contains(&id).then_some(storage::topology::METADATA_GROUP);
+    Some(metadata.into_iter().chain(shard_rows(reports).iter().filter(|row| row.group.replicas.contains(&id)).map(|row| row.group.group_id)).collect())
 }
 
 /// `{"nodes": [...], "unanswered": [addr...]}`; `answered` is null for a
@@ -1450,6 +1457,7 @@ pub fn node_list_json(reports: &[NodeStatusReport]) -> Value {
                 "state": row.node.state,
                 "replicas": row.replicas,
                 "leaders": row.leaders,
+                "metadata_replica": row.metadata,
                 "answered": row.answered,
             })
         })
@@ -1468,6 +1476,7 @@ pub fn node_list_human(reports: &[NodeStatusReport]) -> String {
                 dash_if_empty(&row.node.state),
                 row.replicas.to_string(),
                 row.leaders.to_string(),
+                if row.metadata { "yes" } else { "-" }.to_owned(),
                 match row.answered {
                     Some(true) => "yes".to_owned(),
                     Some(false) => "no".to_owned(),
@@ -1476,7 +1485,7 @@ pub fn node_list_human(reports: &[NodeStatusReport]) -> String {
             ]
         })
         .collect();
-    let mut out = render_table(&["NODE", "ADDR", "REGION", "STATE", "REPLICAS", "LEADERS", "ANSWERED"], &rows);
+    let mut out = render_table(&["NODE", "ADDR", "REGION", "STATE", "REPLICAS", "LEADERS", "METADATA", "ANSWERED"], &rows);
     if rows.is_empty() {
         out.push_str("no node answered\n");
     }

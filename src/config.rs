@@ -139,6 +139,9 @@ impl AvailabilityFile {
     }
 }
 
+/// The default of `[cluster] metadata-replicas`, and its most.
+pub const METADATA_REPLICAS_DEFAULT: usize = 5;
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ClusterFile {
@@ -186,6 +189,9 @@ pub struct ClusterFile {
     /// per node (`stockctl balance on|off` changes it later; the topology
     /// holds it, this is only the bootstrap input).
     pub balance: bool,
+    /// Most replicas of a new cluster's metadata group: the first nodes by
+    /// id, an odd number of them (1, 3 or 5); moves change them later.
+    pub metadata_replicas: usize,
 }
 
 impl Default for ClusterFile {
@@ -217,6 +223,7 @@ impl Default for ClusterFile {
             split_load_cmds_per_s: SplitPolicy::default().load_cmds_per_s,
             merge_cold_s: SplitPolicy::default().merge_cold_s,
             balance: true,
+            metadata_replicas: METADATA_REPLICAS_DEFAULT,
         }
     }
 }
@@ -409,6 +416,8 @@ pub struct Config {
     pub split: SplitPolicy,
     /// `[cluster] balance`: a new cluster's balancing switch.
     pub balance: bool,
+    /// `[cluster] metadata-replicas`.
+    pub metadata_replicas: usize,
     pub scoring: ScoringConfig,
     pub availability: AvailabilityFile,
 }
@@ -595,6 +604,9 @@ impl FileConfig {
         if self.node.rpc_timeout_ms < group.election_timeout_max_ms {
             return Err("rpc-timeout-ms must be at least election-timeout-max-ms so a forwarded request can outlive a leader change".into());
         }
+        if ![1, 3, 5].contains(&c.metadata_replicas) {
+            return Err(format!("metadata-replicas must be 1, 3 or 5, not {}", c.metadata_replicas));
+        }
         if c.groups_per_region > GROUPS_PER_REGION_MAX {
             return Err(format!("groups-per-region must be at most {GROUPS_PER_REGION_MAX}, not {}", c.groups_per_region));
         }
@@ -618,6 +630,7 @@ impl FileConfig {
             group,
             split: SplitPolicy { positions_max: c.split_positions_max, load_cmds_per_s: c.split_load_cmds_per_s, merge_cold_s: c.merge_cold_s },
             balance: c.balance,
+            metadata_replicas: c.metadata_replicas,
             scoring: self.model,
             availability: self.availability,
         })
@@ -733,6 +746,16 @@ mod tests {
         let mut f = FileConfig::default();
         f.cluster.groups_per_region = GROUPS_PER_REGION_MAX + 1;
         assert!(f.validate(peers()).expect_err("too many groups").contains("groups-per-region"));
+        for even in [0, 2, 4, 7] {
+            let mut f = FileConfig::default();
+            f.cluster.metadata_replicas = even;
+            assert!(f.validate(peers()).expect_err("not 1, 3 or 5").contains("metadata-replicas must be 1, 3 or 5"));
+        }
+        let mut f = FileConfig::default();
+        f.cluster.metadata_replicas = 1;
+        let one = f.validate(peers()).expect("one metadata replica");
+        assert_eq!(crate::bootstrap::metadata_replicas(&one), [1]);
+        assert_eq!(crate::bootstrap::metadata_replicas(&FileConfig::default().validate(peers()).expect("valid")).len(), 3, "3 nodes: all three");
         let mut f = FileConfig::default();
         f.cluster.election_timeout_min_ms = 150;
         assert!(f.validate(peers()).is_err());

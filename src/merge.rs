@@ -205,10 +205,10 @@ impl Node {
 
     /// Stops and deletes every replica here that the topology no longer
     /// places here: moved away (the group's replicas leave this node out;
-    /// `crate::placement`), or merged away (not in the topology, not
+    /// `crate::placement`; the metadata group's too), or merged away (not in the topology, not
     /// allocated, and covered by a range of a newer epoch).
     pub(crate) async fn retire_replicas(&self) {
-        let retired: Vec<_> = self.groups().filter(|g| self.is_retiring(g.id)).collect();
+        let retired: Vec<_> = self.all_groups().into_iter().filter(|g| self.is_retiring(g.id)).collect();
         for group in retired {
             // One retirement or start of a replica at a time, so that a
             // replica moved back here starts only after its old copy is
@@ -237,6 +237,9 @@ impl Node {
     pub fn is_retiring(&self, group: GroupId) -> bool {
         let topology = self.topology();
         let Some(replica) = self.group(group).filter(|_| topology.is_bootstrapped()) else { return false };
+        if group == storage::topology::METADATA_GROUP {
+            return !topology.metadata_replicas().contains(&self.id());
+        }
         match topology.range(group) {
             Some(placed) => !placed.replicas.contains(&self.id()),
             None if topology.is_allocated(group) => false,

@@ -48,6 +48,10 @@ use crate::read::ReadQuery;
 
 /// How often a node reads the topology when nothing told it to sooner.
 pub const TOPOLOGY_REFRESH: Duration = Duration::from_millis(500);
+/// How far behind the metadata group a replica of it may be for this node
+/// to read the topology there (every group's leader ticks every 250 ms, so
+/// only a replica cut off from the group falls this far behind).
+pub const TOPOLOGY_STALENESS_MAX_MS: u64 = 5_000;
 /// How often a node looks for a split due in the groups it leads.
 pub const SPLIT_CHECK: Duration = Duration::from_secs(1);
 /// A group split by load rests this long (its load meter still counts what
@@ -191,7 +195,7 @@ impl Node {
     pub(crate) async fn watch_topology(node: Weak<Node>) {
         loop {
             let Some(strong) = node.upgrade() else { return };
-            strong.refresh_topology().await;
+            strong.refresh_topology_at(Consistency::Bounded { max_staleness_ms: TOPOLOGY_STALENESS_MAX_MS }).await;
             let woken = strong.clone();
             drop(strong);
             tokio::select! {
@@ -210,12 +214,20 @@ pub struct SplitDone {
 }
 
 impl Node {
-    /// One round of the watcher: bootstrap the topology if nobody did, take
-    /// a newer version, start the replicas it gives this node, record splits
-    /// the topology misses.
+    /// Bootstraps the topology if nobody did, takes a newer version, starts
+    /// the replicas it gives this node, records splits the topology misses
+    /// and retires replicas it moved away: after a change, with the change.
     pub async fn refresh_topology(&self) {
+        self.refresh_topology_at(Consistency::Strong).await
+    }
+
+    /// One round of the watcher, reading the topology at `consistency`:
+    /// the watcher reads from this node's replica while it keeps up (one
+    /// that stopped hearing from the group, moved away or partitioned, asks
+    /// another); after a change, a strong read sees it.
+    pub(crate) async fn refresh_topology_at(&self, consistency: Consistency) {
         let newer_than = self.topology().version;
-        let fetched = match self.read(METADATA_GROUP, ReadQuery::Topology { newer_than }, Consistency::Any).await {
+        let fetched = match self.read(METADATA_GROUP, ReadQuery::Topology { newer_than }, consistency).await {
             Ok(answer) => answer.topology,
             Err(e) => {
                 tracing::debug!(node = self.id(), error = %e, "topology not read this round");
@@ -277,6 +289,11 @@ impl Node {
 
     async fn start_missing_replicas(&self) {
         let topology = self.topology();
+        if topology.metadata_replicas().contains(&self.id()) && self.group(METADATA_GROUP).is_none() {
+            if let Err(e) = self.start_group(RangeDesc::metadata()).await {
+                tracing::warn!(node = self.id(), group = METADATA_GROUP, error = %e, "metadata replica not started");
+            }
+        }
         for range in topology.hosted_by(self.id()) {
             if self.group(range.group).is_some() {
                 continue;
@@ -318,11 +335,16 @@ impl Node {
     pub async fn replica_for_message(&self, group: GroupId) -> Result<Arc<Group>, tonic::Status> {
         let not_hosted = || tonic::Status::not_found(format!("group {group} is not hosted on node {}", self.id()));
         let topology = self.topology();
-        let Some(range) = topology.range(group).filter(|r| r.replicas.contains(&self.id())) else {
-            self.topology_stale.notify_one();
-            return Err(not_hosted());
+        let desc = match group {
+            METADATA_GROUP if topology.metadata_replicas().contains(&self.id()) => RangeDesc::metadata(),
+            _ => match topology.range(group).filter(|r| r.replicas.contains(&self.id())) {
+                Some(range) => range.desc(),
+                None => {
+                    self.topology_stale.notify_one();
+                    return Err(not_hosted());
+                }
+            },
         };
-        let desc = range.desc();
         if self.groups().any(|g| g.range().overlaps(&desc)) {
             return Err(not_hosted());
         }

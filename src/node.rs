@@ -24,6 +24,7 @@ use storage::model::CommandResult;
 use storage::model::GroupId;
 use storage::model::PositionKey;
 use storage::model::RangeDesc;
+use storage::topology::NodeState;
 use storage::topology::Topology;
 use storage::topology::METADATA_GROUP;
 use storage::Durability;
@@ -53,7 +54,8 @@ const FORMAT_KEY: &str = "format";
 /// 4: merges (a group's merge state in its snapshots and its log).
 /// 5: the balancing switch in the topology. 6: home slots that move with
 /// splits and merges (in every range), a cart's own lines apart from it.
-pub const DATA_FORMAT: u32 = 6;
+/// 7: the metadata group's replicas in the topology (they move).
+pub const DATA_FORMAT: u32 = 7;
 /// Most attempts one request makes to reach its group's leader: leader-hint
 /// hops and waits out elections (`ELECTION_BACKOFF` each) together; the
 /// request's deadline (`rpc-timeout-ms`) bounds them too.
@@ -110,7 +112,6 @@ pub struct Node {
     /// input until the metadata group answers, then its latest version.
     topology: RwLock<Arc<Topology>>,
     /// The metadata group's replicas (from the bootstrap input).
-    metadata_replicas: Vec<NodeId>,
     /// What a group is started with.
     engine: Arc<dyn Engine>,
     syncer: Arc<WalSyncer>,
@@ -171,7 +172,6 @@ impl Node {
         let syncer = WalSyncer::start(engine.clone(), WAL_SYNC_QUEUE_MAX);
         let topology = crate::bootstrap::initial_topology(&config, engine.as_ref()).map_err(NodeError::Topology)?;
         peers.learn(topology.nodes());
-        let metadata_replicas = crate::bootstrap::metadata_replicas(&config);
         // What this node replicates: its groups in the topology, every group
         // whose state it stores (a split's child the topology does not record
         // yet) and the metadata group on its replicas.
@@ -179,7 +179,7 @@ impl Node {
         for group in crate::bootstrap::stored_groups(engine.as_ref()).map_err(|reason| NodeError::Storage { dir: dir.clone(), reason })? {
             hosted.entry(group).or_insert_with(|| RangeDesc { group, ..RangeDesc::metadata() });
         }
-        if metadata_replicas.contains(&config.node_id) {
+        if topology.metadata_replicas().contains(&config.node_id) {
             hosted.insert(METADATA_GROUP, RangeDesc::metadata());
         }
         let (splits, split_reports) = tokio::sync::mpsc::unbounded_channel();
@@ -194,7 +194,6 @@ impl Node {
             config,
             groups: RwLock::new(groups),
             topology: RwLock::new(Arc::new(topology)),
-            metadata_replicas,
             engine,
             syncer,
             transport,
@@ -228,9 +227,12 @@ impl Node {
     /// voters when the group is new; openraft refuses (harmlessly) when the
     /// group already has a membership.
     async fn initialize_groups(&self) -> Result<(), NodeError> {
-        let metadata = (METADATA_GROUP, self.metadata_replicas.clone());
+        // The metadata group from the bootstrap list only while this node
+        // has never seen the group answer (its voters may have moved since).
+        let first_start = self.topology().version <= crate::bootstrap::BOOTSTRAP_VERSION;
+        let metadata = first_start.then(|| (METADATA_GROUP, crate::bootstrap::metadata_replicas(&self.config)));
         let bootstrap = self.config.shard_map.hosted_by(self.config.node_id).map(|r| (r.group, r.replicas.clone()));
-        for (id, replicas) in std::iter::once(metadata).chain(bootstrap) {
+        for (id, replicas) in metadata.into_iter().chain(bootstrap) {
             if replicas.first() != Some(&self.config.node_id) {
                 continue;
             }
@@ -265,9 +267,10 @@ impl Node {
         self.groups.write().unwrap_or_else(|p| p.into_inner()).remove(&id)
     }
 
-    /// The metadata group's replicas (fixed at bootstrap).
-    pub fn metadata_replicas(&self) -> &[NodeId] {
-        &self.metadata_replicas
+    /// The metadata group's replicas, as this node's copy of the topology
+    /// has them.
+    pub fn metadata_replicas(&self) -> Vec<NodeId> {
+        self.topology().metadata_replicas().to_vec()
     }
 
     /// This node's copy of the topology.
@@ -404,7 +407,14 @@ impl Node {
             return Some(leader);
         }
         let replicas = match group {
-            METADATA_GROUP => self.metadata_replicas.clone(),
+            // Its replicas first, then every other node: a copy of the
+            // topology from before a move may name none that has it now.
+            METADATA_GROUP => {
+                let topology = self.topology();
+                let mut replicas = topology.metadata_replicas().to_vec();
+                replicas.extend(topology.nodes().filter(|n| n.state != NodeState::Removed && !replicas.contains(&n.id)).map(|n| n.id).collect::<Vec<_>>());
+                replicas
+            }
             _ => self.topology().range(group)?.replicas.clone(),
         };
         replicas.get(attempt % replicas.len().max(1)).copied()

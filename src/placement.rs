@@ -21,7 +21,9 @@ use raft::NodeId;
 use storage::model::GroupId;
 use storage::topology::NodeState;
 use storage::topology::RangeInfo;
+use storage::topology::Topology;
 use storage::topology::TopologyCommand;
+use storage::topology::METADATA_GROUP;
 
 use crate::node::Node;
 use crate::node::Target;
@@ -42,16 +44,17 @@ impl Node {
     pub async fn move_replica(&self, group: GroupId, from: NodeId, to: NodeId) -> Result<MoveDone, GroupError> {
         let invalid = |reason: String| GroupError::Invalid { group, reason };
         let topology = self.topology();
-        let range = topology.range(group).cloned().ok_or_else(|| invalid(format!("invalid group_id: no group {group} in the shard map")))?;
+        let range = placed_range(&topology, group).ok_or_else(|| invalid(format!("invalid group_id: no group {group} in the shard map")))?;
         let target = topology.node(to).ok_or_else(|| invalid(format!("invalid to: no node {to} in the topology")))?;
         if from == to {
             return Err(invalid(format!("invalid to: the replica is on node {to} already")));
         }
-        if target.state != NodeState::Up || target.region != range.region {
-            return Err(invalid(format!(
-                "invalid to: node {to} is {:?} in region {}; group {group} needs an up node of region {}",
-                target.state, target.region, range.region
-            )));
+        if target.state != NodeState::Up {
+            return Err(invalid(format!("invalid to: node {to} is {}; a replica moves to an up node", target.state.as_str())));
+        }
+        // The metadata group holds no user data: any region's node takes it.
+        if group != METADATA_GROUP && target.region != range.region {
+            return Err(invalid(format!("invalid to: node {to} is in region {}; group {group} needs an up node of region {}", target.region, range.region)));
         }
         // A repeat of a move that completed, or went as far as step 1.
         let done = !range.replicas.contains(&from) && range.replicas.contains(&to);
@@ -80,10 +83,7 @@ impl Node {
         })??;
         self.change_topology(TopologyCommand::SetReplicas { group, replicas: voters.into_iter().collect() }).await?;
         self.refresh_topology().await;
-        let range = self
-            .topology()
-            .range(group)
-            .cloned()
+        let range = placed_range(&self.topology(), group)
             .ok_or_else(|| GroupError::Unavailable { group, reason: "the group left the topology during the move".into() })?;
         tracing::info!(node = self.id(), group, from, to, replicas = ?range.replicas, "replica moved");
         if self.failpoint(crate::failpoint::MOVE_SKIPS_HISTORY) {
@@ -228,14 +228,29 @@ impl Node {
 /// draining node.
 pub const PLACE_CHECK: Duration = Duration::from_secs(2);
 
+/// `group`'s range as the topology places it; the metadata group's is a
+/// range of no key and no region, on its replicas.
+pub fn placed_range(topology: &Topology, group: GroupId) -> Option<RangeInfo> {
+    if group != METADATA_GROUP {
+        return topology.range(group).cloned();
+    }
+    let replicas = topology.replicas_of(METADATA_GROUP)?.to_vec();
+    let desc = storage::model::RangeDesc::metadata();
+    Some(RangeInfo { group, region: String::new(), start_sku: desc.start_sku, end_sku: desc.end_sku, replicas, epoch: desc.epoch, home_slots: 0 })
+}
+
 /// The node to take `range`'s replica from a node leaving it: an up node of
-/// its region that holds no replica of it, the one holding fewest replicas
-/// (then the lowest id); `None` when there is none.
-pub fn drain_target(topology: &storage::topology::Topology, range: &RangeInfo) -> Option<NodeId> {
+/// its region (any region for the metadata group) that holds no replica of
+/// it, the one holding fewest replicas (then the lowest id, and for the
+/// metadata group a node of the leaving one's region first); `None` when
+/// there is none.
+pub fn drain_target(topology: &Topology, range: &RangeInfo, leaving: NodeId) -> Option<NodeId> {
+    let region_of = |id: NodeId| topology.node(id).map(|n| n.region.as_str());
+    let metadata = range.group == METADATA_GROUP;
     topology
         .nodes()
-        .filter(|n| n.state == NodeState::Up && n.region == range.region && !range.replicas.contains(&n.id))
-        .min_by_key(|n| (topology.hosted_by(n.id).count(), n.id))
+        .filter(|n| n.state == NodeState::Up && (metadata || n.region == range.region) && !range.replicas.contains(&n.id))
+        .min_by_key(|n| (Some(n.region.as_str()) != region_of(leaving), topology.replica_count(n.id), n.id))
         .map(|n| n.id)
 }
 
@@ -250,12 +265,6 @@ impl Node {
     /// `stockctl node remove`: forgets node `id` for placement, once it holds
     /// no replica; its id is never given to another node.
     pub async fn remove_node(&self, id: NodeId) -> Result<storage::topology::NodeInfo, GroupError> {
-        if self.metadata_replicas().contains(&id) {
-            return Err(GroupError::Invalid {
-                group: storage::topology::METADATA_GROUP,
-                reason: format!("invalid node_id: node {id} replicates the metadata group, whose replicas are fixed at bootstrap"),
-            });
-        }
         self.set_node_state(id, NodeState::Removed).await
     }
 
@@ -287,7 +296,7 @@ impl Node {
             return None;
         }
         let topology = self.topology();
-        let draining = topology.nodes().any(|n| n.state == NodeState::Draining && topology.hosted_by(n.id).next().is_some());
+        let draining = topology.nodes().any(|n| n.state == NodeState::Draining && topology.replica_count(n.id) > 0);
         if draining {
             return self.drain_once().await.map(|(group, from, to)| BalanceStep::Replica { group, from, to });
         }
@@ -300,8 +309,10 @@ impl Node {
         let topology = self.topology();
         let draining = topology.nodes().filter(|n| n.state == NodeState::Draining).map(|n| n.id).collect::<Vec<_>>();
         for from in draining {
-            let Some(range) = topology.hosted_by(from).next().cloned() else { continue };
-            let Some(to) = drain_target(&topology, &range) else {
+            // Its ranges first; the metadata group's replica last.
+            let metadata = topology.metadata_replicas().contains(&from).then(|| placed_range(&topology, METADATA_GROUP)).flatten();
+            let Some(range) = topology.hosted_by(from).next().cloned().or(metadata) else { continue };
+            let Some(to) = drain_target(&topology, &range, from) else {
                 tracing::warn!(node = self.id(), draining = from, group = range.group, region = %range.region, "no up node of the region can take this replica; the drain waits");
                 continue;
             };

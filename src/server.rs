@@ -571,6 +571,7 @@ impl Admin for AdminService {
             home_slots: topology.home_slots(&node.config.region),
             topology_version: topology.version,
             balance_enabled: topology.balance_enabled(),
+            metadata_replicas: topology.metadata_replicas().to_vec(),
         }))
     }
 

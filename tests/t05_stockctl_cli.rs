@@ -494,6 +494,7 @@ fn status(node_id: u64, role: &str, leader: u64) -> StatusResponse {
         home_slots: vec![1],
         topology_version: 1,
         balance_enabled: true,
+        metadata_replicas: vec![1],
     }
 }
 
@@ -541,6 +542,7 @@ fn status_tables_show_every_node_and_group() {
 fn node_list_shows_the_newest_topology_with_replicas_and_leaders() {
     let mut newer = status(2, "follower", 1);
     newer.topology_version = 5;
+    newer.metadata_replicas = vec![1, 3];
     newer.nodes = (1..=4).map(|id| NodeStatus { id, addr: format!("127.0.0.1:710{id}"), region: "eu".into(), state: "up".into() }).collect();
     newer.nodes[2].state = "draining".into();
     let reports = vec![
@@ -556,14 +558,20 @@ fn node_list_shows_the_newest_topology_with_replicas_and_leaders() {
     assert!(lines[0].starts_with("NODE") && lines[0].contains("STATE") && lines[0].contains("LEADERS"), "{text}");
     assert_eq!(lines.len(), 5, "header and the four nodes of the newer topology: {text}");
     let cells = |line: &str| line.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
-    assert_eq!(cells(lines[1]), ["1", "127.0.0.1:7101", "eu", "up", "1", "1", "yes"], "{text}");
-    assert_eq!(cells(lines[3]), ["3", "127.0.0.1:7103", "eu", "draining", "1", "0", "no"], "{text}");
-    assert_eq!(cells(lines[4])[..5], ["4", "127.0.0.1:7104", "eu", "up", "0"], "{text}");
+    assert_eq!(cells(lines[1]), ["1", "127.0.0.1:7101", "eu", "up", "1", "1", "yes", "yes"], "{text}");
+    assert_eq!(cells(lines[3]), ["3", "127.0.0.1:7103", "eu", "draining", "1", "0", "yes", "no"], "{text}");
+    assert_eq!(cells(lines[4])[..7], ["4", "127.0.0.1:7104", "eu", "up", "0", "0", "-"], "{text}");
     assert!(lines[4].ends_with("not asked"), "{text}");
     let value = cli::node_list_json(&reports);
     assert_eq!(value["nodes"].as_array().map(Vec::len), Some(4));
     assert_eq!((value["nodes"][0]["leaders"].as_u64(), value["nodes"][3]["answered"].is_null()), (Some(1), true));
     assert_eq!(value["unanswered"][0], "127.0.0.1:7103");
+    // The newest topology says which nodes replicate the metadata group,
+    // and a drain waits for that replica too.
+    assert_eq!((value["nodes"][2]["metadata_replica"].as_bool(), value["nodes"][1]["metadata_replica"].as_bool()), (Some(true), Some(false)));
+    assert_eq!(cli::replicas_on(&reports, 3), Some(vec![0, 1]));
+    assert_eq!(cli::replicas_on(&reports, 2), Some(vec![1]));
+    assert_eq!(cli::replicas_on(&reports, 4), Some(vec![]));
 }
 
 #[test]

@@ -742,25 +742,45 @@ async fn a_drained_node_hands_its_replicas_to_a_joined_one_and_an_empty_node_is_
         node.topology().hosted_by(3).next().is_none() && node.topology().hosted_by(4).count() == 2
     })
     .await;
+    // Its metadata replica goes last, to node 4 too (a node that holds no
+    // replica of the metadata group).
+    poll("node 3's metadata replica moved to node 4", Duration::from_secs(60), || async { node.topology().metadata_replicas() == [1, 2, 4] }).await;
     let n3 = cluster.node(3).clone();
-    poll("node 3 retired its replicas", Duration::from_secs(20), || async { n3.groups().next().is_none() }).await;
+    poll("node 3 retired its replicas, the metadata group's too", Duration::from_secs(20), || async { n3.all_groups().is_empty() }).await;
+    drop(n3);
+    assert!(cluster.node(4).group(METADATA_GROUP).is_some(), "node 4 replicates the metadata group");
     let r = client.get_reservation("before-drain").await.expect("lookup").reservation.expect("held");
     assert_eq!(r.state(), pb::ReservationState::Pending);
     let moved = client.move_shard(RIGHT, 1, 3).await.expect_err("a draining node takes no replica");
-    assert!(moved.to_string().contains("Draining"), "{moved}");
-    // Node 3 replicates the metadata group (fixed at bootstrap): not removed.
-    let refused = client.remove_node(3).await.expect_err("a metadata replica");
-    assert!(refused.to_string().contains("metadata group"), "{refused}");
+    assert!(moved.to_string().contains("draining"), "{moved}");
+    // Node 3 holds nothing now: it is removed, and the metadata group,
+    // on nodes 1, 2 and 4, records it.
+    let removed = client.remove_node(3).await.expect("remove node 3").node.expect("node");
+    assert_eq!((removed.id, removed.state.as_str()), (3, "removed"));
     let refused = client.remove_node(4).await.expect_err("node 4 holds replicas");
     assert!(refused.to_string().contains("drain it first"), "{refused}");
+    // Node 4's replica is a voter of the metadata group: with node 1
+    // stopped, nodes 2 and 4 are its quorum, and a node still joins.
+    drop(node);
+    cluster.stop_node(1).await;
+    let node = cluster.node(2).clone();
     // A node with nothing on it drains at once and is removed.
     assert_eq!(cluster.join_node().await, 5);
-    poll("node 5 joined", Duration::from_secs(20), || async { node.topology().node(5).is_some() }).await;
+    poll("node 5 joined", Duration::from_secs(30), || async { node.topology().node(5).is_some() }).await;
     client.drain_node(5).await.expect("drain node 5");
     let removed = client.remove_node(5).await.expect("remove node 5").node.expect("node");
     assert_eq!((removed.id, removed.state.as_str()), (5, "removed"));
     let refused = client.remove_node(9).await.expect_err("no node 9");
     assert!(refused.to_string().contains("no node 9"), "{refused}");
+    // Node 4 restarts with its metadata replica (from its own disk).
+    cluster.start_node(1).await;
+    cluster.stop_node(4).await;
+    cluster.start_node(4).await;
+    let n4 = cluster.node(4).clone();
+    poll("node 4 replicates the metadata group after a restart", Duration::from_secs(20), || async {
+        n4.group(METADATA_GROUP).is_some_and(|g| g.leader().is_some()) && n4.topology().metadata_replicas() == [1, 2, 4]
+    })
+    .await;
     cluster.shutdown().await;
 }
 

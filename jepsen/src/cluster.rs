@@ -88,7 +88,9 @@ pub struct Cluster {
 /// Every run starts with eight ranges, one per first character of the
 /// workloads' SKUs (`0-sku`, `2-sku`, ...), so carts span groups from the
 /// first operation; a cluster's default of one range would hold them all.
-const CLUSTER_CONFIG: &str = "[cluster]\ngroups-per-region = 8\nsplit-points = [\"2\", \"4\", \"6\", \"8\", \"a\", \"c\", \"e\"]\n";
+/// The metadata group starts on three nodes, so that with `--nodes 5` the
+/// `move` nemesis has nodes to move its replicas to.
+const CLUSTER_CONFIG: &str = "[cluster]\ngroups-per-region = 8\nsplit-points = [\"2\", \"4\", \"6\", \"8\", \"a\", \"c\", \"e\"]\nmetadata-replicas = 3\n";
 
 /// Limits of the cluster's waits.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);

@@ -20,9 +20,10 @@
 //!   (so that its records move; into the range after it when it is the
 //!   first), through the operator API under load; nothing to heal (a
 //!   refusal, such as a cart in flight there, is recorded as it came);
-//! - `move`: a replica of a workload SKU's group moved from one of its nodes
-//!   to a node that holds none (so it needs `--nodes` above the replication
-//!   factor of 3), through the operator API under load; nothing to heal.
+//! - `move`: a replica of a workload SKU's group (one time in three, of the
+//!   metadata group) moved from one of its nodes to a node that holds none
+//!   (so it needs `--nodes` above the replication factor of 3), through the
+//!   operator API under load; nothing to heal.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -305,14 +306,22 @@ impl Nemesis {
                 let sku = self.workload.sku_at(&self.skus, self.shared.started.elapsed(), rng);
                 let client = self.operator_client().await?;
                 let ids = self.cluster.lock().await.ids();
-                // The SKU's group and its replicas, as any node hosting it reports them.
-                let hosting = client.status_all().await.into_iter().filter_map(|report| report.result.ok()).find_map(|status| {
-                    status
-                        .groups
-                        .into_iter()
-                        .find(|g| g.group_id != 0 && g.start_sku.as_str() <= sku.as_str() && (g.end_sku.is_empty() || sku < g.end_sku))
-                        .map(|g| (g.group_id, g.replicas))
-                });
+                let statuses: Vec<_> = client.status_all().await.into_iter().filter_map(|report| report.result.ok()).collect();
+                // One time in three the metadata group's replica, as the
+                // newest topology places it; else the SKU's group and its
+                // replicas, as any node hosting it reports them.
+                let metadata = statuses.iter().max_by_key(|s| s.topology_version).map(|s| s.metadata_replicas.clone()).unwrap_or_default();
+                let hosting = if rng.chance(1.0 / 3.0) && !metadata.is_empty() {
+                    Some((0, metadata))
+                } else {
+                    statuses.into_iter().find_map(|status| {
+                        status
+                            .groups
+                            .into_iter()
+                            .find(|g| g.group_id != 0 && g.start_sku.as_str() <= sku.as_str() && (g.end_sku.is_empty() || sku < g.end_sku))
+                            .map(|g| (g.group_id, g.replicas))
+                    })
+                };
                 let plan = hosting.and_then(|(group, replicas)| {
                     let spare: Vec<u64> = ids.iter().copied().filter(|id| !replicas.contains(id)).collect();
                     (!spare.is_empty() && !replicas.is_empty()).then(|| (group, *rng.pick(&replicas), *rng.pick(&spare)))

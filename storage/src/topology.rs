@@ -15,7 +15,9 @@
 //!   group's own split applies too);
 //! - group id allocation: ids grow and are never reused, not even after a
 //!   merge retired one;
-//! - placement rules (replication factor per region).
+//! - placement rules (replication factor per region);
+//! - the metadata group's own replicas (group 0, whose voters change by the
+//!   same moves as a range's; any region: the topology holds no user data).
 //!
 //! Like the inventory, `apply` is a pure function of the state and the
 //! command; a refused command changes nothing.
@@ -106,6 +108,8 @@ pub enum TopologyCommand {
         placement: BTreeMap<String, Placement>,
         /// Whether the placement loop balances (see `SetBalance`).
         balance: bool,
+        /// The metadata group's first voters.
+        metadata: Vec<NodeId>,
     },
     AddNode(NodeInfo),
     SetNodeState {
@@ -132,7 +136,8 @@ pub enum TopologyCommand {
         right: GroupId,
         right_epoch: u64,
     },
-    /// The group's voters after a membership change.
+    /// The group's voters after a membership change (group 0: the metadata
+    /// group's own).
     SetReplicas {
         group: GroupId,
         replicas: Vec<NodeId>,
@@ -194,6 +199,8 @@ pub struct Topology {
     /// The placement loop balances replicas and leaders only while this is
     /// false (`stockctl balance on|off`); it drains nodes either way.
     balance_paused: bool,
+    /// The metadata group's replicas (group 0 has no range).
+    metadata: Vec<NodeId>,
 }
 
 impl Topology {
@@ -216,6 +223,24 @@ impl Topology {
 
     pub fn range(&self, group: GroupId) -> Option<&RangeInfo> {
         self.ranges.get(&group)
+    }
+
+    /// The metadata group's replicas, as the last move recorded them.
+    pub fn metadata_replicas(&self) -> &[NodeId] {
+        &self.metadata
+    }
+
+    /// The replicas of `group`, the metadata group's included.
+    pub fn replicas_of(&self, group: GroupId) -> Option<&[NodeId]> {
+        match group {
+            METADATA_GROUP => Some(self.metadata.as_slice()).filter(|m| !m.is_empty()),
+            _ => self.ranges.get(&group).map(|r| r.replicas.as_slice()),
+        }
+    }
+
+    /// How many replicas `node` holds, the metadata group's included.
+    pub fn replica_count(&self, node: NodeId) -> usize {
+        self.hosted_by(node).count() + usize::from(self.metadata.contains(&node))
     }
 
     pub fn placement(&self, region: &str) -> Option<Placement> {
@@ -283,9 +308,9 @@ impl Topology {
 
     fn change(&mut self, command: &TopologyCommand) -> Result<TopologyAnswer, TopologyError> {
         match command {
-            TopologyCommand::Bootstrap { nodes, ranges, placement, balance } => {
+            TopologyCommand::Bootstrap { nodes, ranges, placement, balance, metadata } => {
                 self.balance_paused = !balance;
-                self.bootstrap(nodes, ranges, placement)
+                self.bootstrap(nodes, ranges, placement, metadata)
             }
             TopologyCommand::AddNode(node) => self.add_node(node),
             TopologyCommand::Join(node) => self.join(node),
@@ -312,13 +337,24 @@ impl Topology {
         Ok(TopologyAnswer::Done)
     }
 
-    fn bootstrap(&mut self, nodes: &[NodeInfo], ranges: &[RangeInfo], placement: &BTreeMap<String, Placement>) -> Result<(), TopologyError> {
+    fn bootstrap(
+        &mut self,
+        nodes: &[NodeInfo],
+        ranges: &[RangeInfo],
+        placement: &BTreeMap<String, Placement>,
+        metadata: &[NodeId],
+    ) -> Result<(), TopologyError> {
         if self.is_bootstrapped() {
             return Err(TopologyError::Bootstrapped);
         }
         for node in nodes {
             self.add_node(node)?;
         }
+        self.check_metadata_replicas(metadata).map_err(|e| match e {
+            TopologyError::Invalid { reason, .. } => invalid("metadata", reason),
+            other => other,
+        })?;
+        self.metadata = metadata.to_vec();
         for range in ranges {
             if range.group == METADATA_GROUP || self.ranges.insert(range.group, range.clone()).is_some() {
                 return Err(invalid("ranges", format!("group {} is the metadata group's or given twice", range.group)));
@@ -370,6 +406,9 @@ impl Topology {
             return Err(invalid("node.state", format!("node {id} was removed")));
         }
         if state == NodeState::Removed {
+            if self.metadata.contains(&id) {
+                return Err(invalid("node.state", format!("node {id} still holds a replica of group {METADATA_GROUP} (the metadata group): drain it first")));
+            }
             if let Some(range) = self.ranges.values().find(|r| r.replicas.contains(&id)) {
                 return Err(invalid("node.state", format!("node {id} still holds a replica of group {}: drain it first", range.group)));
             }
@@ -416,9 +455,33 @@ impl Topology {
     }
 
     fn set_replicas(&mut self, group: GroupId, replicas: &[NodeId]) -> Result<(), TopologyError> {
+        if group == METADATA_GROUP {
+            self.check_metadata_replicas(replicas)?;
+            self.metadata = replicas.to_vec();
+            return Ok(());
+        }
         let range = self.ranges.get(&group).ok_or(TopologyError::UnknownGroup(group))?.clone();
         self.check_replicas(&range, replicas)?;
         self.ranges.insert(group, RangeInfo { replicas: replicas.to_vec(), ..range });
+        Ok(())
+    }
+
+    /// The metadata group's replicas: 1 to `REPLICATION_FACTOR_MAX` (one
+    /// more while a move adds its new one), each a known node not removed,
+    /// of any region.
+    fn check_metadata_replicas(&self, replicas: &[NodeId]) -> Result<(), TopologyError> {
+        if replicas.is_empty() || replicas.len() > REPLICATION_FACTOR_MAX + 1 {
+            return Err(invalid("replicas", format!("the metadata group needs 1 to {} replicas", REPLICATION_FACTOR_MAX + 1)));
+        }
+        if replicas.iter().collect::<BTreeSet<_>>().len() != replicas.len() {
+            return Err(invalid("replicas", "the metadata group: a node is named twice"));
+        }
+        for id in replicas {
+            let node = self.nodes.get(id).ok_or(TopologyError::UnknownNode(*id))?;
+            if node.state == NodeState::Removed {
+                return Err(invalid("replicas", format!("node {id} is removed")));
+            }
+        }
         Ok(())
     }
 
@@ -473,6 +536,9 @@ impl Topology {
             if held != stockd_home::ALL_SLOTS {
                 return Err(format!("region {region}: home slots {:#x} are held by no group", !held));
             }
+        }
+        if self.is_bootstrapped() {
+            self.check_metadata_replicas(&self.metadata).map_err(|e| e.to_string())?;
         }
         for range in self.ranges.values() {
             self.check_replicas(range, &range.replicas).map_err(|e| e.to_string())?;

@@ -26,6 +26,7 @@ use storage::topology::Topology;
 use storage::topology::TopologyAnswer;
 use storage::topology::TopologyCommand;
 use storage::topology::TopologyError;
+use storage::topology::METADATA_GROUP;
 
 const KEYS: [&str; 7] = ["b", "d", "f", "h", "k", "p", "t"];
 const IDS: usize = 40;
@@ -48,7 +49,7 @@ fn bootstrapped() -> Topology {
         range(1001, "us", ("", None), &[5, 6, 7], stockd_home::ALL_SLOTS),
     ];
     let placement = BTreeMap::from([("eu".to_owned(), Placement { replication_factor: 3 }), ("us".to_owned(), Placement { replication_factor: 3 })]);
-    topology.apply(&TopologyCommand::Bootstrap { nodes, ranges, placement, balance: true }).expect("bootstrap");
+    topology.apply(&TopologyCommand::Bootstrap { nodes, ranges, placement, balance: true, metadata: vec![1, 2, 3] }).expect("bootstrap");
     topology
 }
 
@@ -205,7 +206,7 @@ fn nothing_but_a_bootstrap_applies_before_one_and_a_bootstrap_only_once() {
     let mut empty = Topology::default();
     assert_eq!(empty.apply(&TopologyCommand::AllocateGroup), Err(TopologyError::NotBootstrapped));
     let mut topology = bootstrapped();
-    let again = TopologyCommand::Bootstrap { nodes: vec![], ranges: vec![], placement: BTreeMap::new(), balance: true };
+    let again = TopologyCommand::Bootstrap { nodes: vec![], ranges: vec![], placement: BTreeMap::new(), balance: true, metadata: vec![] };
     assert_eq!(topology.apply(&again), Err(TopologyError::Bootstrapped));
     // A bootstrap whose ranges leave a gap is refused whole.
     let gap = TopologyCommand::Bootstrap {
@@ -213,6 +214,7 @@ fn nothing_but_a_bootstrap_applies_before_one_and_a_bootstrap_only_once() {
         ranges: vec![range(1, "eu", ("", Some("h")), &[1], u64::from(u32::MAX)), range(2, "eu", ("k", None), &[1], u64::MAX << 32)],
         placement: BTreeMap::new(),
         balance: true,
+        metadata: vec![1],
     };
     let refused = empty.apply(&gap).expect_err("a gap");
     assert!(refused.to_string().contains("does not end where"), "{refused}");
@@ -224,6 +226,7 @@ fn nothing_but_a_bootstrap_applies_before_one_and_a_bootstrap_only_once() {
             ranges: vec![range(1, "eu", ("", Some("h")), &[1], left), range(2, "eu", ("h", None), &[1], right)],
             placement: BTreeMap::new(),
             balance: true,
+            metadata: vec![1],
         };
         let refused = empty.apply(&bad).expect_err(why);
         assert!(refused.to_string().contains(why), "{refused}");
@@ -275,7 +278,55 @@ fn the_balancing_switch_starts_as_bootstrapped_and_turns_on_and_off() {
             ranges: vec![range(1, "eu", ("", None), &[1], stockd_home::ALL_SLOTS)],
             placement: BTreeMap::new(),
             balance: false,
+            metadata: vec![1],
         })
         .expect("bootstrap");
     assert!(!paused.balance_enabled());
+}
+
+#[test]
+fn the_metadata_group_s_replicas_move_to_any_region_and_hold_their_node_until_they_leave() {
+    let mut topology = bootstrapped();
+    assert_eq!(topology.metadata_replicas(), [1, 2, 3]);
+    assert_eq!(topology.replicas_of(METADATA_GROUP), Some(&[1, 2, 3][..]));
+    assert_eq!((topology.replica_count(1), topology.replica_count(4)), (3, 1), "two ranges and the metadata group; one range");
+    // Refused whole: nobody, a node twice, an unknown node.
+    for (replicas, why) in [(vec![], "1 to 6 replicas"), (vec![1, 1, 2], "named twice"), (vec![1, 2, 99], "no node 99")] {
+        let refused = topology.apply(&TopologyCommand::SetReplicas { group: METADATA_GROUP, replicas }).expect_err(why);
+        assert!(refused.to_string().contains(why), "{refused}");
+        assert_eq!(topology.metadata_replicas(), [1, 2, 3]);
+    }
+    // A move: the new node added (any region: the topology holds no user
+    // data), then the old one out.
+    topology.apply(&TopologyCommand::SetReplicas { group: METADATA_GROUP, replicas: vec![1, 2, 3, 5] }).expect("add node 5 of us");
+    let refused = topology.apply(&TopologyCommand::SetNodeState { node: 3, state: NodeState::Removed }).expect_err("node 3 holds ranges");
+    assert!(refused.to_string().contains("drain it first"), "{refused}");
+    topology.apply(&TopologyCommand::SetReplicas { group: METADATA_GROUP, replicas: vec![1, 2, 5] }).expect("node 3 out");
+    assert_eq!(topology.metadata_replicas(), [1, 2, 5]);
+    // Node 7 holds one range only; once it is moved away it can go, but
+    // node 5, a metadata replica, cannot until its replica moves.
+    let refused = topology.apply(&TopologyCommand::SetNodeState { node: 5, state: NodeState::Removed }).expect_err("node 5 holds the metadata");
+    assert!(refused.to_string().contains("group 0 (the metadata group): drain it first"), "{refused}");
+    topology.apply(&TopologyCommand::SetNodeState { node: 4, state: NodeState::Draining }).expect("drain 4");
+    topology.apply(&TopologyCommand::SetReplicas { group: 3, replicas: vec![1, 2, 3] }).expect("node 4's range moves");
+    topology.apply(&TopologyCommand::SetReplicas { group: METADATA_GROUP, replicas: vec![1, 2, 4] }).expect("a draining node is not removed");
+    let refused = topology.apply(&TopologyCommand::SetNodeState { node: 4, state: NodeState::Removed }).expect_err("the metadata replica");
+    assert!(refused.to_string().contains("group 0 (the metadata group): drain it first"), "{refused}");
+    topology.apply(&TopologyCommand::SetReplicas { group: METADATA_GROUP, replicas: vec![1, 2, 3] }).expect("back to 3");
+    topology.apply(&TopologyCommand::SetNodeState { node: 4, state: NodeState::Removed }).expect("empty now");
+    let refused = topology.apply(&TopologyCommand::SetReplicas { group: METADATA_GROUP, replicas: vec![1, 2, 4] }).expect_err("removed");
+    assert!(refused.to_string().contains("node 4 is removed"), "{refused}");
+    assert_eq!(topology.check_invariants(), Ok(()));
+    // A bootstrap names them, and names known nodes.
+    let mut empty = Topology::default();
+    let bad = TopologyCommand::Bootstrap {
+        nodes: vec![node(1, "eu")],
+        ranges: vec![range(1, "eu", ("", None), &[1], stockd_home::ALL_SLOTS)],
+        placement: BTreeMap::new(),
+        balance: true,
+        metadata: vec![2],
+    };
+    let refused = empty.apply(&bad).expect_err("unknown metadata replica");
+    assert!(refused.to_string().contains("no node 2"), "{refused}");
+    assert_eq!(empty, Topology::default());
 }
