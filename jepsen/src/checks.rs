@@ -298,17 +298,22 @@ pub fn lin_ops_by_sku(ops: &[Operation], clock: &ClockFaults) -> BTreeMap<String
     by_sku.into_iter().map(|(sku, (list, ids, events))| (sku, (list, Spec { ids: ids.len().max(1), events: events.len().max(1) }))).collect()
 }
 
+/// Most time the linearizability check spends shrinking counterexamples,
+/// over every SKU (a broken history can make each search slow).
+pub const EXPLAIN_TIME_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Per-SKU linearizability.
 pub fn linearizable(ops: &[Operation], clock: &ClockFaults, budget: u64) -> CheckResult {
     let mut errors = Vec::new();
     let mut details = serde_json::Map::new();
     let mut unknown = false;
+    let explain_until = std::time::Instant::now() + EXPLAIN_TIME_MAX;
     for (sku, (list, spec)) in lin_ops_by_sku(ops, clock) {
         // The first SKU found wrong is explained in full; later ones get a
         // shorter search for their counterexample (a broken history can
         // make every SKU wrong, and each explanation costs minutes).
         let explain_checks = if errors.is_empty() { 2_000 } else { 100 };
-        let report = linear::check(&list, spec, budget, explain_checks);
+        let report = linear::check(&list, spec, budget, explain_checks, explain_until);
         match report.verdict {
             Verdict::Linearizable => {}
             Verdict::Unknown => unknown = true,

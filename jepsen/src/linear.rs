@@ -274,8 +274,10 @@ fn prefix(ops: &[LinOp], at: u64) -> Vec<LinOp> {
 
 /// Checks `ops` and, when they are not linearizable, finds a minimal
 /// counterexample (each search bounded by `budget` steps; at most
-/// `explain_checks` searches are spent on the explanation).
-pub fn check(ops: &[LinOp], spec: Spec, budget: u64, explain_checks: usize) -> Report {
+/// `explain_checks` searches, and none after `explain_until`, are spent on
+/// the explanation: a cut short one is a failing history still, only less
+/// small).
+pub fn check(ops: &[LinOp], spec: Spec, budget: u64, explain_checks: usize, explain_until: std::time::Instant) -> Report {
     let (verdict, steps) = search(ops, spec, budget);
     let mut report = Report { verdict, operations: ops.len(), steps, counterexample: Vec::new(), unknown_in_counterexample: Vec::new() };
     if verdict != Verdict::NotLinearizable {
@@ -283,7 +285,7 @@ pub fn check(ops: &[LinOp], spec: Spec, budget: u64, explain_checks: usize) -> R
     }
     let mut checks_left = explain_checks;
     let fails = |candidate: &[LinOp], checks_left: &mut usize| -> bool {
-        if *checks_left == 0 {
+        if *checks_left == 0 || std::time::Instant::now() >= explain_until {
             return false;
         }
         *checks_left -= 1;
@@ -381,7 +383,7 @@ mod tests {
             op(Call::Reserve { id: 1, qty: 1 }, Some(Ret::Write(Outcome::Ok)), 6, Some(7), 5),
             op(Call::Read, Some(Ret::Read { on_hand: 1, reserved: 1, committed: 0 }), 8, Some(9), 6),
         ];
-        let report = check(&ops, SPEC, 10_000, 100);
+        let report = check(&ops, SPEC, 10_000, 100, far());
         assert_eq!(report.verdict, Verdict::NotLinearizable);
         // The receipt only needs to be possible (it adds one unit at most
         // once), so the witness is the two acknowledged reserves; the noise
@@ -391,6 +393,15 @@ mod tests {
         assert!(report.counterexample[1].starts_with("index 5"));
         let unknown: Vec<&str> = report.unknown_in_counterexample.iter().map(|l| &l[..7]).collect();
         assert_eq!(unknown, ["index 0", "index 4"], "{report:#?}");
+        // Out of time for the explanation: still not linearizable, with
+        // the whole failing history as its counterexample.
+        let late = check(&ops, SPEC, 10_000, 100, std::time::Instant::now());
+        assert_eq!(late.verdict, Verdict::NotLinearizable);
+        assert_eq!(late.counterexample.len(), 6, "every completed operation: {late:#?}");
+    }
+
+    fn far() -> std::time::Instant {
+        std::time::Instant::now() + std::time::Duration::from_secs(3_600)
     }
 
     fn expiry(id: usize, from: u64, index: u64) -> LinOp {
@@ -434,7 +445,7 @@ mod tests {
             expiry(0, 0, 1),
             expiry(1, 0, 2),
         ];
-        let report = check(&ops, SPEC, 10_000, 100);
+        let report = check(&ops, SPEC, 10_000, 100, far());
         assert_eq!(report.verdict, Verdict::NotLinearizable, "{report:#?}");
         assert!(report.counterexample.iter().all(|l| !l.contains("Expire")), "{report:#?}");
         // An expired reservation cannot be committed either.
@@ -464,7 +475,7 @@ mod tests {
             op(Call::Reserve { id: 0, qty: 2 }, Some(Ret::Write(Outcome::Ok)), 2, Some(3), 1),
             op(Call::Lookup { id: 0 }, Some(Ret::Lookup(crate::model::ResState::Absent)), 4, Some(5), 2),
         ];
-        let report = check(&ops, SPEC, 1_000, 100);
+        let report = check(&ops, SPEC, 1_000, 100, far());
         assert_eq!(report.verdict, Verdict::NotLinearizable);
         assert_eq!(report.counterexample.len(), 2, "the receipt is not needed to refute it: {report:#?}");
     }
