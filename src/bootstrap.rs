@@ -76,3 +76,31 @@ pub fn stored_groups(engine: &dyn Engine) -> Result<Vec<GroupId>, String> {
     }
     Ok(groups)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_peers;
+    use crate::config::FileConfig;
+    use crate::config::Overrides;
+
+    fn config(peers: &str, metadata_replicas: usize) -> Config {
+        let mut file = FileConfig::default();
+        file.cluster.metadata_replicas = metadata_replicas;
+        let overrides =
+            Overrides { node_id: Some(1), peers: Some(parse_peers(peers).expect("peers")), data_dir: Some("d".into()), insecure: true, ..Default::default() };
+        file.validate(overrides).expect("valid")
+    }
+
+    #[test]
+    fn the_metadata_group_starts_on_an_odd_number_of_the_first_nodes() {
+        let four = "1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103,4=127.0.0.1:7104";
+        assert_eq!(metadata_replicas(&config(four, 5)), [1, 2, 3], "four nodes: three");
+        assert_eq!(metadata_replicas(&config(four, 1)), [1]);
+        let five = "1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103,4=127.0.0.1:7104,5=127.0.0.1:7105";
+        assert_eq!(metadata_replicas(&config(five, 5)), [1, 2, 3, 4, 5]);
+        assert_eq!(metadata_replicas(&config(five, 3)), [1, 2, 3]);
+        let TopologyCommand::Bootstrap { metadata, .. } = bootstrap_command(&config(four, 3)) else { panic!("a bootstrap") };
+        assert_eq!(metadata, [1, 2, 3], "the bootstrap names them");
+    }
+}

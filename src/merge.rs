@@ -204,9 +204,10 @@ impl Node {
     }
 
     /// Stops and deletes every replica here that the topology no longer
-    /// places here: moved away (the group's replicas leave this node out;
-    /// `crate::placement`; the metadata group's too), or merged away (not in the topology, not
-    /// allocated, and covered by a range of a newer epoch).
+    /// places here: moved away (the group's replicas, or the metadata
+    /// group's, leave this node out; `crate::placement`), or merged away
+    /// (not in the topology, not allocated, and covered by a range of a
+    /// newer epoch).
     pub(crate) async fn retire_replicas(&self) {
         let retired: Vec<_> = self.all_groups().into_iter().filter(|g| self.is_retiring(g.id)).collect();
         for group in retired {

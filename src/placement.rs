@@ -239,11 +239,10 @@ pub fn placed_range(topology: &Topology, group: GroupId) -> Option<RangeInfo> {
     Some(RangeInfo { group, region: String::new(), start_sku: desc.start_sku, end_sku: desc.end_sku, replicas, epoch: desc.epoch, home_slots: 0 })
 }
 
-/// The node to take `range`'s replica from a node leaving it: an up node of
-/// its region (any region for the metadata group) that holds no replica of
-/// it, the one holding fewest replicas (then the lowest id, and for the
-/// metadata group a node of the leaving one's region first); `None` when
-/// there is none.
+/// The node to take `range`'s replica from node `leaving`: an up node of
+/// its region (of any region for the metadata group, the leaving node's
+/// first) that holds no replica of it, the one holding the fewest replicas,
+/// then the lowest id; `None` when there is none.
 pub fn drain_target(topology: &Topology, range: &RangeInfo, leaving: NodeId) -> Option<NodeId> {
     let region_of = |id: NodeId| topology.node(id).map(|n| n.region.as_str());
     let metadata = range.group == METADATA_GROUP;
