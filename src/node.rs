@@ -111,7 +111,6 @@ pub struct Node {
     /// This node's copy of the topology (kept fresh by `Node::watch_topology`): the bootstrap
     /// input until the metadata group answers, then its latest version.
     topology: RwLock<Arc<Topology>>,
-    /// The metadata group's replicas (from the bootstrap input).
     /// What a group is started with.
     engine: Arc<dyn Engine>,
     syncer: Arc<WalSyncer>,
@@ -265,12 +264,6 @@ impl Node {
     /// Stops routing to this node's replica of `id` (retired by a merge).
     pub(crate) fn remove_group(&self, id: GroupId) -> Option<Arc<Group>> {
         self.groups.write().unwrap_or_else(|p| p.into_inner()).remove(&id)
-    }
-
-    /// The metadata group's replicas, as this node's copy of the topology
-    /// has them.
-    pub fn metadata_replicas(&self) -> Vec<NodeId> {
-        self.topology().metadata_replicas().to_vec()
     }
 
     /// This node's copy of the topology.

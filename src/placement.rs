@@ -234,7 +234,7 @@ pub fn placed_range(topology: &Topology, group: GroupId) -> Option<RangeInfo> {
     if group != METADATA_GROUP {
         return topology.range(group).cloned();
     }
-    let replicas = topology.replicas_of(METADATA_GROUP)?.to_vec();
+    let replicas = Some(topology.metadata_replicas().to_vec()).filter(|r| !r.is_empty())?;
     let desc = storage::model::RangeDesc::metadata();
     Some(RangeInfo { group, region: String::new(), start_sku: desc.start_sku, end_sku: desc.end_sku, replicas, epoch: desc.epoch, home_slots: 0 })
 }

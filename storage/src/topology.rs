@@ -230,14 +230,6 @@ impl Topology {
         &self.metadata
     }
 
-    /// The replicas of `group`, the metadata group's included.
-    pub fn replicas_of(&self, group: GroupId) -> Option<&[NodeId]> {
-        match group {
-            METADATA_GROUP => Some(self.metadata.as_slice()).filter(|m| !m.is_empty()),
-            _ => self.ranges.get(&group).map(|r| r.replicas.as_slice()),
-        }
-    }
-
     /// How many replicas `node` holds, the metadata group's included.
     pub fn replica_count(&self, node: NodeId) -> usize {
         self.hosted_by(node).count() + usize::from(self.metadata.contains(&node))
@@ -466,36 +458,32 @@ impl Topology {
         Ok(())
     }
 
-    /// The metadata group's replicas: 1 to `REPLICATION_FACTOR_MAX` (one
-    /// more while a move adds its new one), each a known node not removed,
-    /// of any region.
+    /// The metadata group's replicas: as a range's, of any region (the
+    /// topology holds no user data).
     fn check_metadata_replicas(&self, replicas: &[NodeId]) -> Result<(), TopologyError> {
-        if replicas.is_empty() || replicas.len() > REPLICATION_FACTOR_MAX + 1 {
-            return Err(invalid("replicas", format!("the metadata group needs 1 to {} replicas", REPLICATION_FACTOR_MAX + 1)));
-        }
-        if replicas.iter().collect::<BTreeSet<_>>().len() != replicas.len() {
-            return Err(invalid("replicas", "the metadata group: a node is named twice"));
-        }
-        for id in replicas {
-            let node = self.nodes.get(id).ok_or(TopologyError::UnknownNode(*id))?;
-            if node.state == NodeState::Removed {
-                return Err(invalid("replicas", format!("node {id} is removed")));
-            }
-        }
-        Ok(())
+        self.check_replica_set(METADATA_GROUP, None, replicas)
     }
 
     fn check_replicas(&self, range: &RangeInfo, replicas: &[NodeId]) -> Result<(), TopologyError> {
+        self.check_replica_set(range.group, Some(&range.region), replicas)
+    }
+
+    /// 1 to `REPLICATION_FACTOR_MAX` replicas (one more while a move adds
+    /// its new one), each named once, a known node not removed, of `region`
+    /// when one is given.
+    fn check_replica_set(&self, group: GroupId, region: Option<&str>, replicas: &[NodeId]) -> Result<(), TopologyError> {
         if replicas.is_empty() || replicas.len() > REPLICATION_FACTOR_MAX + 1 {
-            return Err(invalid("replicas", format!("group {} needs 1 to {} replicas", range.group, REPLICATION_FACTOR_MAX + 1)));
+            return Err(invalid("replicas", format!("group {group} needs 1 to {} replicas", REPLICATION_FACTOR_MAX + 1)));
         }
         if replicas.iter().collect::<BTreeSet<_>>().len() != replicas.len() {
-            return Err(invalid("replicas", format!("group {}: a node is named twice", range.group)));
+            return Err(invalid("replicas", format!("group {group}: a node is named twice")));
         }
         for id in replicas {
             let node = self.nodes.get(id).ok_or(TopologyError::UnknownNode(*id))?;
-            if node.state == NodeState::Removed || node.region != range.region {
-                return Err(invalid("replicas", format!("node {id} is removed or not in region {}", range.region)));
+            match region {
+                _ if node.state == NodeState::Removed => return Err(invalid("replicas", format!("node {id} is removed"))),
+                Some(region) if node.region != region => return Err(invalid("replicas", format!("node {id} is not in region {region}"))),
+                _ => {}
             }
         }
         Ok(())
