@@ -37,6 +37,11 @@
 //!   before the decide;
 //! - `cart-stop-before-follow`: after the home decided a final state
 //!   (abort, commit, release...), before any line group followed it.
+//!
+//! A move's driver that stops after the group's voters changed, before the
+//! topology recorded them (`move-stop-before-record`), answering
+//! `UNAVAILABLE`: the group's leader must make the topology say what the
+//! group is (`placement::reconcile_replicas_when_due`).
 
 /// Environment variable naming the active failpoint.
 pub const ENV: &str = "STOCKD_FAILPOINT";
@@ -58,6 +63,7 @@ pub const MOVE_SKIPS_HISTORY: &str = "move-skips-history";
 pub const CART_STOP_AFTER_BEGIN: &str = "cart-stop-after-begin";
 pub const CART_STOP_AFTER_PREPARE: &str = "cart-stop-after-prepare";
 pub const CART_STOP_BEFORE_FOLLOW: &str = "cart-stop-before-follow";
+pub const MOVE_STOP_BEFORE_RECORD: &str = "move-stop-before-record";
 
 /// The failpoint of this process's environment, if any.
 pub fn from_env() -> Option<String> {

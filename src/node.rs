@@ -215,6 +215,7 @@ impl Node {
         node.add_task(tokio::spawn(Node::split_when_due(node.me.clone())));
         node.add_task(tokio::spawn(Node::merge_when_due(node.me.clone())));
         node.add_task(tokio::spawn(Node::place_when_due(node.me.clone())));
+        node.add_task(tokio::spawn(Node::reconcile_replicas_when_due(node.me.clone())));
         if !node.config.join.is_empty() {
             node.add_task(tokio::spawn(Node::join_when_started(node.me.clone())));
         }

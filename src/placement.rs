@@ -11,7 +11,10 @@
 //!
 //! Every step can be repeated: a move that stopped after step 1 or 2 is
 //! completed by the same command again (a group left in the joint config
-//! leaves it), and a completed one answers at once.
+//! leaves it), and a completed one answers at once. One whose driver
+//! stopped for good is finished by the group's leader: once the topology
+//! and the group's membership have disagreed for `RECONCILE_AFTER`, the
+//! topology records the group's voters (`reconcile_replicas_when_due`).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -81,6 +84,9 @@ impl Node {
             group,
             reason: format!("node {to} did not catch up within {} s; the same command completes the move", MOVE_TIMEOUT.as_secs()),
         })??;
+        if self.failpoint(crate::failpoint::MOVE_STOP_BEFORE_RECORD) {
+            return Err(GroupError::Unavailable { group, reason: "failpoint: the move's driver stopped before the topology recorded the new voters".into() });
+        }
         self.change_topology(TopologyCommand::SetReplicas { group, replicas: voters.into_iter().collect() }).await?;
         self.refresh_topology().await;
         let range = placed_range(&self.topology(), group)
@@ -121,6 +127,18 @@ impl Node {
                     Ok(()) => return Err(GroupError::NotLeader { group, leader: replica.leader() }),
                     Err(e) => tracing::info!(node = self.id(), group, heir, error = %e, "the leader's replica moves without handing the leadership over first"),
                 }
+            }
+        }
+        // The topology named `to` in step 1; a replica fix may have taken
+        // that back since (a driver that took longer than
+        // `RECONCILE_AFTER`): adding it now would make a voter no node runs.
+        if !placed_range(&self.topology(), group).is_some_and(|r| r.replicas.contains(&to)) {
+            self.refresh_topology().await;
+            if !placed_range(&self.topology(), group).is_some_and(|r| r.replicas.contains(&to)) {
+                return Err(GroupError::Unavailable {
+                    group,
+                    reason: format!("the topology no longer names node {to} as a replica of group {group}; run the move again"),
+                });
             }
         }
         let addr = self
@@ -339,6 +357,120 @@ impl Node {
     }
 }
 
+/// How long a group's topology entry and its membership may disagree
+/// before the group's leader makes the topology say what the group is.
+/// Between a move's steps they disagree for a moment (the topology names
+/// the new node before it is added, the old one until the voters changed);
+/// a move whose driver stopped leaves them so for good. Longer than a
+/// move's first two steps take before its new replica is a learner (the
+/// snapshot it may wait for, `raft::group` SNAPSHOT_BEFORE_NEW_REPLICA_WAIT,
+/// twice).
+pub const RECONCILE_AFTER: Duration = Duration::from_secs(30);
+/// The same while the node the topology names is a learner still being
+/// caught up: a move's driver waits `MOVE_TIMEOUT` for that.
+pub const RECONCILE_LEARNER_AFTER: Duration = Duration::from_secs(MOVE_TIMEOUT.as_secs() + 10);
+
+/// What a group's leader does when the topology names other replicas than
+/// the group's membership holds (a move stopped between its steps).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplicaFix {
+    /// The topology names other nodes than the group's voters: it records
+    /// the voters (a named node that is no voter retires its replica; a
+    /// voter it did not name starts one again and is caught up).
+    Record(Vec<NodeId>),
+    /// Learners the topology does not name (their nodes hold no replica):
+    /// the group forgets them.
+    RemoveLearners(BTreeSet<NodeId>),
+}
+
+/// The fix for a group whose topology names `named` and whose membership
+/// is `membership`, or `None` when they agree or a joint change is under
+/// way (the same move command completes it).
+pub fn replica_fix(named: &[NodeId], membership: &raft::group::Membership) -> Option<ReplicaFix> {
+    if membership.joint {
+        return None;
+    }
+    let named: BTreeSet<NodeId> = named.iter().copied().collect();
+    if named != membership.voters {
+        return Some(ReplicaFix::Record(membership.voters.iter().copied().collect()));
+    }
+    Some(ReplicaFix::RemoveLearners(membership.learners.clone())).filter(|_| !membership.learners.is_empty())
+}
+
+/// How long `fix` must have stood before it is made: longer while a node
+/// the topology names is a learner still catching up.
+fn fix_after(named: &[NodeId], membership: &raft::group::Membership) -> Duration {
+    if named.iter().any(|id| membership.learners.contains(id)) {
+        RECONCILE_LEARNER_AFTER
+    } else {
+        RECONCILE_AFTER
+    }
+}
+
+impl Node {
+    /// Every `PLACE_CHECK`, on the leader of each group, until the node
+    /// stops: a fix (`replica_fix`) that has stood unchanged for its time
+    /// (`fix_after`) is made, after a strong read of the topology shows it
+    /// still due. So a move whose driver stopped between its steps never
+    /// leaves the topology naming a replica the group does not have (a
+    /// drain would then try to move it forever), nor the group a learner
+    /// nobody catches up.
+    pub(crate) async fn reconcile_replicas_when_due(node: std::sync::Weak<Node>) {
+        let mut seen: std::collections::BTreeMap<GroupId, (ReplicaFix, std::time::Instant)> = std::collections::BTreeMap::new();
+        loop {
+            tokio::time::sleep(PLACE_CHECK).await;
+            let Some(node) = node.upgrade() else { return };
+            let topology = node.topology();
+            if !topology.is_bootstrapped() {
+                continue;
+            }
+            let leading: Vec<_> = node.all_groups().into_iter().filter(|g| g.is_leader()).collect();
+            seen.retain(|id, _| leading.iter().any(|g| g.id == *id));
+            for group in leading {
+                let Some(named) = placed_range(&topology, group.id).map(|r| r.replicas) else { continue };
+                let membership = group.membership();
+                let Some(fix) = replica_fix(&named, &membership) else {
+                    seen.remove(&group.id);
+                    continue;
+                };
+                let since = match seen.get(&group.id) {
+                    Some((same, since)) if *same == fix => *since,
+                    _ => {
+                        seen.insert(group.id, (fix, std::time::Instant::now()));
+                        continue;
+                    }
+                };
+                if since.elapsed() < fix_after(&named, &membership) {
+                    continue;
+                }
+                seen.remove(&group.id);
+                node.make_replica_fix(&group, fix).await;
+            }
+        }
+    }
+
+    /// Makes `fix` for `group` (led here) if a strong read of the topology
+    /// still calls for it.
+    async fn make_replica_fix(&self, group: &raft::Group, fix: ReplicaFix) {
+        self.refresh_topology().await;
+        let Some(named) = placed_range(&self.topology(), group.id).map(|r| r.replicas) else { return };
+        if replica_fix(&named, &group.membership()).as_ref() != Some(&fix) {
+            return;
+        }
+        let outcome = match &fix {
+            ReplicaFix::Record(voters) => self.change_topology(TopologyCommand::SetReplicas { group: group.id, replicas: voters.clone() }).await.map(|_| ()),
+            ReplicaFix::RemoveLearners(learners) => group.remove_learners(learners.clone()).await,
+        };
+        match outcome {
+            Ok(()) => {
+                tracing::warn!(node = self.id(), group = group.id, named = ?named, ?fix, "the topology and the group's membership disagreed (a move stopped between its steps): fixed");
+                self.refresh_topology().await;
+            }
+            Err(e) => tracing::info!(node = self.id(), group = group.id, ?fix, error = %e, "replica fix not made; tried again later"),
+        }
+    }
+}
+
 /// A node as the balancer sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeView {
@@ -509,5 +641,29 @@ mod tests {
         unknown[1].leader = None;
         let view = nodes(&[1, 2, 3]);
         assert_eq!(plan_balance(&view, &unknown), None, "1 against 0 is within one");
+    }
+
+    fn membership(voters: &[NodeId], learners: &[NodeId], joint: bool) -> raft::group::Membership {
+        raft::group::Membership { voters: voters.iter().copied().collect(), learners: learners.iter().copied().collect(), joint }
+    }
+
+    #[test]
+    fn a_move_stopped_between_its_steps_is_fixed_from_the_groups_membership() {
+        // Agreement, and a joint change (the same move command completes it).
+        assert_eq!(replica_fix(&[3, 1, 2], &membership(&[1, 2, 3], &[], false)), None);
+        assert_eq!(replica_fix(&[1, 2, 3, 4], &membership(&[1, 2, 3], &[4], true)), None);
+        // Stopped after the voters changed, before the topology recorded
+        // them: node 1 is named but no longer a voter.
+        assert_eq!(replica_fix(&[1, 2, 3, 4], &membership(&[2, 3, 4], &[], false)), Some(ReplicaFix::Record(vec![2, 3, 4])));
+        assert_eq!(fix_after(&[1, 2, 3, 4], &membership(&[2, 3, 4], &[], false)), RECONCILE_AFTER);
+        // Stopped after step 1: node 4 named, never added.
+        assert_eq!(replica_fix(&[1, 2, 3, 4], &membership(&[1, 2, 3], &[], false)), Some(ReplicaFix::Record(vec![1, 2, 3])));
+        // A learner being caught up: the fix waits longer than a move does.
+        assert_eq!(replica_fix(&[1, 2, 3, 4], &membership(&[1, 2, 3], &[4], false)), Some(ReplicaFix::Record(vec![1, 2, 3])));
+        assert!(fix_after(&[1, 2, 3, 4], &membership(&[1, 2, 3], &[4], false)) > MOVE_TIMEOUT);
+        // A voter the topology does not name is named again.
+        assert_eq!(replica_fix(&[1, 2], &membership(&[1, 2, 3], &[], false)), Some(ReplicaFix::Record(vec![1, 2, 3])));
+        // A learner nobody names (its node holds no replica) is forgotten.
+        assert_eq!(replica_fix(&[1, 2, 3], &membership(&[1, 2, 3], &[5], false)), Some(ReplicaFix::RemoveLearners([5].into())));
     }
 }

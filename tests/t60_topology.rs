@@ -7,7 +7,8 @@
 //! no reads of its records; cold ranges merge by themselves; a node joins
 //! the running cluster and takes a replica; a drained node's replicas move
 //! to the others and an empty node is removed; a replica moves to a node that had none under load,
-//! and so does the leader's own replica;
+//! and so does the leader's own replica; a move whose driver stopped before
+//! the topology recorded it is fixed by the group's leader;
 //! leaders piled on one node (by leader moves, then by a restart) spread
 //! out once balancing is on, and a joined node takes its share of replicas
 //! and leaders, under load, with no acknowledged write lost.
@@ -562,6 +563,46 @@ async fn a_replica_moves_to_another_node_under_load() {
     // The same move again answers at once: it is done.
     let again = client.move_shard(RIGHT, 2, 1).await.expect("a repeated move");
     assert_eq!(again.range.expect("range").replicas, vec![1, 3, 4]);
+    cluster.shutdown().await;
+}
+
+/// A move whose driver stops after the group's voters changed, before the
+/// topology recorded them: the topology names node 2 still, which the group
+/// no longer has. The group's leader records the voters by itself (after
+/// `RECONCILE_AFTER`), node 2 retires its replica, and the next move of
+/// that group, which would be refused while the topology named a
+/// non-voter, works. No acknowledged reservation is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_stopped_before_the_topology_recorded_it_is_fixed_by_the_group_leader() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(4, test_config()).await;
+    let mut feed = cluster.feed(2).await;
+    receive(&mut feed, "stock-b-2", "b-2", LOC, 10).await;
+    let mut c = cluster.client(2).await;
+    reserve(&mut c, "held-across", vec![line("b-2", LOC, 3)], 600_000).await.expect("reserve");
+    for id in 1..=4 {
+        cluster.node(id).set_failpoint(Some("move-stop-before-record"));
+    }
+    let client = stockd_client::Client::new(&cluster.addrs).expect("client");
+    let stopped = client.move_shard(RIGHT, 2, 1).await.expect_err("the driver stops before step 3");
+    assert!(stopped.to_string().contains("failpoint"), "{stopped}");
+    for id in 1..=4 {
+        cluster.node(id).set_failpoint(None);
+    }
+    let node = cluster.node(3).clone();
+    node.refresh_topology().await;
+    let named = |node: &stockd::node::Node| node.topology().range(RIGHT).map(|r| r.replicas.clone()).unwrap_or_default();
+    assert_eq!(named(&node), vec![2, 3, 4, 1], "the topology still names node 2 as well as node 1");
+    poll("the leader recorded the voters", Duration::from_secs(60), || async { named(&node) == vec![1, 3, 4] }).await;
+    let n2 = cluster.node(2).clone();
+    poll("node 2 retired its replica", Duration::from_secs(20), || async { n2.group(RIGHT).is_none() }).await;
+    // The group moves on as usual: node 3's replica to node 2.
+    let moved = client.move_shard(RIGHT, 3, 2).await.expect("a move after the fix");
+    assert_eq!(moved.range.expect("range").replicas, vec![1, 2, 4]);
+    let r = client.get_reservation("held-across").await.expect("lookup").reservation.expect("held");
+    assert_eq!(r.state(), pb::ReservationState::Pending);
+    let p = common::position(&mut c, "b-2", LOC, pb::Consistency::Strong).await.position.expect("position");
+    assert_eq!((p.on_hand, p.reserved), (10, 3));
     cluster.shutdown().await;
 }
 

@@ -118,6 +118,15 @@ pub struct GroupProgress {
     pub voters: Vec<NodeId>,
 }
 
+/// A group's voters and learners, and whether a joint change (two voter
+/// sets at once) is under way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    pub voters: std::collections::BTreeSet<NodeId>,
+    pub learners: std::collections::BTreeSet<NodeId>,
+    pub joint: bool,
+}
+
 pub struct Group {
     pub id: GroupId,
     pub node_id: NodeId,
@@ -245,6 +254,35 @@ impl Group {
             Ok(()) => Ok(()),
             Err(RaftError::APIError(_not_allowed)) => Ok(()),
             Err(RaftError::Fatal(f)) => Err(GroupError::Fatal { group: self.id, reason: f.to_string() }),
+        }
+    }
+
+    /// The group's membership as this replica last applied it.
+    pub fn membership(&self) -> Membership {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        Membership { voters: membership.voter_ids().collect(), learners: membership.learner_ids().collect(), joint: membership.get_joint_config().len() > 1 }
+    }
+
+    /// On the leader: takes the learners `ids` out of the membership (a
+    /// move's new replica that an abandoned move left behind).
+    pub async fn remove_learners(&self, ids: std::collections::BTreeSet<NodeId>) -> Result<(), GroupError> {
+        let group = self.id;
+        let learners = self.membership().learners;
+        if ids.iter().any(|id| !learners.contains(id)) {
+            return Err(GroupError::Invalid {
+                group,
+                reason: format!("invalid learners: {ids:?} are not all learners of group {group} (learners: {learners:?})"),
+            });
+        }
+        match self.raft.change_membership(openraft::ChangeMembers::RemoveNodes(ids), false).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(not_leader(group, f)),
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(GroupError::Invalid { group, reason: format!("invalid membership change: {e}") })
+            }
+            Err(RaftError::Fatal(f)) => Err(GroupError::Fatal { group, reason: f.to_string() }),
         }
     }
 
