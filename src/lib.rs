@@ -19,6 +19,7 @@ pub mod metadata;
 pub mod node;
 pub mod peer_client;
 pub mod peer_service;
+pub mod peer_stream;
 pub mod placement;
 pub mod proto;
 pub mod read;

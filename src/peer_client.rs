@@ -27,6 +27,8 @@ use tonic::transport::Endpoint;
 use tonic::Request;
 use tonic::Status;
 
+use crate::peer_stream::StreamHandle;
+use crate::peer_stream::StreamRpc;
 use crate::proto::peer::raft_peer_client::RaftPeerClient;
 use crate::proto::peer::RaftMessage;
 use crate::read::Consistency;
@@ -52,6 +54,9 @@ pub struct PeerNetwork {
     channels: Mutex<Channels>,
     rpc_timeout: Duration,
     fingerprint: AsciiMetadataValue,
+    /// The Raft stream to each peer (`peer_stream`), opened on its first
+    /// message.
+    streams: Mutex<HashMap<NodeId, StreamHandle>>,
 }
 
 impl PeerNetwork {
@@ -63,6 +68,7 @@ impl PeerNetwork {
             channels: Mutex::new(Channels::default()),
             rpc_timeout: Duration::from_millis(rpc_timeout_ms),
             fingerprint,
+            streams: Mutex::new(HashMap::new()),
         })
     }
 
@@ -76,6 +82,7 @@ impl PeerNetwork {
             if addrs.get(&node.id) != Some(addr) {
                 addrs.insert(node.id, addr.clone());
                 self.channels.lock().unwrap_or_else(|p| p.into_inner()).by_node.remove(&node.id);
+                self.streams.lock().unwrap_or_else(|p| p.into_inner()).remove(&node.id);
             }
         }
     }
@@ -113,6 +120,15 @@ impl PeerNetwork {
     }
 
     async fn call_raw(&self, target: NodeId, group: GroupId, rpc: Rpc, payload: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, Status> {
+        let on_stream = match rpc {
+            Rpc::Propose => Some(StreamRpc::Propose),
+            Rpc::Read => Some(StreamRpc::Read),
+            _ => None,
+        };
+        if let Some(kind) = on_stream.filter(|kind| kind.takes(payload.len())) {
+            let stream = self.stream_to(target).map_err(Status::unavailable)?;
+            return stream.call(target, group, kind, payload, timeout).await;
+        }
         let client = self.client(target).map_err(Status::unavailable)?;
         send(client, self.fingerprint.clone(), group, rpc, payload, timeout).await
     }
@@ -207,16 +223,37 @@ async fn send(
     reply.map(|r| r.into_inner().payload)
 }
 
+impl PeerNetwork {
+    /// The Raft stream to `target`: the running one, or a new one when it
+    /// ended or certificates were reloaded since it started.
+    fn stream_to(&self, target: NodeId) -> Result<StreamHandle, String> {
+        let generation = self.tls.as_ref().map_or(0, |tls| tls.generation());
+        let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(stream) = streams.get(&target).filter(|s| s.is_usable(generation)) {
+            return Ok(stream.clone());
+        }
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        metadata.insert(FINGERPRINT_METADATA, self.fingerprint.clone());
+        let stream = StreamHandle::start(target, self.client(target)?, metadata, generation);
+        streams.insert(target, stream.clone());
+        Ok(stream)
+    }
+}
+
 impl PeerTransport for PeerNetwork {
     fn call(&self, target: NodeId, group: GroupId, rpc: PeerRpc, payload: Vec<u8>, timeout: Duration) -> TransportFuture {
+        if StreamRpc::Raft(rpc).takes(payload.len()) {
+            let stream = self.stream_to(target);
+            return Box::pin(async move {
+                let stream = stream.map_err(|reason| TransportError::Unreachable { target, reason })?;
+                stream.call(target, group, StreamRpc::Raft(rpc), payload, timeout).await.map_err(|s| crate::peer_stream::transport_error(target, &s))
+            });
+        }
         let client = self.client(target);
         let fingerprint = self.fingerprint.clone();
         Box::pin(async move {
             let client = client.map_err(|reason| TransportError::Unreachable { target, reason })?;
-            send(client, fingerprint, group, Rpc::Raft(rpc), payload, timeout).await.map_err(|s| match s.code() {
-                tonic::Code::Unavailable => TransportError::Unreachable { target, reason: s.message().to_owned() },
-                code => TransportError::Failed { target, reason: format!("{code:?}: {}", s.message()) },
-            })
+            send(client, fingerprint, group, Rpc::Raft(rpc), payload, timeout).await.map_err(|s| crate::peer_stream::transport_error(target, &s))
         })
     }
 }

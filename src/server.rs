@@ -769,15 +769,15 @@ pub async fn serve(node: Arc<Node>, shutdown: impl Future<Output = ()> + Send + 
         .add_service(v1alpha)
         .add_service(InventoryServer::new(InventoryService::new(node.clone(), availability.clone())))
         .add_service(AdminServer::new(AdminService { node: node.clone(), availability: availability.clone() }));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     let peer_plane = tonic::transport::Server::builder().layer(AuthorizeLayer::new(insecure)).add_service(
-        RaftPeerServer::new(PeerService { node: node.clone() })
+        RaftPeerServer::new(PeerService { node: node.clone(), stopped: stopped.clone() })
             .max_decoding_message_size(raft::wire::RAFT_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(raft::wire::RAFT_MESSAGE_BYTES_MAX),
     );
     let (listen, peer_listen) = (node.config.listen, node.config.peer_listen);
     let client_listener = bind(listen, "client").await?;
     let peer_listener = bind(peer_listen, "peer").await?;
-    let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop.send(true);

@@ -113,6 +113,7 @@ stockd.peer.v1.RaftPeer/Vote                                auth       -       -
 stockd.peer.v1.RaftPeer/InstallSnapshot                     auth       -       -         -     -         yes
 stockd.peer.v1.RaftPeer/Propose                             auth       -       -         -     -         yes
 stockd.peer.v1.RaftPeer/Read                                auth       -       -         -     -         yes
+stockd.peer.v1.RaftPeer/RaftStream                          auth       -       -         -     -         yes
 ";
 
 const CLIENT_PLANE: &[&str] = &[
@@ -146,6 +147,7 @@ const PEER_PLANE: &[&str] = &[
     "/stockd.peer.v1.RaftPeer/InstallSnapshot",
     "/stockd.peer.v1.RaftPeer/Propose",
     "/stockd.peer.v1.RaftPeer/Read",
+    "/stockd.peer.v1.RaftPeer/RaftStream",
 ];
 
 /// The certificate of each column: `None` is anonymous (the CA only).
@@ -247,6 +249,68 @@ fn gated_command(id: &str) -> Cmd {
         ttl_ms: 60_000,
         gate: storage::model::RiskGate { lines: vec![verdict] },
     }
+}
+
+/// A message of the Raft stream as a node would send it.
+fn envelope(id: u64, group: u32, rpc: u32, payload: Vec<u8>) -> stockd::proto::peer::RaftEnvelope {
+    stockd::proto::peer::RaftEnvelope { id, group_id: group, rpc, payload, code: 0, error: String::new(), timeout_ms: 5_000 }
+}
+
+/// The Raft stream takes a node's messages of every kind it carries and
+/// checks each as its own call would: the stream needs the cluster's
+/// fingerprint, a forwarded command above a limit is refused with the
+/// field named and nothing applied, a kind the stream does not carry is
+/// refused, and valid commands and reads are answered, each reply naming
+/// its message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_raft_stream_checks_each_message_as_its_call_would() {
+    use stockd::proto::peer::RaftFrame;
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start_tls(1, single_node()).await;
+    receive(&mut cluster.feed(1).await, "rcv-s", SKU, LOC, 10).await;
+    let group = cluster.node(1).topology().group_for("local", SKU).expect("group").group;
+    let mut peer = RaftPeerClient::new(cluster.channel_to(&cluster.peer_addrs[0], Some("node-1")));
+    let open = |frames: Vec<RaftFrame>, fingerprint: String| {
+        let mut request = tonic::Request::new(futures::stream::iter(frames));
+        request.metadata_mut().insert(stockd::peer_client::FINGERPRINT_METADATA, fingerprint.parse().expect("ascii"));
+        request
+    };
+    let ours = cluster.node(1).config.cluster_fingerprint.clone();
+    let foreign = peer.raft_stream(open(Vec::new(), "0000000000000000".into())).await.expect_err("other cluster settings");
+    assert!(foreign.code() == tonic::Code::FailedPrecondition && foreign.message().contains("fingerprint"), "{foreign:?}");
+
+    let read = raft::wire::encode(&(stockd::read::ReadQuery::Position(storage::model::PositionKey::new(SKU, LOC)), stockd::read::Consistency::Strong));
+    let frame = RaftFrame {
+        messages: vec![
+            envelope(1, group, 4, raft::wire::encode(&routed(reserve_command("stream-1", 2_000_000)))),
+            envelope(2, group, 3, Vec::new()),
+            envelope(3, group, 4, raft::wire::encode(&routed(reserve_command("stream-2", 3)))),
+            envelope(4, group, 9, Vec::new()),
+        ],
+    };
+    let mut replies = peer.raft_stream(open(vec![frame], ours.clone())).await.expect("opened").into_inner();
+    let mut by_id = std::collections::BTreeMap::new();
+    while by_id.len() < 4 {
+        let frame = tokio::time::timeout(Duration::from_secs(10), replies.message()).await.expect("replies in time").expect("stream").expect("a frame");
+        by_id.extend(frame.messages.into_iter().map(|m| (m.id, m)));
+    }
+    assert_eq!(tonic::Code::from(by_id[&1].code), tonic::Code::InvalidArgument);
+    assert!(by_id[&1].error.contains("lines[0].quantity"), "{:?}", by_id[&1]);
+    for id in [2, 4] {
+        assert_eq!(tonic::Code::from(by_id[&id].code), tonic::Code::InvalidArgument, "{:?}", by_id[&id]);
+        assert!(by_id[&id].error.contains("not taken on the raft stream"), "{:?}", by_id[&id]);
+    }
+    let taken: Result<(u64, storage::model::CommandResult), raft::GroupError> = raft::wire::decode(&by_id[&3].payload).expect("reply decodes");
+    assert_eq!(taken.expect("applied").1.outcome, storage::model::Outcome::Ok);
+
+    // A read on a stream of its own sees the reservation the other took.
+    let mut replies = peer.raft_stream(open(vec![RaftFrame { messages: vec![envelope(7, group, 5, read)] }], ours)).await.expect("opened").into_inner();
+    let frame = tokio::time::timeout(Duration::from_secs(10), replies.message()).await.expect("in time").expect("stream").expect("a frame");
+    assert_eq!((frame.messages[0].id, tonic::Code::from(frame.messages[0].code)), (7, tonic::Code::Ok));
+    let answer: Result<stockd::read::ReadAnswer, raft::GroupError> = raft::wire::decode(&frame.messages[0].payload).expect("decodes");
+    let p = answer.expect("read").position.expect("position");
+    assert_eq!((p.on_hand, p.reserved), (10, 3), "the refused command applied nothing, the valid one its 3 units");
+    cluster.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -134,6 +134,7 @@ pub const TABLE: &[Rpc] = &[
     rpc("/stockd.peer.v1.RaftPeer/TransferLeader", PEER),
     rpc("/stockd.peer.v1.RaftPeer/Campaign", PEER),
     rpc("/stockd.peer.v1.RaftPeer/Leaders", PEER),
+    rpc("/stockd.peer.v1.RaftPeer/RaftStream", PEER),
     // Standard services: health for anyone (load balancers), reflection for
     // client certificates.
     rpc("/grpc.health.v1.Health/Check", Access::Anyone),
