@@ -43,9 +43,9 @@ use tonic::Code;
 use stockd_proto::v1::admin_client::AdminClient;
 use stockd_proto::v1::inventory_client::InventoryClient;
 use stockd_proto::v1::{
-    AdjustRequest, AdjustResponse, BatchReserveRequest, BatchReserveResponse, Consistency, GetPositionRequest, MergeShardRequest, MergeShardResponse,
-    MoveShardRequest, MoveShardResponse, NodeRequest, NodeResponse, PositionResponse, ReservationRef, ReservationResponse, ReserveRequest, ReserveResponse,
-    SetBalanceRequest, SetBalanceResponse, SplitShardRequest, SplitShardResponse, StatusRequest, StatusResponse,
+    AdjustRequest, AdjustResponse, BatchReserveRequest, BatchReserveResponse, Consistency, GetPositionRequest, GroupStatus, MergeShardRequest,
+    MergeShardResponse, MoveShardRequest, MoveShardResponse, NodeRequest, NodeResponse, PositionResponse, ReservationRef, ReservationResponse, ReserveRequest,
+    ReserveResponse, SetBalanceRequest, SetBalanceResponse, SplitShardRequest, SplitShardResponse, StatusRequest, StatusResponse,
 };
 use stockd_proto::v1::{
     CheckAvailabilityBatchRequest, CheckAvailabilityBatchResponse, CheckAvailabilityRequest, CheckAvailabilityResponse, LoadModelRequest, ModelStatusRequest,
@@ -687,30 +687,35 @@ impl Client {
         found
     }
 
+    /// Learns the routes from the status of every known node: each node
+    /// reports the groups it replicates and their leaders, so with more
+    /// nodes than replicas no single node knows every range. For each group
+    /// the report of its newest range (epoch), then of the newest term,
+    /// wins; the home slots come from the newest topology answered.
     async fn refresh_routes(&self) {
-        let index = self.inner.preferred.load(Ordering::Relaxed) % self.node_count().max(1);
-        let (addr, _) = self.node(index);
-        let Ok(status) = self.status_of(&addr).await else {
-            // Try another node next time.
+        let reports = self.status_all().await;
+        let answered: Vec<&StatusResponse> = reports.iter().filter_map(|r| r.result.as_ref().ok()).collect();
+        let Some(newest) = answered.iter().copied().max_by_key(|s| s.topology_version) else {
+            // Try another node first next time.
+            let index = self.inner.preferred.load(Ordering::Relaxed);
             self.inner.preferred.store((index + 1) % self.node_count().max(1), Ordering::Relaxed);
             return;
         };
+        let best = newest_groups(&answered);
         let mut ranges = Vec::new();
         let mut leaders = std::collections::BTreeMap::new();
-        let mut groups: Vec<_> = status.groups.iter().collect();
-        groups.sort_by_key(|g| g.group_id);
-        for group in &groups {
+        for (group_id, (status, group)) in &best {
             let leader = status.nodes.iter().find(|n| n.id == group.leader && group.leader != 0).and_then(|leader| self.index_of_or_add(&leader.addr).ok());
-            leaders.insert(group.group_id, leader);
+            leaders.insert(*group_id, leader);
             let Some(leader_index) = leader else { continue };
             ranges.push((group.start_sku.clone(), group.end_sku.clone(), leader_index));
         }
         // The home slots in slot order; a node that does not list them
         // (an older one) homes ids over its region's groups by id.
-        let slots: Vec<u32> = if status.home_slots.is_empty() {
-            groups.iter().filter(|g| g.region == status.region).map(|g| g.group_id).collect()
+        let slots: Vec<u32> = if newest.home_slots.is_empty() {
+            best.values().filter(|(_, g)| g.region == newest.region).map(|(_, g)| g.group_id).collect()
         } else {
-            status.home_slots.clone()
+            newest.home_slots.clone()
         };
         let homes = slots.iter().map(|g| leaders.get(g).copied().flatten()).collect();
         let mut routes = self.inner.routes.write().unwrap_or_else(|p| p.into_inner());
@@ -971,6 +976,22 @@ fn leader_hint_suffix(status: &tonic::Status) -> String {
     }
 }
 
+/// Each group as the node reporting its newest range (epoch), then its
+/// newest term, then a leader, reports it; with the report it came in.
+fn newest_groups<'a>(answered: &[&'a StatusResponse]) -> std::collections::BTreeMap<u32, (&'a StatusResponse, &'a GroupStatus)> {
+    let mut best: std::collections::BTreeMap<u32, (&StatusResponse, &GroupStatus)> = std::collections::BTreeMap::new();
+    for status in answered {
+        for group in &status.groups {
+            let newer =
+                best.get(&group.group_id).is_none_or(|(_, seen)| (group.epoch, group.term, group.leader != 0) > (seen.epoch, seen.term, seen.leader != 0));
+            if newer {
+                best.insert(group.group_id, (status, group));
+            }
+        }
+    }
+    best
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1004,6 +1025,26 @@ mod tests {
         assert_eq!(routes.start_for(&homed(2), &["0a", "5b"]), Some(1));
         let unknown_home = Routes { homes: vec![None, None, None], ..routes };
         assert_eq!(unknown_home.start_for(&homed(0), &["5a", "9b"]), Some(2), "no home leader known: the first line's");
+    }
+
+    #[test]
+    fn routes_merge_what_every_node_reports_of_its_own_groups() {
+        let group = |id: u32, start: &str, end: &str, epoch: u64, term: u64, leader: u64| GroupStatus {
+            group_id: id,
+            start_sku: start.into(),
+            end_sku: end.into(),
+            epoch,
+            term,
+            leader,
+            ..GroupStatus::default()
+        };
+        // Node 1 holds groups 1 and 2; node 4 holds 2 and 3, and saw group
+        // 2 split (epoch 2) and a newer term of it.
+        let one = StatusResponse { node_id: 1, groups: vec![group(1, "", "4", 1, 3, 1), group(2, "4", "", 1, 2, 2)], ..StatusResponse::default() };
+        let four = StatusResponse { node_id: 4, groups: vec![group(2, "4", "8", 2, 3, 4), group(3, "8", "", 2, 1, 0)], ..StatusResponse::default() };
+        let best = newest_groups(&[&one, &four]);
+        let seen: Vec<(u32, u64, &str, u64)> = best.iter().map(|(id, (status, g))| (*id, status.node_id, g.end_sku.as_str(), g.leader)).collect();
+        assert_eq!(seen, vec![(1, 1, "4", 1), (2, 4, "8", 4), (3, 4, "", 0)], "every group, each from its newest report");
     }
 
     #[test]
