@@ -105,6 +105,12 @@ pub fn split_due(
     None
 }
 
+/// How often the parent's leader stands for a new child's leadership while
+/// the child has none, and how many times at most (about one election
+/// timeout in all).
+const CHILD_CAMPAIGN_RETRY: Duration = Duration::from_millis(100);
+const CHILD_CAMPAIGNS_MAX: usize = 15;
+
 impl Node {
     /// Starts each split's child on this node as its parent applies the split.
     pub(crate) async fn start_children(node: Weak<Node>, mut splits: mpsc::UnboundedReceiver<SplitApplied>) {
@@ -121,9 +127,20 @@ impl Node {
                     tracing::info!(node = node.id(), parent = split.parent, child = %split.child, "split applied: child started");
                     // The parent's leader stands for the child's first term
                     // at once: its keys are served again within a round trip,
-                    // not after an election timeout.
+                    // not after an election timeout. The other replicas may
+                    // not have applied the split yet (they answer "not
+                    // hosted" and refuse the vote), so it stands again every
+                    // `CHILD_CAMPAIGN_RETRY` until the child has a leader.
                     if node.group(split.parent).is_some_and(|p| p.is_leader()) {
-                        child.campaign().await;
+                        tokio::spawn(async move {
+                            for _ in 0..CHILD_CAMPAIGNS_MAX {
+                                child.campaign().await;
+                                tokio::time::sleep(CHILD_CAMPAIGN_RETRY).await;
+                                if child.leader().is_some() {
+                                    return;
+                                }
+                            }
+                        });
                     }
                 }
                 Err(e) => tracing::error!(node = node.id(), child = %split.child, error = %e, "the split's child did not start"),
