@@ -348,6 +348,17 @@ pub struct PeerArg {
 }
 
 impl NodeFile {
+    /// How the node secures its planes once `o` applies (`--certs`,
+    /// `--insecure`).
+    pub fn security_with(&self, o: &Overrides) -> Result<Security, String> {
+        let mut node = self.clone();
+        if let Some(certs) = &o.certs {
+            node.certs = Some(certs.clone());
+        }
+        node.insecure |= o.insecure;
+        node.security()
+    }
+
     fn security(&self) -> Result<Security, String> {
         match (&self.certs, self.insecure) {
             (Some(_), true) => Err("give either --certs DIR or --insecure, not both".into()),
@@ -382,6 +393,10 @@ pub struct Overrides {
     /// and joins the running cluster through these nodes (client-plane
     /// addresses of nodes in that list).
     pub join: Option<Vec<String>>,
+    /// The nodes of the running cluster a joining node learnt from the node
+    /// it asked (`join::learn_cluster`): `--join` may name any of them, and
+    /// their peer addresses are known from the start.
+    pub known_nodes: Vec<NodeEntry>,
 }
 
 /// Most addresses `--join` takes.
@@ -399,6 +414,9 @@ pub struct Config {
     /// Digest of the `[cluster]` settings (nodes included), compared on every
     /// peer message.
     pub cluster_fingerprint: String,
+    /// Those settings as the fingerprint digests them (JSON): what a joining
+    /// node takes (`Admin/ClusterSettings`).
+    pub cluster_settings: String,
     pub data_dir: PathBuf,
     pub region: String,
     pub rpc_timeout_ms: u64,
@@ -407,9 +425,12 @@ pub struct Config {
     pub nodes: BTreeMap<NodeId, NodeEntry>,
     /// This node as the topology knows it.
     pub me: NodeEntry,
-    /// Nodes of the bootstrap list to join the running cluster through
-    /// (`--join`); empty for a node of that list.
+    /// Nodes to join the running cluster through (`--join`); empty for a
+    /// node of the bootstrap list.
     pub join: Vec<NodeId>,
+    /// Peer addresses of nodes outside the bootstrap list that a joining
+    /// node learnt before it started.
+    pub known_peers: BTreeMap<NodeId, String>,
     pub shard_map: ShardMap,
     pub input_limits: InputLimits,
     pub group: GroupConfig,
@@ -447,33 +468,65 @@ pub fn parse_peers(text: &str) -> Result<Vec<PeerArg>, String> {
         .collect()
 }
 
-/// The nodes of the bootstrap list named by `--join` addresses (their
-/// client-plane addresses), in the order given.
-fn join_through(addrs: &[String], nodes: &BTreeMap<NodeId, NodeEntry>) -> Result<Vec<NodeId>, String> {
+/// The nodes named by `--join` addresses (their client-plane addresses),
+/// in the order given: nodes of the bootstrap list, or nodes the joining
+/// node learnt from the cluster (`known`).
+fn join_through(addrs: &[String], nodes: &BTreeMap<NodeId, NodeEntry>, known: &[NodeEntry]) -> Result<Vec<NodeId>, String> {
     if addrs.len() > JOIN_ADDRS_MAX {
         return Err(format!("--join takes at most {JOIN_ADDRS_MAX} addresses, not {}", addrs.len()));
     }
     addrs
         .iter()
         .map(|addr| {
-            nodes.values().find(|n| n.addr == addr.trim()).map(|n| n.id).ok_or_else(|| {
-                let known = nodes.values().map(|n| n.addr.as_str()).collect::<Vec<_>>().join(", ");
-                format!("--join: {addr} is no node of the cluster's bootstrap list ({known}); a joining node runs with the cluster's [cluster] settings")
+            nodes.values().chain(known).find(|n| n.addr == addr.trim()).map(|n| n.id).ok_or_else(|| {
+                let known = nodes.values().chain(known).map(|n| n.addr.as_str()).collect::<Vec<_>>().join(", ");
+                format!("--join: {addr} is no node of the cluster ({known})")
             })
         })
         .collect()
 }
 
-/// The digest of the cluster-wide settings every node must share.
-fn cluster_fingerprint(cluster: &ClusterFile, nodes: &BTreeMap<NodeId, NodeEntry>) -> String {
+/// The cluster-wide settings every node must share, as one text (JSON, the
+/// bootstrap list resolved), and its digest: the cluster fingerprint.
+fn cluster_settings(cluster: &ClusterFile, nodes: &BTreeMap<NodeId, NodeEntry>) -> (String, String) {
     use sha2::Digest;
     let settings = ClusterFile { nodes: nodes.values().cloned().collect(), ..cluster.clone() };
     let text = serde_json::to_string(&settings).expect("the cluster settings serialize");
     let digest = sha2::Sha256::digest(text.as_bytes());
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    let fingerprint = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    (text, fingerprint)
 }
 
+/// Largest cluster settings text a joining node takes.
+pub const CLUSTER_SETTINGS_BYTES_MAX: usize = 1 << 20;
+
 impl FileConfig {
+    /// True when this configuration names the cluster's bootstrap list
+    /// (`[cluster] nodes`), so it carries the cluster's settings itself.
+    pub fn has_bootstrap_list(&self) -> bool {
+        !self.cluster.nodes.is_empty()
+    }
+
+    /// Takes the cluster's settings as another node runs them (`settings`,
+    /// the text of `Admin/ClusterSettings`), for a node that joins without
+    /// a bootstrap list of its own. Refused when this configuration sets
+    /// any `[cluster]` value itself: one node's settings must never quietly
+    /// differ from the cluster's.
+    pub fn take_cluster_settings(&mut self, settings: &str) -> Result<(), String> {
+        if settings.len() > CLUSTER_SETTINGS_BYTES_MAX {
+            return Err(format!("the cluster settings are {} bytes, over the limit of {CLUSTER_SETTINGS_BYTES_MAX}", settings.len()));
+        }
+        let defaults = serde_json::to_string(&ClusterFile::default()).expect("the cluster settings serialize");
+        let mine = serde_json::to_string(&self.cluster).expect("the cluster settings serialize");
+        if mine != defaults {
+            return Err("--join without a bootstrap list takes the cluster's [cluster] settings from the node it joins through; \
+                        this configuration sets [cluster] values of its own: remove them, or give the whole [cluster] section with its nodes"
+                .into());
+        }
+        self.cluster = serde_json::from_str(settings).map_err(|e| format!("invalid cluster settings from the cluster: {e}"))?;
+        Ok(())
+    }
+
     pub fn load(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
         toml::from_str(&text).map_err(|e| format!("invalid config {}: {e}", path.display()))
@@ -526,7 +579,7 @@ impl FileConfig {
                 return Err(format!("node {} is listed twice in peers", n.id));
             }
         }
-        let join = join_through(o.join.as_deref().unwrap_or_default(), &nodes)?;
+        let join = join_through(o.join.as_deref().unwrap_or_default(), &nodes, &o.known_nodes)?;
         let me = match nodes.get(&node_id) {
             Some(_) if !join.is_empty() => {
                 return Err(format!("--join: node {node_id} is in the cluster's bootstrap list; --join is for a node that is not"));
@@ -549,6 +602,9 @@ impl FileConfig {
         let peer_listen: SocketAddr = peer_listen_text.parse().map_err(|e| format!("peer listen address `{peer_listen_text}`: {e}"))?;
         if !join.is_empty() && nodes.values().any(|n| n.addr == me.addr || n.peer_addr == me.peer_addr) {
             return Err(format!("--join: node {node_id}'s addresses {} / {} are a bootstrap node's", me.addr, me.peer_addr.as_deref().unwrap_or_default()));
+        }
+        if let Some(other) = o.known_nodes.iter().find(|n| n.id != node_id && (n.addr == me.addr || n.peer_addr == me.peer_addr)) {
+            return Err(format!("--join: node {node_id}'s addresses {} / {} are node {}'s", me.addr, me.peer_addr.as_deref().unwrap_or_default(), other.id));
         }
         if peer_listen == listen {
             return Err(format!("the peer plane ({peer_listen}) needs an address of its own, apart from the client plane"));
@@ -612,19 +668,23 @@ impl FileConfig {
         }
         let members = nodes.values().map(|n| (n.id, n.region.as_str()));
         let shard_map = ShardMap::build(members, c.groups_per_region, c.split_points.clone(), c.replication_factor)?;
-        let cluster_fingerprint = cluster_fingerprint(c, &nodes);
+        let (cluster_settings, cluster_fingerprint) = cluster_settings(c, &nodes);
+        let known_peers =
+            o.known_nodes.iter().filter(|n| n.id != node_id && !nodes.contains_key(&n.id)).filter_map(|n| Some((n.id, n.peer_addr.clone()?))).collect();
         Ok(Config {
             node_id,
             listen,
             peer_listen,
             security,
             cluster_fingerprint,
+            cluster_settings,
             data_dir,
             region,
             rpc_timeout_ms: self.node.rpc_timeout_ms,
             nodes,
             me,
             join,
+            known_peers,
             shard_map,
             input_limits,
             group,
@@ -719,6 +779,41 @@ mod tests {
         assert!(err(joining(2, Some("127.0.0.1:7104"), &["127.0.0.1:7101"])).contains("bootstrap list; --join is for"));
         assert!(err(joining(4, Some("127.0.0.1:7101"), &["127.0.0.1:7102"])).contains("are a bootstrap node's"));
         assert!(err(peers_with(4)).contains("started with --join"));
+    }
+
+    #[test]
+    fn a_node_without_a_bootstrap_list_takes_the_clusters_settings_and_fingerprint() {
+        let mut cluster = FileConfig::default();
+        cluster.cluster.line_quantity_max = 10;
+        let member = cluster.validate(peers()).expect("valid");
+        // The joining node's own file has node settings only.
+        let mut mine = FileConfig::default();
+        assert!(!mine.has_bootstrap_list());
+        mine.take_cluster_settings(&member.cluster_settings).expect("taken");
+        assert!(mine.has_bootstrap_list());
+        // --join may name a node the bootstrap list does not (node 7, which
+        // joined later), and its peer address is known from the start.
+        let seven = NodeEntry { id: 7, addr: "127.0.0.1:7107".into(), peer_addr: Some("127.0.0.1:7207".into()), region: "local".into() };
+        let overrides = Overrides {
+            node_id: Some(8),
+            data_dir: Some("d".into()),
+            insecure: true,
+            listen: Some("127.0.0.1:7108".into()),
+            join: Some(vec!["127.0.0.1:7107".into()]),
+            known_nodes: vec![seven.clone()],
+            ..Default::default()
+        };
+        let joined = mine.clone().validate(overrides.clone()).expect("valid");
+        assert_eq!(joined.cluster_fingerprint, member.cluster_fingerprint, "the cluster's settings, bootstrap list included");
+        assert_eq!(joined.cluster_settings, member.cluster_settings);
+        assert_eq!(joined.join, vec![7]);
+        assert_eq!(joined.known_peers.get(&7).map(String::as_str), Some("127.0.0.1:7207"));
+        let taken_twice = mine.take_cluster_settings(&member.cluster_settings).expect_err("settings of its own");
+        assert!(taken_twice.contains("[cluster] values of its own"), "{taken_twice}");
+        let mut garbled = FileConfig::default();
+        assert!(garbled.take_cluster_settings("{\"no-such-key\": 1}").expect_err("invalid").contains("invalid cluster settings"));
+        let clash = Overrides { listen: Some("127.0.0.1:7107".into()), ..overrides };
+        assert!(FileConfig::default().validate(Overrides { known_nodes: vec![seven], ..clash }).expect_err("taken").contains("are node 7's"));
     }
 
     #[test]

@@ -165,7 +165,8 @@ impl Node {
                 (None, None)
             }
         };
-        let peer_addrs = config.nodes.values().chain([&config.me]).filter_map(|n| n.peer_addr.clone().map(|a| (n.id, a))).collect();
+        let mut peer_addrs: BTreeMap<NodeId, String> = config.known_peers.clone();
+        peer_addrs.extend(config.nodes.values().chain([&config.me]).filter_map(|n| n.peer_addr.clone().map(|a| (n.id, a))));
         let peers = Arc::new(PeerNetwork::new(peer_addrs, tls.clone(), config.rpc_timeout_ms, &config.cluster_fingerprint).map_err(NodeError::Peers)?);
         let transport: Arc<dyn PeerTransport> = peers.clone();
         let syncer = WalSyncer::start(engine.clone(), WAL_SYNC_QUEUE_MAX);

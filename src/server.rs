@@ -671,6 +671,26 @@ impl Admin for AdminService {
         Ok(Response::new(pb::SetBalanceResponse { enabled: topology.balance_enabled(), topology_version: topology.version }))
     }
 
+    async fn cluster_settings(&self, _request: Request<pb::ClusterSettingsRequest>) -> Result<Response<pb::ClusterSettingsResponse>, Status> {
+        let topology = self.node.topology();
+        let nodes = topology
+            .nodes()
+            .map(|n| pb::ClusterNode {
+                id: n.id,
+                addr: n.addr.clone(),
+                peer_addr: n.peer_addr.clone().unwrap_or_default(),
+                region: n.region.clone(),
+                state: n.state.as_str().to_owned(),
+            })
+            .collect();
+        let config = &self.node.config;
+        Ok(Response::new(pb::ClusterSettingsResponse {
+            settings_json: config.cluster_settings.clone(),
+            fingerprint: config.cluster_fingerprint.clone(),
+            nodes,
+        }))
+    }
+
     async fn merge_shard(&self, request: Request<pb::MergeShardRequest>) -> Result<Response<pb::MergeShardResponse>, Status> {
         let caller = security::caller(&request);
         let r = request.into_inner();

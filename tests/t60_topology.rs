@@ -705,6 +705,63 @@ async fn the_leaders_own_replica_moves_away_under_load() {
     cluster.shutdown().await;
 }
 
+/// A node with no bootstrap list of its own (no `[cluster]` settings, no
+/// `--peers`) joins through a node that itself joined later: it takes the
+/// cluster's settings from it (its fingerprint is the cluster's), keeps
+/// them, is listed, takes a replica, and restarts from the kept settings
+/// while the node it joined through is down. mTLS: it asks with its node
+/// certificate, which the settings call admits (operators too, no one
+/// else).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_the_bootstrap_list_joins_through_any_node() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start_tls(3, test_config()).await;
+    let mut feed = cluster.feed(1).await;
+    receive(&mut feed, "stock-b-8", "b-8", LOC, 10).await;
+    assert_eq!(cluster.join_node().await, 4);
+    let n1 = cluster.node(1).clone();
+    poll("node 4 joined", Duration::from_secs(20), || async { n1.topology().node(4).is_some() }).await;
+    // Node 5 knows only node 4's address, which no bootstrap list names.
+    assert_eq!(cluster.join_node_without_bootstrap_list(4).await, 5);
+    assert_eq!(cluster.node(5).config.cluster_fingerprint, cluster.node(1).config.cluster_fingerprint, "the cluster's settings");
+    assert_eq!(cluster.node(5).config.shard_map, cluster.node(1).config.shard_map);
+    let kept = cluster.data_dir(5).join(stockd::join::CLUSTER_SETTINGS_FILE);
+    assert_eq!(std::fs::read_to_string(&kept).expect("kept settings"), cluster.node(1).config.cluster_settings);
+    poll("node 5 joined", Duration::from_secs(20), || async { n1.topology().node(5).is_some_and(|n| n.peer_addr.is_some()) }).await;
+    let client = stockd_client::Client::with_config(
+        &cluster.addrs,
+        stockd_client::ClientConfig {
+            tls: Some(stockd_client::TlsConfig::from_dir(cluster.certs.as_ref().expect("certs"), "operator").expect("tls")),
+            ..Default::default()
+        },
+    )
+    .expect("client");
+    let moved = client.move_shard(RIGHT, 3, 5).await.expect("a replica to node 5");
+    assert_eq!(moved.range.expect("range").replicas, vec![1, 2, 5]);
+    let n5 = cluster.node(5).clone();
+    poll("node 5 holds group 2's records", Duration::from_secs(20), || async {
+        n5.group(RIGHT).and_then(|g| g.state().read().position(&storage::model::PositionKey::new("b-8", LOC)).map(|p| p.on_hand)) == Some(10)
+    })
+    .await;
+    drop(n5);
+    // Who may ask for the settings.
+    for (role, allowed) in [("reader", false), ("checkout", false), ("operator", true), ("node-1", true)] {
+        let mut admin = pb::admin_client::AdminClient::new(cluster.channel(1, Some(role)));
+        let answer = admin.cluster_settings(pb::ClusterSettingsRequest {}).await;
+        assert_eq!(answer.is_ok(), allowed, "{role}: {answer:?}");
+    }
+    // Restarted while node 4, which it joined through, is down: it starts
+    // from the settings it kept, and serves group 2 again.
+    cluster.stop_node(4).await;
+    cluster.stop_node(5).await;
+    cluster.restart_without_bootstrap_list(5, 4).await;
+    let n5 = cluster.node(5).clone();
+    poll("node 5 serves group 2 after its restart", Duration::from_secs(30), || async { n5.group(RIGHT).is_some_and(|g| g.leader().is_some()) }).await;
+    let mut c = cluster.client(5).await;
+    reserve(&mut c, "after-restart", vec![line("b-8", LOC, 1)], 600_000).await.expect("reserve through node 5");
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_joins_the_running_cluster_and_takes_a_replica() {
     let _serial = SERIAL.lock().await;

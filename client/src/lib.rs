@@ -43,9 +43,10 @@ use tonic::Code;
 use stockd_proto::v1::admin_client::AdminClient;
 use stockd_proto::v1::inventory_client::InventoryClient;
 use stockd_proto::v1::{
-    AdjustRequest, AdjustResponse, BatchReserveRequest, BatchReserveResponse, Consistency, GetPositionRequest, GroupStatus, MergeShardRequest,
-    MergeShardResponse, MoveShardRequest, MoveShardResponse, NodeRequest, NodeResponse, PositionResponse, ReservationRef, ReservationResponse, ReserveRequest,
-    ReserveResponse, SetBalanceRequest, SetBalanceResponse, SplitShardRequest, SplitShardResponse, StatusRequest, StatusResponse,
+    AdjustRequest, AdjustResponse, BatchReserveRequest, BatchReserveResponse, ClusterSettingsRequest, ClusterSettingsResponse, Consistency, GetPositionRequest,
+    GroupStatus, MergeShardRequest, MergeShardResponse, MoveShardRequest, MoveShardResponse, NodeRequest, NodeResponse, PositionResponse, ReservationRef,
+    ReservationResponse, ReserveRequest, ReserveResponse, SetBalanceRequest, SetBalanceResponse, SplitShardRequest, SplitShardResponse, StatusRequest,
+    StatusResponse,
 };
 use stockd_proto::v1::{
     CheckAvailabilityBatchRequest, CheckAvailabilityBatchResponse, CheckAvailabilityRequest, CheckAvailabilityResponse, LoadModelRequest, ModelStatusRequest,
@@ -616,6 +617,15 @@ impl Client {
     pub async fn rank_fulfillment(&self, request: RankFulfillmentRequest) -> Result<RankFulfillmentResponse, ClientError> {
         self.call_from(self.spread(), "RankFulfillment", Effect::Read, request, |channel, request| async move {
             InventoryClient::new(channel).rank_fulfillment(request).await
+        })
+        .await
+    }
+
+    /// `Admin.ClusterSettings`: the cluster-wide settings and the nodes of
+    /// the topology, as the first node that answers has them.
+    pub async fn cluster_settings(&self) -> Result<ClusterSettingsResponse, ClientError> {
+        self.call("ClusterSettings", Effect::Read, ClusterSettingsRequest {}, |channel, request| async move {
+            AdminClient::new(channel).cluster_settings(request).await
         })
         .await
     }

@@ -88,6 +88,7 @@ const CHECKOUT: Access = Access::Roles(&[Role::Checkout]);
 const FEED: Access = Access::Roles(&[Role::Feed]);
 const OPERATOR: Access = Access::Roles(&[Role::Operator]);
 const PEER: Access = Access::Roles(&[Role::Peer]);
+const OPERATOR_AND_PEER: Access = Access::Roles(&[Role::Operator, Role::Peer]);
 
 const fn rpc(path: &'static str, access: Access) -> Rpc {
     Rpc { path, access }
@@ -124,6 +125,8 @@ pub const TABLE: &[Rpc] = &[
     rpc("/stockd.v1.Admin/DrainNode", OPERATOR),
     rpc("/stockd.v1.Admin/RemoveNode", OPERATOR),
     rpc("/stockd.v1.Admin/SetBalance", OPERATOR),
+    // A joining node asks with its node certificate; operators may look.
+    rpc("/stockd.v1.Admin/ClusterSettings", OPERATOR_AND_PEER),
     // The peer plane: nodes only.
     rpc("/stockd.peer.v1.RaftPeer/AppendEntries", PEER),
     rpc("/stockd.peer.v1.RaftPeer/Vote", PEER),

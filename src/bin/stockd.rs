@@ -123,7 +123,12 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Cmd::Start { node_id, listen, peer_listen, peers, certs, insecure, data_dir, region, model_dir, config, join } => {
-                start(Overrides { node_id, listen, peer_listen, peers: None, certs, insecure, data_dir, region, model_dir, join }, peers, config).await
+                start(
+                    Overrides { node_id, listen, peer_listen, peers: None, certs, insecure, data_dir, region, model_dir, join, known_nodes: Vec::new() },
+                    peers,
+                    config,
+                )
+                .await
             }
             Cmd::Dev { nodes, data_dir, port, config, model_dir, insecure, join } => {
                 let args = DevArgs { nodes, data_dir, port, config, model_dir, insecure };
@@ -172,7 +177,10 @@ async fn start(mut overrides: Overrides, peers: Option<String>, config: Option<P
         None => FileConfig::default(),
     };
     overrides.peers = peers.as_deref().map(parse_peers).transpose().map_err(anyhow::Error::msg)?;
+    let mut file = file;
+    let learnt = stockd::join::prepare_join(&mut file, &mut overrides).await.map_err(anyhow::Error::msg).context("join the cluster")?;
     let config = file.validate(overrides).map_err(anyhow::Error::msg).context("invalid configuration")?;
+    stockd::join::check_fingerprint(&config, &learnt).map_err(anyhow::Error::msg)?;
     let node = Node::start(config).await.context("start the node")?;
     stockd::server::serve(node.clone(), shutdown_signal()).await.context("serve")?;
     node.shutdown().await;
@@ -268,6 +276,20 @@ fn spawn_nodes(args: &DevArgs, certs: Option<&std::path::Path>) -> anyhow::Resul
     (1..=args.nodes).map(|id| spawn_node(args, certs, id, &[])).collect()
 }
 
+/// The dev config `config` without its `[cluster]` section, written in
+/// `dir` (an empty path when there is no config).
+fn node_sections_of(config: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    if config.as_os_str().is_empty() {
+        return Ok(PathBuf::new());
+    }
+    let text = std::fs::read_to_string(config).with_context(|| format!("read {}", config.display()))?;
+    let mut table: toml::Table = text.parse().with_context(|| format!("parse {}", config.display()))?;
+    table.remove("cluster");
+    let path = dir.join("node.toml");
+    std::fs::write(&path, toml::to_string(&table).context("write the node's sections")?).with_context(|| format!("write {}", path.display()))?;
+    Ok(path)
+}
+
 /// Starts dev node `id` (one of the bootstrap list, or one joining through
 /// `join`), its output appended to its log.
 fn spawn_node(args: &DevArgs, certs: Option<&std::path::Path>, id: u64, join: &[String]) -> anyhow::Result<Child> {
@@ -288,10 +310,16 @@ fn spawn_node(args: &DevArgs, certs: Option<&std::path::Path>, id: u64, join: &[
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("stockd.log")).context("open the node log")?;
     let mut cmd = tokio::process::Command::new(&exe);
-    cmd.arg("start").arg("--node-id").arg(id.to_string()).arg("--listen").arg(&addr).arg("--peers").arg(&peer_arg).arg("--data-dir").arg(&dir);
-    if !join.is_empty() {
+    cmd.arg("start").arg("--node-id").arg(id.to_string()).arg("--listen").arg(&addr).arg("--data-dir").arg(&dir);
+    let dev_config = if join.is_empty() {
+        cmd.arg("--peers").arg(&peer_arg);
+        dev_config
+    } else {
+        // A joining node takes the cluster's settings from the nodes it
+        // joins through: it gets the dev config's other sections only.
         cmd.arg("--join").arg(join.join(","));
-    }
+        node_sections_of(&dev_config, &dir)?
+    };
     match certs {
         Some(certs) => cmd.arg("--certs").arg(certs),
         None => cmd.arg("--insecure"),

@@ -151,6 +151,47 @@ impl Cluster {
             ..Default::default()
         };
         let config = self.file.clone().validate(overrides).expect("valid test config");
+        self.run_node(id, config).await;
+    }
+
+    /// Starts one more node as `stockd start --join` does when it has no
+    /// bootstrap list: only node settings of its own, `--join` naming node
+    /// `through` (any node of the running cluster); it asks that node for
+    /// the cluster's settings before it starts. Answers its id.
+    pub async fn join_node_without_bootstrap_list(&mut self, through: u64) -> u64 {
+        let id = self.addrs.len() as u64 + 1;
+        self.addrs.push(format!("127.0.0.1:{}", free_port()));
+        self.peer_addrs.push(format!("127.0.0.1:{}", free_port()));
+        self.running.push(None);
+        if let Some(certs) = &self.certs {
+            let request = stockd::certs::CertRequest { out: certs.clone(), nodes: vec![id], hosts: Vec::new(), days: 2 };
+            stockd::certs::create(&request).expect("the joining node's certificate");
+        }
+        self.restart_without_bootstrap_list(id, through).await;
+        id
+    }
+
+    /// (Re)starts node `id` as `join_node_without_bootstrap_list` started
+    /// it, joining through node `through`.
+    pub async fn restart_without_bootstrap_list(&mut self, id: u64, through: u64) {
+        let mut file = FileConfig { node: self.file.node.clone(), model: self.file.model.clone(), ..FileConfig::default() };
+        let mut overrides = Overrides {
+            node_id: Some(id),
+            data_dir: Some(self.data_dir(id)),
+            insecure: self.certs.is_none(),
+            certs: self.certs.clone(),
+            listen: Some(self.addrs[id as usize - 1].clone()),
+            peer_listen: Some(self.peer_addrs[id as usize - 1].clone()),
+            join: Some(vec![self.addrs[through as usize - 1].clone()]),
+            ..Default::default()
+        };
+        let learnt = stockd::join::prepare_join(&mut file, &mut overrides).await.expect("the cluster's settings");
+        let config = file.validate(overrides).expect("valid joining config");
+        stockd::join::check_fingerprint(&config, &learnt).expect("the cluster's fingerprint");
+        self.run_node(id, config).await;
+    }
+
+    async fn run_node(&mut self, id: u64, config: stockd::config::Config) {
         // A stopped node's database closes once its last task has ended.
         let deadline = Instant::now() + Duration::from_secs(10);
         let node = loop {
