@@ -55,7 +55,8 @@ const FORMAT_KEY: &str = "format";
 /// 5: the balancing switch in the topology. 6: home slots that move with
 /// splits and merges (in every range), a cart's own lines apart from it.
 /// 7: the metadata group's replicas in the topology (they move).
-pub const DATA_FORMAT: u32 = 7;
+/// 8: a cart's intent remembers the incarnations it replaced.
+pub const DATA_FORMAT: u32 = 8;
 /// Most attempts one request makes to reach its group's leader: leader-hint
 /// hops and waits out elections (`ELECTION_BACKOFF` each) together; the
 /// request's deadline (`rpc-timeout-ms`) bounds them too.

@@ -673,15 +673,41 @@ impl Inventory {
 
     /// A finished intent of an earlier cart under `id` gives way to a new
     /// use of the id (its units are long returned).
-    pub(crate) fn forget_finished_intent(&mut self, id: &str) {
+    pub(crate) fn forget_finished_intent(&mut self, id: &str) -> Vec<IntentOf> {
         let finished = self.reservations.get(id).is_some_and(|r| r.state.is_final());
-        if finished && self.intents.remove(id).is_some() {
-            if let Some(old) = self.reservations.remove(id) {
-                self.finished_index.remove(&(old.finished_at_ms.unwrap_or(old.created_at_ms), id.to_owned()));
+        let mut retired = Vec::new();
+        if finished {
+            if let Some(of) = self.intents.remove(id) {
+                if let Some(old) = self.reservations.remove(id) {
+                    self.finished_index.remove(&(old.finished_at_ms.unwrap_or(old.created_at_ms), id.to_owned()));
+                    retired = old.retired;
+                }
+                retired.push(of);
+                let excess = retired.len().saturating_sub(crate::model::RETIRED_INTENTS_MAX);
+                retired.drain(..excess);
+                self.dirty_intents.insert(id.to_owned());
+                self.dirty_reservations.insert(id.to_owned());
             }
-            self.dirty_intents.insert(id.to_owned());
+        }
+        retired
+    }
+
+    /// Gives the intent stored under `id` the earlier incarnations
+    /// `retired` (what `forget_finished_intent` answered).
+    pub(crate) fn remember_retired(&mut self, id: &str, retired: Vec<IntentOf>) {
+        if retired.is_empty() {
+            return;
+        }
+        if let Some(reservation) = self.reservations.get_mut(id).filter(|_| self.intents.contains_key(id)) {
+            reservation.retired = retired;
             self.dirty_reservations.insert(id.to_owned());
         }
+    }
+
+    /// True when `of` is an earlier incarnation whose intent under `id`
+    /// this group finished and replaced: its late messages change nothing.
+    pub(crate) fn is_retired(&self, id: &str, of: IntentOf) -> bool {
+        self.intents.contains_key(id) && self.reservations.get(id).is_some_and(|r| r.retired.contains(&of))
     }
 
     /// Holds `lines` (which fit) as a pending reservation, or as an intent of
@@ -723,6 +749,7 @@ impl Inventory {
             created_at_ms: at.ms,
             expires_at_ms,
             finished_at_ms: None,
+            retired: Vec::new(),
         };
         self.store_reservation(reservation, of)
     }

@@ -227,7 +227,17 @@ pub struct Reservation {
     /// Log time at which it left `Pending` or `Committed` for a final state,
     /// or left `Pending` for `Committed`.
     pub finished_at_ms: Option<u64>,
+    /// For a cart's intent: the earlier incarnations of carts under this id
+    /// whose intents this group held and finished before this one took
+    /// their place, oldest first, at most `RETIRED_INTENTS_MAX`. A late
+    /// prepare or follow of one of them changes nothing. Empty otherwise.
+    pub retired: Vec<IntentOf>,
 }
+
+/// Most earlier incarnations an intent remembers (`Reservation::retired`):
+/// an id reused that many times within the retention window forgets its
+/// oldest.
+pub const RETIRED_INTENTS_MAX: usize = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum AdjustmentKind {
@@ -592,6 +602,7 @@ impl Cart {
             created_at_ms: self.created_at_ms,
             expires_at_ms: self.expires_at_ms,
             finished_at_ms: self.finished_at_ms,
+            retired: Vec::new(),
         }
     }
 }

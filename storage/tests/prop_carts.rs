@@ -535,3 +535,75 @@ fn a_dead_coordinator_leaves_nothing_held_after_the_ttl() {
     let record = world.groups[&home_of(1)].cart(&cart_id(1)).expect("record");
     assert_eq!(record.state, CartState::Expired);
 }
+
+/// A prepare delayed across the reuse of its id: incarnation X of cart "c"
+/// is aborted before its prepare reaches line group 2 (which follows the
+/// abort with a tombstone), the client retries under the same id
+/// (incarnation Y, which group 2 prepares and then follows to released),
+/// and only then does X's prepare arrive, then X's follow again. Both must
+/// change nothing: no record will ever ask group 2 to free what X's
+/// prepare would hold. Before intents remembered the incarnations they
+/// replaced, X's prepare held a unit for good (a jepsen cart run found it,
+/// seed 3 of the topology matrix).
+#[test]
+fn a_late_message_of_a_replaced_incarnation_changes_nothing() {
+    let limits = Limits { idempotency_retention_ms: 60_000, recent_changes_max: 4 };
+    let mut groups: BTreeMap<GroupId, (Inventory, u64)> = (1..=2).map(|g| (g, (Inventory::serving(limits.clone(), RangeDesc::whole(g)), 0))).collect();
+    let mut apply = |group: GroupId, command: Command| -> (u64, CommandResult) {
+        let (inventory, index) = groups.get_mut(&group).expect("group");
+        *index += 1;
+        let mut results = inventory.apply_batch(*index, &Batch::new(1_000 + *index, FIRST_EPOCH, vec![command]));
+        (*index, results.remove(0))
+    };
+    let line = |sku: &str| Line { sku: sku.into(), location: LOCATION.into(), quantity: 1 };
+    for (group, sku) in [(1, "a"), (2, "b")] {
+        let stock = Adjustment {
+            event_id: format!("stock-{sku}"),
+            sku: sku.into(),
+            location: LOCATION.into(),
+            kind: AdjustmentKind::Receipt,
+            quantity: 5,
+            reason: String::new(),
+            source: "wms".into(),
+            source_seq: 1,
+            observed_at_ms: None,
+        };
+        apply(group, Command::Adjust(stock));
+    }
+    let parts: BTreeMap<GroupId, Vec<Line>> = [(1, vec![line("a")]), (2, vec![line("b")])].into();
+    let begin = Command::CartBegin { reservation_id: "c".into(), lines: vec![line("a"), line("b")], ttl_ms: TTL_MS, home: 1, parts, own_gate: None };
+    let prepare = |of: IntentOf| Command::CartPrepare { reservation_id: "c".into(), of, lines: vec![line("b")], expires_at_ms: 1_000_000, gate: None };
+    let follow = |of: IntentOf, state: ReservationState| Command::CartFollow { reservation_id: "c".into(), of, state };
+    let decide = |begin_index: u64| Command::CartDecide { reservation_id: "c".into(), begin_index, hold: false, shortfalls: Vec::new() };
+    let followed = |begin_index: u64| Command::CartFollowed { reservation_id: "c".into(), begin_index, group: 2, state: ReservationState::Released };
+
+    // Incarnation X: begun, its prepare lost on the way; aborted, and group
+    // 2 follows the abort before any prepare.
+    let (x_index, begun) = apply(1, begin.clone());
+    assert_eq!(begun.outcome, Outcome::Ok);
+    let x = IntentOf { home: 1, begin_index: x_index };
+    let late_prepare = prepare(x);
+    assert_eq!(apply(1, decide(x_index)).1.outcome, Outcome::Ok);
+    assert_eq!(apply(2, follow(x, ReservationState::Released)).1.outcome, Outcome::Ok);
+    assert_eq!(apply(1, followed(x_index)).1.outcome, Outcome::Ok);
+    // Incarnation Y: the same request again takes the aborted record's place,
+    // group 2 holds its line, then it is aborted and followed too.
+    let (y_index, begun) = apply(1, begin);
+    assert_eq!(begun.outcome, Outcome::Ok);
+    assert!(y_index > x_index);
+    let y = IntentOf { home: 1, begin_index: y_index };
+    assert_eq!(apply(2, prepare(y)).1.outcome, Outcome::Ok);
+    let reserved = |groups: &BTreeMap<GroupId, (Inventory, u64)>| groups[&2].0.position(&PositionKey::new("b", LOCATION)).map_or(0, |p| p.reserved);
+    assert_eq!(apply(1, decide(y_index)).1.outcome, Outcome::Ok);
+    assert_eq!(apply(2, follow(y, ReservationState::Released)).1.outcome, Outcome::Ok);
+    // X's messages arrive at last.
+    let (_, answer) = apply(2, late_prepare);
+    assert_eq!(answer.outcome, Outcome::InvalidState, "{answer:?}");
+    let (_, answer) = apply(2, follow(x, ReservationState::Released));
+    assert_eq!((answer.outcome, answer.replay), (Outcome::Ok, true), "{answer:?}");
+    assert_eq!(reserved(&groups), 0, "the late prepare held nothing");
+    let line_group = &groups[&2].0;
+    assert_eq!(line_group.intent_of("c"), Some(y), "Y's tombstone stays");
+    assert_eq!(line_group.reservation("c").map(|r| r.retired.clone()), Some(vec![x]));
+    line_group.check_invariants().expect("invariants");
+}

@@ -51,8 +51,8 @@ impl Inventory {
         if let Some(conflict) = self.located_elsewhere(id) {
             return conflict;
         }
-        self.forget_finished_intent(id);
-        if let Some(existing) = self.reservations.get(id) {
+        let finished_intent = self.intents.contains_key(id) && self.reservations.get(id).is_some_and(|r| r.state.is_final());
+        if let Some(existing) = self.reservations.get(id).filter(|_| !finished_intent) {
             return reservation_result(Outcome::IdempotencyConflict, false, existing.clone());
         }
         let own = parts.get(&home);
@@ -62,6 +62,9 @@ impl Inventory {
                 return CommandResult { shortfalls, ..CommandResult::bare(Outcome::InsufficientStock) };
             }
         }
+        // A finished intent of an earlier record gives way, remembered by
+        // the new one.
+        let retired = self.forget_finished_intent(id);
         let expires_at_ms = at.ms.saturating_add(ttl_ms);
         let of = IntentOf { home, begin_index: at.log_index };
         let cart = Cart {
@@ -86,6 +89,7 @@ impl Inventory {
         };
         if let Some(own) = own {
             self.hold(at, id, own, ttl_ms, expires_at_ms, own_gate, Some(of));
+            self.remember_retired(id, retired);
         }
         self.cart_expiry.insert((expires_at_ms, id.to_owned()));
         self.carts.insert(id.to_owned(), cart.clone());

@@ -7,7 +7,9 @@
 //! - Effect: the intent moves to `state` through the legal transitions
 //!   (pending -> committed -> fulfilled, ...), moving units as a plain
 //!   reservation's transitions do. No intent yet and `state` released or
-//!   expired: a tombstone, so a late prepare holds nothing.
+//!   expired: a tombstone, so a late prepare holds nothing. A follow of an
+//!   earlier incarnation whose intent was replaced (`Reservation::retired`)
+//!   is a replay that changes nothing.
 //! - Idempotency: an intent already in `state` is a replay (released and
 //!   expired are the same to it: both hold nothing); a transition the
 //!   record can never ask for (released -> committed, or committing an intent
@@ -39,14 +41,24 @@ impl Inventory {
                     self.reservations.get(id).cloned().map_or(CommandResult::bare(Outcome::NotFound), |r| reservation_result(Outcome::InvalidState, false, r))
                 }
             },
+            // A late follow of an incarnation this group finished and
+            // replaced since: it was followed, and changes nothing now.
+            Some(_) if self.is_retired(id, of) => CommandResult { replay: true, ..CommandResult::bare(Outcome::Ok) },
             Some(_) => {
-                // Another record's intent: only a finished one gives way.
-                self.forget_finished_intent(id);
-                match self.reservations.get(id) {
-                    Some(live) => reservation_result(Outcome::InvalidState, false, live.clone()),
-                    None if tombstone_allowed => reservation_result(Outcome::Ok, false, self.tombstone(at, id, of, &[], state)),
-                    None => CommandResult::bare(Outcome::InvalidState),
+                // Another record's intent: only a finished one gives way, to
+                // a tombstone that remembers it; a live one, or a state no
+                // tombstone takes, is refused and changes nothing.
+                if let Some(existing) = self.reservations.get(id).filter(|r| !(r.state.is_final() && tombstone_allowed)) {
+                    return reservation_result(Outcome::InvalidState, false, existing.clone());
                 }
+                if !tombstone_allowed {
+                    return CommandResult::bare(Outcome::InvalidState);
+                }
+                let retired = self.forget_finished_intent(id);
+                self.tombstone(at, id, of, &[], state);
+                self.remember_retired(id, retired);
+                let Some(tombstone) = self.reservations.get(id) else { unreachable!("tombstone {id} without its reservation") };
+                reservation_result(Outcome::Ok, false, tombstone.clone())
             }
             None => match self.reservations.get(id) {
                 Some(plain) => reservation_result(Outcome::InvalidState, false, plain.clone()),

@@ -9,7 +9,10 @@
 //!   aborted.
 //! - Idempotency: a prepare for an intent of the same record answers from it
 //!   (holding: a replay; released or refused: `InvalidState`). A finished
-//!   intent of an older record under the id gives way; a live one, or a
+//!   intent of another record under the id gives way, and the new intent
+//!   remembers it (`Reservation::retired`): a prepare of a record whose
+//!   intent was replaced that way arrives late (a message delayed across
+//!   the id's reuse) and holds nothing (`InvalidState`). A live intent, or a
 //!   plain reservation under the id, is a conflict.
 //! - Recovery: repeating the prepare is always safe, which is how a node
 //!   that finds a `Preparing` record decides it.
@@ -32,7 +35,14 @@ impl Inventory {
             let outcome = if existing.state.is_final() { Outcome::InvalidState } else { Outcome::Ok };
             return reservation_result(outcome, true, existing.clone());
         }
-        self.forget_finished_intent(id);
+        if self.is_retired(id, of) {
+            // A late prepare of an incarnation this group finished and has
+            // since replaced: it must hold nothing (its record will never
+            // ask this group to follow it again).
+            let Some(existing) = self.reservations.get(id) else { unreachable!("intent {id} without its reservation") };
+            return reservation_result(Outcome::InvalidState, false, existing.clone());
+        }
+        let retired = self.forget_finished_intent(id);
         if let Some(existing) = self.reservations.get(id) {
             return reservation_result(Outcome::IdempotencyConflict, false, existing.clone());
         }
@@ -40,10 +50,13 @@ impl Inventory {
         let shortfalls = self.shortfalls(lines);
         if !shortfalls.is_empty() {
             self.tombstone(at, id, of, lines, ReservationState::Released);
+            self.remember_retired(id, retired);
             return CommandResult { shortfalls, ..CommandResult::bare(Outcome::InsufficientStock) };
         }
-        let reservation = self.hold(at, id, lines, ttl_ms, expires_at_ms, gate, Some(of));
-        reservation_result(Outcome::Ok, false, reservation)
+        self.hold(at, id, lines, ttl_ms, expires_at_ms, gate, Some(of));
+        self.remember_retired(id, retired);
+        let Some(reservation) = self.reservations.get(id) else { unreachable!("intent {id} held without its reservation") };
+        reservation_result(Outcome::Ok, false, reservation.clone())
     }
 
     /// Records an intent that holds nothing, in final state `state`: a
@@ -51,8 +64,16 @@ impl Inventory {
     /// instead of) its prepare.
     pub(crate) fn tombstone(&mut self, at: At, id: &str, of: IntentOf, lines: &[Line], state: ReservationState) -> Reservation {
         debug_assert!(state.is_final());
-        let reservation =
-            Reservation { id: id.to_owned(), state, lines: lines.to_vec(), ttl_ms: 0, created_at_ms: at.ms, expires_at_ms: at.ms, finished_at_ms: Some(at.ms) };
+        let reservation = Reservation {
+            id: id.to_owned(),
+            state,
+            lines: lines.to_vec(),
+            ttl_ms: 0,
+            created_at_ms: at.ms,
+            expires_at_ms: at.ms,
+            finished_at_ms: Some(at.ms),
+            retired: Vec::new(),
+        };
         self.store_reservation(reservation, Some(of))
     }
 }
