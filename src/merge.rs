@@ -19,16 +19,12 @@ use std::time::Duration;
 use std::time::Instant;
 
 use raft::GroupError;
-use storage::keys;
 use storage::model::Command;
 use storage::model::GroupId;
 use storage::model::Outcome;
 use storage::topology::RangeInfo;
 use storage::topology::Topology;
 use storage::topology::TopologyCommand;
-use storage::Durability;
-use storage::Table;
-use storage::WriteBatch;
 
 use crate::node::Node;
 use crate::read::Consistency;
@@ -221,11 +217,7 @@ impl Node {
             }
             let range = group.range();
             group.shutdown().await;
-            let mut batch = WriteBatch::new();
-            for table in [Table::Log, Table::Meta, Table::State] {
-                batch.delete_range(table, keys::group_prefix(group.id), keys::group_end(group.id));
-            }
-            match self.engine().write(batch, Durability::Sync) {
+            match group.delete_records() {
                 Ok(()) => tracing::info!(node = self.id(), group = group.id, range = %range, "moved or merged away: replica retired and deleted"),
                 Err(e) => tracing::warn!(node = self.id(), group = group.id, error = %e, "retired replica not deleted; deleted at the next start"),
             }

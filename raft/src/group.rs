@@ -33,6 +33,7 @@ use tokio::sync::oneshot;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
+use crate::group_engine::GroupEngine;
 use crate::load::KeySampler;
 use crate::load::LoadMeter;
 use crate::log_store::LogStore;
@@ -150,6 +151,8 @@ pub struct Group {
     /// long after it last heard from its leader.
     lease: Duration,
     tasks: Vec<JoinHandle<()>>,
+    /// The group's view of the engine, closed when its records are deleted.
+    storage: Arc<GroupEngine>,
 }
 
 /// The term a node leads and since when, as its clock ticker saw it.
@@ -209,9 +212,11 @@ impl Group {
         }
         .validate()
         .map_err(|e| fatal(format!("invalid raft config: {e}")))?;
-        let log_store = LogStore::new(engine.clone(), id, syncer);
+        let storage = GroupEngine::new(id, engine);
+        let log_store = LogStore::new(storage.clone(), id, syncer);
         let committed = log_store.committed_index();
-        let mut sm = StateMachineStore::open(engine, id, config.limits.clone(), range).map_err(|e| fatal(format!("cannot open the state machine: {e}")))?;
+        let mut sm =
+            StateMachineStore::open(storage.clone(), id, config.limits.clone(), range).map_err(|e| fatal(format!("cannot open the state machine: {e}")))?;
         sm.report_splits_to(splits);
         if config.skip_history {
             sm.skip_history_of(node_id);
@@ -244,6 +249,7 @@ impl Group {
             leading_since,
             lease: Duration::from_millis(config.election_timeout_max_ms),
             tasks: vec![proposer, ticker],
+            storage,
         })
     }
 
@@ -578,6 +584,12 @@ impl Group {
             PeerRpc::Vote => wire::encode(&self.raft.vote(wire::decode(payload)?).await),
             PeerRpc::InstallSnapshot => wire::encode(&self.raft.install_snapshot(wire::decode(payload)?).await),
         })
+    }
+
+    /// Deletes the records of this replica (log, metadata, state), after
+    /// `shutdown`: no write of the stopped group lands after it.
+    pub fn delete_records(&self) -> Result<(), storage::StorageError> {
+        self.storage.delete_group()
     }
 
     pub async fn shutdown(&self) {

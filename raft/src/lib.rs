@@ -14,6 +14,7 @@
 
 pub mod error;
 pub mod group;
+pub mod group_engine;
 pub mod load;
 pub mod log_store;
 pub mod network;
