@@ -126,6 +126,7 @@ pub const TABLE: &[Rpc] = &[
     rpc("/stockd.v1.Admin/RemoveNode", OPERATOR),
     rpc("/stockd.v1.Admin/SetBalance", OPERATOR),
     // A joining node asks with its node certificate; operators may look.
+    // The one client-plane RPC a node certificate reaches (`PEER_ON_CLIENT_PLANE`).
     rpc("/stockd.v1.Admin/ClusterSettings", OPERATOR_AND_PEER),
     // The peer plane: nodes only.
     rpc("/stockd.peer.v1.RaftPeer/AppendEntries", PEER),
@@ -150,6 +151,12 @@ pub const TABLE: &[Rpc] = &[
 pub fn access(path: &str) -> Option<Access> {
     TABLE.iter().find(|row| row.path == path).map(|row| row.access)
 }
+
+/// The client-plane RPCs a node certificate may call: a node joining the
+/// cluster knows only the client-plane addresses `--join` names, and asks
+/// them for the cluster's settings (read-only, nothing a peer cannot read
+/// on the peer plane already). Every other client-plane RPC refuses peers.
+pub const PEER_ON_CLIENT_PLANE: &[&str] = &["/stockd.v1.Admin/ClusterSettings"];
 
 /// True when `role` may call `path` (false for unknown paths).
 pub fn may_call(role: Role, path: &str) -> bool {
@@ -179,7 +186,7 @@ mod tests {
     }
 
     #[test]
-    fn only_peers_reach_the_peer_protocol_and_peers_reach_nothing_else() {
+    fn only_peers_reach_the_peer_protocol_and_peers_reach_nothing_else_but_the_join_settings() {
         for row in TABLE {
             let peer_rpc = row.path.starts_with("/stockd.peer.v1.");
             for role in Role::CLIENTS {
@@ -188,8 +195,15 @@ mod tests {
                 }
             }
             if row.access != Access::Anyone {
-                assert_eq!(row.access.allows(Role::Peer), peer_rpc, "{}", row.path);
+                let peer_may = peer_rpc || PEER_ON_CLIENT_PLANE.contains(&row.path);
+                assert_eq!(row.access.allows(Role::Peer), peer_may, "{}", row.path);
             }
+        }
+        // The exceptions are read-only admin calls that no other client
+        // role but operators reaches.
+        for path in PEER_ON_CLIENT_PLANE {
+            assert!(path.starts_with("/stockd.v1.Admin/"), "{path}");
+            assert_eq!(access(path), Some(OPERATOR_AND_PEER), "{path}");
         }
     }
 
