@@ -105,6 +105,7 @@ stockd.v1.Admin/PromoteModel                                auth       -       -
 stockd.v1.Admin/RollbackModel                               auth       -       -         -     yes       -
 stockd.v1.Admin/SetModelCandidate                           auth       -       -         -     yes       -
 stockd.v1.Admin/SetModelDisabled                            auth       -       -         -     yes       -
+stockd.v1.Admin/ClusterSettings                             auth       -       -         -     yes       yes
 grpc.health.v1.Health/Check                                 yes        yes     yes       yes   yes       yes
 grpc.reflection.v1.ServerReflection/ServerReflectionInfo    auth       yes     yes       yes   yes       -
 grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo  auth    yes     yes       yes   yes       -
@@ -136,6 +137,7 @@ const CLIENT_PLANE: &[&str] = &[
     "/stockd.v1.Admin/RollbackModel",
     "/stockd.v1.Admin/SetModelCandidate",
     "/stockd.v1.Admin/SetModelDisabled",
+    "/stockd.v1.Admin/ClusterSettings",
     "/grpc.health.v1.Health/Check",
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
