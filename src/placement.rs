@@ -46,6 +46,11 @@ impl Node {
     /// not a replica yet) and waits until the topology records it.
     pub async fn move_replica(&self, group: GroupId, from: NodeId, to: NodeId) -> Result<MoveDone, GroupError> {
         let invalid = |reason: String| GroupError::Invalid { group, reason };
+        // Judged on the newest topology: this node's copy may be seconds
+        // old (the watcher reads it from a replica), and a copy from before
+        // a replica fix would skip step 1 ("`to` is named already") or
+        // call the move done.
+        self.refresh_topology().await;
         let topology = self.topology();
         let range = placed_range(&topology, group).ok_or_else(|| invalid(format!("invalid group_id: no group {group} in the shard map")))?;
         let target = topology.node(to).ok_or_else(|| invalid(format!("invalid to: no node {to} in the topology")))?;
