@@ -137,24 +137,14 @@ impl Node {
         // The topology named `to` in step 1; a replica fix may have taken
         // that back since (a driver that took longer than
         // `RECONCILE_AFTER`): adding it now would make a voter no node runs.
-        // This node's copy may not have the driver's step 1 yet, and a strong
-        // read of it can fail while the metadata group elects: a few reads
-        // before the move is refused (a fix takes `RECONCILE_AFTER` to
-        // come, far longer).
-        let names_to = |node: &Node| placed_range(&node.topology(), group).is_some_and(|r| r.replicas.contains(&to));
-        let mut reads = 0;
-        while !names_to(self) {
-            if reads == TOPOLOGY_READS_BEFORE_REFUSAL {
+        if !placed_range(&self.topology(), group).is_some_and(|r| r.replicas.contains(&to)) {
+            self.refresh_topology().await;
+            if !placed_range(&self.topology(), group).is_some_and(|r| r.replicas.contains(&to)) {
                 return Err(GroupError::Unavailable {
                     group,
                     reason: format!("the topology no longer names node {to} as a replica of group {group}; run the move again"),
                 });
             }
-            if reads > 0 {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            self.refresh_topology().await;
-            reads += 1;
         }
         let addr = self
             .topology()
@@ -164,10 +154,6 @@ impl Node {
         replica.replace_voter(from, to, addr).await
     }
 }
-
-/// Strong reads of the topology a move's step 2 makes before it refuses a
-/// target the topology does not name (200 ms apart).
-const TOPOLOGY_READS_BEFORE_REFUSAL: u32 = 10;
 
 /// Longest a leader move takes, forwarding included.
 pub const LEADER_MOVE_TIMEOUT: Duration = Duration::from_secs(5);

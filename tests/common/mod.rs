@@ -114,9 +114,9 @@ impl Cluster {
         self.dir.path().join(format!("node-{id}"))
     }
 
-    /// Starts one more node, not in the bootstrap list, with `--join`
-    /// through node 1 (and its certificate, on a TLS cluster); answers its id.
-    pub async fn join_node(&mut self) -> u64 {
+    /// Addresses (and, on a TLS cluster, a certificate) for one more node;
+    /// answers its id.
+    fn add_node_slot(&mut self) -> u64 {
         let id = self.addrs.len() as u64 + 1;
         self.addrs.push(format!("127.0.0.1:{}", free_port()));
         self.peer_addrs.push(format!("127.0.0.1:{}", free_port()));
@@ -125,6 +125,13 @@ impl Cluster {
             let request = stockd::certs::CertRequest { out: certs.clone(), nodes: vec![id], hosts: Vec::new(), days: 2 };
             stockd::certs::create(&request).expect("the joining node's certificate");
         }
+        id
+    }
+
+    /// Starts one more node, not in the bootstrap list, with `--join`
+    /// through node 1 (and its certificate, on a TLS cluster); answers its id.
+    pub async fn join_node(&mut self) -> u64 {
+        let id = self.add_node_slot();
         self.start_node(id).await;
         id
     }
@@ -159,14 +166,7 @@ impl Cluster {
     /// `through` (any node of the running cluster); it asks that node for
     /// the cluster's settings before it starts. Answers its id.
     pub async fn join_node_without_bootstrap_list(&mut self, through: u64) -> u64 {
-        let id = self.addrs.len() as u64 + 1;
-        self.addrs.push(format!("127.0.0.1:{}", free_port()));
-        self.peer_addrs.push(format!("127.0.0.1:{}", free_port()));
-        self.running.push(None);
-        if let Some(certs) = &self.certs {
-            let request = stockd::certs::CertRequest { out: certs.clone(), nodes: vec![id], hosts: Vec::new(), days: 2 };
-            stockd::certs::create(&request).expect("the joining node's certificate");
-        }
+        let id = self.add_node_slot();
         self.restart_without_bootstrap_list(id, through).await;
         id
     }
